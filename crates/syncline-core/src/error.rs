@@ -1,0 +1,21 @@
+//! The error type of the core crate: what can be wrong with a schema configuration.
+
+/// A schema configuration that cannot be used, with the table and column it is about.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SchemaError {
+    #[error("table name `{0}` is not valid: use lowercase letters, digits and `_`, starting with a letter")]
+    InvalidTableName(String),
+    #[error("column `{column}` of table `{table}` is not a valid or allowed column name")]
+    InvalidColumnName { table: String, column: String },
+    #[error("table `{table}` declares parent table `{parent}`, which is not declared")]
+    UnknownParentTable { table: String, parent: String },
+    #[error("table `{table}` declares parent column `{column}`, which is not one of its string columns")]
+    InvalidParentColumn { table: String, column: String },
+    #[error("owner column `{column}` of table `{table}` is not one of its string columns")]
+    InvalidOwnerColumn { table: String, column: String },
+    #[error("the parent declarations form a cycle through table `{0}`")]
+    ParentCycle(String),
+    #[error("the schema declares no tables")]
+    Empty,
+}

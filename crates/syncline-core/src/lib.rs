@@ -1,0 +1,21 @@
+//! Syncline's core: the schema, record validation and normalisation, the wire types of the sync protocol and
+//! the JSON writer for pull responses.
+//!
+//! This crate does no I/O and reads no clock: the store and the server pass time and data in. Everything that
+//! decides what a valid record is, or what a pull response looks like, lives here so both storage backends and
+//! the client SDK agree on it.
+
+mod error;
+mod names;
+mod record;
+mod schema;
+mod wire;
+
+pub use error::SchemaError;
+pub use names::{is_safe_id, is_valid_name};
+pub use record::{NormalizedRecord, RowError, RowErrorCode, normalize_record, render_record};
+pub use schema::{Column, ColumnConfig, ColumnSpec, ColumnType, ParentConfig, ParentRef, Schema, Table, TableConfig};
+pub use wire::{
+    BulkCounts, BulkRequest, TableCounts, Migration, MigrationColumns, PullRequest, PullWriter, PushOutcome, PushRequest,
+    RejectedRecord, TableChanges,
+};

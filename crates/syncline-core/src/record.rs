@@ -1,0 +1,284 @@
+//! Record validation and normalisation: a pushed record (raw JSON) is checked against its table and turned
+//! into canonical JSON text (`id` first, then the schema's columns in order), which is what the store keeps
+//! and what pulls send back verbatim.
+//!
+//! Values are kept as the raw JSON text the client sent (no `Value` tree is built): this is the hot path of
+//! every push.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserializer;
+use serde::de::{MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::schema::{ColumnType, Table};
+use crate::is_safe_id;
+
+/// Why one row was refused. Stable codes, part of the wire protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowErrorCode {
+    InvalidRecord,
+    InvalidId,
+    UnknownColumn,
+    WrongType,
+    SingletonViolation,
+}
+
+impl RowErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowErrorCode::InvalidRecord => "invalid_record",
+            RowErrorCode::InvalidId => "invalid_id",
+            RowErrorCode::UnknownColumn => "unknown_column",
+            RowErrorCode::WrongType => "wrong_type",
+            RowErrorCode::SingletonViolation => "singleton_violation",
+        }
+    }
+}
+
+/// One refused row: a code and a message for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError {
+    pub code: RowErrorCode,
+    pub message: String,
+}
+
+impl RowError {
+    fn new(code: RowErrorCode, message: impl Into<String>) -> RowError {
+        RowError { code, message: message.into() }
+    }
+}
+
+impl fmt::Display for RowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+/// A checked record, still borrowing from the request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormalizedRecord<'a> {
+    pub id: Cow<'a, str>,
+    /// The JSON text of each schema column, in schema order; `None` where the record did not carry the column.
+    pub values: Vec<Option<Cow<'a, str>>>,
+}
+
+impl NormalizedRecord<'_> {
+    /// Whether every schema column was given, so the stored row can be replaced without reading it.
+    pub fn is_complete(&self) -> bool {
+        self.values.iter().all(Option::is_some)
+    }
+}
+
+/// The fields of one JSON object, in order, with borrowed keys and raw values.
+struct RawFields<'a>(Vec<(&'a str, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for RawFields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawFields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((k, v)) = map.next_entry::<&'de str, &'de RawValue>()? {
+                    fields.push((k, v));
+                }
+                Ok(RawFields(fields))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn fields_of(raw: &RawValue) -> Option<Vec<(&str, &RawValue)>> {
+    serde_json::from_str::<RawFields>(raw.get()).ok().map(|f| f.0)
+}
+
+/// Checks `raw` against `table` and normalises it. Owner columns are set to `owner` whatever was sent;
+/// `_status` and `_changed` are ignored. `default_id` is used when the record has no `id` (singleton rows in
+/// bulk requests).
+pub fn normalize_record<'a>(
+    table: &Table,
+    raw: &'a RawValue,
+    owner: &str,
+    default_id: Option<&'a str>,
+) -> Result<NormalizedRecord<'a>, RowError> {
+    let fields = fields_of(raw).ok_or_else(|| {
+        RowError::new(RowErrorCode::InvalidRecord, "a record must be a JSON object with plain (unescaped) keys")
+    })?;
+    let mut id: Option<Cow<'a, str>> = None;
+    let mut values: Vec<Option<Cow<'a, str>>> = vec![None; table.columns.len()];
+    for (key, value) in fields {
+        if key == "id" {
+            let parsed: Option<&'a str> = serde_json::from_str(value.get()).ok();
+            match parsed {
+                Some(s) if is_safe_id(s) => id = Some(Cow::Borrowed(s)),
+                _ => {
+                    return Err(RowError::new(
+                        RowErrorCode::InvalidId,
+                        format!("`id` must be a string of 1-64 characters from [A-Za-z0-9_.-], got {}", value.get()),
+                    ));
+                }
+            }
+            continue;
+        }
+        if key == "_status" || key == "_changed" {
+            continue;
+        }
+        let Some((index, column)) = table.column(key) else {
+            return Err(RowError::new(
+                RowErrorCode::UnknownColumn,
+                format!("table `{}` has no column `{key}`", table.name),
+            ));
+        };
+        values[index] = Some(check_value(&table.name, key, column.ty, value)?);
+    }
+    let id = match (id, default_id) {
+        (Some(id), _) => id,
+        (None, Some(d)) => Cow::Borrowed(d),
+        (None, None) => return Err(RowError::new(RowErrorCode::InvalidId, "the record has no `id`")),
+    };
+    for (slot, column) in values.iter_mut().zip(&table.columns) {
+        if column.owner {
+            *slot = Some(Cow::Owned(serde_json::to_string(owner).expect("a string serialises")));
+        }
+    }
+    Ok(NormalizedRecord { id, values })
+}
+
+fn check_value<'a>(table: &str, column: &str, ty: ColumnType, value: &'a RawValue) -> Result<Cow<'a, str>, RowError> {
+    let text = value.get();
+    let first = text.as_bytes().first().copied().unwrap_or(b' ');
+    let ok = text == "null"
+        || match ty {
+            ColumnType::String => first == b'"',
+            ColumnType::Number => first == b'-' || first.is_ascii_digit(),
+            ColumnType::Boolean => matches!(text, "true" | "false" | "0" | "1"),
+            ColumnType::Json => true,
+        };
+    if !ok {
+        return Err(RowError::new(
+            RowErrorCode::WrongType,
+            format!("column `{table}.{column}` is a {}, got {text}", ty.as_str()),
+        ));
+    }
+    Ok(match (ty, text) {
+        (ColumnType::Boolean, "0") => Cow::Borrowed("false"),
+        (ColumnType::Boolean, "1") => Cow::Borrowed("true"),
+        _ => Cow::Borrowed(text),
+    })
+}
+
+/// Renders the canonical JSON text of a record. Columns the record did not carry keep their value from
+/// `existing` (the stored canonical text), or become `null` for a new record.
+pub fn render_record(table: &Table, record: &NormalizedRecord<'_>, existing: Option<&str>) -> String {
+    let existing_fields = if record.is_complete() {
+        None
+    } else {
+        existing.and_then(|e| serde_json::from_str::<RawFields>(e).ok()).map(|f| f.0)
+    };
+    let mut out = String::with_capacity(
+        16 + record.id.len() + record.values.iter().map(|v| v.as_ref().map_or(4, |s| s.len()) + 24).sum::<usize>(),
+    );
+    out.push_str("{\"id\":\"");
+    out.push_str(&record.id); // safe ids need no escaping
+    out.push('"');
+    for (column, value) in table.columns.iter().zip(&record.values) {
+        out.push_str(",\"");
+        out.push_str(&column.name);
+        out.push_str("\":");
+        match value {
+            Some(v) => out.push_str(v),
+            None => {
+                let kept = existing_fields
+                    .as_ref()
+                    .and_then(|f| f.iter().rev().find(|(k, _)| *k == column.name))
+                    .map(|(_, v)| v.get());
+                out.push_str(kept.unwrap_or("null"));
+            }
+        }
+    }
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::schema::{ColumnConfig, Schema, TableConfig};
+
+    fn tasks() -> Schema {
+        let columns: BTreeMap<String, ColumnConfig> = [
+            ("title", ColumnType::String),
+            ("done", ColumnType::Boolean),
+            ("position", ColumnType::Number),
+            ("meta", ColumnType::Json),
+            ("user_id", ColumnType::String),
+        ]
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), ColumnConfig::Type(t)))
+        .collect();
+        let table = TableConfig {
+            columns,
+            since: None,
+            parent: None,
+            parents: vec![],
+            singleton: false,
+            owner_columns: vec![],
+        };
+        Schema::from_config(&[("tasks".to_string(), table)].into_iter().collect()).unwrap()
+    }
+
+    fn check(input: &str) -> Result<String, String> {
+        let schema = tasks();
+        let table = schema.table("tasks").unwrap();
+        let raw: Box<RawValue> = serde_json::from_str(input).unwrap();
+        normalize_record(table, &raw, "alice", None)
+            .map(|r| render_record(table, &r, None))
+            .map_err(|e| e.code.as_str().to_string())
+    }
+
+    #[test]
+    fn a_full_record_is_canonical_and_owned() {
+        assert_eq!(
+            check(r#"{"position":2.5,"id":"abc","title":"T \"q\"","done":1,"_status":"created","_changed":"","meta":{"a":[1]},"user_id":"mallory"}"#),
+            Ok(r#"{"id":"abc","done":true,"meta":{"a":[1]},"position":2.5,"title":"T \"q\"","user_id":"alice"}"#.into())
+        );
+    }
+
+    #[test]
+    fn bad_rows_get_their_code() {
+        assert_eq!(check(r#"{"id":"a","title":5}"#), Err("wrong_type".into()));
+        assert_eq!(check(r#"{"id":"a","done":"yes"}"#), Err("wrong_type".into()));
+        assert_eq!(check(r#"{"id":"a","position":"5"}"#), Err("wrong_type".into()));
+        assert_eq!(check(r#"{"id":"a","nope":1}"#), Err("unknown_column".into()));
+        assert_eq!(check(r#"{"id":"a/b"}"#), Err("invalid_id".into()));
+        assert_eq!(check(r#"{"id":7}"#), Err("invalid_id".into()));
+        assert_eq!(check(r#"{"title":"x"}"#), Err("invalid_id".into()));
+        assert_eq!(check(r#"[1]"#), Err("invalid_record".into()));
+        assert_eq!(check(r#"{"id":"a","__proto__":1}"#), Err("unknown_column".into()));
+    }
+
+    #[test]
+    fn missing_columns_keep_stored_values() {
+        let schema = tasks();
+        let table = schema.table("tasks").unwrap();
+        let raw: Box<RawValue> = serde_json::from_str(r#"{"id":"a","title":"new"}"#).unwrap();
+        let record = normalize_record(table, &raw, "alice", None).unwrap();
+        let stored = r#"{"id":"a","done":true,"meta":null,"position":3,"title":"old","user_id":"alice"}"#;
+        assert_eq!(
+            render_record(table, &record, Some(stored)),
+            r#"{"id":"a","done":true,"meta":null,"position":3,"title":"new","user_id":"alice"}"#
+        );
+        assert_eq!(
+            render_record(table, &record, None),
+            r#"{"id":"a","done":null,"meta":null,"position":null,"title":"new","user_id":"alice"}"#
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! Wire types of the sync protocol (pull, push, bulk) and the streaming JSON writer for pull responses.
+//! Request types borrow record bodies as raw JSON from the request bytes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// `POST /v1/sync/pull` body.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PullRequest {
+    #[serde(default)]
+    pub last_pulled_at: Option<i64>,
+    #[serde(default)]
+    pub schema_version: Option<u32>,
+    #[serde(default)]
+    pub migration: Option<Migration>,
+    /// Syncline extension: at most this many changes per response, with `hasMore`.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// WatermelonDB's migration-sync request.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct Migration {
+    pub from: u32,
+    #[serde(default)]
+    pub tables: Vec<String>,
+    #[serde(default)]
+    pub columns: Vec<MigrationColumns>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct MigrationColumns {
+    pub table: String,
+    pub columns: Vec<String>,
+}
+
+/// One table's changes in a push.
+#[derive(Debug, Default, Deserialize)]
+pub struct TableChanges<'a> {
+    #[serde(borrow, default)]
+    pub created: Vec<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub updated: Vec<&'a RawValue>,
+    #[serde(default)]
+    pub deleted: Vec<String>,
+}
+
+impl TableChanges<'_> {
+    pub fn len(&self) -> usize {
+        self.created.len() + self.updated.len() + self.deleted.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `POST /v1/sync/push` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushRequest<'a> {
+    #[serde(borrow)]
+    pub changes: BTreeMap<String, TableChanges<'a>>,
+    #[serde(default)]
+    pub last_pulled_at: Option<i64>,
+}
+
+/// `POST /v1/sync/bulk` body: upserts per table, then deletes per table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest<'a> {
+    #[serde(borrow, default)]
+    pub upserts: BTreeMap<String, Vec<&'a RawValue>>,
+    #[serde(default)]
+    pub deletes: BTreeMap<String, Vec<String>>,
+}
+
+/// A pushed record the server refused, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RejectedRecord {
+    pub table: String,
+    pub id: String,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// The answer to a successful push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// The change sequence after the push.
+    pub timestamp: i64,
+    pub rejected: Vec<RejectedRecord>,
+}
+
+impl Serialize for PushOutcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("timestamp", &self.timestamp)?;
+        if !self.rejected.is_empty() {
+            let mut ids: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for r in &self.rejected {
+                ids.entry(&r.table).or_default().push(&r.id);
+            }
+            map.serialize_entry("experimentalRejectedIds", &ids)?;
+            map.serialize_entry("rejected", &self.rejected)?;
+        }
+        map.end()
+    }
+}
+
+/// What a bulk request did to one table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableCounts {
+    pub upserted: u64,
+    pub unchanged: u64,
+    pub deleted: u64,
+}
+
+/// The answer to a successful bulk request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkCounts {
+    pub counts: BTreeMap<String, TableCounts>,
+    pub timestamp: i64,
+}
+
+/// Writes a pull response as JSON text, table by table, into a buffer the caller drains as it fills.
+/// Record bodies are spliced in verbatim (they are stored as canonical JSON).
+#[derive(Debug, Default)]
+pub struct PullWriter {
+    buf: Vec<u8>,
+    tables_written: usize,
+    items_in_array: usize,
+}
+
+impl PullWriter {
+    pub fn new() -> PullWriter {
+        let mut w = PullWriter { buf: Vec::with_capacity(128 * 1024), ..Default::default() };
+        w.buf.extend_from_slice(b"{\"changes\":{");
+        w
+    }
+
+    /// Starts a table: opens its `created` (always empty) and `updated` arrays.
+    pub fn begin_table(&mut self, name: &str) {
+        if self.tables_written > 0 {
+            self.buf.push(b',');
+        }
+        self.tables_written += 1;
+        self.items_in_array = 0;
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(name.as_bytes()); // checked schema names need no escaping
+        self.buf.extend_from_slice(b"\":{\"created\":[],\"updated\":[");
+    }
+
+    /// Appends one live record (canonical JSON) to `updated`.
+    pub fn record(&mut self, json: &str) {
+        if self.items_in_array > 0 {
+            self.buf.push(b',');
+        }
+        self.items_in_array += 1;
+        self.buf.extend_from_slice(json.as_bytes());
+    }
+
+    /// Closes `updated` and opens `deleted`.
+    pub fn begin_deleted(&mut self) {
+        self.items_in_array = 0;
+        self.buf.extend_from_slice(b"],\"deleted\":[");
+    }
+
+    /// Appends one deleted id (a safe id: no escaping needed).
+    pub fn deleted(&mut self, id: &str) {
+        if self.items_in_array > 0 {
+            self.buf.push(b',');
+        }
+        self.items_in_array += 1;
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(id.as_bytes());
+        self.buf.push(b'"');
+    }
+
+    /// Closes the table's `deleted` array (call after `begin_deleted`).
+    pub fn end_table(&mut self) {
+        self.buf.extend_from_slice(b"]}");
+    }
+
+    /// Closes `changes` and writes the trailing fields.
+    pub fn finish(&mut self, timestamp: i64, has_more: Option<bool>, replacement: bool) {
+        self.buf.extend_from_slice(format!("}},\"timestamp\":{timestamp}").as_bytes());
+        if let Some(more) = has_more {
+            self.buf.extend_from_slice(format!(",\"hasMore\":{more}").as_bytes());
+        }
+        if replacement {
+            self.buf.extend_from_slice(b",\"experimentalStrategy\":\"replacement\"");
+        }
+        self.buf.push(b'}');
+    }
+
+    /// Bytes written and not yet taken.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes the bytes written so far.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::replace(&mut self.buf, Vec::with_capacity(128 * 1024))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_writer_makes_the_watermelon_shape() {
+        let mut w = PullWriter::new();
+        w.begin_table("projects");
+        w.record(r#"{"id":"p1","name":"A"}"#);
+        w.record(r#"{"id":"p2","name":"B"}"#);
+        w.begin_deleted();
+        w.deleted("p3");
+        w.end_table();
+        w.begin_table("tasks");
+        w.begin_deleted();
+        w.end_table();
+        w.finish(42, Some(false), true);
+        let v: serde_json::Value = serde_json::from_slice(&w.take()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "changes": {
+                    "projects": {"created": [], "updated": [{"id":"p1","name":"A"},{"id":"p2","name":"B"}], "deleted": ["p3"]},
+                    "tasks": {"created": [], "updated": [], "deleted": []}
+                },
+                "timestamp": 42, "hasMore": false, "experimentalStrategy": "replacement"
+            })
+        );
+    }
+
+    #[test]
+    fn push_outcome_lists_rejections_for_watermelon() {
+        let outcome = PushOutcome {
+            timestamp: 7,
+            rejected: vec![RejectedRecord {
+                table: "tasks".into(),
+                id: "t1".into(),
+                code: "wrong_type",
+                message: "m".into(),
+            }],
+        };
+        let v = serde_json::to_value(&outcome).unwrap();
+        assert_eq!(v["experimentalRejectedIds"], serde_json::json!({"tasks": ["t1"]}));
+        assert_eq!(v["rejected"][0]["code"], "wrong_type");
+        let clean = PushOutcome { timestamp: 7, rejected: vec![] };
+        assert_eq!(serde_json::to_value(&clean).unwrap(), serde_json::json!({"timestamp": 7}));
+    }
+}
