@@ -1,9 +1,9 @@
-//! The error type of the core crate: what can be wrong with a schema configuration.
+//! The error type of the core crate: what can be wrong with a schema configuration or a sync request.
 
-/// A schema configuration that cannot be used, with the table and column it is about.
+/// A schema configuration or a request that cannot be used, with what it is about.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum SchemaError {
+pub enum CoreError {
     #[error("table name `{0}` is not valid: use lowercase letters, digits and `_`, starting with a letter")]
     InvalidTableName(String),
     #[error("column `{column}` of table `{table}` is not a valid or allowed column name")]
@@ -18,4 +18,10 @@ pub enum SchemaError {
     ParentCycle(String),
     #[error("the schema declares no tables")]
     Empty,
+    #[error("unknown table `{0}`")]
+    UnknownTable(String),
+    #[error("id {id:?} in table `{table}` is not a safe id: use 1-64 characters from [A-Za-z0-9_.-]")]
+    InvalidId { table: String, id: String },
+    #[error("{} invalid row(s); nothing was applied", .0.len())]
+    InvalidRows(Vec<crate::RowFailure>),
 }

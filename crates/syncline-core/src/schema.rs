@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
-use crate::{SchemaError, is_valid_name};
+use crate::{CoreError, is_valid_name};
 
 /// The type of a column's values. Any column may also hold null.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -131,20 +131,20 @@ const RESERVED: [&str; 3] = ["id", "_status", "_changed"];
 
 impl Schema {
     /// Checks a `[tables.*]` configuration and builds the schema.
-    pub fn from_config(config: &BTreeMap<String, TableConfig>) -> Result<Schema, SchemaError> {
+    pub fn from_config(config: &BTreeMap<String, TableConfig>) -> Result<Schema, CoreError> {
         if config.is_empty() {
-            return Err(SchemaError::Empty);
+            return Err(CoreError::Empty);
         }
         let mut tables = Vec::with_capacity(config.len());
         for (name, tc) in config {
             if !is_valid_name(name) {
-                return Err(SchemaError::InvalidTableName(name.clone()));
+                return Err(CoreError::InvalidTableName(name.clone()));
             }
             let mut columns = Vec::with_capacity(tc.columns.len());
             let mut column_index = HashMap::new();
             for (cname, cc) in &tc.columns {
                 if !is_valid_name(cname) || RESERVED.contains(&cname.as_str()) {
-                    return Err(SchemaError::InvalidColumnName { table: name.clone(), column: cname.clone() });
+                    return Err(CoreError::InvalidColumnName { table: name.clone(), column: cname.clone() });
                 }
                 let (ty, since) = match cc {
                     ColumnConfig::Type(ty) => (*ty, None),
@@ -157,7 +157,7 @@ impl Schema {
             for owner in &tc.owner_columns {
                 match column_index.get(owner) {
                     Some(&i) if columns[i].ty == ColumnType::String => {}
-                    _ => return Err(SchemaError::InvalidOwnerColumn { table: name.clone(), column: owner.clone() }),
+                    _ => return Err(CoreError::InvalidOwnerColumn { table: name.clone(), column: owner.clone() }),
                 }
             }
             let parents: Vec<ParentRef> = tc
@@ -181,7 +181,7 @@ impl Schema {
         for table in &tables {
             for parent in &table.parents {
                 let Some(&pi) = index.get(&parent.table) else {
-                    return Err(SchemaError::UnknownParentTable {
+                    return Err(CoreError::UnknownParentTable {
                         table: table.name.clone(),
                         parent: parent.table.clone(),
                     });
@@ -189,7 +189,7 @@ impl Schema {
                 match table.column(&parent.column) {
                     Some((_, c)) if c.ty == ColumnType::String => {}
                     _ => {
-                        return Err(SchemaError::InvalidParentColumn {
+                        return Err(CoreError::InvalidParentColumn {
                             table: table.name.clone(),
                             column: parent.column.clone(),
                         });
@@ -225,7 +225,7 @@ impl Schema {
     }
 }
 
-fn topological_order(tables: &[Table], index: &HashMap<String, usize>) -> Result<Vec<usize>, SchemaError> {
+fn topological_order(tables: &[Table], index: &HashMap<String, usize>) -> Result<Vec<usize>, CoreError> {
     // 0 = unvisited, 1 = on the current path, 2 = done.
     fn visit(
         i: usize,
@@ -233,10 +233,10 @@ fn topological_order(tables: &[Table], index: &HashMap<String, usize>) -> Result
         index: &HashMap<String, usize>,
         mark: &mut [u8],
         out: &mut Vec<usize>,
-    ) -> Result<(), SchemaError> {
+    ) -> Result<(), CoreError> {
         match mark[i] {
             2 => return Ok(()),
-            1 => return Err(SchemaError::ParentCycle(tables[i].name.clone())),
+            1 => return Err(CoreError::ParentCycle(tables[i].name.clone())),
             _ => {}
         }
         mark[i] = 1;
@@ -262,7 +262,7 @@ fn topological_order(tables: &[Table], index: &HashMap<String, usize>) -> Result
 mod tests {
     use super::*;
 
-    fn schema(toml_like: &[(&str, TableConfig)]) -> Result<Schema, SchemaError> {
+    fn schema(toml_like: &[(&str, TableConfig)]) -> Result<Schema, CoreError> {
         Schema::from_config(&toml_like.iter().map(|(n, c)| (n.to_string(), c.clone())).collect())
     }
 
@@ -292,18 +292,18 @@ mod tests {
     #[test]
     fn bad_schemas_are_refused() {
         let err = schema(&[("t", table(&[("x", ColumnType::String)], Some(("nope", "x"))))]).unwrap_err();
-        assert_eq!(err, SchemaError::UnknownParentTable { table: "t".into(), parent: "nope".into() });
+        assert_eq!(err, CoreError::UnknownParentTable { table: "t".into(), parent: "nope".into() });
         let err = schema(&[("t", table(&[("_status", ColumnType::String)], None))]).unwrap_err();
-        assert!(matches!(err, SchemaError::InvalidColumnName { .. }));
+        assert!(matches!(err, CoreError::InvalidColumnName { .. }));
         let err = schema(&[("T", table(&[], None))]).unwrap_err();
-        assert!(matches!(err, SchemaError::InvalidTableName(_)));
+        assert!(matches!(err, CoreError::InvalidTableName(_)));
         let err = schema(&[
             ("a", table(&[("b_id", ColumnType::String)], Some(("b", "b_id")))),
             ("b", table(&[("a_id", ColumnType::String)], Some(("a", "a_id")))),
         ])
         .unwrap_err();
-        assert!(matches!(err, SchemaError::ParentCycle(_)));
+        assert!(matches!(err, CoreError::ParentCycle(_)));
         let err = schema(&[("t", table(&[("n", ColumnType::Number)], Some(("t", "n"))))]).unwrap_err();
-        assert!(matches!(err, SchemaError::InvalidParentColumn { .. }));
+        assert!(matches!(err, CoreError::InvalidParentColumn { .. }));
     }
 }
