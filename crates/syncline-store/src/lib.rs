@@ -1,1 +1,122 @@
-//! placeholder
+//! Syncline's storage layer: the [`Store`] trait every backend implements, and the embedded SQLite backend.
+//!
+//! A store keeps, per user, the current version of every record (or its tombstone) stamped with a global
+//! change sequence that follows commit order. It never decides protocol questions (what a valid record is,
+//! what a push may contain): the core crate does, and hands the store validated [`WriteBatch`]es.
+//!
+//! Stores are synchronous; the server calls them from blocking threads.
+
+mod sqlite;
+
+use syncline_core::{PullRequest, WriteBatch};
+
+pub use sqlite::SqliteStore;
+
+/// Errors of a storage backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the reader went away before the response was complete")]
+    Aborted,
+    #[error("the idempotency key was already used for a different request")]
+    IdempotencyKeyReused,
+    #[error("unsupported storage url `{0}`: use sqlite://PATH")]
+    UnsupportedUrl(String),
+    #[error("could not prepare the database: {0}")]
+    Setup(String),
+}
+
+/// Where pull output goes: chunks of JSON text, in order. An error stops the pull.
+pub trait PullSink {
+    fn write(&mut self, chunk: Vec<u8>) -> Result<(), StoreError>;
+}
+
+impl PullSink for Vec<u8> {
+    fn write(&mut self, chunk: Vec<u8>) -> Result<(), StoreError> {
+        self.extend_from_slice(&chunk);
+        Ok(())
+    }
+}
+
+/// What a pull sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PullStats {
+    pub records: u64,
+    pub deleted: u64,
+    pub replacement: bool,
+}
+
+/// A client's `Idempotency-Key` and a hash of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_hash: [u8; 32],
+}
+
+/// What a write did, per table, before it is turned into a response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteSummary {
+    /// Per table (schema name order): upserted, unchanged, deleted (including cascaded deletes).
+    pub counts: std::collections::BTreeMap<String, syncline_core::TableCounts>,
+    /// The change sequence after the write.
+    pub sequence: i64,
+}
+
+/// The result of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Applied now; `response` is the JSON body that was remembered for the idempotency key.
+    Applied { summary: WriteSummary, response: String },
+    /// The same idempotency key and request were seen before: the first response, nothing applied.
+    Replayed { response: String },
+    /// Records changed on the server after the push's cursor: nothing applied. Per table, sorted ids.
+    Conflict { conflicts: std::collections::BTreeMap<String, Vec<String>> },
+}
+
+/// What a garbage collection removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcStats {
+    pub tombstones: u64,
+    pub idempotency_keys: u64,
+}
+
+/// Per-user figures for the dashboard and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UserStats {
+    /// Per table: live records and tombstones.
+    pub tables: std::collections::BTreeMap<String, TableStats>,
+    pub last_push_at: Option<i64>,
+    pub sequence: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableStats {
+    pub records: u64,
+    pub tombstones: u64,
+}
+
+/// A storage backend.
+pub trait Store: Send + Sync + 'static {
+    /// Streams the pull response for `user` into `sink`, from one consistent snapshot.
+    fn pull(&self, user: &str, request: &PullRequest, sink: &mut dyn PullSink) -> Result<PullStats, StoreError>;
+
+    /// Applies `batch` for `user` in one transaction. `respond` renders the response body from the summary
+    /// inside the transaction, so it is remembered atomically with the writes when `idempotency` is given.
+    fn write(
+        &self,
+        user: &str,
+        batch: &WriteBatch<'_>,
+        idempotency: Option<&IdempotencyKey>,
+        now_ms: i64,
+        respond: &dyn Fn(&WriteSummary) -> String,
+    ) -> Result<WriteOutcome, StoreError>;
+
+    /// Removes tombstones deleted before `tombstone_cutoff_ms` (raising each user's horizon, so older cursors
+    /// get a replacement pull) and idempotency keys created before `idempotency_cutoff_ms`.
+    fn collect_garbage(&self, tombstone_cutoff_ms: i64, idempotency_cutoff_ms: i64) -> Result<GcStats, StoreError>;
+
+    /// Counts for one user.
+    fn user_stats(&self, user: &str) -> Result<UserStats, StoreError>;
+}

@@ -1,0 +1,596 @@
+//! The embedded SQLite backend.
+//!
+//! Layout: one `records` table holds every user's records and tombstones, keyed by `seq` (the rowid, the
+//! global change sequence), so writes append and pulls read in sequence order. `records_key` finds a record by
+//! (user, table, id); `records_log` serves pulls by (user, table, seq). Child tables get a partial expression
+//! index on their parent column, for cascading deletes.
+//!
+//! Invariant: all writes go through the single writer connection, and each write transaction takes the next
+//! sequence numbers from `meta.seq` and stores the new maximum before it commits. Sequences therefore follow
+//! commit order, and a pull that reads `meta.seq` and the rows in one read transaction (one WAL snapshot)
+//! never misses a change.
+
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use syncline_core::{OnTombstone, PullRequest, PullWriter, Schema, Table, TableCounts, WriteBatch, render_record};
+
+use crate::{
+    GcStats, IdempotencyKey, PullSink, PullStats, Store, StoreError, TableStats, UserStats, WriteOutcome,
+    WriteSummary,
+};
+
+/// Flush pull output to the sink in chunks of about this size.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// The SQLite store. Cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    path: PathBuf,
+    schema: Arc<Schema>,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    /// Table name -> internal table id (stable across restarts, kept in `sync_tables`).
+    tids: HashMap<String, i64>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+const SETUP: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('seq', 1), ('layout_version', 1);
+CREATE TABLE IF NOT EXISTS users (
+    uid INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    tombstone_horizon INTEGER NOT NULL DEFAULT 0,
+    last_push_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS sync_tables (tid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    uid INTEGER NOT NULL,
+    tid INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    deleted_at INTEGER,
+    data TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS records_key ON records (uid, tid, id);
+CREATE INDEX IF NOT EXISTS records_log ON records (uid, tid, seq);
+CREATE INDEX IF NOT EXISTS records_tombstones ON records (deleted_at) WHERE deleted_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS idempotency (
+    uid INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    request_hash BLOB NOT NULL,
+    response TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (uid, key)
+) WITHOUT ROWID;
+";
+
+fn configure(conn: &Connection, writer: bool) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // The writer gets a real page cache (random-key index inserts live or die by it); readers stream.
+    conn.pragma_update(None, "cache_size", if writer { -96_000 } else { -8_000 })?;
+    if writer {
+        conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at a `sqlite://PATH` url or a plain path.
+    pub fn open_url(url: &str, schema: Arc<Schema>) -> Result<SqliteStore, StoreError> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| StoreError::UnsupportedUrl(url.to_string()))?;
+        SqliteStore::open(Path::new(path), schema)
+    }
+
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path, schema: Arc<Schema>) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Setup(format!("{}: {e}", dir.display())))?;
+        }
+        let mut conn = Connection::open(path)?;
+        configure(&conn, true)?;
+        conn.execute_batch(SETUP)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut tids = HashMap::new();
+        for table in schema.tables() {
+            tx.execute("INSERT OR IGNORE INTO sync_tables (name) VALUES (?1)", [&table.name])?;
+            let tid: i64 = tx.query_row("SELECT tid FROM sync_tables WHERE name = ?1", [&table.name], |r| r.get(0))?;
+            tids.insert(table.name.clone(), tid);
+        }
+        for table in schema.tables() {
+            for parent in &table.parents {
+                // Names are checked schema names and tids are integers: safe to splice.
+                tx.execute_batch(&format!(
+                    "CREATE INDEX IF NOT EXISTS parent_{tid}__{col} ON records (uid, json_extract(data, '$.{col}')) WHERE tid = {tid};",
+                    tid = tids[&table.name],
+                    col = parent.column,
+                ))?;
+            }
+        }
+        tx.commit()?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            schema,
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            tids,
+        })
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    fn reader(&self) -> Result<ReaderGuard<'_>, StoreError> {
+        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open(&self.path)?;
+                configure(&c, false)?;
+                c
+            }
+        };
+        Ok(ReaderGuard { store: self, conn: Some(conn) })
+    }
+
+    fn tid(&self, table: &str) -> i64 {
+        self.tids[table]
+    }
+}
+
+struct ReaderGuard<'a> {
+    store: &'a SqliteStore,
+    conn: Option<Connection>,
+}
+
+impl Drop for ReaderGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut pool = self.store.readers.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < 8 {
+                pool.push(conn);
+            }
+        }
+    }
+}
+
+/// A stored row found by key.
+struct Existing {
+    seq: i64,
+    deleted: bool,
+    data: Option<String>,
+}
+
+fn find(tx: &Transaction<'_>, uid: i64, tid: i64, id: &str) -> Result<Option<Existing>, rusqlite::Error> {
+    tx.prepare_cached("SELECT seq, deleted_at IS NOT NULL, data FROM records WHERE uid = ?1 AND tid = ?2 AND id = ?3")?
+        .query_row(params![uid, tid, id], |r| Ok(Existing { seq: r.get(0)?, deleted: r.get(1)?, data: r.get(2)? }))
+        .optional()
+}
+
+fn user_id(tx: &Transaction<'_>, name: &str) -> Result<i64, rusqlite::Error> {
+    if let Some(uid) =
+        tx.prepare_cached("SELECT uid FROM users WHERE name = ?1")?.query_row([name], |r| r.get(0)).optional()?
+    {
+        return Ok(uid);
+    }
+    tx.execute("INSERT INTO users (name) VALUES (?1)", [name])?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// The state of one write transaction.
+struct Writer<'t, 's> {
+    tx: &'t Transaction<'t>,
+    store: &'s SqliteStore,
+    uid: i64,
+    seq: i64,
+    now_ms: i64,
+    counts: BTreeMap<String, TableCounts>,
+}
+
+impl Writer<'_, '_> {
+    fn next_seq(&mut self) -> i64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn upsert(&mut self, table: &Table, upsert: &syncline_core::Upsert<'_>) -> Result<(), rusqlite::Error> {
+        let tid = self.store.tid(&table.name);
+        let id: &str = &upsert.record.id;
+        let existing = find(self.tx, self.uid, tid, id)?;
+        if let Some(e) = &existing
+            && e.deleted
+            && upsert.on_tombstone == OnTombstone::Ignore
+        {
+            self.counts.entry(table.name.clone()).or_default().unchanged += 1;
+            return Ok(());
+        }
+        let live_data = existing.as_ref().filter(|e| !e.deleted).and_then(|e| e.data.as_deref());
+        let data = render_record(table, &upsert.record, live_data);
+        if live_data == Some(data.as_str()) {
+            self.counts.entry(table.name.clone()).or_default().unchanged += 1;
+            return Ok(());
+        }
+        if table.singleton {
+            self.delete_other_singletons(table, tid, id)?;
+        }
+        let seq = self.next_seq();
+        match existing {
+            None => {
+                self.tx
+                    .prepare_cached("INSERT INTO records (seq, uid, tid, id, deleted_at, data) VALUES (?1, ?2, ?3, ?4, NULL, ?5)")?
+                    .execute(params![seq, self.uid, tid, id, data])?;
+            }
+            Some(e) => {
+                self.tx
+                    .prepare_cached("UPDATE records SET seq = ?1, deleted_at = NULL, data = ?2 WHERE seq = ?3")?
+                    .execute(params![seq, data, e.seq])?;
+            }
+        }
+        self.counts.entry(table.name.clone()).or_default().upserted += 1;
+        Ok(())
+    }
+
+    fn delete_other_singletons(&mut self, table: &Table, tid: i64, keep: &str) -> Result<(), rusqlite::Error> {
+        let others: Vec<String> = self
+            .tx
+            .prepare_cached("SELECT id FROM records WHERE uid = ?1 AND tid = ?2 AND deleted_at IS NULL AND id <> ?3")?
+            .query_map(params![self.uid, tid, keep], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for other in others {
+            self.delete(table, &other)?;
+        }
+        Ok(())
+    }
+
+    /// Tombstones a live record and, recursively, its declared children. Unknown or deleted ids are ignored.
+    fn delete(&mut self, table: &Table, id: &str) -> Result<(), rusqlite::Error> {
+        let mut queue = vec![(table.name.clone(), id.to_string())];
+        let mut seen = HashSet::new();
+        while let Some((tname, id)) = queue.pop() {
+            if !seen.insert((tname.clone(), id.clone())) {
+                continue;
+            }
+            let tid = self.store.tid(&tname);
+            let Some(existing) = find(self.tx, self.uid, tid, &id)? else { continue };
+            if existing.deleted {
+                continue;
+            }
+            let seq = self.next_seq();
+            self.tx
+                .prepare_cached("UPDATE records SET seq = ?1, deleted_at = ?2, data = NULL WHERE seq = ?3")?
+                .execute(params![seq, self.now_ms, existing.seq])?;
+            self.counts.entry(tname.clone()).or_default().deleted += 1;
+            let schema = &self.store.schema;
+            let table = schema.table(&tname).expect("tables in the store come from the schema");
+            for child in &table.children {
+                let ctid = self.store.tid(&child.table);
+                let sql = format!(
+                    "SELECT id FROM records WHERE tid = {ctid} AND uid = ?1 AND json_extract(data, '$.{col}') = ?2",
+                    col = child.column
+                );
+                let kids: Vec<String> =
+                    self.tx.prepare_cached(&sql)?.query_map(params![self.uid, id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                queue.extend(kids.into_iter().map(|k| (child.table.clone(), k)));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store for SqliteStore {
+    fn pull(&self, user: &str, request: &PullRequest, sink: &mut dyn PullSink) -> Result<PullStats, StoreError> {
+        let mut guard = self.reader()?;
+        let conn = guard.conn.as_mut().expect("present until drop");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        // The first read fixes the snapshot: the sequence and every row below come from the same one.
+        let snapshot: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
+        let user_row: Option<(i64, i64)> = tx
+            .prepare_cached("SELECT uid, tombstone_horizon FROM users WHERE name = ?1")?
+            .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (uid, horizon) = user_row.unwrap_or((-1, 0));
+        let cursor = request.last_pulled_at.unwrap_or(0).max(0);
+        let replacement = cursor > 0 && cursor < horizon;
+        let first = cursor == 0 || replacement;
+        let since = if first { 0 } else { cursor };
+        let tables: Vec<&Table> = self.schema.tables().filter(|t| t.visible_at(request.schema_version)).collect();
+        let mut out = Output { writer: PullWriter::new(), sink, stats: PullStats { replacement, ..Default::default() } };
+        match request.limit {
+            Some(limit) if request.migration.is_none() && !replacement => {
+                let has_more = self.pull_page(&tx, uid, &tables, since, first, limit.max(1) as usize, &mut out)?;
+                let timestamp = has_more.unwrap_or(snapshot);
+                out.writer.finish(timestamp, Some(has_more.is_some()), false);
+            }
+            _ => {
+                for table in &tables {
+                    self.pull_table(&tx, uid, table, since, first, request, &mut out)?;
+                }
+                out.writer.finish(snapshot, request.limit.map(|_| false), replacement);
+            }
+        }
+        out.flush(true)?;
+        Ok(out.stats)
+    }
+
+    fn write(
+        &self,
+        user: &str,
+        batch: &WriteBatch<'_>,
+        idempotency: Option<&IdempotencyKey>,
+        now_ms: i64,
+        respond: &dyn Fn(&WriteSummary) -> String,
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let uid = user_id(&tx, user)?;
+        if let Some(key) = idempotency {
+            let seen: Option<(Vec<u8>, String)> = tx
+                .prepare_cached("SELECT request_hash, response FROM idempotency WHERE uid = ?1 AND key = ?2")?
+                .query_row(params![uid, key.key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((hash, response)) = seen {
+                return if hash == key.request_hash { Ok(WriteOutcome::Replayed { response }) } else {
+                    Err(StoreError::IdempotencyKeyReused)
+                };
+            }
+        }
+        if let Some(cursor) = batch.conflict_cursor {
+            let mut conflicts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for writes in &batch.tables {
+                let tid = self.tid(&writes.table);
+                let ids = writes.upserts.iter().map(|u| &*u.record.id).chain(writes.deletes.iter().map(String::as_str));
+                for id in ids {
+                    if let Some(e) = find(&tx, uid, tid, id)?
+                        && e.seq > cursor
+                    {
+                        conflicts.entry(writes.table.clone()).or_default().push(id.to_string());
+                    }
+                }
+            }
+            if !conflicts.is_empty() {
+                for ids in conflicts.values_mut() {
+                    ids.sort();
+                    ids.dedup();
+                }
+                return Ok(WriteOutcome::Conflict { conflicts });
+            }
+        }
+        let seq: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
+        let mut w = Writer { tx: &tx, store: self, uid, seq, now_ms, counts: BTreeMap::new() };
+        for writes in &batch.tables {
+            let table = self.schema.table(&writes.table).expect("batches are planned against this schema");
+            for upsert in &writes.upserts {
+                w.upsert(table, upsert)?;
+            }
+        }
+        for writes in batch.tables.iter().rev() {
+            let table = self.schema.table(&writes.table).expect("batches are planned against this schema");
+            for id in &writes.deletes {
+                w.delete(table, id)?;
+            }
+        }
+        let summary = WriteSummary { counts: std::mem::take(&mut w.counts), sequence: w.seq };
+        tx.execute("UPDATE meta SET value = ?1 WHERE key = 'seq'", [summary.sequence])?;
+        tx.execute("UPDATE users SET last_push_at = ?1 WHERE uid = ?2", params![now_ms, uid])?;
+        let response = respond(&summary);
+        if let Some(key) = idempotency {
+            tx.execute(
+                "INSERT INTO idempotency (uid, key, request_hash, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![uid, key.key, &key.request_hash[..], response, now_ms],
+            )?;
+        }
+        tx.commit()?;
+        Ok(WriteOutcome::Applied { summary, response })
+    }
+
+    fn collect_garbage(&self, tombstone_cutoff_ms: i64, idempotency_cutoff_ms: i64) -> Result<GcStats, StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE users SET tombstone_horizon = max(tombstone_horizon, h.horizon)
+             FROM (SELECT uid, max(seq) AS horizon FROM records
+                   WHERE deleted_at IS NOT NULL AND deleted_at < ?1 GROUP BY uid) AS h
+             WHERE users.uid = h.uid",
+            [tombstone_cutoff_ms],
+        )?;
+        let tombstones =
+            tx.execute("DELETE FROM records WHERE deleted_at IS NOT NULL AND deleted_at < ?1", [tombstone_cutoff_ms])?;
+        let idempotency_keys = tx.execute("DELETE FROM idempotency WHERE created_at < ?1", [idempotency_cutoff_ms])?;
+        tx.commit()?;
+        Ok(GcStats { tombstones: tombstones as u64, idempotency_keys: idempotency_keys as u64 })
+    }
+
+    fn user_stats(&self, user: &str) -> Result<UserStats, StoreError> {
+        let mut guard = self.reader()?;
+        let conn = guard.conn.as_mut().expect("present until drop");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let sequence: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
+        let mut stats = UserStats { sequence, ..Default::default() };
+        for table in self.schema.tables() {
+            stats.tables.insert(table.name.clone(), TableStats::default());
+        }
+        let row: Option<(i64, Option<i64>)> = tx
+            .query_row("SELECT uid, last_push_at FROM users WHERE name = ?1", [user], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((uid, last_push_at)) = row else { return Ok(stats) };
+        stats.last_push_at = last_push_at;
+        let names: HashMap<i64, &str> = self.tids.iter().map(|(n, t)| (*t, n.as_str())).collect();
+        let mut stmt = tx.prepare(
+            "SELECT tid, sum(deleted_at IS NULL), sum(deleted_at IS NOT NULL) FROM records WHERE uid = ?1 GROUP BY tid",
+        )?;
+        let mut rows = stmt.query([uid])?;
+        while let Some(r) = rows.next()? {
+            let tid: i64 = r.get(0)?;
+            if let Some(name) = names.get(&tid) {
+                stats.tables.insert(name.to_string(), TableStats { records: r.get(1)?, tombstones: r.get(2)? });
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// The pull writer and where its bytes go.
+struct Output<'s> {
+    writer: PullWriter,
+    sink: &'s mut dyn PullSink,
+    stats: PullStats,
+}
+
+impl Output<'_> {
+    fn flush(&mut self, force: bool) -> Result<(), StoreError> {
+        if force || self.writer.pending() >= CHUNK_BYTES {
+            self.sink.write(self.writer.take())?;
+        }
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// Writes one table of an unpaged pull: live changes since `since` (plus what a migration asks for), then
+    /// tombstones since `since` (none on a first pull).
+    #[allow(clippy::too_many_arguments)]
+    fn pull_table(
+        &self,
+        tx: &Transaction<'_>,
+        uid: i64,
+        table: &Table,
+        since: i64,
+        first: bool,
+        request: &PullRequest,
+        out: &mut Output<'_>,
+    ) -> Result<(), StoreError> {
+        let tid = self.tid(&table.name);
+        let mut filter = String::from("seq > ?3");
+        if let Some(migration) = &request.migration {
+            if migration.tables.iter().any(|t| *t == table.name) {
+                filter = String::from("seq > ?3 OR 1");
+            } else {
+                for mc in migration.columns.iter().filter(|mc| mc.table == table.name) {
+                    // Only schema columns are spliced in: whitelisted names.
+                    for col in mc.columns.iter().filter(|c| table.column(c).is_some()) {
+                        filter.push_str(&format!(" OR ifnull(json_extract(data, '$.{col}'), 0) NOT IN (0, '')"));
+                    }
+                }
+            }
+        }
+        out.writer.begin_table(&table.name);
+        let sql = format!(
+            "SELECT data FROM records WHERE uid = ?1 AND tid = ?2 AND deleted_at IS NULL AND ({filter}) ORDER BY seq"
+        );
+        let mut stmt = tx.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params![uid, tid, since])?;
+        while let Some(row) = rows.next()? {
+            let data = row.get_ref(0)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?;
+            out.writer.record(data);
+            out.stats.records += 1;
+            out.flush(false)?;
+        }
+        out.writer.begin_deleted();
+        if !first {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id FROM records WHERE uid = ?1 AND tid = ?2 AND seq > ?3 AND deleted_at IS NOT NULL ORDER BY seq",
+            )?;
+            let mut rows = stmt.query(params![uid, tid, since])?;
+            while let Some(row) = rows.next()? {
+                let id = row.get_ref(0)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?;
+                out.writer.deleted(id);
+                out.stats.deleted += 1;
+                out.flush(false)?;
+            }
+        }
+        out.writer.end_table();
+        Ok(())
+    }
+
+    /// Writes one page of a paged pull: the oldest `limit` changes after `since`, merged across tables by
+    /// sequence. Returns the sequence of the last change written when more remain.
+    #[allow(clippy::too_many_arguments)]
+    fn pull_page(
+        &self,
+        tx: &Transaction<'_>,
+        uid: i64,
+        tables: &[&Table],
+        since: i64,
+        first: bool,
+        limit: usize,
+        out: &mut Output<'_>,
+    ) -> Result<Option<i64>, StoreError> {
+        let sql = if first {
+            "SELECT seq, id, data FROM records WHERE uid = ?1 AND tid = ?2 AND seq > ?3 AND deleted_at IS NULL ORDER BY seq LIMIT ?4"
+        } else {
+            "SELECT seq, id, data FROM records WHERE uid = ?1 AND tid = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
+        };
+        let mut stmts = Vec::with_capacity(tables.len());
+        for _ in tables {
+            stmts.push(tx.prepare(sql)?);
+        }
+        let mut cursors = Vec::with_capacity(tables.len());
+        for (stmt, table) in stmts.iter_mut().zip(tables) {
+            cursors.push(stmt.query(params![uid, self.tid(&table.name), since, (limit + 1) as i64])?);
+        }
+        type Row = (i64, String, Option<String>);
+        fn next(rows: &mut rusqlite::Rows<'_>) -> Result<Option<Row>, rusqlite::Error> {
+            rows.next()?.map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).transpose()
+        }
+        let mut heap = BinaryHeap::new();
+        let mut heads: Vec<Option<Row>> = Vec::with_capacity(tables.len());
+        for (i, rows) in cursors.iter_mut().enumerate() {
+            let head = next(rows)?;
+            if let Some((seq, _, _)) = &head {
+                heap.push(std::cmp::Reverse((*seq, i)));
+            }
+            heads.push(head);
+        }
+        let mut live: Vec<Vec<String>> = vec![Vec::new(); tables.len()];
+        let mut deleted: Vec<Vec<String>> = vec![Vec::new(); tables.len()];
+        let mut taken = 0;
+        let mut last_seq = 0;
+        let mut more = false;
+        while let Some(std::cmp::Reverse((seq, i))) = heap.pop() {
+            if taken == limit {
+                more = true;
+                break;
+            }
+            let (_, id, data) = heads[i].take().expect("a head for every heap entry");
+            match data {
+                Some(d) => live[i].push(d),
+                None => deleted[i].push(id),
+            }
+            taken += 1;
+            last_seq = seq;
+            heads[i] = next(&mut cursors[i])?;
+            if let Some((s, _, _)) = &heads[i] {
+                heap.push(std::cmp::Reverse((*s, i)));
+            }
+        }
+        for (i, table) in tables.iter().enumerate() {
+            out.writer.begin_table(&table.name);
+            for d in &live[i] {
+                out.writer.record(d);
+            }
+            out.writer.begin_deleted();
+            for id in &deleted[i] {
+                out.writer.deleted(id);
+            }
+            out.writer.end_table();
+            out.stats.records += live[i].len() as u64;
+            out.stats.deleted += deleted[i].len() as u64;
+            out.flush(false)?;
+        }
+        Ok(more.then_some(last_seq))
+    }
+}
