@@ -1,1 +1,79 @@
-//! placeholder
+//! Syncline's HTTP server: the WatermelonDB-compatible pull/push routes, the bulk RPC, auth, JSON errors,
+//! metrics and configuration. [`start`] binds a listener and serves until [`RunningServer::stop`].
+//!
+//! The server decides nothing about records itself: it authenticates, parses, asks the core to plan the
+//! writes, and hands them to the store on a blocking thread.
+
+mod app;
+mod auth;
+mod config;
+mod error;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use app::{AppState, router};
+pub use auth::{Authenticator, Claims, Principal, TokenError};
+pub use config::{AuthSection, Config, ServerSection, StorageSection, SyncSection};
+pub use error::{ApiError, ServerError};
+use syncline_core::Schema;
+use syncline_store::{SqliteStore, Store};
+
+/// A server that is listening.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets requests in flight finish, and returns.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server stops by itself (it does not, unless it fails).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the store named by `config.storage.url` with `config`'s schema.
+pub fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Schema>), ServerError> {
+    let schema = Arc::new(Schema::from_config(&config.tables)?);
+    let store = SqliteStore::open_url(&config.storage.url, schema.clone())?;
+    Ok((Arc::new(store), schema))
+}
+
+/// Builds the application state from a configuration.
+pub fn build_state(config: Config) -> Result<AppState, ServerError> {
+    let auth = Arc::new(Authenticator::from_config(&config.auth)?);
+    let (store, schema) = open_store(&config)?;
+    Ok(AppState { store, schema, auth, metrics: Default::default(), config: Arc::new(config) })
+}
+
+/// Binds `config.server.listen` and serves in the background (with periodic garbage collection).
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    let listen = config.server.listen.clone();
+    let state = build_state(config)?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|source| ServerError::Listen { addr: listen.clone(), source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: listen, source })?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gc = tokio::spawn(app::gc_loop(state.clone()));
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        });
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "server failed");
+        }
+        gc.abort();
+    });
+    Ok(RunningServer { addr, stop, task })
+}

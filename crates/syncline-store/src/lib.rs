@@ -84,6 +84,7 @@ pub struct GcStats {
 
 /// Per-user figures for the dashboard and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct UserStats {
     /// Per table: live records and tombstones.
     pub tables: std::collections::BTreeMap<String, TableStats>,

@@ -1,1 +1,155 @@
-fn main() {}
+//! The `syncline` binary: `serve` runs the sync server, `token` mints a bearer token, `bench` measures push and
+//! pull throughput against the SQLite ceiling. Thin: everything it does is a call into the library crates.
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use syncline_server::{Authenticator, Config};
+
+#[derive(Parser)]
+#[command(name = "syncline", version, about = "An offline-first sync engine speaking the WatermelonDB protocol")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sync server. Without --config: dev mode on ./syncline-data with a demo schema.
+    Serve {
+        #[arg(long, env = "SYNCLINE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print a bearer token for a user.
+    Token {
+        #[arg(long, env = "SYNCLINE_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        user: String,
+        /// How long the token lives: 3600s, 90m, 24h, 30d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// Give the token the admin role.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Measure push and pull throughput over HTTP and the raw SQLite ceiling, in one run.
+    Bench(bench::BenchArgs),
+}
+
+const DEV_DIR: &str = "syncline-data";
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Token { config, user, ttl, admin } => {
+            let (config, _) = load(config.as_deref())?;
+            let auth = Authenticator::from_config(&config.auth)?;
+            println!("{}", auth.mint(&user, parse_ttl(&ttl)?, admin, now_secs())?);
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+/// Loads the configuration, or the dev-mode one (demo schema, secret kept in ./syncline-data/dev-secret).
+fn load(path: Option<&Path>) -> Result<(Config, bool)> {
+    if let Some(path) = path {
+        return Ok((Config::load(path)?, false));
+    }
+    std::fs::create_dir_all(DEV_DIR).with_context(|| format!("creating {DEV_DIR}"))?;
+    let secret_path = Path::new(DEV_DIR).join("dev-secret");
+    let secret = match std::fs::read_to_string(&secret_path) {
+        Ok(s) if s.trim().len() >= 16 => s.trim().to_string(),
+        _ => {
+            use rand::Rng;
+            let s: String = rand::rng().sample_iter(rand::distr::Alphanumeric).take(40).map(char::from).collect();
+            std::fs::write(&secret_path, &s).with_context(|| format!("writing {}", secret_path.display()))?;
+            s
+        }
+    };
+    let text = format!(
+        "[storage]\nurl = \"sqlite://./{DEV_DIR}/syncline.db\"\n[auth]\njwt_secret = \"{secret}\"\n{}",
+        include_str!("demo.toml")
+    );
+    Ok((Config::from_toml(&text, std::env::vars())?, true))
+}
+
+fn serve(config_path: Option<PathBuf>) -> Result<()> {
+    let (config, dev) = load(config_path.as_deref())?;
+    let auth = Authenticator::from_config(&config.auth)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let server = syncline_server::start(config).await?;
+        let url = format!("http://{}", server.addr);
+        println!("Syncline listening on {url}");
+        println!("Dashboard: {url}/");
+        if dev {
+            let token = auth.mint("demo", 30 * 86_400, true, now_secs())?;
+            println!("Dev mode: data in ./{DEV_DIR}/, demo schema (projects, tasks).");
+            println!("Bearer token for user \"demo\" (admin, valid 30 days):\n\n{token}\n");
+            println!(
+                "Try: curl -s -X POST {url}/v1/sync/pull -H \"Authorization: Bearer <token>\" -d '{{\"lastPulledAt\":null}}'"
+            );
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate() => {}
+        }
+        tracing::info!("shutting down");
+        server.stop().await;
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+#[cfg(unix)]
+async fn terminate() {
+    if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        s.recv().await;
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate() {
+    std::future::pending::<()>().await
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn parse_ttl(ttl: &str) -> Result<i64> {
+    let (number, unit) = ttl.split_at(ttl.find(|c: char| !c.is_ascii_digit()).unwrap_or(ttl.len()));
+    let n: i64 = number.parse().with_context(|| format!("bad --ttl `{ttl}`: use e.g. 3600s, 90m, 24h, 30d"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("bad --ttl unit in `{ttl}`: use s, m, h or d"),
+    };
+    Ok(n * secs)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ttls() {
+        assert_eq!(super::parse_ttl("24h").unwrap(), 86_400);
+        assert_eq!(super::parse_ttl("90m").unwrap(), 5_400);
+        assert_eq!(super::parse_ttl("30").unwrap(), 30);
+        assert!(super::parse_ttl("1w").is_err());
+        assert!(super::parse_ttl("h").is_err());
+    }
+}

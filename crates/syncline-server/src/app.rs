@@ -1,0 +1,327 @@
+//! The HTTP routes: pull (streamed), push, bulk, and the operational endpoints. Handlers parse and check the
+//! request, then run the store on a blocking thread; they never panic on input and every error is an
+//! [`ApiError`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use syncline_core::{BulkCounts, BulkRequest, PullRequest, PushOutcome, PushRequest, Schema, plan_bulk, plan_push};
+use syncline_store::{IdempotencyKey, PullSink, Store, StoreError, WriteOutcome};
+use tokio::sync::mpsc;
+
+use crate::auth::{Authenticator, Principal, TokenError};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Everything a request handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub schema: Arc<Schema>,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<Config>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Builds the router with every route, the metrics middleware and request tracing.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(include_str!("../assets/index.html")) }))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/sync/pull", post(pull))
+        .route("/v1/sync/push", post(push))
+        .route("/v1/sync/bulk", post(bulk))
+        .route("/v1/me", get(me))
+        .route("/v1/admin/gc", post(admin_gc))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "other".into());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.observe_request(&route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("../assets/openapi.json"))
+}
+
+/// The authenticated caller, from `Authorization: Bearer <JWT>`.
+pub struct User(pub Principal);
+
+impl FromRequestParts<AppState> for User {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<User, ApiError> {
+        let unauthorized = |code, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(unauthorized("missing_token", "send Authorization: Bearer <token>"));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or_else(|| unauthorized("invalid_token", "the Authorization header must be `Bearer <token>`"))?;
+        match state.auth.verify(token) {
+            Ok(p) => Ok(User(p)),
+            Err(TokenError::Expired) => Err(unauthorized("token_expired", "the token has expired; get a new one")),
+            Err(TokenError::Invalid) => Err(unauthorized("invalid_token", "the token is not valid for this server")),
+        }
+    }
+}
+
+/// Reads the whole body, refusing more than the configured limit with 413.
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.config.server.max_body_bytes;
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is larger than {limit} bytes"))
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(_) => Err(ApiError::bad_request("invalid_request", "the body could not be read")),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap, route: &str, body: &[u8]) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().unwrap_or_default();
+    let valid = !key.is_empty()
+        && key.len() <= 128
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    if !valid {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1-128 characters from [A-Za-z0-9_.:-]",
+        ));
+    }
+    let mut hash = Sha256::new();
+    hash.update(route.as_bytes());
+    hash.update([0]);
+    hash.update(body);
+    Ok(Some(IdempotencyKey { key: key.to_string(), request_hash: hash.finalize().into() }))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, "blocking task failed");
+        ApiError::internal()
+    })?
+}
+
+fn too_many(limit: usize, n: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_records",
+        format!("{n} records in one request; at most {limit} are allowed: split it"),
+    )
+}
+
+fn write_response(outcome: WriteOutcome, state: &AppState, pushed: impl Fn(&syncline_store::WriteSummary) -> u64) -> Response {
+    match outcome {
+        WriteOutcome::Applied { summary, response } => {
+            Metrics::add(&state.metrics.records_pushed, pushed(&summary));
+            ([(header::CONTENT_TYPE, "application/json")], response).into_response()
+        }
+        WriteOutcome::Replayed { response } => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json")), (header::HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true"))],
+            response,
+        )
+            .into_response(),
+        WriteOutcome::Conflict { conflicts } => {
+            Metrics::add(&state.metrics.push_conflicts, 1);
+            let n: usize = conflicts.values().map(Vec::len).sum();
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("{n} record(s) changed on the server since lastPulledAt; pull, then push again"),
+            )
+            .with("conflicts", serde_json::to_value(conflicts).unwrap_or_default())
+            .into_response()
+        }
+    }
+}
+
+fn applied_count(summary: &syncline_store::WriteSummary) -> u64 {
+    summary.counts.values().map(|c| c.upserted + c.deleted).sum()
+}
+
+async fn push(State(state): State<AppState>, User(user): User, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(&state, &headers, body).await?;
+    let key = idempotency_key(&headers, "push", &bytes)?;
+    let st = state.clone();
+    let outcome = blocking(move || {
+        let request: PushRequest = serde_json::from_slice(&bytes).map_err(|e| ApiError::from_json(&e))?;
+        let n: usize = request.changes.values().map(|c| c.len()).sum();
+        let limit = st.config.server.max_records_per_request;
+        if n > limit {
+            return Err(too_many(limit, n));
+        }
+        let (batch, rejected) = plan_push(&st.schema, &request, &user.user)?;
+        if !rejected.is_empty() {
+            Metrics::add(&st.metrics.records_rejected, rejected.len() as u64);
+            tracing::info!(rejected = rejected.len(), "push carried invalid records");
+        }
+        let respond = |s: &syncline_store::WriteSummary| {
+            serde_json::to_string(&PushOutcome { timestamp: s.sequence, rejected: rejected.clone() }).unwrap_or_default()
+        };
+        Ok(st.store.write(&user.user, &batch, key.as_ref(), now_ms(), &respond)?)
+    })
+    .await?;
+    Ok(write_response(outcome, &state, applied_count))
+}
+
+async fn bulk(State(state): State<AppState>, User(user): User, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(&state, &headers, body).await?;
+    let key = idempotency_key(&headers, "bulk", &bytes)?;
+    let st = state.clone();
+    let outcome = blocking(move || {
+        let request: BulkRequest = serde_json::from_slice(&bytes).map_err(|e| ApiError::from_json(&e))?;
+        let n: usize = request.upserts.values().map(Vec::len).chain(request.deletes.values().map(Vec::len)).sum();
+        let limit = st.config.server.max_records_per_request;
+        if n > limit {
+            return Err(too_many(limit, n));
+        }
+        let batch = plan_bulk(&st.schema, &request, &user.user).inspect_err(|e| {
+            if let syncline_core::CoreError::InvalidRows(rows) = e {
+                Metrics::add(&st.metrics.bulk_rows_invalid, rows.len() as u64);
+            }
+        })?;
+        let respond = |s: &syncline_store::WriteSummary| {
+            serde_json::to_string(&BulkCounts { counts: s.counts.clone(), timestamp: s.sequence }).unwrap_or_default()
+        };
+        Ok(st.store.write(&user.user, &batch, key.as_ref(), now_ms(), &respond)?)
+    })
+    .await?;
+    Ok(write_response(outcome, &state, applied_count))
+}
+
+/// Sends pull output to the HTTP response as it is produced; fails when the client has gone.
+struct ChannelSink(mpsc::Sender<Result<Bytes, ApiError>>);
+
+impl PullSink for ChannelSink {
+    fn write(&mut self, chunk: Vec<u8>) -> Result<(), StoreError> {
+        self.0.blocking_send(Ok(Bytes::from(chunk))).map_err(|_| StoreError::Aborted)
+    }
+}
+
+async fn pull(State(state): State<AppState>, User(user): User, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(&state, &headers, body).await?;
+    let request: PullRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        PullRequest::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::from_json(&e))?
+    };
+    let max = state.config.sync.max_pull_limit;
+    if let Some(limit) = request.limit
+        && !(1..=max).contains(&limit)
+    {
+        return Err(ApiError::bad_request("invalid_request", format!("limit must be between 1 and {max}")));
+    }
+    if request.last_pulled_at.is_some_and(|t| t < 0) {
+        return Err(ApiError::bad_request("invalid_request", "lastPulledAt must be null or a positive sequence"));
+    }
+    // Two chunks in flight bound the memory a pull holds, whatever the dataset size.
+    let (tx, mut rx) = mpsc::channel::<Result<Bytes, ApiError>>(2);
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut sink = ChannelSink(tx);
+        match st.store.pull(&user.user, &request, &mut sink) {
+            Ok(stats) => {
+                Metrics::add(&st.metrics.records_pulled, stats.records);
+                Metrics::add(&st.metrics.tombstones_pulled, stats.deleted);
+            }
+            Err(StoreError::Aborted) => tracing::info!("client went away during a pull"),
+            Err(e) => {
+                let _ = sink.0.blocking_send(Err(ApiError::from(e)));
+            }
+        }
+    });
+    let first = match rx.recv().await {
+        Some(Ok(chunk)) => chunk,
+        Some(Err(e)) => return Err(e),
+        None => return Err(ApiError::internal()),
+    };
+    let rest = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item.map_err(|e| std::io::Error::other(e.message)), rx))
+    });
+    let stream = futures_util::stream::iter([Ok::<Bytes, std::io::Error>(first)]).chain(rest);
+    use futures_util::StreamExt;
+    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response())
+}
+
+async fn me(State(state): State<AppState>, User(user): User) -> Result<Response, ApiError> {
+    let st = state.clone();
+    let name = user.user.clone();
+    let stats = blocking(move || Ok(st.store.user_stats(&name)?)).await?;
+    Ok(Json(json!({"user": user.user, "admin": user.admin, "stats": stats})).into_response())
+}
+
+async fn admin_gc(State(state): State<AppState>, User(user): User) -> Result<Response, ApiError> {
+    if !user.admin {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this route needs an admin token"));
+    }
+    let stats = run_gc(&state).await?;
+    Ok(Json(json!({"tombstonesCollected": stats.tombstones, "idempotencyKeysCollected": stats.idempotency_keys})).into_response())
+}
+
+/// Collects tombstones older than the retention and expired idempotency keys.
+pub async fn run_gc(state: &AppState) -> Result<syncline_store::GcStats, ApiError> {
+    let st = state.clone();
+    blocking(move || {
+        let now = now_ms();
+        let retention = (st.config.sync.tombstone_retention_days * 86_400_000.0) as i64;
+        let ttl = (st.config.sync.idempotency_ttl_hours * 3_600_000.0) as i64;
+        let stats = st.store.collect_garbage(now - retention, now - ttl)?;
+        if stats.tombstones > 0 || stats.idempotency_keys > 0 {
+            tracing::info!(tombstones = stats.tombstones, idempotency_keys = stats.idempotency_keys, "garbage collected");
+        }
+        Ok(stats)
+    })
+    .await
+}
+
+/// Runs garbage collection every `gc_interval_seconds` until the process ends.
+pub async fn gc_loop(state: AppState) {
+    let every = Duration::from_secs(state.config.sync.gc_interval_seconds.max(1));
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        let _ = run_gc(&state).await;
+    }
+}

@@ -1,0 +1,154 @@
+//! The server configuration: a TOML file whose every setting can be overridden by a `SYNCLINE_<SECTION>_<KEY>`
+//! environment variable, checked into typed sections before anything starts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use syncline_core::TableConfig;
+
+use crate::ServerError;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub sync: SyncSection,
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: String,
+    /// Larger request bodies get 413 `payload_too_large`.
+    pub max_body_bytes: usize,
+    /// More records in one push or bulk request get 413 `too_many_records`.
+    pub max_records_per_request: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection { listen: "127.0.0.1:8080".into(), max_body_bytes: 32 << 20, max_records_per_request: 100_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    pub url: String,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection { url: "sqlite://./syncline-data/syncline.db".into() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// HS256 shared secret.
+    pub jwt_secret: Option<String>,
+    /// PEM public key for RS256/ES256 tokens.
+    pub public_key_file: Option<String>,
+    /// JWKS document; the token's `kid` picks the key.
+    pub jwks_file: Option<String>,
+    /// Algorithm for `public_key_file` / `jwks_file` keys: RS256 (default) or ES256.
+    pub algorithm: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Tokens whose `role` claim equals this are admins (default `admin`).
+    pub admin_role: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSection {
+    pub tombstone_retention_days: f64,
+    pub idempotency_ttl_hours: f64,
+    pub max_pull_limit: u32,
+    pub gc_interval_seconds: u64,
+}
+
+impl Default for SyncSection {
+    fn default() -> Self {
+        SyncSection { tombstone_retention_days: 30.0, idempotency_ttl_hours: 24.0, max_pull_limit: 50_000, gc_interval_seconds: 3600 }
+    }
+}
+
+const SECTIONS: [&str; 4] = ["server", "storage", "auth", "sync"];
+/// Keys whose environment values are always text (a numeric-looking secret stays a string).
+const TEXT_KEYS: [&str; 9] =
+    ["listen", "url", "jwt_secret", "public_key_file", "jwks_file", "algorithm", "issuer", "audience", "admin_role"];
+
+impl Config {
+    /// Parses TOML text, then applies `SYNCLINE_<SECTION>_<KEY>` overrides from `env`.
+    pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ServerError> {
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| ServerError::Config(e.to_string()))?;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("SYNCLINE_") else { continue };
+            let rest = rest.to_ascii_lowercase();
+            let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else { continue };
+            let key = &rest[section.len() + 1..];
+            let parsed = if TEXT_KEYS.contains(&key) {
+                toml::Value::String(value)
+            } else {
+                toml::from_str::<toml::Table>(&format!("v = {value}"))
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .unwrap_or(toml::Value::String(value))
+            };
+            let entry = doc.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(table) = entry else {
+                return Err(ServerError::Config(format!("`{section}` must be a table")));
+            };
+            table.insert(key.to_string(), parsed);
+        }
+        doc.try_into().map_err(|e: toml::de::Error| ServerError::Config(e.to_string()))
+    }
+
+    /// Reads a configuration file and the process environment.
+    pub fn load(path: &Path) -> Result<Config, ServerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))?;
+        Config::from_toml(&text, std::env::vars())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_the_file() {
+        let text = "[server]\nlisten = \"127.0.0.1:1\"\n[tables.t]\ncolumns = { a = \"string\" }\n";
+        let env = [
+            ("SYNCLINE_SERVER_LISTEN".to_string(), "127.0.0.1:2".to_string()),
+            ("SYNCLINE_AUTH_JWT_SECRET".to_string(), "12345".to_string()),
+            ("SYNCLINE_SYNC_TOMBSTONE_RETENTION_DAYS".to_string(), "7".to_string()),
+            ("SYNCLINE_BIN".to_string(), "/not/a/setting".to_string()),
+        ];
+        let config = Config::from_toml(text, env).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:2");
+        assert_eq!(config.auth.jwt_secret.as_deref(), Some("12345"));
+        assert_eq!(config.sync.tombstone_retention_days, 7.0);
+        assert_eq!(config.storage.url, "sqlite://./syncline-data/syncline.db");
+        assert!(config.tables.contains_key("t"));
+    }
+
+    #[test]
+    fn typos_are_refused() {
+        let err = Config::from_toml("[server]\nlisten_on = \"x\"\n", []).unwrap_err();
+        assert!(err.to_string().contains("listen_on"), "{err}");
+    }
+}

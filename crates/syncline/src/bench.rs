@@ -1,0 +1,270 @@
+//! `syncline bench`: pushes N records (~250 bytes, random 16-character ids) to a real server process over
+//! HTTP in batches, pulls them all into a fresh cursor, and prints records/s for both, the server's peak RSS
+//! and, measured in the same run on the same disk, the raw SQLite upsert ceiling for the same records.
+//! A benchmark, not a test: it prints figures and the goals they are read against.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Records to push and pull.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: usize,
+    /// Records per push request (and per ceiling transaction).
+    #[arg(long, default_value_t = 10_000)]
+    batch: usize,
+    /// Records per pull page.
+    #[arg(long, default_value_t = 50_000)]
+    page: usize,
+    /// Push requests in flight at once.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Where the databases go (default: a fresh directory under the current one, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+const SECRET: &str = "bench-secret-bench-secret-bench";
+
+fn random_string(rng: &mut impl Rng, n: usize) -> String {
+    rng.sample_iter(Alphanumeric).take(n).map(char::from).collect()
+}
+
+/// One ~250-byte task record of the demo schema, as JSON text.
+fn record(rng: &mut impl Rng) -> (String, String) {
+    let id = random_string(rng, 16);
+    let title = random_string(rng, 120);
+    let json = format!(
+        r#"{{"id":"{id}","title":"{title}","done":{},"project_id":"{}","position":{:.3},"updated_at":{}}}"#,
+        rng.random_bool(0.5),
+        random_string(rng, 16),
+        rng.random_range(0.0..1e6),
+        1_700_000_000_000u64 + rng.random_range(0..1_000_000_000u64),
+    );
+    (id, json)
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let own_dir = args.dir.is_none();
+    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(format!("syncline-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&dir)?;
+    let result = run_in(&args, &dir);
+    if own_dir {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
+    let mut rng = rand::rng();
+    eprintln!("generating {} records ...", args.records);
+    let records: Vec<(String, String)> = (0..args.records).map(|_| record(&mut rng)).collect();
+    let avg = records.iter().map(|r| r.1.len()).sum::<usize>() / records.len().max(1);
+
+    eprintln!("measuring the raw SQLite upsert ceiling ...");
+    let ceiling = sqlite_ceiling(&dir.join("ceiling.db"), &records, args.batch)?;
+
+    let config = dir.join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_records_per_request = {}\n[storage]\nurl = \"sqlite://{}\"\n[auth]\njwt_secret = \"{SECRET}\"\n[sync]\nmax_pull_limit = {}\n{}",
+            args.batch.max(1000),
+            dir.join("server.db").display(),
+            args.page.max(1),
+            include_str!("demo.toml")
+        ),
+    )?;
+    let mut server = ServerProcess::spawn(&config)?;
+    let auth = syncline_server::Authenticator::from_config(&syncline_server::AuthSection {
+        jwt_secret: Some(SECRET.into()),
+        ..Default::default()
+    })?;
+    let token = auth.mint("bench", 3600, false, crate::now_secs())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (push_secs, pull_secs, pulled) = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let bodies: Vec<String> = records
+            .chunks(args.batch.max(1))
+            .map(|chunk| {
+                let mut body = String::with_capacity(chunk.len() * (avg + 1) + 100);
+                body.push_str(r#"{"lastPulledAt":0,"changes":{"tasks":{"created":["#);
+                for (i, (_, json)) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(json);
+                }
+                body.push_str(r#"],"updated":[],"deleted":[]}}}"#);
+                body
+            })
+            .collect();
+        eprintln!("pushing {} records in {} requests ...", records.len(), bodies.len());
+        let started = Instant::now();
+        push_all(&client, &server.url, &token, bodies, args.concurrency).await?;
+        let push_secs = started.elapsed().as_secs_f64();
+        eprintln!("pulling into a fresh cursor ...");
+        let started = Instant::now();
+        let pulled = pull_all(&client, &server.url, &token, args.page).await?;
+        Ok::<_, anyhow::Error>((push_secs, started.elapsed().as_secs_f64(), pulled))
+    })?;
+    let peak_rss_mb = server.peak_rss_kb()? as f64 / 1024.0;
+    server.stop();
+    if pulled != records.len() {
+        bail!("pulled {pulled} records, expected {}", records.len());
+    }
+    let n = records.len() as f64;
+    let push_rate = n / push_secs;
+    let pull_rate = n / pull_secs;
+    println!("Syncline bench: {} records of ~{avg} bytes, random 16-char ids; push batches of {}, pull pages of {}", records.len(), args.batch, args.page);
+    println!("  SQLite upsert ceiling (same records, same disk, {} per txn): {:>10.0} records/s", args.batch, ceiling);
+    println!(
+        "  push over HTTP:                  {:>10.0} records/s  ({:.0}% of ceiling; goal >= 100000/s and >= 50%)",
+        push_rate,
+        100.0 * push_rate / ceiling
+    );
+    println!("  pull into a fresh cursor:        {:>10.0} records/s  (goal >= 500000/s)", pull_rate);
+    println!("  server peak RSS:                 {:>10.1} MB         (goal <= 200 MB)", peak_rss_mb);
+    Ok(())
+}
+
+/// Upserts the records into a plain `(id PRIMARY KEY, data)` table with the store's writer settings.
+fn sqlite_ceiling(path: &Path, records: &[(String, String)], batch: usize) -> Result<f64> {
+    let mut conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "cache_size", -96_000)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
+    conn.execute_batch("CREATE TABLE records (id TEXT PRIMARY KEY, data TEXT NOT NULL)")?;
+    let started = Instant::now();
+    for chunk in records.chunks(batch.max(1)) {
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO records (id, data) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+            )?;
+            for (id, json) in chunk {
+                stmt.execute([id, json])?;
+            }
+        }
+        tx.commit()?;
+    }
+    Ok(records.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn push_all(client: &reqwest::Client, url: &str, token: &str, bodies: Vec<String>, concurrency: usize) -> Result<()> {
+    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(bodies.into_iter()));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (client, queue, url, token) = (client.clone(), queue.clone(), url.to_string(), token.to_string());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some(body) = queue.lock().await.next() else { return Ok::<_, anyhow::Error>(()) };
+                let response = client
+                    .post(format!("{url}/v1/sync/push"))
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                if !response.status().is_success() {
+                    bail!("push failed: {} {}", response.status(), response.text().await.unwrap_or_default());
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Page<'a> {
+    #[serde(borrow)]
+    changes: std::collections::BTreeMap<&'a str, TablePage<'a>>,
+    timestamp: i64,
+    #[serde(rename = "hasMore", default)]
+    has_more: bool,
+}
+
+#[derive(Deserialize)]
+struct TablePage<'a> {
+    #[serde(borrow)]
+    updated: Vec<&'a RawValue>,
+}
+
+async fn pull_all(client: &reqwest::Client, url: &str, token: &str, page: usize) -> Result<usize> {
+    let mut cursor: Option<i64> = None;
+    let mut total = 0;
+    loop {
+        let body = serde_json::json!({"lastPulledAt": cursor, "limit": page}).to_string();
+        let response = client.post(format!("{url}/v1/sync/pull")).bearer_auth(token).body(body).send().await?;
+        if !response.status().is_success() {
+            bail!("pull failed: {}", response.status());
+        }
+        let bytes = response.bytes().await?;
+        let parsed: Page = serde_json::from_slice(&bytes).context("pull response is not the expected JSON")?;
+        total += parsed.changes.values().map(|t| t.updated.len()).sum::<usize>();
+        cursor = Some(parsed.timestamp);
+        if !parsed.has_more {
+            return Ok(total);
+        }
+    }
+}
+
+/// The server under test, as a child process (so its peak RSS is its own).
+struct ServerProcess {
+    child: Child,
+    url: String,
+}
+
+impl ServerProcess {
+    fn spawn(config: &Path) -> Result<ServerProcess> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the server")?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let Some(line) = lines.next() else { bail!("the server exited before listening") };
+            if let Some(url) = line?.strip_prefix("Syncline listening on ") {
+                break url.to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Ok(ServerProcess { child, url })
+    }
+
+    fn peak_rss_kb(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM in /proc status")?;
+        Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
