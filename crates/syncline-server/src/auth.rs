@@ -102,7 +102,10 @@ impl Authenticator {
         let mut validation = Validation::new(algorithm);
         validation.validate_nbf = true;
         validation.leeway = 30;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        required.extend(auth.issuer.as_ref().map(|_| "iss"));
+        required.extend(auth.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         match &auth.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
