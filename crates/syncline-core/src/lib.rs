@@ -16,8 +16,11 @@ pub use error::CoreError;
 pub use names::{is_safe_id, is_valid_name};
 pub use plan::{OnTombstone, RowFailure, TableWrites, Upsert, WriteBatch, plan_bulk, plan_push};
 pub use record::{NormalizedRecord, RowError, RowErrorCode, normalize_record, render_record};
-pub use schema::{Column, ColumnConfig, ColumnSpec, ColumnType, ParentConfig, ParentRef, Schema, Table, TableConfig};
+pub use schema::{
+    Column, ColumnConfig, ColumnSpec, ColumnType, ParentConfig, ParentRef, Schema, Table,
+    TableConfig,
+};
 pub use wire::{
-    BulkCounts, BulkRequest, Migration, MigrationColumns, PullRequest, PullWriter, PushOutcome, PushRequest,
-    RejectedRecord, TableChanges, TableCounts,
+    BulkCounts, BulkRequest, Migration, MigrationColumns, PullRequest, PullWriter, PushOutcome,
+    PushRequest, RejectedRecord, TableChanges, TableCounts,
 };

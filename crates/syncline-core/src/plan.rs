@@ -42,7 +42,10 @@ pub struct WriteBatch<'a> {
 
 impl WriteBatch<'_> {
     pub fn record_count(&self) -> usize {
-        self.tables.iter().map(|t| t.upserts.len() + t.deletes.len()).sum()
+        self.tables
+            .iter()
+            .map(|t| t.upserts.len() + t.deletes.len())
+            .sum()
     }
 }
 
@@ -72,11 +75,17 @@ pub fn plan_push<'a>(
     let mut rejected = Vec::new();
     let mut tables = Vec::new();
     for table in schema.parents_first() {
-        let Some(changes) = request.changes.get(&table.name) else { continue };
+        let Some(changes) = request.changes.get(&table.name) else {
+            continue;
+        };
         if changes.is_empty() {
             continue;
         }
-        let mut writes = TableWrites { table: table.name.clone(), upserts: Vec::new(), deletes: Vec::new() };
+        let mut writes = TableWrites {
+            table: table.name.clone(),
+            upserts: Vec::new(),
+            deletes: Vec::new(),
+        };
         let sources = changes
             .created
             .iter()
@@ -84,29 +93,53 @@ pub fn plan_push<'a>(
             .chain(changes.updated.iter().map(|r| (r, OnTombstone::Ignore)));
         for (raw, on_tombstone) in sources {
             match normalize_record(table, raw, owner, None) {
-                Ok(record) => writes.upserts.push(Upsert { record, on_tombstone }),
+                Ok(record) => writes.upserts.push(Upsert {
+                    record,
+                    on_tombstone,
+                }),
                 Err(e) if e.code == RowErrorCode::InvalidId => {
-                    return Err(CoreError::InvalidId { table: table.name.clone(), id: raw_id(raw.get()) });
+                    return Err(CoreError::InvalidId {
+                        table: table.name.clone(),
+                        id: raw_id(raw.get()),
+                    });
                 }
                 Err(e) => {
                     let id = raw_id(raw.get());
-                    rejected.push(RejectedRecord { table: table.name.clone(), id, code: e.code.as_str(), message: e.message });
+                    rejected.push(RejectedRecord {
+                        table: table.name.clone(),
+                        id,
+                        code: e.code.as_str(),
+                        message: e.message,
+                    });
                 }
             }
         }
         for id in &changes.deleted {
             if !is_safe_id(id) {
-                return Err(CoreError::InvalidId { table: table.name.clone(), id: id.clone() });
+                return Err(CoreError::InvalidId {
+                    table: table.name.clone(),
+                    id: id.clone(),
+                });
             }
             writes.deletes.push(id.clone());
         }
         tables.push(writes);
     }
-    Ok((WriteBatch { conflict_cursor: Some(request.last_pulled_at.unwrap_or(0)), tables }, rejected))
+    Ok((
+        WriteBatch {
+            conflict_cursor: Some(request.last_pulled_at.unwrap_or(0)),
+            tables,
+        },
+        rejected,
+    ))
 }
 
 /// Plans a bulk request: every row must be valid, or the whole request fails with every bad row listed.
-pub fn plan_bulk<'a>(schema: &Schema, request: &'a BulkRequest<'a>, owner: &str) -> Result<WriteBatch<'a>, CoreError> {
+pub fn plan_bulk<'a>(
+    schema: &Schema,
+    request: &'a BulkRequest<'a>,
+    owner: &str,
+) -> Result<WriteBatch<'a>, CoreError> {
     for name in request.upserts.keys().chain(request.deletes.keys()) {
         if schema.table(name).is_none() {
             return Err(CoreError::UnknownTable(name.clone()));
@@ -115,12 +148,24 @@ pub fn plan_bulk<'a>(schema: &Schema, request: &'a BulkRequest<'a>, owner: &str)
     let mut failures = Vec::new();
     let mut tables = Vec::new();
     for table in schema.parents_first() {
-        let upserts = request.upserts.get(&table.name).map(Vec::as_slice).unwrap_or_default();
-        let deletes = request.deletes.get(&table.name).map(Vec::as_slice).unwrap_or_default();
+        let upserts = request
+            .upserts
+            .get(&table.name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let deletes = request
+            .deletes
+            .get(&table.name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         if upserts.is_empty() && deletes.is_empty() {
             continue;
         }
-        let mut writes = TableWrites { table: table.name.clone(), upserts: Vec::new(), deletes: Vec::new() };
+        let mut writes = TableWrites {
+            table: table.name.clone(),
+            upserts: Vec::new(),
+            deletes: Vec::new(),
+        };
         let default_id = table.singleton.then_some("default");
         for (index, raw) in upserts.iter().enumerate() {
             if table.singleton && index > 0 {
@@ -129,12 +174,18 @@ pub fn plan_bulk<'a>(schema: &Schema, request: &'a BulkRequest<'a>, owner: &str)
                     id: Some(raw_id(raw.get())),
                     index,
                     code: RowErrorCode::SingletonViolation.as_str(),
-                    message: format!("table `{}` holds one row per user; send at most one", table.name),
+                    message: format!(
+                        "table `{}` holds one row per user; send at most one",
+                        table.name
+                    ),
                 });
                 continue;
             }
             match normalize_record(table, raw, owner, default_id) {
-                Ok(record) => writes.upserts.push(Upsert { record, on_tombstone: OnTombstone::Resurrect }),
+                Ok(record) => writes.upserts.push(Upsert {
+                    record,
+                    on_tombstone: OnTombstone::Resurrect,
+                }),
                 Err(e) => failures.push(RowFailure {
                     table: table.name.clone(),
                     id: Some(raw_id(raw.get())).filter(|id| !id.is_empty()),
@@ -162,7 +213,10 @@ pub fn plan_bulk<'a>(schema: &Schema, request: &'a BulkRequest<'a>, owner: &str)
     if !failures.is_empty() {
         return Err(CoreError::InvalidRows(failures));
     }
-    Ok(WriteBatch { conflict_cursor: None, tables })
+    Ok(WriteBatch {
+        conflict_cursor: None,
+        tables,
+    })
 }
 
 /// The `id` of a raw record as text, for error reports (empty when there is none).
@@ -186,18 +240,42 @@ mod tests {
     use crate::schema::{ColumnConfig, ColumnType, ParentConfig, TableConfig};
 
     fn schema() -> Schema {
-        let t = |cols: &[(&str, ColumnType)], parent: Option<(&str, &str)>, singleton: bool| TableConfig {
-            columns: cols.iter().map(|(n, t)| (n.to_string(), ColumnConfig::Type(*t))).collect(),
-            since: None,
-            parent: parent.map(|(t, c)| ParentConfig { table: t.into(), column: c.into() }),
-            parents: vec![],
-            singleton,
-            owner_columns: vec![],
+        let t = |cols: &[(&str, ColumnType)], parent: Option<(&str, &str)>, singleton: bool| {
+            TableConfig {
+                columns: cols
+                    .iter()
+                    .map(|(n, t)| (n.to_string(), ColumnConfig::Type(*t)))
+                    .collect(),
+                since: None,
+                parent: parent.map(|(t, c)| ParentConfig {
+                    table: t.into(),
+                    column: c.into(),
+                }),
+                parents: vec![],
+                singleton,
+                owner_columns: vec![],
+            }
         };
         let config: BTreeMap<String, TableConfig> = [
-            ("a_tasks".to_string(), t(&[("title", ColumnType::String), ("project_id", ColumnType::String)], Some(("projects", "project_id")), false)),
-            ("projects".to_string(), t(&[("name", ColumnType::String)], None, false)),
-            ("settings".to_string(), t(&[("theme", ColumnType::String)], None, true)),
+            (
+                "a_tasks".to_string(),
+                t(
+                    &[
+                        ("title", ColumnType::String),
+                        ("project_id", ColumnType::String),
+                    ],
+                    Some(("projects", "project_id")),
+                    false,
+                ),
+            ),
+            (
+                "projects".to_string(),
+                t(&[("name", ColumnType::String)], None, false),
+            ),
+            (
+                "settings".to_string(),
+                t(&[("theme", ColumnType::String)], None, true),
+            ),
         ]
         .into_iter()
         .collect();
@@ -217,21 +295,33 @@ mod tests {
         let order: Vec<_> = batch.tables.iter().map(|t| t.table.as_str()).collect();
         assert_eq!(order, ["projects", "a_tasks"], "parents first");
         assert_eq!(batch.tables[1].upserts.len(), 1);
-        assert_eq!(batch.tables[1].upserts[0].on_tombstone, OnTombstone::Resurrect);
+        assert_eq!(
+            batch.tables[1].upserts[0].on_tombstone,
+            OnTombstone::Resurrect
+        );
         assert_eq!(batch.tables[0].upserts[0].on_tombstone, OnTombstone::Ignore);
         assert_eq!(batch.tables[1].deletes, ["t9"]);
         assert_eq!(rejected.len(), 1);
-        assert_eq!((rejected[0].id.as_str(), rejected[0].code), ("t2", "wrong_type"));
+        assert_eq!(
+            (rejected[0].id.as_str(), rejected[0].code),
+            ("t2", "wrong_type")
+        );
     }
 
     #[test]
     fn push_refuses_unknown_tables_and_unsafe_ids() {
         let unknown: PushRequest =
             serde_json::from_str(r#"{"lastPulledAt":1,"changes":{"nope":{"created":[{"id":"x"}],"updated":[],"deleted":[]}}}"#).unwrap();
-        assert_eq!(plan_push(&schema(), &unknown, "a").unwrap_err(), CoreError::UnknownTable("nope".into()));
+        assert_eq!(
+            plan_push(&schema(), &unknown, "a").unwrap_err(),
+            CoreError::UnknownTable("nope".into())
+        );
         let unsafe_id: PushRequest =
             serde_json::from_str(r#"{"lastPulledAt":1,"changes":{"projects":{"created":[],"updated":[],"deleted":["../x"]}}}"#).unwrap();
-        assert!(matches!(plan_push(&schema(), &unsafe_id, "a").unwrap_err(), CoreError::InvalidId { .. }));
+        assert!(matches!(
+            plan_push(&schema(), &unsafe_id, "a").unwrap_err(),
+            CoreError::InvalidId { .. }
+        ));
     }
 
     #[test]
@@ -240,17 +330,29 @@ mod tests {
                                    "settings": [{"theme":"dark"},{"theme":"light"}]},
                        "deletes": {"a_tasks": ["fine", "bad id"]}}"#;
         let request: BulkRequest = serde_json::from_str(body).unwrap();
-        let CoreError::InvalidRows(failures) = plan_bulk(&schema(), &request, "a").unwrap_err() else { panic!() };
-        let summary: Vec<_> = failures.iter().map(|f| (f.table.as_str(), f.index, f.code)).collect();
+        let CoreError::InvalidRows(failures) = plan_bulk(&schema(), &request, "a").unwrap_err()
+        else {
+            panic!()
+        };
+        let summary: Vec<_> = failures
+            .iter()
+            .map(|f| (f.table.as_str(), f.index, f.code))
+            .collect();
         assert_eq!(
             summary,
-            [("projects", 1, "wrong_type"), ("projects", 2, "invalid_id"), ("a_tasks", 1, "invalid_id"), ("settings", 1, "singleton_violation")]
+            [
+                ("projects", 1, "wrong_type"),
+                ("projects", 2, "invalid_id"),
+                ("a_tasks", 1, "invalid_id"),
+                ("settings", 1, "singleton_violation")
+            ]
         );
     }
 
     #[test]
     fn bulk_singleton_rows_default_their_id() {
-        let request: BulkRequest = serde_json::from_str(r#"{"upserts": {"settings": [{"theme":"dark"}]}}"#).unwrap();
+        let request: BulkRequest =
+            serde_json::from_str(r#"{"upserts": {"settings": [{"theme":"dark"}]}}"#).unwrap();
         let batch = plan_bulk(&schema(), &request, "a").unwrap();
         assert_eq!(batch.tables[0].upserts[0].record.id, "default");
         assert_eq!(batch.conflict_cursor, None);

@@ -12,8 +12,8 @@ use serde::Deserializer;
 use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::schema::{ColumnType, Table};
 use crate::is_safe_id;
+use crate::schema::{ColumnType, Table};
 
 /// Why one row was refused. Stable codes, part of the wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +46,10 @@ pub struct RowError {
 
 impl RowError {
     fn new(code: RowErrorCode, message: impl Into<String>) -> RowError {
-        RowError { code, message: message.into() }
+        RowError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -95,7 +98,9 @@ impl<'de> serde::Deserialize<'de> for RawFields<'de> {
 }
 
 fn fields_of(raw: &RawValue) -> Option<Vec<(&str, &RawValue)>> {
-    serde_json::from_str::<RawFields>(raw.get()).ok().map(|f| f.0)
+    serde_json::from_str::<RawFields>(raw.get())
+        .ok()
+        .map(|f| f.0)
 }
 
 /// Checks `raw` against `table` and normalises it. Owner columns are set to `owner` whatever was sent;
@@ -108,7 +113,10 @@ pub fn normalize_record<'a>(
     default_id: Option<&'a str>,
 ) -> Result<NormalizedRecord<'a>, RowError> {
     let fields = fields_of(raw).ok_or_else(|| {
-        RowError::new(RowErrorCode::InvalidRecord, "a record must be a JSON object with plain (unescaped) keys")
+        RowError::new(
+            RowErrorCode::InvalidRecord,
+            "a record must be a JSON object with plain (unescaped) keys",
+        )
     })?;
     let mut id: Option<Cow<'a, str>> = None;
     let mut values: Vec<Option<Cow<'a, str>>> = vec![None; table.columns.len()];
@@ -120,7 +128,10 @@ pub fn normalize_record<'a>(
                 _ => {
                     return Err(RowError::new(
                         RowErrorCode::InvalidId,
-                        format!("`id` must be a string of 1-64 characters from [A-Za-z0-9_.-], got {}", value.get()),
+                        format!(
+                            "`id` must be a string of 1-64 characters from [A-Za-z0-9_.-], got {}",
+                            value.get()
+                        ),
                     ));
                 }
             }
@@ -140,17 +151,29 @@ pub fn normalize_record<'a>(
     let id = match (id, default_id) {
         (Some(id), _) => id,
         (None, Some(d)) => Cow::Borrowed(d),
-        (None, None) => return Err(RowError::new(RowErrorCode::InvalidId, "the record has no `id`")),
+        (None, None) => {
+            return Err(RowError::new(
+                RowErrorCode::InvalidId,
+                "the record has no `id`",
+            ));
+        }
     };
     for (slot, column) in values.iter_mut().zip(&table.columns) {
         if column.owner {
-            *slot = Some(Cow::Owned(serde_json::to_string(owner).expect("a string serialises")));
+            *slot = Some(Cow::Owned(
+                serde_json::to_string(owner).expect("a string serialises"),
+            ));
         }
     }
     Ok(NormalizedRecord { id, values })
 }
 
-fn check_value<'a>(table: &str, column: &str, ty: ColumnType, value: &'a RawValue) -> Result<Cow<'a, str>, RowError> {
+fn check_value<'a>(
+    table: &str,
+    column: &str,
+    ty: ColumnType,
+    value: &'a RawValue,
+) -> Result<Cow<'a, str>, RowError> {
     let text = value.get();
     let first = text.as_bytes().first().copied().unwrap_or(b' ');
     let ok = text == "null"
@@ -175,14 +198,25 @@ fn check_value<'a>(table: &str, column: &str, ty: ColumnType, value: &'a RawValu
 
 /// Renders the canonical JSON text of a record. Columns the record did not carry keep their value from
 /// `existing` (the stored canonical text), or become `null` for a new record.
-pub fn render_record(table: &Table, record: &NormalizedRecord<'_>, existing: Option<&str>) -> String {
+pub fn render_record(
+    table: &Table,
+    record: &NormalizedRecord<'_>,
+    existing: Option<&str>,
+) -> String {
     let existing_fields = if record.is_complete() {
         None
     } else {
-        existing.and_then(|e| serde_json::from_str::<RawFields>(e).ok()).map(|f| f.0)
+        existing
+            .and_then(|e| serde_json::from_str::<RawFields>(e).ok())
+            .map(|f| f.0)
     };
     let mut out = String::with_capacity(
-        16 + record.id.len() + record.values.iter().map(|v| v.as_ref().map_or(4, |s| s.len()) + 24).sum::<usize>(),
+        16 + record.id.len()
+            + record
+                .values
+                .iter()
+                .map(|v| v.as_ref().map_or(4, |s| s.len()) + 24)
+                .sum::<usize>(),
     );
     out.push_str("{\"id\":\"");
     out.push_str(&record.id); // safe ids need no escaping
@@ -255,14 +289,26 @@ mod tests {
     #[test]
     fn bad_rows_get_their_code() {
         assert_eq!(check(r#"{"id":"a","title":5}"#), Err("wrong_type".into()));
-        assert_eq!(check(r#"{"id":"a","done":"yes"}"#), Err("wrong_type".into()));
-        assert_eq!(check(r#"{"id":"a","position":"5"}"#), Err("wrong_type".into()));
-        assert_eq!(check(r#"{"id":"a","nope":1}"#), Err("unknown_column".into()));
+        assert_eq!(
+            check(r#"{"id":"a","done":"yes"}"#),
+            Err("wrong_type".into())
+        );
+        assert_eq!(
+            check(r#"{"id":"a","position":"5"}"#),
+            Err("wrong_type".into())
+        );
+        assert_eq!(
+            check(r#"{"id":"a","nope":1}"#),
+            Err("unknown_column".into())
+        );
         assert_eq!(check(r#"{"id":"a/b"}"#), Err("invalid_id".into()));
         assert_eq!(check(r#"{"id":7}"#), Err("invalid_id".into()));
         assert_eq!(check(r#"{"title":"x"}"#), Err("invalid_id".into()));
         assert_eq!(check(r#"[1]"#), Err("invalid_record".into()));
-        assert_eq!(check(r#"{"id":"a","__proto__":1}"#), Err("unknown_column".into()));
+        assert_eq!(
+            check(r#"{"id":"a","__proto__":1}"#),
+            Err("unknown_column".into())
+        );
     }
 
     #[test]
@@ -271,7 +317,8 @@ mod tests {
         let table = schema.table("tasks").unwrap();
         let raw: Box<RawValue> = serde_json::from_str(r#"{"id":"a","title":"new"}"#).unwrap();
         let record = normalize_record(table, &raw, "alice", None).unwrap();
-        let stored = r#"{"id":"a","done":true,"meta":null,"position":3,"title":"old","user_id":"alice"}"#;
+        let stored =
+            r#"{"id":"a","done":true,"meta":null,"position":3,"title":"old","user_id":"alice"}"#;
         assert_eq!(
             render_record(table, &record, Some(stored)),
             r#"{"id":"a","done":true,"meta":null,"position":3,"title":"new","user_id":"alice"}"#

@@ -144,7 +144,10 @@ impl Schema {
             let mut column_index = HashMap::new();
             for (cname, cc) in &tc.columns {
                 if !is_valid_name(cname) || RESERVED.contains(&cname.as_str()) {
-                    return Err(CoreError::InvalidColumnName { table: name.clone(), column: cname.clone() });
+                    return Err(CoreError::InvalidColumnName {
+                        table: name.clone(),
+                        column: cname.clone(),
+                    });
                 }
                 let (ty, since) = match cc {
                     ColumnConfig::Type(ty) => (*ty, None),
@@ -152,19 +155,32 @@ impl Schema {
                 };
                 let owner = cname == "user_id" || tc.owner_columns.contains(cname);
                 column_index.insert(cname.clone(), columns.len());
-                columns.push(Column { name: cname.clone(), ty, since: since.unwrap_or(1), owner });
+                columns.push(Column {
+                    name: cname.clone(),
+                    ty,
+                    since: since.unwrap_or(1),
+                    owner,
+                });
             }
             for owner in &tc.owner_columns {
                 match column_index.get(owner) {
                     Some(&i) if columns[i].ty == ColumnType::String => {}
-                    _ => return Err(CoreError::InvalidOwnerColumn { table: name.clone(), column: owner.clone() }),
+                    _ => {
+                        return Err(CoreError::InvalidOwnerColumn {
+                            table: name.clone(),
+                            column: owner.clone(),
+                        });
+                    }
                 }
             }
             let parents: Vec<ParentRef> = tc
                 .parent
                 .iter()
                 .chain(tc.parents.iter())
-                .map(|p| ParentRef { table: p.table.clone(), column: p.column.clone() })
+                .map(|p| ParentRef {
+                    table: p.table.clone(),
+                    column: p.column.clone(),
+                })
                 .collect();
             tables.push(Table {
                 name: name.clone(),
@@ -176,7 +192,11 @@ impl Schema {
                 children: Vec::new(),
             });
         }
-        let index: HashMap<String, usize> = tables.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        let index: HashMap<String, usize> = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         let mut children: Vec<Vec<ParentRef>> = vec![Vec::new(); tables.len()];
         for table in &tables {
             for parent in &table.parents {
@@ -195,14 +215,21 @@ impl Schema {
                         });
                     }
                 }
-                children[pi].push(ParentRef { table: table.name.clone(), column: parent.column.clone() });
+                children[pi].push(ParentRef {
+                    table: table.name.clone(),
+                    column: parent.column.clone(),
+                });
             }
         }
         for (table, kids) in tables.iter_mut().zip(children) {
             table.children = kids;
         }
         let topo = topological_order(&tables, &index)?;
-        Ok(Schema { tables, index, topo })
+        Ok(Schema {
+            tables,
+            index,
+            topo,
+        })
     }
 
     pub fn table(&self, name: &str) -> Option<&Table> {
@@ -225,7 +252,10 @@ impl Schema {
     }
 }
 
-fn topological_order(tables: &[Table], index: &HashMap<String, usize>) -> Result<Vec<usize>, CoreError> {
+fn topological_order(
+    tables: &[Table],
+    index: &HashMap<String, usize>,
+) -> Result<Vec<usize>, CoreError> {
     // 0 = unvisited, 1 = on the current path, 2 = done.
     fn visit(
         i: usize,
@@ -263,14 +293,25 @@ mod tests {
     use super::*;
 
     fn schema(toml_like: &[(&str, TableConfig)]) -> Result<Schema, CoreError> {
-        Schema::from_config(&toml_like.iter().map(|(n, c)| (n.to_string(), c.clone())).collect())
+        Schema::from_config(
+            &toml_like
+                .iter()
+                .map(|(n, c)| (n.to_string(), c.clone()))
+                .collect(),
+        )
     }
 
     fn table(columns: &[(&str, ColumnType)], parent: Option<(&str, &str)>) -> TableConfig {
         TableConfig {
-            columns: columns.iter().map(|(n, t)| (n.to_string(), ColumnConfig::Type(*t))).collect(),
+            columns: columns
+                .iter()
+                .map(|(n, t)| (n.to_string(), ColumnConfig::Type(*t)))
+                .collect(),
             since: None,
-            parent: parent.map(|(t, c)| ParentConfig { table: t.into(), column: c.into() }),
+            parent: parent.map(|(t, c)| ParentConfig {
+                table: t.into(),
+                column: c.into(),
+            }),
             parents: vec![],
             singleton: false,
             owner_columns: vec![],
@@ -280,7 +321,13 @@ mod tests {
     #[test]
     fn parents_come_first_and_children_are_linked() {
         let s = schema(&[
-            ("a_tasks", table(&[("project_id", ColumnType::String)], Some(("projects", "project_id")))),
+            (
+                "a_tasks",
+                table(
+                    &[("project_id", ColumnType::String)],
+                    Some(("projects", "project_id")),
+                ),
+            ),
             ("projects", table(&[("name", ColumnType::String)], None)),
         ])
         .unwrap();
@@ -291,19 +338,36 @@ mod tests {
 
     #[test]
     fn bad_schemas_are_refused() {
-        let err = schema(&[("t", table(&[("x", ColumnType::String)], Some(("nope", "x"))))]).unwrap_err();
-        assert_eq!(err, CoreError::UnknownParentTable { table: "t".into(), parent: "nope".into() });
+        let err = schema(&[(
+            "t",
+            table(&[("x", ColumnType::String)], Some(("nope", "x"))),
+        )])
+        .unwrap_err();
+        assert_eq!(
+            err,
+            CoreError::UnknownParentTable {
+                table: "t".into(),
+                parent: "nope".into()
+            }
+        );
         let err = schema(&[("t", table(&[("_status", ColumnType::String)], None))]).unwrap_err();
         assert!(matches!(err, CoreError::InvalidColumnName { .. }));
         let err = schema(&[("T", table(&[], None))]).unwrap_err();
         assert!(matches!(err, CoreError::InvalidTableName(_)));
         let err = schema(&[
-            ("a", table(&[("b_id", ColumnType::String)], Some(("b", "b_id")))),
-            ("b", table(&[("a_id", ColumnType::String)], Some(("a", "a_id")))),
+            (
+                "a",
+                table(&[("b_id", ColumnType::String)], Some(("b", "b_id"))),
+            ),
+            (
+                "b",
+                table(&[("a_id", ColumnType::String)], Some(("a", "a_id"))),
+            ),
         ])
         .unwrap_err();
         assert!(matches!(err, CoreError::ParentCycle(_)));
-        let err = schema(&[("t", table(&[("n", ColumnType::Number)], Some(("t", "n"))))]).unwrap_err();
+        let err =
+            schema(&[("t", table(&[("n", ColumnType::Number)], Some(("t", "n"))))]).unwrap_err();
         assert!(matches!(err, CoreError::InvalidParentColumn { .. }));
     }
 }

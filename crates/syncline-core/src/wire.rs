@@ -138,7 +138,10 @@ pub struct PullWriter {
 
 impl PullWriter {
     pub fn new() -> PullWriter {
-        let mut w = PullWriter { buf: Vec::with_capacity(128 * 1024), ..Default::default() };
+        let mut w = PullWriter {
+            buf: Vec::with_capacity(128 * 1024),
+            ..Default::default()
+        };
         w.buf.extend_from_slice(b"{\"changes\":{");
         w
     }
@@ -152,7 +155,8 @@ impl PullWriter {
         self.items_in_array = 0;
         self.buf.push(b'"');
         self.buf.extend_from_slice(name.as_bytes()); // checked schema names need no escaping
-        self.buf.extend_from_slice(b"\":{\"created\":[],\"updated\":[");
+        self.buf
+            .extend_from_slice(b"\":{\"created\":[],\"updated\":[");
     }
 
     /// Appends one live record (canonical JSON) to `updated`.
@@ -188,12 +192,15 @@ impl PullWriter {
 
     /// Closes `changes` and writes the trailing fields.
     pub fn finish(&mut self, timestamp: i64, has_more: Option<bool>, replacement: bool) {
-        self.buf.extend_from_slice(format!("}},\"timestamp\":{timestamp}").as_bytes());
+        self.buf
+            .extend_from_slice(format!("}},\"timestamp\":{timestamp}").as_bytes());
         if let Some(more) = has_more {
-            self.buf.extend_from_slice(format!(",\"hasMore\":{more}").as_bytes());
+            self.buf
+                .extend_from_slice(format!(",\"hasMore\":{more}").as_bytes());
         }
         if replacement {
-            self.buf.extend_from_slice(b",\"experimentalStrategy\":\"replacement\"");
+            self.buf
+                .extend_from_slice(b",\"experimentalStrategy\":\"replacement\"");
         }
         self.buf.push(b'}');
     }
@@ -251,9 +258,18 @@ mod tests {
             }],
         };
         let v = serde_json::to_value(&outcome).unwrap();
-        assert_eq!(v["experimentalRejectedIds"], serde_json::json!({"tasks": ["t1"]}));
+        assert_eq!(
+            v["experimentalRejectedIds"],
+            serde_json::json!({"tasks": ["t1"]})
+        );
         assert_eq!(v["rejected"][0]["code"], "wrong_type");
-        let clean = PushOutcome { timestamp: 7, rejected: vec![] };
-        assert_eq!(serde_json::to_value(&clean).unwrap(), serde_json::json!({"timestamp": 7}));
+        let clean = PushOutcome {
+            timestamp: 7,
+            rejected: vec![],
+        };
+        assert_eq!(
+            serde_json::to_value(&clean).unwrap(),
+            serde_json::json!({"timestamp": 7})
+        );
     }
 }

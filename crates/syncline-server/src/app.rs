@@ -16,7 +16,9 @@ use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use syncline_core::{BulkCounts, BulkRequest, PullRequest, PushOutcome, PushRequest, Schema, plan_bulk, plan_push};
+use syncline_core::{
+    BulkCounts, BulkRequest, PullRequest, PushOutcome, PushRequest, Schema, plan_bulk, plan_push,
+};
 use syncline_store::{IdempotencyKey, PullSink, Store, StoreError, WriteOutcome};
 use tokio::sync::mpsc;
 
@@ -36,13 +38,19 @@ pub struct AppState {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Builds the router with every route, the metrics middleware and request tracing.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(|| async { Html(include_str!("../assets/index.html")) }))
+        .route(
+            "/",
+            get(|| async { Html(include_str!("../assets/index.html")) }),
+        )
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
@@ -53,7 +61,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/gc", post(admin_gc))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
         })
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -61,19 +73,33 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "other".into());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "other".into());
     let started = Instant::now();
     let response = next.run(request).await;
-    state.metrics.observe_request(&route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    state.metrics.observe_request(
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     response
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
 async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("../assets/openapi.json"))
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../assets/openapi.json"),
+    )
 }
 
 /// The authenticated caller, from `Authorization: Bearer <JWT>`.
@@ -83,20 +109,38 @@ impl FromRequestParts<AppState> for User {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<User, ApiError> {
-        let unauthorized = |code, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
+        let unauthorized =
+            |code, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
         let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(unauthorized("missing_token", "send Authorization: Bearer <token>"));
+            return Err(unauthorized(
+                "missing_token",
+                "send Authorization: Bearer <token>",
+            ));
         };
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
-            .ok_or_else(|| unauthorized("invalid_token", "the Authorization header must be `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                unauthorized(
+                    "invalid_token",
+                    "the Authorization header must be `Bearer <token>`",
+                )
+            })?;
         match state.auth.verify(token) {
             Ok(p) => Ok(User(p)),
-            Err(TokenError::Expired) => Err(unauthorized("token_expired", "the token has expired; get a new one")),
-            Err(TokenError::Invalid) => Err(unauthorized("invalid_token", "the token is not valid for this server")),
+            Err(TokenError::Expired) => Err(unauthorized(
+                "token_expired",
+                "the token has expired; get a new one",
+            )),
+            Err(TokenError::Invalid) => Err(unauthorized(
+                "invalid_token",
+                "the token is not valid for this server",
+            )),
         }
     }
 }
@@ -105,25 +149,48 @@ impl FromRequestParts<AppState> for User {
 async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let limit = state.config.server.max_body_bytes;
     let too_large = || {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is larger than {limit} bytes"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
     };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Err(_) => Err(ApiError::bad_request("invalid_request", "the body could not be read")),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(_) => Err(ApiError::bad_request(
+            "invalid_request",
+            "the body could not be read",
+        )),
     }
 }
 
-fn idempotency_key(headers: &HeaderMap, route: &str, body: &[u8]) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+fn idempotency_key(
+    headers: &HeaderMap,
+    route: &str,
+    body: &[u8],
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
     let key = value.to_str().unwrap_or_default();
     let valid = !key.is_empty()
         && key.len() <= 128
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
     if !valid {
         return Err(ApiError::bad_request(
             "invalid_idempotency_key",
@@ -134,10 +201,15 @@ fn idempotency_key(headers: &HeaderMap, route: &str, body: &[u8]) -> Result<Opti
     hash.update(route.as_bytes());
     hash.update([0]);
     hash.update(body);
-    Ok(Some(IdempotencyKey { key: key.to_string(), request_hash: hash.finalize().into() }))
+    Ok(Some(IdempotencyKey {
+        key: key.to_string(),
+        request_hash: hash.finalize().into(),
+    }))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
         tracing::error!(error = %e, "blocking task failed");
         ApiError::internal()
@@ -152,14 +224,27 @@ fn too_many(limit: usize, n: usize) -> ApiError {
     )
 }
 
-fn write_response(outcome: WriteOutcome, state: &AppState, pushed: impl Fn(&syncline_store::WriteSummary) -> u64) -> Response {
+fn write_response(
+    outcome: WriteOutcome,
+    state: &AppState,
+    pushed: impl Fn(&syncline_store::WriteSummary) -> u64,
+) -> Response {
     match outcome {
         WriteOutcome::Applied { summary, response } => {
             Metrics::add(&state.metrics.records_pushed, pushed(&summary));
             ([(header::CONTENT_TYPE, "application/json")], response).into_response()
         }
         WriteOutcome::Replayed { response } => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json")), (header::HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true"))],
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (
+                    header::HeaderName::from_static("idempotent-replayed"),
+                    HeaderValue::from_static("true"),
+                ),
+            ],
             response,
         )
             .into_response(),
@@ -169,24 +254,39 @@ fn write_response(outcome: WriteOutcome, state: &AppState, pushed: impl Fn(&sync
             ApiError::new(
                 StatusCode::CONFLICT,
                 "conflict",
-                format!("{n} record(s) changed on the server since lastPulledAt; pull, then push again"),
+                format!(
+                    "{n} record(s) changed on the server since lastPulledAt; pull, then push again"
+                ),
             )
-            .with("conflicts", serde_json::to_value(conflicts).unwrap_or_default())
+            .with(
+                "conflicts",
+                serde_json::to_value(conflicts).unwrap_or_default(),
+            )
             .into_response()
         }
     }
 }
 
 fn applied_count(summary: &syncline_store::WriteSummary) -> u64 {
-    summary.counts.values().map(|c| c.upserted + c.deleted).sum()
+    summary
+        .counts
+        .values()
+        .map(|c| c.upserted + c.deleted)
+        .sum()
 }
 
-async fn push(State(state): State<AppState>, User(user): User, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn push(
+    State(state): State<AppState>,
+    User(user): User,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = read_body(&state, &headers, body).await?;
     let key = idempotency_key(&headers, "push", &bytes)?;
     let st = state.clone();
     let outcome = blocking(move || {
-        let request: PushRequest = serde_json::from_slice(&bytes).map_err(|e| ApiError::from_json(&e))?;
+        let request: PushRequest =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::from_json(&e))?;
         let n: usize = request.changes.values().map(|c| c.len()).sum();
         let limit = st.config.server.max_records_per_request;
         if n > limit {
@@ -198,21 +298,38 @@ async fn push(State(state): State<AppState>, User(user): User, headers: HeaderMa
             tracing::info!(rejected = rejected.len(), "push carried invalid records");
         }
         let respond = |s: &syncline_store::WriteSummary| {
-            serde_json::to_string(&PushOutcome { timestamp: s.sequence, rejected: rejected.clone() }).unwrap_or_default()
+            serde_json::to_string(&PushOutcome {
+                timestamp: s.sequence,
+                rejected: rejected.clone(),
+            })
+            .unwrap_or_default()
         };
-        Ok(st.store.write(&user.user, &batch, key.as_ref(), now_ms(), &respond)?)
+        Ok(st
+            .store
+            .write(&user.user, &batch, key.as_ref(), now_ms(), &respond)?)
     })
     .await?;
     Ok(write_response(outcome, &state, applied_count))
 }
 
-async fn bulk(State(state): State<AppState>, User(user): User, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn bulk(
+    State(state): State<AppState>,
+    User(user): User,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = read_body(&state, &headers, body).await?;
     let key = idempotency_key(&headers, "bulk", &bytes)?;
     let st = state.clone();
     let outcome = blocking(move || {
-        let request: BulkRequest = serde_json::from_slice(&bytes).map_err(|e| ApiError::from_json(&e))?;
-        let n: usize = request.upserts.values().map(Vec::len).chain(request.deletes.values().map(Vec::len)).sum();
+        let request: BulkRequest =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::from_json(&e))?;
+        let n: usize = request
+            .upserts
+            .values()
+            .map(Vec::len)
+            .chain(request.deletes.values().map(Vec::len))
+            .sum();
         let limit = st.config.server.max_records_per_request;
         if n > limit {
             return Err(too_many(limit, n));
@@ -223,9 +340,15 @@ async fn bulk(State(state): State<AppState>, User(user): User, headers: HeaderMa
             }
         })?;
         let respond = |s: &syncline_store::WriteSummary| {
-            serde_json::to_string(&BulkCounts { counts: s.counts.clone(), timestamp: s.sequence }).unwrap_or_default()
+            serde_json::to_string(&BulkCounts {
+                counts: s.counts.clone(),
+                timestamp: s.sequence,
+            })
+            .unwrap_or_default()
         };
-        Ok(st.store.write(&user.user, &batch, key.as_ref(), now_ms(), &respond)?)
+        Ok(st
+            .store
+            .write(&user.user, &batch, key.as_ref(), now_ms(), &respond)?)
     })
     .await?;
     Ok(write_response(outcome, &state, applied_count))
@@ -236,11 +359,18 @@ struct ChannelSink(mpsc::Sender<Result<Bytes, ApiError>>);
 
 impl PullSink for ChannelSink {
     fn write(&mut self, chunk: Vec<u8>) -> Result<(), StoreError> {
-        self.0.blocking_send(Ok(Bytes::from(chunk))).map_err(|_| StoreError::Aborted)
+        self.0
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| StoreError::Aborted)
     }
 }
 
-async fn pull(State(state): State<AppState>, User(user): User, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn pull(
+    State(state): State<AppState>,
+    User(user): User,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = read_body(&state, &headers, body).await?;
     let request: PullRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         PullRequest::default()
@@ -251,10 +381,16 @@ async fn pull(State(state): State<AppState>, User(user): User, headers: HeaderMa
     if let Some(limit) = request.limit
         && !(1..=max).contains(&limit)
     {
-        return Err(ApiError::bad_request("invalid_request", format!("limit must be between 1 and {max}")));
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("limit must be between 1 and {max}"),
+        ));
     }
     if request.last_pulled_at.is_some_and(|t| t < 0) {
-        return Err(ApiError::bad_request("invalid_request", "lastPulledAt must be null or a positive sequence"));
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "lastPulledAt must be null or a positive sequence",
+        ));
     }
     // Two chunks in flight bound the memory a pull holds, whatever the dataset size.
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, ApiError>>(2);
@@ -278,11 +414,17 @@ async fn pull(State(state): State<AppState>, User(user): User, headers: HeaderMa
         None => return Err(ApiError::internal()),
     };
     let rest = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item.map_err(|e| std::io::Error::other(e.message)), rx))
+        rx.recv()
+            .await
+            .map(|item| (item.map_err(|e| std::io::Error::other(e.message)), rx))
     });
     let stream = futures_util::stream::iter([Ok::<Bytes, std::io::Error>(first)]).chain(rest);
     use futures_util::StreamExt;
-    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 async fn me(State(state): State<AppState>, User(user): User) -> Result<Response, ApiError> {
@@ -294,7 +436,11 @@ async fn me(State(state): State<AppState>, User(user): User) -> Result<Response,
 
 async fn admin_gc(State(state): State<AppState>, User(user): User) -> Result<Response, ApiError> {
     if !user.admin {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this route needs an admin token"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this route needs an admin token",
+        ));
     }
     let stats = run_gc(&state).await?;
     Ok(Json(json!({"tombstonesCollected": stats.tombstones, "idempotencyKeysCollected": stats.idempotency_keys})).into_response())
@@ -309,7 +455,11 @@ pub async fn run_gc(state: &AppState) -> Result<syncline_store::GcStats, ApiErro
         let ttl = (st.config.sync.idempotency_ttl_hours * 3_600_000.0) as i64;
         let stats = st.store.collect_garbage(now - retention, now - ttl)?;
         if stats.tombstones > 0 || stats.idempotency_keys > 0 {
-            tracing::info!(tombstones = stats.tombstones, idempotency_keys = stats.idempotency_keys, "garbage collected");
+            tracing::info!(
+                tombstones = stats.tombstones,
+                idempotency_keys = stats.idempotency_keys,
+                "garbage collected"
+            );
         }
         Ok(stats)
     })

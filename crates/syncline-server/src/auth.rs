@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::ServerError;
@@ -56,49 +58,71 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").field("algorithms", &self.validation.algorithms).finish_non_exhaustive()
+        f.debug_struct("Authenticator")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
     }
 }
 
 impl Authenticator {
     pub fn from_config(auth: &AuthSection) -> Result<Authenticator, ServerError> {
         let bad = |m: String| ServerError::Config(m);
-        let read = |path: &str| std::fs::read(path).map_err(|e| bad(format!("cannot read {path}: {e}")));
+        let read =
+            |path: &str| std::fs::read(path).map_err(|e| bad(format!("cannot read {path}: {e}")));
         let asymmetric = match auth.algorithm.as_deref().unwrap_or("RS256") {
             "RS256" => Algorithm::RS256,
             "ES256" => Algorithm::ES256,
-            other => return Err(bad(format!("auth.algorithm `{other}` is not supported: use RS256 or ES256"))),
+            other => {
+                return Err(bad(format!(
+                    "auth.algorithm `{other}` is not supported: use RS256 or ES256"
+                )));
+            }
         };
-        let (keys, algorithm, encoding) = match (&auth.jwt_secret, &auth.public_key_file, &auth.jwks_file) {
-            (Some(secret), None, None) => {
-                if secret.len() < 16 {
-                    return Err(bad("auth.jwt_secret must be at least 16 characters".into()));
+        let (keys, algorithm, encoding) =
+            match (&auth.jwt_secret, &auth.public_key_file, &auth.jwks_file) {
+                (Some(secret), None, None) => {
+                    if secret.len() < 16 {
+                        return Err(bad("auth.jwt_secret must be at least 16 characters".into()));
+                    }
+                    let b = secret.as_bytes();
+                    (
+                        Keys::Single(DecodingKey::from_secret(b)),
+                        Algorithm::HS256,
+                        Some(EncodingKey::from_secret(b)),
+                    )
                 }
-                let b = secret.as_bytes();
-                (Keys::Single(DecodingKey::from_secret(b)), Algorithm::HS256, Some(EncodingKey::from_secret(b)))
-            }
-            (None, Some(path), None) => {
-                let pem = read(path)?;
-                let key = match asymmetric {
-                    Algorithm::ES256 => DecodingKey::from_ec_pem(&pem),
-                    _ => DecodingKey::from_rsa_pem(&pem),
+                (None, Some(path), None) => {
+                    let pem = read(path)?;
+                    let key = match asymmetric {
+                        Algorithm::ES256 => DecodingKey::from_ec_pem(&pem),
+                        _ => DecodingKey::from_rsa_pem(&pem),
+                    }
+                    .map_err(|e| {
+                        bad(format!(
+                            "{path}: not a usable {asymmetric:?} public key: {e}"
+                        ))
+                    })?;
+                    (Keys::Single(key), asymmetric, None)
                 }
-                .map_err(|e| bad(format!("{path}: not a usable {asymmetric:?} public key: {e}")))?;
-                (Keys::Single(key), asymmetric, None)
-            }
-            (None, None, Some(path)) => {
-                let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&read(path)?)
-                    .map_err(|e| bad(format!("{path}: not a JWKS document: {e}")))?;
-                let mut by_kid = HashMap::new();
-                for jwk in &set.keys {
-                    let kid = jwk.common.key_id.clone().unwrap_or_default();
-                    let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(format!("{path}: key `{kid}`: {e}")))?;
-                    by_kid.insert(kid, key);
+                (None, None, Some(path)) => {
+                    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&read(path)?)
+                        .map_err(|e| bad(format!("{path}: not a JWKS document: {e}")))?;
+                    let mut by_kid = HashMap::new();
+                    for jwk in &set.keys {
+                        let kid = jwk.common.key_id.clone().unwrap_or_default();
+                        let key = DecodingKey::from_jwk(jwk)
+                            .map_err(|e| bad(format!("{path}: key `{kid}`: {e}")))?;
+                        by_kid.insert(kid, key);
+                    }
+                    (Keys::ByKid(by_kid), asymmetric, None)
                 }
-                (Keys::ByKid(by_kid), asymmetric, None)
-            }
-            _ => return Err(bad("set exactly one of auth.jwt_secret, auth.public_key_file, auth.jwks_file".into())),
-        };
+                _ => {
+                    return Err(bad(
+                        "set exactly one of auth.jwt_secret, auth.public_key_file, auth.jwks_file"
+                            .into(),
+                    ));
+                }
+            };
         let mut validation = Validation::new(algorithm);
         validation.validate_nbf = true;
         validation.leeway = 30;
@@ -131,24 +155,37 @@ impl Authenticator {
             Keys::Single(k) => k,
             Keys::ByKid(keys) => {
                 let header = decode_header(token).map_err(|_| TokenError::Invalid)?;
-                keys.get(header.kid.as_deref().unwrap_or_default()).ok_or(TokenError::Invalid)?
+                keys.get(header.kid.as_deref().unwrap_or_default())
+                    .ok_or(TokenError::Invalid)?
             }
         };
         match decode::<Claims>(token, key, &self.validation) {
-            Ok(data) if !data.claims.sub.is_empty() && data.claims.sub.len() <= 256 => Ok(Principal {
-                admin: data.claims.role.as_deref() == Some(self.admin_role.as_str()),
-                user: data.claims.sub,
-            }),
+            Ok(data) if !data.claims.sub.is_empty() && data.claims.sub.len() <= 256 => {
+                Ok(Principal {
+                    admin: data.claims.role.as_deref() == Some(self.admin_role.as_str()),
+                    user: data.claims.sub,
+                })
+            }
             Ok(_) => Err(TokenError::Invalid),
-            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
+                Err(TokenError::Expired)
+            }
             Err(_) => Err(TokenError::Invalid),
         }
     }
 
     /// Mints an HS256 token for `user`, valid for `ttl_secs` from `now_secs`.
-    pub fn mint(&self, user: &str, ttl_secs: i64, admin: bool, now_secs: i64) -> Result<String, ServerError> {
+    pub fn mint(
+        &self,
+        user: &str,
+        ttl_secs: i64,
+        admin: bool,
+        now_secs: i64,
+    ) -> Result<String, ServerError> {
         let key = self.encoding.as_ref().ok_or_else(|| {
-            ServerError::Config("tokens can only be minted with auth.jwt_secret (HS256) configured".into())
+            ServerError::Config(
+                "tokens can only be minted with auth.jwt_secret (HS256) configured".into(),
+            )
         })?;
         let claims = Claims {
             sub: user.to_string(),
@@ -158,6 +195,7 @@ impl Authenticator {
             aud: self.audience.clone(),
             role: admin.then(|| self.admin_role.clone()),
         };
-        encode(&Header::new(Algorithm::HS256), &claims, key).map_err(|e| ServerError::Config(e.to_string()))
+        encode(&Header::new(Algorithm::HS256), &claims, key)
+            .map_err(|e| ServerError::Config(e.to_string()))
     }
 }

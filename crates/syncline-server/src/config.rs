@@ -38,7 +38,11 @@ pub struct ServerSection {
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { listen: "127.0.0.1:8080".into(), max_body_bytes: 32 << 20, max_records_per_request: 100_000 }
+        ServerSection {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 32 << 20,
+            max_records_per_request: 100_000,
+        }
     }
 }
 
@@ -50,7 +54,9 @@ pub struct StorageSection {
 
 impl Default for StorageSection {
     fn default() -> Self {
-        StorageSection { url: "sqlite://./syncline-data/syncline.db".into() }
+        StorageSection {
+            url: "sqlite://./syncline-data/syncline.db".into(),
+        }
     }
 }
 
@@ -82,23 +88,45 @@ pub struct SyncSection {
 
 impl Default for SyncSection {
     fn default() -> Self {
-        SyncSection { tombstone_retention_days: 30.0, idempotency_ttl_hours: 24.0, max_pull_limit: 50_000, gc_interval_seconds: 3600 }
+        SyncSection {
+            tombstone_retention_days: 30.0,
+            idempotency_ttl_hours: 24.0,
+            max_pull_limit: 50_000,
+            gc_interval_seconds: 3600,
+        }
     }
 }
 
 const SECTIONS: [&str; 4] = ["server", "storage", "auth", "sync"];
 /// Keys whose environment values are always text (a numeric-looking secret stays a string).
-const TEXT_KEYS: [&str; 9] =
-    ["listen", "url", "jwt_secret", "public_key_file", "jwks_file", "algorithm", "issuer", "audience", "admin_role"];
+const TEXT_KEYS: [&str; 9] = [
+    "listen",
+    "url",
+    "jwt_secret",
+    "public_key_file",
+    "jwks_file",
+    "algorithm",
+    "issuer",
+    "audience",
+    "admin_role",
+];
 
 impl Config {
     /// Parses TOML text, then applies `SYNCLINE_<SECTION>_<KEY>` overrides from `env`.
-    pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ServerError> {
-        let mut doc: toml::Table = toml::from_str(text).map_err(|e| ServerError::Config(e.to_string()))?;
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ServerError> {
+        let mut doc: toml::Table =
+            toml::from_str(text).map_err(|e| ServerError::Config(e.to_string()))?;
         for (name, value) in env {
-            let Some(rest) = name.strip_prefix("SYNCLINE_") else { continue };
+            let Some(rest) = name.strip_prefix("SYNCLINE_") else {
+                continue;
+            };
             let rest = rest.to_ascii_lowercase();
-            let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else { continue };
+            let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
+                continue;
+            };
             let key = &rest[section.len() + 1..];
             let parsed = if TEXT_KEYS.contains(&key) {
                 toml::Value::String(value)
@@ -108,13 +136,16 @@ impl Config {
                     .and_then(|mut t| t.remove("v"))
                     .unwrap_or(toml::Value::String(value))
             };
-            let entry = doc.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = doc
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             let toml::Value::Table(table) = entry else {
                 return Err(ServerError::Config(format!("`{section}` must be a table")));
             };
             table.insert(key.to_string(), parsed);
         }
-        doc.try_into().map_err(|e: toml::de::Error| ServerError::Config(e.to_string()))
+        doc.try_into()
+            .map_err(|e: toml::de::Error| ServerError::Config(e.to_string()))
     }
 
     /// Reads a configuration file and the process environment.
@@ -133,9 +164,15 @@ mod tests {
     fn env_overrides_the_file() {
         let text = "[server]\nlisten = \"127.0.0.1:1\"\n[tables.t]\ncolumns = { a = \"string\" }\n";
         let env = [
-            ("SYNCLINE_SERVER_LISTEN".to_string(), "127.0.0.1:2".to_string()),
+            (
+                "SYNCLINE_SERVER_LISTEN".to_string(),
+                "127.0.0.1:2".to_string(),
+            ),
             ("SYNCLINE_AUTH_JWT_SECRET".to_string(), "12345".to_string()),
-            ("SYNCLINE_SYNC_TOMBSTONE_RETENTION_DAYS".to_string(), "7".to_string()),
+            (
+                "SYNCLINE_SYNC_TOMBSTONE_RETENTION_DAYS".to_string(),
+                "7".to_string(),
+            ),
             ("SYNCLINE_BIN".to_string(), "/not/a/setting".to_string()),
         ];
         let config = Config::from_toml(text, env).unwrap();

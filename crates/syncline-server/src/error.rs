@@ -18,7 +18,10 @@ pub enum ServerError {
     #[error("storage: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// An error answer: status, stable code, message, and optional extra fields (conflicts, row errors).
@@ -32,7 +35,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), extra: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            extra: None,
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -40,7 +48,11 @@ impl ApiError {
     }
 
     pub fn internal() -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the request was not applied")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the request was not applied",
+        )
     }
 
     pub fn with(mut self, key: &'static str, value: Value) -> ApiError {
@@ -55,7 +67,10 @@ impl ApiError {
             Category::Syntax | Category::Eof | Category::Io => {
                 ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
             }
-            Category::Data => ApiError::bad_request("invalid_request", format!("the body has the wrong shape: {e}")),
+            Category::Data => ApiError::bad_request(
+                "invalid_request",
+                format!("the body has the wrong shape: {e}"),
+            ),
         }
     }
 }
@@ -67,8 +82,12 @@ impl From<CoreError> for ApiError {
             CoreError::InvalidId { .. } => ApiError::bad_request("invalid_id", e.to_string()),
             CoreError::InvalidRows(rows) => {
                 let n = rows.len();
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_rows", format!("{n} invalid row(s); nothing was applied"))
-                    .with("errors", serde_json::to_value(rows).unwrap_or_default())
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_rows",
+                    format!("{n} invalid row(s); nothing was applied"),
+                )
+                .with("errors", serde_json::to_value(rows).unwrap_or_default())
             }
             other => ApiError::bad_request("invalid_request", other.to_string()),
         }
@@ -97,6 +116,11 @@ impl IntoResponse for ApiError {
         if let Some((key, value)) = self.extra {
             body[key] = value;
         }
-        (self.status, [(axum::http::header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        (
+            self.status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
     }
 }

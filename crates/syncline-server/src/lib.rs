@@ -52,7 +52,13 @@ pub fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Schema>), Serv
 pub fn build_state(config: Config) -> Result<AppState, ServerError> {
     let auth = Arc::new(Authenticator::from_config(&config.auth)?);
     let (store, schema) = open_store(&config)?;
-    Ok(AppState { store, schema, auth, metrics: Default::default(), config: Arc::new(config) })
+    Ok(AppState {
+        store,
+        schema,
+        auth,
+        metrics: Default::default(),
+        config: Arc::new(config),
+    })
 }
 
 /// Binds `config.server.listen` and serves in the background (with periodic garbage collection).
@@ -61,8 +67,16 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let state = build_state(config)?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
-        .map_err(|source| ServerError::Listen { addr: listen.clone(), source })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: listen, source })?;
+        .map_err(|source| ServerError::Listen {
+            addr: listen.clone(),
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: listen,
+            source,
+        })?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let gc = tokio::spawn(app::gc_loop(state.clone()));
     let app = router(state);

@@ -35,7 +35,12 @@ impl Metrics {
 
     /// Records one finished request.
     pub fn observe_request(&self, route: &str, status: u16, seconds: f64) {
-        *self.requests.lock().unwrap_or_else(|e| e.into_inner()).entry((route.to_string(), status)).or_default() += 1;
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((route.to_string(), status))
+            .or_default() += 1;
         let mut durations = self.durations.lock().unwrap_or_else(|e| e.into_inner());
         let h = durations.entry(route.to_string()).or_default();
         for (i, bound) in BUCKETS.iter().enumerate() {
@@ -51,30 +56,95 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let counters = [
-            ("syncline_records_pushed_total", "Records applied by push and bulk requests.", &self.records_pushed),
-            ("syncline_records_pulled_total", "Live records sent by pulls.", &self.records_pulled),
-            ("syncline_tombstones_pulled_total", "Deleted ids sent by pulls.", &self.tombstones_pulled),
-            ("syncline_push_conflicts_total", "Pushes refused with 409 conflict.", &self.push_conflicts),
-            ("syncline_records_rejected_total", "Pushed records rejected as invalid.", &self.records_rejected),
-            ("syncline_bulk_rows_invalid_total", "Invalid rows in refused bulk requests.", &self.bulk_rows_invalid),
+            (
+                "syncline_records_pushed_total",
+                "Records applied by push and bulk requests.",
+                &self.records_pushed,
+            ),
+            (
+                "syncline_records_pulled_total",
+                "Live records sent by pulls.",
+                &self.records_pulled,
+            ),
+            (
+                "syncline_tombstones_pulled_total",
+                "Deleted ids sent by pulls.",
+                &self.tombstones_pulled,
+            ),
+            (
+                "syncline_push_conflicts_total",
+                "Pushes refused with 409 conflict.",
+                &self.push_conflicts,
+            ),
+            (
+                "syncline_records_rejected_total",
+                "Pushed records rejected as invalid.",
+                &self.records_rejected,
+            ),
+            (
+                "syncline_bulk_rows_invalid_total",
+                "Invalid rows in refused bulk requests.",
+                &self.bulk_rows_invalid,
+            ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
         }
-        let _ = writeln!(out, "# HELP syncline_http_requests_total HTTP requests by route and status.");
+        let _ = writeln!(
+            out,
+            "# HELP syncline_http_requests_total HTTP requests by route and status."
+        );
         let _ = writeln!(out, "# TYPE syncline_http_requests_total counter");
-        for ((route, status), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "syncline_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+        for ((route, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "syncline_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
         }
-        let _ = writeln!(out, "# HELP syncline_http_request_duration_seconds HTTP request durations by route.");
-        let _ = writeln!(out, "# TYPE syncline_http_request_duration_seconds histogram");
-        for (route, h) in self.durations.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = writeln!(
+            out,
+            "# HELP syncline_http_request_duration_seconds HTTP request durations by route."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE syncline_http_request_duration_seconds histogram"
+        );
+        for (route, h) in self
+            .durations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             for (bound, n) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(out, "syncline_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "syncline_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}"
+                );
             }
-            let _ = writeln!(out, "syncline_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "syncline_http_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum);
-            let _ = writeln!(out, "syncline_http_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "syncline_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "syncline_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "syncline_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                h.count
+            );
         }
         out
     }

@@ -35,14 +35,24 @@ impl TestServer {
         let config = Config::from_toml(&text, []).unwrap();
         let server = syncline_server::start(config).await.unwrap();
         let url = format!("http://{}", server.addr);
-        TestServer { server: Some(server), url, http: reqwest::Client::new(), _dir: dir }
+        TestServer {
+            server: Some(server),
+            url,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
     }
 
     fn token(&self, user: &str) -> String {
         token_with(user, SECRET, 3600, None)
     }
 
-    async fn post(&self, path: &str, token: Option<&str>, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+    async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
         let mut request = self.http.post(format!("{}{path}", self.url)).body(body);
         if let Some(t) = token {
             request = request.bearer_auth(t);
@@ -50,17 +60,31 @@ impl TestServer {
         let response = request.send().await.unwrap();
         let status = response.status();
         let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")),
+        )
     }
 
     async fn pull(&self, user: &str, since: Option<i64>) -> Value {
-        let (status, body) = self.post("/v1/sync/pull", Some(&self.token(user)), json!({"lastPulledAt": since}).to_string()).await;
+        let (status, body) = self
+            .post(
+                "/v1/sync/pull",
+                Some(&self.token(user)),
+                json!({"lastPulledAt": since}).to_string(),
+            )
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body
     }
 
     async fn push(&self, user: &str, since: i64, changes: Value) -> (StatusCode, Value) {
-        self.post("/v1/sync/push", Some(&self.token(user)), json!({"lastPulledAt": since, "changes": changes}).to_string()).await
+        self.post(
+            "/v1/sync/push",
+            Some(&self.token(user)),
+            json!({"lastPulledAt": since, "changes": changes}).to_string(),
+        )
+        .await
     }
 
     async fn stop(mut self) {
@@ -71,22 +95,32 @@ impl TestServer {
 }
 
 fn token_with(user: &str, secret: &str, ttl: i64, extra: Option<Value>) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let mut claims = json!({"sub": user, "exp": now + ttl, "iat": now});
     if let Some(Value::Object(extra)) = extra {
         for (k, v) in extra {
             claims[k] = v;
         }
     }
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
-        .unwrap()
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 fn b64url(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (*b as u32) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (*b as u32) << (16 - 8 * i));
         for i in 0..=chunk.len() {
             out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
         }
@@ -95,8 +129,12 @@ fn b64url(bytes: &[u8]) -> String {
 }
 
 fn ids(pull: &Value, table: &str) -> Vec<String> {
-    let mut v: Vec<String> =
-        pull["changes"][table]["updated"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().into()).collect();
+    let mut v: Vec<String> = pull["changes"][table]["updated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().into())
+        .collect();
     v.sort();
     v
 }
@@ -112,14 +150,44 @@ async fn tokens_are_checked() {
     let cases = [
         (None, "missing_token"),
         (Some("not-a-jwt".to_string()), "invalid_token"),
-        (Some(token_with("alice", "another-secret-another-secret", 3600, None)), "invalid_token"),
-        (Some(token_with("alice", SECRET, -3600, None)), "token_expired"),
-        (Some(token_with("alice", SECRET, 3600, Some(json!({"nbf": 4_000_000_000i64})))), "invalid_token"),
-        (Some(format!("{}.{}.", b64url(br#"{"alg":"none","typ":"JWT"}"#), b64url(br#"{"sub":"alice","exp":4000000000}"#))), "invalid_token"),
+        (
+            Some(token_with(
+                "alice",
+                "another-secret-another-secret",
+                3600,
+                None,
+            )),
+            "invalid_token",
+        ),
+        (
+            Some(token_with("alice", SECRET, -3600, None)),
+            "token_expired",
+        ),
+        (
+            Some(token_with(
+                "alice",
+                SECRET,
+                3600,
+                Some(json!({"nbf": 4_000_000_000i64})),
+            )),
+            "invalid_token",
+        ),
+        (
+            Some(format!(
+                "{}.{}.",
+                b64url(br#"{"alg":"none","typ":"JWT"}"#),
+                b64url(br#"{"sub":"alice","exp":4000000000}"#)
+            )),
+            "invalid_token",
+        ),
     ];
     for (token, code) in cases {
         let (status, err) = s.post("/v1/sync/pull", token.as_deref(), body).await;
-        assert_eq!((status, err["code"].as_str().unwrap()), (StatusCode::UNAUTHORIZED, code), "{token:?}: {err}");
+        assert_eq!(
+            (status, err["code"].as_str().unwrap()),
+            (StatusCode::UNAUTHORIZED, code),
+            "{token:?}: {err}"
+        );
         assert!(err["message"].as_str().unwrap().len() > 10);
     }
     let (status, _) = s.post("/v1/sync/pull", Some(&s.token("alice")), body).await;
@@ -134,17 +202,35 @@ async fn issuer_and_audience_are_enforced_when_configured() {
         "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://{}\"\n[auth]\njwt_secret = \"{SECRET}\"\nissuer = \"https://id.example\"\naudience = \"syncline\"\n{SCHEMA}",
         dir.path().join("t.db").display()
     );
-    let server = syncline_server::start(Config::from_toml(&text, []).unwrap()).await.unwrap();
+    let server = syncline_server::start(Config::from_toml(&text, []).unwrap())
+        .await
+        .unwrap();
     let url = format!("http://{}/v1/sync/pull", server.addr);
     let http = reqwest::Client::new();
     for (claims, expected) in [
         (json!({}), StatusCode::UNAUTHORIZED),
-        (json!({"iss": "https://evil.example", "aud": "syncline"}), StatusCode::UNAUTHORIZED),
-        (json!({"iss": "https://id.example", "aud": "other"}), StatusCode::UNAUTHORIZED),
-        (json!({"iss": "https://id.example", "aud": "syncline"}), StatusCode::OK),
+        (
+            json!({"iss": "https://evil.example", "aud": "syncline"}),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            json!({"iss": "https://id.example", "aud": "other"}),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            json!({"iss": "https://id.example", "aud": "syncline"}),
+            StatusCode::OK,
+        ),
     ] {
         let token = token_with("alice", SECRET, 3600, Some(claims.clone()));
-        let status = http.post(&url).bearer_auth(token).body("{}").send().await.unwrap().status();
+        let status = http
+            .post(&url)
+            .bearer_auth(token)
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .status();
         assert_eq!(status, expected, "{claims}");
     }
     server.stop().await;
@@ -171,11 +257,20 @@ async fn bad_input_gets_a_clear_error_and_applies_nothing() {
     ];
     for (path, body, status, code) in cases {
         let (got, err) = s.post(path, Some(&alice), body.clone()).await;
-        assert_eq!((got, err["code"].as_str().unwrap_or_default()), (status, code), "{path} {}: {err}", &body[..body.len().min(120)]);
+        assert_eq!(
+            (got, err["code"].as_str().unwrap_or_default()),
+            (status, code),
+            "{path} {}: {err}",
+            &body[..body.len().min(120)]
+        );
         assert!(!err["message"].as_str().unwrap().is_empty());
     }
     let pull = s.pull("alice", None).await;
-    assert_eq!(ids(&pull, "projects"), Vec::<String>::new(), "nothing was half-applied");
+    assert_eq!(
+        ids(&pull, "projects"),
+        Vec::<String>::new(),
+        "nothing was half-applied"
+    );
     s.stop().await;
 }
 
@@ -193,12 +288,24 @@ async fn invalid_records_are_rejected_while_the_rest_is_applied() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["experimentalRejectedIds"], json!({"projects": ["p2", "p3"], "tasks": ["t1"]}));
-    let codes: Vec<&str> = body["rejected"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
+    assert_eq!(
+        body["experimentalRejectedIds"],
+        json!({"projects": ["p2", "p3"], "tasks": ["t1"]})
+    );
+    let codes: Vec<&str> = body["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
     assert_eq!(codes, ["wrong_type", "unknown_column", "wrong_type"]);
     let pull = s.pull("alice", None).await;
     assert_eq!(ids(&pull, "projects"), ["p1"]);
-    assert_eq!(pull["changes"]["tasks"]["updated"][0]["done"], json!(true), "0/1 booleans are stored as booleans");
+    assert_eq!(
+        pull["changes"]["tasks"]["updated"][0]["done"],
+        json!(true),
+        "0/1 booleans are stored as booleans"
+    );
     s.stop().await;
 }
 
@@ -217,15 +324,27 @@ async fn bulk_is_all_or_nothing_and_counts_per_table() {
             {"table": "tasks", "id": "t3", "index": 2, "code": "unknown_column", "message": "table `tasks` has no column `nope`"}
         ])
     );
-    assert_eq!(ids(&s.pull("alice", None).await, "projects"), Vec::<String>::new());
+    assert_eq!(
+        ids(&s.pull("alice", None).await, "projects"),
+        Vec::<String>::new()
+    );
     let good = json!({
         "upserts": {"projects": [{"id": "p1", "name": "ok"}, {"id": "p2", "name": "two"}], "tasks": [{"id": "t2", "title": "ok", "project_id": "p2"}]},
         "deletes": {"projects": ["p2"]}
     });
-    let (status, body) = s.post("/v1/sync/bulk", Some(&alice), good.to_string()).await;
+    let (status, body) = s
+        .post("/v1/sync/bulk", Some(&alice), good.to_string())
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["counts"]["projects"], json!({"upserted": 2, "unchanged": 0, "deleted": 1}));
-    assert_eq!(body["counts"]["tasks"], json!({"upserted": 1, "unchanged": 0, "deleted": 1}), "the task went with its project");
+    assert_eq!(
+        body["counts"]["projects"],
+        json!({"upserted": 2, "unchanged": 0, "deleted": 1})
+    );
+    assert_eq!(
+        body["counts"]["tasks"],
+        json!({"upserted": 1, "unchanged": 0, "deleted": 1}),
+        "the task went with its project"
+    );
     assert_eq!(body["timestamp"], s.pull("alice", None).await["timestamp"]);
     s.stop().await;
 }
@@ -233,13 +352,22 @@ async fn bulk_is_all_or_nothing_and_counts_per_table() {
 #[tokio::test]
 async fn a_stale_push_gets_409_with_the_conflicting_ids() {
     let s = TestServer::start("").await;
-    let (_, first) = s.push("alice", 0, projects(&[("p1", "A"), ("p2", "B")])).await;
+    let (_, first) = s
+        .push("alice", 0, projects(&[("p1", "A"), ("p2", "B")]))
+        .await;
     let t = first["timestamp"].as_i64().unwrap();
     s.push("alice", t, json!({"projects": {"created": [], "updated": [{"id": "p2", "name": "B2"}], "deleted": []}})).await;
     let (status, err) = s.push("alice", t, json!({"projects": {"created": [{"id": "p3", "name": "new"}], "updated": [{"id": "p2", "name": "mine"}], "deleted": []}})).await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert_eq!((err["code"].as_str(), &err["conflicts"]), (Some("conflict"), &json!({"projects": ["p2"]})));
-    assert_eq!(ids(&s.pull("alice", None).await, "projects"), ["p1", "p2"], "p3 was not applied");
+    assert_eq!(
+        (err["code"].as_str(), &err["conflicts"]),
+        (Some("conflict"), &json!({"projects": ["p2"]}))
+    );
+    assert_eq!(
+        ids(&s.pull("alice", None).await, "projects"),
+        ["p1", "p2"],
+        "p3 was not applied"
+    );
     s.stop().await;
 }
 
@@ -249,7 +377,12 @@ async fn idempotency_keys_answer_a_retry_with_the_first_answer() {
     let token = s.token("alice");
     let body = json!({"lastPulledAt": 0, "changes": projects(&[("p1", "A")])}).to_string();
     let send = |key: &'static str, body: String| {
-        s.http.post(format!("{}/v1/sync/push", s.url)).bearer_auth(&token).header("Idempotency-Key", key).body(body).send()
+        s.http
+            .post(format!("{}/v1/sync/push", s.url))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", key)
+            .body(body)
+            .send()
     };
     let first = send("retry-1", body.clone()).await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);
@@ -259,9 +392,17 @@ async fn idempotency_keys_answer_a_retry_with_the_first_answer() {
     assert_eq!(retry.status(), StatusCode::OK);
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     assert_eq!(retry.text().await.unwrap(), first_body);
-    let other = send("retry-1", json!({"lastPulledAt": 0, "changes": projects(&[("p9", "other")])}).to_string()).await.unwrap();
+    let other = send(
+        "retry-1",
+        json!({"lastPulledAt": 0, "changes": projects(&[("p9", "other")])}).to_string(),
+    )
+    .await
+    .unwrap();
     assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(other.json::<Value>().await.unwrap()["code"], "idempotency_key_reused");
+    assert_eq!(
+        other.json::<Value>().await.unwrap()["code"],
+        "idempotency_key_reused"
+    );
     let bad = send("no spaces allowed", body).await.unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     assert_eq!(ids(&s.pull("alice", None).await, "projects"), ["p1"]);
@@ -277,12 +418,29 @@ async fn another_users_ids_reach_nothing_of_theirs() {
     assert_eq!(status, StatusCode::OK);
     let m = s.pull("mallory", None).await;
     let t = m["timestamp"].as_i64().unwrap();
-    s.push("mallory", t, json!({"projects": {"created": [], "updated": [], "deleted": ["p1"]}})).await;
-    let (status, _) = s.post("/v1/sync/bulk", Some(&s.token("mallory")), json!({"deletes": {"projects": ["p1"]}}).to_string()).await;
+    s.push(
+        "mallory",
+        t,
+        json!({"projects": {"created": [], "updated": [], "deleted": ["p1"]}}),
+    )
+    .await;
+    let (status, _) = s
+        .post(
+            "/v1/sync/bulk",
+            Some(&s.token("mallory")),
+            json!({"deletes": {"projects": ["p1"]}}).to_string(),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     let alice = s.pull("alice", None).await;
-    assert_eq!(alice["changes"]["projects"]["updated"], json!([{"id": "p1", "name": "alice's", "user_id": "alice"}]));
-    assert_eq!(m["changes"]["projects"]["updated"][0]["user_id"], "mallory", "owner columns are forced to the token's user");
+    assert_eq!(
+        alice["changes"]["projects"]["updated"],
+        json!([{"id": "p1", "name": "alice's", "user_id": "alice"}])
+    );
+    assert_eq!(
+        m["changes"]["projects"]["updated"][0]["user_id"], "mallory",
+        "owner columns are forced to the token's user"
+    );
     s.stop().await;
 }
 
@@ -290,7 +448,15 @@ async fn another_users_ids_reach_nothing_of_theirs() {
 async fn operational_routes_answer() {
     let s = TestServer::start("").await;
     let get = |path: &str| s.http.get(format!("{}{path}", s.url)).send();
-    assert_eq!(get("/healthz").await.unwrap().json::<Value>().await.unwrap(), json!({"status": "ok"}));
+    assert_eq!(
+        get("/healthz")
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap(),
+        json!({"status": "ok"})
+    );
     let openapi: Value = get("/openapi.json").await.unwrap().json().await.unwrap();
     assert!(openapi["openapi"].as_str().unwrap().starts_with("3."));
     let missing = get("/nope").await.unwrap();
@@ -298,15 +464,30 @@ async fn operational_routes_answer() {
     assert_eq!(missing.json::<Value>().await.unwrap()["code"], "not_found");
     let wrong_method = get("/v1/sync/push").await.unwrap();
     assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(wrong_method.json::<Value>().await.unwrap()["code"], "method_not_allowed");
+    assert_eq!(
+        wrong_method.json::<Value>().await.unwrap()["code"],
+        "method_not_allowed"
+    );
     s.push("alice", 0, projects(&[("p1", "A")])).await;
     s.pull("alice", None).await;
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("syncline_records_pushed_total 1"), "{metrics}");
-    assert!(metrics.contains("syncline_records_pulled_total 1"), "{metrics}");
-    assert!(metrics.contains(r#"syncline_http_requests_total{route="/v1/sync/push",status="200"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains("syncline_records_pushed_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("syncline_records_pulled_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"syncline_http_requests_total{route="/v1/sync/push",status="200"} 1"#),
+        "{metrics}"
+    );
     let (status, err) = s.post("/v1/admin/gc", Some(&s.token("alice")), "").await;
-    assert_eq!((status, err["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
     let admin = token_with("root", SECRET, 3600, Some(json!({"role": "admin"})));
     let (status, body) = s.post("/v1/admin/gc", Some(&admin), "").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -316,9 +497,16 @@ async fn operational_routes_answer() {
 #[tokio::test]
 async fn collected_tombstones_make_old_clients_replace_their_data() {
     let s = TestServer::start("[sync]\ntombstone_retention_days = 0").await;
-    let (_, a) = s.push("alice", 0, projects(&[("p1", "A"), ("p2", "B")])).await;
+    let (_, a) = s
+        .push("alice", 0, projects(&[("p1", "A"), ("p2", "B")]))
+        .await;
     let t = a["timestamp"].as_i64().unwrap();
-    s.push("alice", t, json!({"projects": {"created": [], "updated": [], "deleted": ["p2"]}})).await;
+    s.push(
+        "alice",
+        t,
+        json!({"projects": {"created": [], "updated": [], "deleted": ["p2"]}}),
+    )
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let admin = token_with("root", SECRET, 3600, Some(json!({"role": "admin"})));
     let (_, gc) = s.post("/v1/admin/gc", Some(&admin), "").await;
@@ -346,11 +534,20 @@ async fn no_pull_ever_misses_a_committed_change() {
             let mut rounds = 0;
             loop {
                 let finished = done.load(std::sync::atomic::Ordering::SeqCst);
-                let body = if p % 2 == 0 { json!({"lastPulledAt": cursor}) } else { json!({"lastPulledAt": cursor, "limit": 7}) };
-                let (status, pull) = s.post("/v1/sync/pull", Some(&s.token("alice")), body.to_string()).await;
+                let body = if p % 2 == 0 {
+                    json!({"lastPulledAt": cursor})
+                } else {
+                    json!({"lastPulledAt": cursor, "limit": 7})
+                };
+                let (status, pull) = s
+                    .post("/v1/sync/pull", Some(&s.token("alice")), body.to_string())
+                    .await;
                 assert_eq!(status, StatusCode::OK);
                 let t = pull["timestamp"].as_i64().unwrap();
-                assert!(cursor.is_none_or(|c| t >= c), "timestamps never go backwards");
+                assert!(
+                    cursor.is_none_or(|c| t >= c),
+                    "timestamps never go backwards"
+                );
                 seen.extend(ids(&pull, "projects"));
                 cursor = Some(t);
                 rounds += 1;
@@ -366,8 +563,13 @@ async fn no_pull_ever_misses_a_committed_change() {
         pushers.push(tokio::spawn(async move {
             let mut committed = Vec::new();
             for i in 0..PUSHES {
-                let records: Vec<(String, String)> = (0..3).map(|k| (format!("w{w}-{i}-{k}"), "x".to_string())).collect();
-                let refs: Vec<(&str, &str)> = records.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                let records: Vec<(String, String)> = (0..3)
+                    .map(|k| (format!("w{w}-{i}-{k}"), "x".to_string()))
+                    .collect();
+                let refs: Vec<(&str, &str)> = records
+                    .iter()
+                    .map(|(a, b)| (a.as_str(), b.as_str()))
+                    .collect();
                 let (status, body) = s.push("alice", 0, projects(&refs)).await;
                 assert_eq!(status, StatusCode::OK, "{body}");
                 committed.extend(records.into_iter().map(|r| r.0));
@@ -385,6 +587,11 @@ async fn no_pull_ever_misses_a_committed_change() {
         let (seen, rounds) = p.await.unwrap();
         assert!(rounds > 1);
         let missed: Vec<_> = committed.difference(&seen).collect();
-        assert!(missed.is_empty(), "a puller missed {} committed changes, e.g. {:?}", missed.len(), missed.first());
+        assert!(
+            missed.is_empty(),
+            "a puller missed {} committed changes, e.g. {:?}",
+            missed.len(),
+            missed.first()
+        );
     }
 }

@@ -68,11 +68,16 @@ pub struct WriteSummary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
     /// Applied now; `response` is the JSON body that was remembered for the idempotency key.
-    Applied { summary: WriteSummary, response: String },
+    Applied {
+        summary: WriteSummary,
+        response: String,
+    },
     /// The same idempotency key and request were seen before: the first response, nothing applied.
     Replayed { response: String },
     /// Records changed on the server after the push's cursor: nothing applied. Per table, sorted ids.
-    Conflict { conflicts: std::collections::BTreeMap<String, Vec<String>> },
+    Conflict {
+        conflicts: std::collections::BTreeMap<String, Vec<String>>,
+    },
 }
 
 /// What a garbage collection removed.
@@ -101,7 +106,12 @@ pub struct TableStats {
 /// A storage backend.
 pub trait Store: Send + Sync + 'static {
     /// Streams the pull response for `user` into `sink`, from one consistent snapshot.
-    fn pull(&self, user: &str, request: &PullRequest, sink: &mut dyn PullSink) -> Result<PullStats, StoreError>;
+    fn pull(
+        &self,
+        user: &str,
+        request: &PullRequest,
+        sink: &mut dyn PullSink,
+    ) -> Result<PullStats, StoreError>;
 
     /// Applies `batch` for `user` in one transaction. `respond` renders the response body from the summary
     /// inside the transaction, so it is remembered atomically with the writes when `idempotency` is given.
@@ -116,7 +126,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes tombstones deleted before `tombstone_cutoff_ms` (raising each user's horizon, so older cursors
     /// get a replacement pull) and idempotency keys created before `idempotency_cutoff_ms`.
-    fn collect_garbage(&self, tombstone_cutoff_ms: i64, idempotency_cutoff_ms: i64) -> Result<GcStats, StoreError>;
+    fn collect_garbage(
+        &self,
+        tombstone_cutoff_ms: i64,
+        idempotency_cutoff_ms: i64,
+    ) -> Result<GcStats, StoreError>;
 
     /// Counts for one user.
     fn user_stats(&self, user: &str) -> Result<UserStats, StoreError>;

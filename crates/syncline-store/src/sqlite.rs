@@ -15,11 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use syncline_core::{OnTombstone, PullRequest, PullWriter, Schema, Table, TableCounts, WriteBatch, render_record};
+use syncline_core::{
+    OnTombstone, PullRequest, PullWriter, Schema, Table, TableCounts, WriteBatch, render_record,
+};
 
 use crate::{
-    GcStats, IdempotencyKey, PullSink, PullStats, Store, StoreError, TableStats, UserStats, WriteOutcome,
-    WriteSummary,
+    GcStats, IdempotencyKey, PullSink, PullStats, Store, StoreError, TableStats, UserStats,
+    WriteOutcome, WriteSummary,
 };
 
 /// Flush pull output to the sink in chunks of about this size.
@@ -37,7 +39,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,7 +102,8 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path, schema: Arc<Schema>) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Setup(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Setup(format!("{}: {e}", dir.display())))?;
         }
         let mut conn = Connection::open(path)?;
         configure(&conn, true)?;
@@ -106,8 +111,15 @@ impl SqliteStore {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut tids = HashMap::new();
         for table in schema.tables() {
-            tx.execute("INSERT OR IGNORE INTO sync_tables (name) VALUES (?1)", [&table.name])?;
-            let tid: i64 = tx.query_row("SELECT tid FROM sync_tables WHERE name = ?1", [&table.name], |r| r.get(0))?;
+            tx.execute(
+                "INSERT OR IGNORE INTO sync_tables (name) VALUES (?1)",
+                [&table.name],
+            )?;
+            let tid: i64 = tx.query_row(
+                "SELECT tid FROM sync_tables WHERE name = ?1",
+                [&table.name],
+                |r| r.get(0),
+            )?;
             tids.insert(table.name.clone(), tid);
         }
         for table in schema.tables() {
@@ -144,7 +156,10 @@ impl SqliteStore {
                 c
             }
         };
-        Ok(ReaderGuard { store: self, conn: Some(conn) })
+        Ok(ReaderGuard {
+            store: self,
+            conn: Some(conn),
+        })
     }
 
     fn tid(&self, table: &str) -> i64 {
@@ -175,15 +190,22 @@ struct Existing {
     data: Option<String>,
 }
 
-fn find(tx: &Transaction<'_>, uid: i64, tid: i64, id: &str) -> Result<Option<Existing>, rusqlite::Error> {
+fn find(
+    tx: &Transaction<'_>,
+    uid: i64,
+    tid: i64,
+    id: &str,
+) -> Result<Option<Existing>, rusqlite::Error> {
     tx.prepare_cached("SELECT seq, deleted_at IS NOT NULL, data FROM records WHERE uid = ?1 AND tid = ?2 AND id = ?3")?
         .query_row(params![uid, tid, id], |r| Ok(Existing { seq: r.get(0)?, deleted: r.get(1)?, data: r.get(2)? }))
         .optional()
 }
 
 fn user_id(tx: &Transaction<'_>, name: &str) -> Result<i64, rusqlite::Error> {
-    if let Some(uid) =
-        tx.prepare_cached("SELECT uid FROM users WHERE name = ?1")?.query_row([name], |r| r.get(0)).optional()?
+    if let Some(uid) = tx
+        .prepare_cached("SELECT uid FROM users WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?
     {
         return Ok(uid);
     }
@@ -207,7 +229,11 @@ impl Writer<'_, '_> {
         self.seq
     }
 
-    fn upsert(&mut self, table: &Table, upsert: &syncline_core::Upsert<'_>) -> Result<(), rusqlite::Error> {
+    fn upsert(
+        &mut self,
+        table: &Table,
+        upsert: &syncline_core::Upsert<'_>,
+    ) -> Result<(), rusqlite::Error> {
         let tid = self.store.tid(&table.name);
         let id: &str = &upsert.record.id;
         let existing = find(self.tx, self.uid, tid, id)?;
@@ -218,7 +244,10 @@ impl Writer<'_, '_> {
             self.counts.entry(table.name.clone()).or_default().unchanged += 1;
             return Ok(());
         }
-        let live_data = existing.as_ref().filter(|e| !e.deleted).and_then(|e| e.data.as_deref());
+        let live_data = existing
+            .as_ref()
+            .filter(|e| !e.deleted)
+            .and_then(|e| e.data.as_deref());
         let data = render_record(table, &upsert.record, live_data);
         if live_data == Some(data.as_str()) {
             self.counts.entry(table.name.clone()).or_default().unchanged += 1;
@@ -236,7 +265,9 @@ impl Writer<'_, '_> {
             }
             Some(e) => {
                 self.tx
-                    .prepare_cached("UPDATE records SET seq = ?1, deleted_at = NULL, data = ?2 WHERE seq = ?3")?
+                    .prepare_cached(
+                        "UPDATE records SET seq = ?1, deleted_at = NULL, data = ?2 WHERE seq = ?3",
+                    )?
                     .execute(params![seq, data, e.seq])?;
             }
         }
@@ -244,7 +275,12 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    fn delete_other_singletons(&mut self, table: &Table, tid: i64, keep: &str) -> Result<(), rusqlite::Error> {
+    fn delete_other_singletons(
+        &mut self,
+        table: &Table,
+        tid: i64,
+        keep: &str,
+    ) -> Result<(), rusqlite::Error> {
         let others: Vec<String> = self
             .tx
             .prepare_cached("SELECT id FROM records WHERE uid = ?1 AND tid = ?2 AND deleted_at IS NULL AND id <> ?3")?
@@ -265,25 +301,34 @@ impl Writer<'_, '_> {
                 continue;
             }
             let tid = self.store.tid(&tname);
-            let Some(existing) = find(self.tx, self.uid, tid, &id)? else { continue };
+            let Some(existing) = find(self.tx, self.uid, tid, &id)? else {
+                continue;
+            };
             if existing.deleted {
                 continue;
             }
             let seq = self.next_seq();
             self.tx
-                .prepare_cached("UPDATE records SET seq = ?1, deleted_at = ?2, data = NULL WHERE seq = ?3")?
+                .prepare_cached(
+                    "UPDATE records SET seq = ?1, deleted_at = ?2, data = NULL WHERE seq = ?3",
+                )?
                 .execute(params![seq, self.now_ms, existing.seq])?;
             self.counts.entry(tname.clone()).or_default().deleted += 1;
             let schema = &self.store.schema;
-            let table = schema.table(&tname).expect("tables in the store come from the schema");
+            let table = schema
+                .table(&tname)
+                .expect("tables in the store come from the schema");
             for child in &table.children {
                 let ctid = self.store.tid(&child.table);
                 let sql = format!(
                     "SELECT id FROM records WHERE tid = {ctid} AND uid = ?1 AND json_extract(data, '$.{col}') = ?2",
                     col = child.column
                 );
-                let kids: Vec<String> =
-                    self.tx.prepare_cached(&sql)?.query_map(params![self.uid, id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                let kids: Vec<String> = self
+                    .tx
+                    .prepare_cached(&sql)?
+                    .query_map(params![self.uid, id], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
                 queue.extend(kids.into_iter().map(|k| (child.table.clone(), k)));
             }
         }
@@ -292,12 +337,18 @@ impl Writer<'_, '_> {
 }
 
 impl Store for SqliteStore {
-    fn pull(&self, user: &str, request: &PullRequest, sink: &mut dyn PullSink) -> Result<PullStats, StoreError> {
+    fn pull(
+        &self,
+        user: &str,
+        request: &PullRequest,
+        sink: &mut dyn PullSink,
+    ) -> Result<PullStats, StoreError> {
         let mut guard = self.reader()?;
         let conn = guard.conn.as_mut().expect("present until drop");
         let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
         // The first read fixes the snapshot: the sequence and every row below come from the same one.
-        let snapshot: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
+        let snapshot: i64 =
+            tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
         let user_row: Option<(i64, i64)> = tx
             .prepare_cached("SELECT uid, tombstone_horizon FROM users WHERE name = ?1")?
             .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -307,19 +358,40 @@ impl Store for SqliteStore {
         let replacement = cursor > 0 && cursor < horizon;
         let first = cursor == 0 || replacement;
         let since = if first { 0 } else { cursor };
-        let tables: Vec<&Table> = self.schema.tables().filter(|t| t.visible_at(request.schema_version)).collect();
-        let mut out = Output { writer: PullWriter::new(), sink, stats: PullStats { replacement, ..Default::default() } };
+        let tables: Vec<&Table> = self
+            .schema
+            .tables()
+            .filter(|t| t.visible_at(request.schema_version))
+            .collect();
+        let mut out = Output {
+            writer: PullWriter::new(),
+            sink,
+            stats: PullStats {
+                replacement,
+                ..Default::default()
+            },
+        };
         match request.limit {
             Some(limit) if request.migration.is_none() && !replacement => {
-                let has_more = self.pull_page(&tx, uid, &tables, since, first, limit.max(1) as usize, &mut out)?;
+                let has_more = self.pull_page(
+                    &tx,
+                    uid,
+                    &tables,
+                    since,
+                    first,
+                    limit.max(1) as usize,
+                    &mut out,
+                )?;
                 let timestamp = has_more.unwrap_or(snapshot);
-                out.writer.finish(timestamp, Some(has_more.is_some()), false);
+                out.writer
+                    .finish(timestamp, Some(has_more.is_some()), false);
             }
             _ => {
                 for table in &tables {
                     self.pull_table(&tx, uid, table, since, first, request, &mut out)?;
                 }
-                out.writer.finish(snapshot, request.limit.map(|_| false), replacement);
+                out.writer
+                    .finish(snapshot, request.limit.map(|_| false), replacement);
             }
         }
         out.flush(true)?;
@@ -339,11 +411,15 @@ impl Store for SqliteStore {
         let uid = user_id(&tx, user)?;
         if let Some(key) = idempotency {
             let seen: Option<(Vec<u8>, String)> = tx
-                .prepare_cached("SELECT request_hash, response FROM idempotency WHERE uid = ?1 AND key = ?2")?
+                .prepare_cached(
+                    "SELECT request_hash, response FROM idempotency WHERE uid = ?1 AND key = ?2",
+                )?
                 .query_row(params![uid, key.key], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             if let Some((hash, response)) = seen {
-                return if hash == key.request_hash { Ok(WriteOutcome::Replayed { response }) } else {
+                return if hash == key.request_hash {
+                    Ok(WriteOutcome::Replayed { response })
+                } else {
                     Err(StoreError::IdempotencyKeyReused)
                 };
             }
@@ -352,12 +428,19 @@ impl Store for SqliteStore {
             let mut conflicts: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for writes in &batch.tables {
                 let tid = self.tid(&writes.table);
-                let ids = writes.upserts.iter().map(|u| &*u.record.id).chain(writes.deletes.iter().map(String::as_str));
+                let ids = writes
+                    .upserts
+                    .iter()
+                    .map(|u| &*u.record.id)
+                    .chain(writes.deletes.iter().map(String::as_str));
                 for id in ids {
                     if let Some(e) = find(&tx, uid, tid, id)?
                         && e.seq > cursor
                     {
-                        conflicts.entry(writes.table.clone()).or_default().push(id.to_string());
+                        conflicts
+                            .entry(writes.table.clone())
+                            .or_default()
+                            .push(id.to_string());
                     }
                 }
             }
@@ -369,23 +452,46 @@ impl Store for SqliteStore {
                 return Ok(WriteOutcome::Conflict { conflicts });
             }
         }
-        let seq: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
-        let mut w = Writer { tx: &tx, store: self, uid, seq, now_ms, counts: BTreeMap::new() };
+        let seq: i64 =
+            tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
+        let mut w = Writer {
+            tx: &tx,
+            store: self,
+            uid,
+            seq,
+            now_ms,
+            counts: BTreeMap::new(),
+        };
         for writes in &batch.tables {
-            let table = self.schema.table(&writes.table).expect("batches are planned against this schema");
+            let table = self
+                .schema
+                .table(&writes.table)
+                .expect("batches are planned against this schema");
             for upsert in &writes.upserts {
                 w.upsert(table, upsert)?;
             }
         }
         for writes in batch.tables.iter().rev() {
-            let table = self.schema.table(&writes.table).expect("batches are planned against this schema");
+            let table = self
+                .schema
+                .table(&writes.table)
+                .expect("batches are planned against this schema");
             for id in &writes.deletes {
                 w.delete(table, id)?;
             }
         }
-        let summary = WriteSummary { counts: std::mem::take(&mut w.counts), sequence: w.seq };
-        tx.execute("UPDATE meta SET value = ?1 WHERE key = 'seq'", [summary.sequence])?;
-        tx.execute("UPDATE users SET last_push_at = ?1 WHERE uid = ?2", params![now_ms, uid])?;
+        let summary = WriteSummary {
+            counts: std::mem::take(&mut w.counts),
+            sequence: w.seq,
+        };
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'seq'",
+            [summary.sequence],
+        )?;
+        tx.execute(
+            "UPDATE users SET last_push_at = ?1 WHERE uid = ?2",
+            params![now_ms, uid],
+        )?;
         let response = respond(&summary);
         if let Some(key) = idempotency {
             tx.execute(
@@ -397,7 +503,11 @@ impl Store for SqliteStore {
         Ok(WriteOutcome::Applied { summary, response })
     }
 
-    fn collect_garbage(&self, tombstone_cutoff_ms: i64, idempotency_cutoff_ms: i64) -> Result<GcStats, StoreError> {
+    fn collect_garbage(
+        &self,
+        tombstone_cutoff_ms: i64,
+        idempotency_cutoff_ms: i64,
+    ) -> Result<GcStats, StoreError> {
         let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
@@ -407,26 +517,46 @@ impl Store for SqliteStore {
              WHERE users.uid = h.uid",
             [tombstone_cutoff_ms],
         )?;
-        let tombstones =
-            tx.execute("DELETE FROM records WHERE deleted_at IS NOT NULL AND deleted_at < ?1", [tombstone_cutoff_ms])?;
-        let idempotency_keys = tx.execute("DELETE FROM idempotency WHERE created_at < ?1", [idempotency_cutoff_ms])?;
+        let tombstones = tx.execute(
+            "DELETE FROM records WHERE deleted_at IS NOT NULL AND deleted_at < ?1",
+            [tombstone_cutoff_ms],
+        )?;
+        let idempotency_keys = tx.execute(
+            "DELETE FROM idempotency WHERE created_at < ?1",
+            [idempotency_cutoff_ms],
+        )?;
         tx.commit()?;
-        Ok(GcStats { tombstones: tombstones as u64, idempotency_keys: idempotency_keys as u64 })
+        Ok(GcStats {
+            tombstones: tombstones as u64,
+            idempotency_keys: idempotency_keys as u64,
+        })
     }
 
     fn user_stats(&self, user: &str) -> Result<UserStats, StoreError> {
         let mut guard = self.reader()?;
         let conn = guard.conn.as_mut().expect("present until drop");
         let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let sequence: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
-        let mut stats = UserStats { sequence, ..Default::default() };
+        let sequence: i64 =
+            tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
+        let mut stats = UserStats {
+            sequence,
+            ..Default::default()
+        };
         for table in self.schema.tables() {
-            stats.tables.insert(table.name.clone(), TableStats::default());
+            stats
+                .tables
+                .insert(table.name.clone(), TableStats::default());
         }
         let row: Option<(i64, Option<i64>)> = tx
-            .query_row("SELECT uid, last_push_at FROM users WHERE name = ?1", [user], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT uid, last_push_at FROM users WHERE name = ?1",
+                [user],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
-        let Some((uid, last_push_at)) = row else { return Ok(stats) };
+        let Some((uid, last_push_at)) = row else {
+            return Ok(stats);
+        };
         stats.last_push_at = last_push_at;
         let names: HashMap<i64, &str> = self.tids.iter().map(|(n, t)| (*t, n.as_str())).collect();
         let mut stmt = tx.prepare(
@@ -436,7 +566,13 @@ impl Store for SqliteStore {
         while let Some(r) = rows.next()? {
             let tid: i64 = r.get(0)?;
             if let Some(name) = names.get(&tid) {
-                stats.tables.insert(name.to_string(), TableStats { records: r.get(1)?, tombstones: r.get(2)? });
+                stats.tables.insert(
+                    name.to_string(),
+                    TableStats {
+                        records: r.get(1)?,
+                        tombstones: r.get(2)?,
+                    },
+                );
             }
         }
         Ok(stats)
@@ -476,13 +612,15 @@ impl SqliteStore {
         let tid = self.tid(&table.name);
         let mut filter = String::from("seq > ?3");
         if let Some(migration) = &request.migration {
-            if migration.tables.iter().any(|t| *t == table.name) {
+            if migration.tables.contains(&table.name) {
                 filter = String::from("seq > ?3 OR 1");
             } else {
                 for mc in migration.columns.iter().filter(|mc| mc.table == table.name) {
                     // Only schema columns are spliced in: whitelisted names.
                     for col in mc.columns.iter().filter(|c| table.column(c).is_some()) {
-                        filter.push_str(&format!(" OR ifnull(json_extract(data, '$.{col}'), 0) NOT IN (0, '')"));
+                        filter.push_str(&format!(
+                            " OR ifnull(json_extract(data, '$.{col}'), 0) NOT IN (0, '')"
+                        ));
                     }
                 }
             }
@@ -494,7 +632,13 @@ impl SqliteStore {
         let mut stmt = tx.prepare_cached(&sql)?;
         let mut rows = stmt.query(params![uid, tid, since])?;
         while let Some(row) = rows.next()? {
-            let data = row.get_ref(0)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?;
+            let data = row.get_ref(0)?.as_str().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?;
             out.writer.record(data);
             out.stats.records += 1;
             out.flush(false)?;
@@ -506,7 +650,13 @@ impl SqliteStore {
             )?;
             let mut rows = stmt.query(params![uid, tid, since])?;
             while let Some(row) = rows.next()? {
-                let id = row.get_ref(0)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?;
+                let id = row.get_ref(0)?.as_str().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?;
                 out.writer.deleted(id);
                 out.stats.deleted += 1;
                 out.flush(false)?;
@@ -540,11 +690,18 @@ impl SqliteStore {
         }
         let mut cursors = Vec::with_capacity(tables.len());
         for (stmt, table) in stmts.iter_mut().zip(tables) {
-            cursors.push(stmt.query(params![uid, self.tid(&table.name), since, (limit + 1) as i64])?);
+            cursors.push(stmt.query(params![
+                uid,
+                self.tid(&table.name),
+                since,
+                (limit + 1) as i64
+            ])?);
         }
         type Row = (i64, String, Option<String>);
         fn next(rows: &mut rusqlite::Rows<'_>) -> Result<Option<Row>, rusqlite::Error> {
-            rows.next()?.map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).transpose()
+            rows.next()?
+                .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .transpose()
         }
         let mut heap = BinaryHeap::new();
         let mut heads: Vec<Option<Row>> = Vec::with_capacity(tables.len());

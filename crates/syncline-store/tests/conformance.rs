@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use syncline_core::{BulkRequest, PullRequest, PushRequest, Schema, TableConfig, WriteBatch, plan_bulk, plan_push};
+use syncline_core::{
+    BulkRequest, PullRequest, PushRequest, Schema, TableConfig, WriteBatch, plan_bulk, plan_push,
+};
 use syncline_store::{IdempotencyKey, SqliteStore, Store, StoreError, WriteOutcome};
 
 fn schema() -> Arc<Schema> {
@@ -39,7 +41,11 @@ fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let schema = schema();
     let store = SqliteStore::open(&dir.path().join("s.db"), schema.clone()).unwrap();
-    vec![Backend { store: Box::new(store), schema, _dir: dir }]
+    vec![Backend {
+        store: Box::new(store),
+        schema,
+        _dir: dir,
+    }]
 }
 
 const NOW: i64 = 1_700_000_000_000;
@@ -52,15 +58,30 @@ impl Backend {
         self.write(user, &batch, None, NOW)
     }
 
-    fn bulk(&self, user: &str, body: Value, key: Option<&IdempotencyKey>) -> Result<WriteOutcome, StoreError> {
+    fn bulk(
+        &self,
+        user: &str,
+        body: Value,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<WriteOutcome, StoreError> {
         let body = body.to_string();
         let request: BulkRequest = serde_json::from_str(&body).unwrap();
         let batch = plan_bulk(&self.schema, &request, user).unwrap();
-        self.store.write(user, &batch, key, NOW, &|s| serde_json::to_string(&s.counts).unwrap())
+        self.store.write(user, &batch, key, NOW, &|s| {
+            serde_json::to_string(&s.counts).unwrap()
+        })
     }
 
-    fn write(&self, user: &str, batch: &WriteBatch<'_>, key: Option<&IdempotencyKey>, now: i64) -> WriteOutcome {
-        self.store.write(user, batch, key, now, &|s| s.sequence.to_string()).unwrap()
+    fn write(
+        &self,
+        user: &str,
+        batch: &WriteBatch<'_>,
+        key: Option<&IdempotencyKey>,
+        now: i64,
+    ) -> WriteOutcome {
+        self.store
+            .write(user, batch, key, now, &|s| s.sequence.to_string())
+            .unwrap()
     }
 
     fn pull(&self, user: &str, request: Value) -> Value {
@@ -87,7 +108,13 @@ fn ids(pull: &Value, table: &str, list: &str) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| if list == "deleted" { v.as_str().unwrap().to_string() } else { v["id"].as_str().unwrap().to_string() })
+        .map(|v| {
+            if list == "deleted" {
+                v.as_str().unwrap().to_string()
+            } else {
+                v["id"].as_str().unwrap().to_string()
+            }
+        })
         .collect();
     ids.sort();
     ids
@@ -106,10 +133,20 @@ fn first_pull_returns_everything_as_updated_with_a_positive_timestamp() {
     for b in backends() {
         let empty = b.pull_since("alice", None);
         assert!(empty["timestamp"].as_i64().unwrap() > 0);
-        assert_eq!(empty["changes"]["tasks"], json!({"created": [], "updated": [], "deleted": []}));
-        b.push("alice", 0, json!({"projects": {"created": [project("p1", "A")], "updated": [], "deleted": []}}));
+        assert_eq!(
+            empty["changes"]["tasks"],
+            json!({"created": [], "updated": [], "deleted": []})
+        );
+        b.push(
+            "alice",
+            0,
+            json!({"projects": {"created": [project("p1", "A")], "updated": [], "deleted": []}}),
+        );
         let pull = b.pull_since("alice", None);
-        assert_eq!(pull["changes"]["projects"]["updated"], json!([{"id": "p1", "name": "A", "user_id": "alice"}]));
+        assert_eq!(
+            pull["changes"]["projects"]["updated"],
+            json!([{"id": "p1", "name": "A", "user_id": "alice"}])
+        );
         assert_eq!(pull["changes"]["projects"]["created"], json!([]));
         assert!(pull["timestamp"].as_i64().unwrap() > empty["timestamp"].as_i64().unwrap());
     }
@@ -125,9 +162,15 @@ fn incremental_pull_returns_only_later_changes_and_deletes() {
         assert_eq!(ids(&pull, "projects", "updated"), ["p1", "p3"]);
         assert_eq!(ids(&pull, "projects", "deleted"), ["p2"]);
         let t2 = pull["timestamp"].as_i64().unwrap();
-        assert_eq!(ids(&b.pull_since("alice", Some(t2)), "projects", "updated"), Vec::<String>::new());
+        assert_eq!(
+            ids(&b.pull_since("alice", Some(t2)), "projects", "updated"),
+            Vec::<String>::new()
+        );
         // A first pull never carries tombstones.
-        assert_eq!(ids(&b.pull_since("alice", None), "projects", "deleted"), Vec::<String>::new());
+        assert_eq!(
+            ids(&b.pull_since("alice", None), "projects", "deleted"),
+            Vec::<String>::new()
+        );
     }
 }
 
@@ -138,11 +181,22 @@ fn push_conflicts_when_a_record_changed_after_the_cursor() {
         b.push("alice", t0, json!({"projects": {"created": [], "updated": [project("p1", "from B")], "deleted": []}}));
         // A device that pulled at t0 pushes an update and a delete touching records changed after t0.
         let outcome = b.push("alice", t0, json!({"projects": {"created": [project("p9", "new")], "updated": [project("p1", "from A")], "deleted": ["p2"]}}));
-        let WriteOutcome::Conflict { conflicts } = outcome else { panic!("expected a conflict, got {outcome:?}") };
+        let WriteOutcome::Conflict { conflicts } = outcome else {
+            panic!("expected a conflict, got {outcome:?}")
+        };
         assert_eq!(conflicts["projects"], ["p1"]);
         let pull = b.pull_since("alice", None);
-        assert_eq!(ids(&pull, "projects", "updated"), ["p1", "p2"], "nothing of the rejected push was applied");
-        let p1 = pull["changes"]["projects"]["updated"].as_array().unwrap().iter().find(|r| r["id"] == "p1").unwrap();
+        assert_eq!(
+            ids(&pull, "projects", "updated"),
+            ["p1", "p2"],
+            "nothing of the rejected push was applied"
+        );
+        let p1 = pull["changes"]["projects"]["updated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == "p1")
+            .unwrap();
         assert_eq!(p1["name"], "from B");
     }
 }
@@ -150,34 +204,67 @@ fn push_conflicts_when_a_record_changed_after_the_cursor() {
 #[test]
 fn created_that_exists_updates_and_unknown_deletes_are_ignored() {
     for b in backends() {
-        let t = sequence(&b.push("alice", 0, json!({"projects": {"created": [project("p1", "A")], "updated": [], "deleted": []}})));
+        let t = sequence(&b.push(
+            "alice",
+            0,
+            json!({"projects": {"created": [project("p1", "A")], "updated": [], "deleted": []}}),
+        ));
         let t = sequence(&b.push("alice", t, json!({"projects": {"created": [project("p1", "again")], "updated": [project("p7", "made by update")], "deleted": ["never-existed"]}})));
         let pull = b.pull_since("alice", None);
         assert_eq!(ids(&pull, "projects", "updated"), ["p1", "p7"]);
         assert_eq!(pull["changes"]["projects"]["updated"][0]["name"], "again");
-        assert_eq!(ids(&b.pull_since("alice", Some(t - 1)), "projects", "deleted"), Vec::<String>::new());
+        assert_eq!(
+            ids(&b.pull_since("alice", Some(t - 1)), "projects", "deleted"),
+            Vec::<String>::new()
+        );
     }
 }
 
 #[test]
 fn an_update_of_a_record_deleted_before_the_cursor_does_not_resurrect_it() {
     for b in backends() {
-        let t = sequence(&b.push("alice", 0, json!({"projects": {"created": [project("p1", "A")], "updated": [], "deleted": []}})));
-        let t = sequence(&b.push("alice", t, json!({"projects": {"created": [], "updated": [], "deleted": ["p1"]}})));
+        let t = sequence(&b.push(
+            "alice",
+            0,
+            json!({"projects": {"created": [project("p1", "A")], "updated": [], "deleted": []}}),
+        ));
+        let t = sequence(&b.push(
+            "alice",
+            t,
+            json!({"projects": {"created": [], "updated": [], "deleted": ["p1"]}}),
+        ));
         b.push("alice", t, json!({"projects": {"created": [], "updated": [project("p1", "zombie")], "deleted": []}}));
-        assert_eq!(ids(&b.pull_since("alice", None), "projects", "updated"), Vec::<String>::new());
+        assert_eq!(
+            ids(&b.pull_since("alice", None), "projects", "updated"),
+            Vec::<String>::new()
+        );
     }
 }
 
 #[test]
 fn an_unchanged_record_does_not_move_the_sequence() {
     for b in backends() {
-        let t = sequence(&b.push("alice", 0, json!({"projects": {"created": [project("p1", "A")], "updated": [], "deleted": []}})));
-        let again = b.bulk("alice", json!({"upserts": {"projects": [project("p1", "A")]}}), None).unwrap();
-        let WriteOutcome::Applied { summary, .. } = again else { panic!() };
+        let t = sequence(&b.push(
+            "alice",
+            0,
+            json!({"projects": {"created": [project("p1", "A")], "updated": [], "deleted": []}}),
+        ));
+        let again = b
+            .bulk(
+                "alice",
+                json!({"upserts": {"projects": [project("p1", "A")]}}),
+                None,
+            )
+            .unwrap();
+        let WriteOutcome::Applied { summary, .. } = again else {
+            panic!()
+        };
         assert_eq!(summary.sequence, t);
         assert_eq!(summary.counts["projects"].unchanged, 1);
-        assert_eq!(ids(&b.pull_since("alice", Some(t)), "projects", "updated"), Vec::<String>::new());
+        assert_eq!(
+            ids(&b.pull_since("alice", Some(t)), "projects", "updated"),
+            Vec::<String>::new()
+        );
     }
 }
 
@@ -185,9 +272,17 @@ fn an_unchanged_record_does_not_move_the_sequence() {
 fn partial_upserts_keep_the_other_columns() {
     for b in backends() {
         b.bulk("alice", json!({"upserts": {"tasks": [{"id": "t1", "title": "T", "done": true, "project_id": "p"}]}}), None).unwrap();
-        b.bulk("alice", json!({"upserts": {"tasks": [{"id": "t1", "title": "T2"}]}}), None).unwrap();
+        b.bulk(
+            "alice",
+            json!({"upserts": {"tasks": [{"id": "t1", "title": "T2"}]}}),
+            None,
+        )
+        .unwrap();
         let pull = b.pull_since("alice", None);
-        assert_eq!(pull["changes"]["tasks"]["updated"][0], json!({"id": "t1", "done": true, "position": null, "project_id": "p", "title": "T2"}));
+        assert_eq!(
+            pull["changes"]["tasks"]["updated"][0],
+            json!({"id": "t1", "done": true, "position": null, "project_id": "p", "title": "T2"})
+        );
     }
 }
 
@@ -205,15 +300,34 @@ fn deletes_cascade_to_children_and_grandchildren() {
         )
         .unwrap();
         // Bob has a task pointing at an id equal to alice's project: never touched.
-        b.bulk("bob", json!({"upserts": {"tasks": [task("t1", "p1")]}}), None).unwrap();
+        b.bulk(
+            "bob",
+            json!({"upserts": {"tasks": [task("t1", "p1")]}}),
+            None,
+        )
+        .unwrap();
         let t = b.pull_since("alice", None)["timestamp"].as_i64().unwrap();
-        let outcome = b.bulk("alice", json!({"deletes": {"projects": ["p1"]}}), None).unwrap();
-        let WriteOutcome::Applied { summary, .. } = outcome else { panic!() };
-        assert_eq!((summary.counts["projects"].deleted, summary.counts["tasks"].deleted, summary.counts["task_tags"].deleted), (1, 2, 1));
+        let outcome = b
+            .bulk("alice", json!({"deletes": {"projects": ["p1"]}}), None)
+            .unwrap();
+        let WriteOutcome::Applied { summary, .. } = outcome else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                summary.counts["projects"].deleted,
+                summary.counts["tasks"].deleted,
+                summary.counts["task_tags"].deleted
+            ),
+            (1, 2, 1)
+        );
         let pull = b.pull_since("alice", Some(t));
         assert_eq!(ids(&pull, "tasks", "deleted"), ["t1", "t2"]);
         assert_eq!(ids(&pull, "task_tags", "deleted"), ["g1"]);
-        assert_eq!(ids(&b.pull_since("alice", None), "tasks", "updated"), ["t3"]);
+        assert_eq!(
+            ids(&b.pull_since("alice", None), "tasks", "updated"),
+            ["t3"]
+        );
         assert_eq!(ids(&b.pull_since("bob", None), "tasks", "updated"), ["t1"]);
     }
 }
@@ -223,10 +337,20 @@ fn users_never_see_or_touch_each_others_records() {
     for b in backends() {
         b.push("alice", 0, json!({"projects": {"created": [project("p1", "alice's")], "updated": [], "deleted": []}}));
         let t = sequence(&b.push("bob", 0, json!({"projects": {"created": [], "updated": [project("p1", "bob's")], "deleted": []}})));
-        sequence(&b.push("bob", t, json!({"projects": {"created": [], "updated": [], "deleted": ["p1"]}})));
+        sequence(&b.push(
+            "bob",
+            t,
+            json!({"projects": {"created": [], "updated": [], "deleted": ["p1"]}}),
+        ));
         let alice = b.pull_since("alice", None);
-        assert_eq!(alice["changes"]["projects"]["updated"], json!([{"id": "p1", "name": "alice's", "user_id": "alice"}]));
-        assert_eq!(ids(&b.pull_since("bob", None), "projects", "updated"), Vec::<String>::new());
+        assert_eq!(
+            alice["changes"]["projects"]["updated"],
+            json!([{"id": "p1", "name": "alice's", "user_id": "alice"}])
+        );
+        assert_eq!(
+            ids(&b.pull_since("bob", None), "projects", "updated"),
+            Vec::<String>::new()
+        );
     }
 }
 
@@ -235,10 +359,24 @@ fn paged_pulls_cover_every_change_exactly_once() {
     for b in backends() {
         let mut expected = Vec::new();
         for round in 0..5 {
-            let projects: Vec<Value> = (0..7).map(|i| project(&format!("p{round}-{i}"), "x")).collect();
-            let tasks: Vec<Value> = (0..5).map(|i| task(&format!("t{round}-{i}"), "none")).collect();
-            expected.extend(projects.iter().chain(&tasks).map(|r| r["id"].as_str().unwrap().to_string()));
-            b.bulk("alice", json!({"upserts": {"projects": projects, "tasks": tasks}}), None).unwrap();
+            let projects: Vec<Value> = (0..7)
+                .map(|i| project(&format!("p{round}-{i}"), "x"))
+                .collect();
+            let tasks: Vec<Value> = (0..5)
+                .map(|i| task(&format!("t{round}-{i}"), "none"))
+                .collect();
+            expected.extend(
+                projects
+                    .iter()
+                    .chain(&tasks)
+                    .map(|r| r["id"].as_str().unwrap().to_string()),
+            );
+            b.bulk(
+                "alice",
+                json!({"upserts": {"projects": projects, "tasks": tasks}}),
+                None,
+            )
+            .unwrap();
         }
         let mut seen = Vec::new();
         let mut cursor: Option<i64> = None;
@@ -266,7 +404,11 @@ fn paged_pulls_cover_every_change_exactly_once() {
 fn collected_tombstones_send_old_cursors_a_replacement() {
     for b in backends() {
         let t0 = sequence(&b.push("alice", 0, json!({"projects": {"created": [project("p1", "A"), project("p2", "B")], "updated": [], "deleted": []}})));
-        let t1 = sequence(&b.push("alice", t0, json!({"projects": {"created": [], "updated": [], "deleted": ["p2"]}})));
+        let t1 = sequence(&b.push(
+            "alice",
+            t0,
+            json!({"projects": {"created": [], "updated": [], "deleted": ["p2"]}}),
+        ));
         let gc = b.store.collect_garbage(NOW + 1, 0).unwrap();
         assert_eq!(gc.tombstones, 1);
         let stale = b.pull_since("alice", Some(t0));
@@ -275,25 +417,54 @@ fn collected_tombstones_send_old_cursors_a_replacement() {
         let fresh = b.pull_since("alice", Some(t1));
         assert!(fresh.get("experimentalStrategy").is_none());
         // Bob never deleted anything: his old cursors stay incremental.
-        let tb = sequence(&b.push("bob", 0, json!({"projects": {"created": [project("b1", "B")], "updated": [], "deleted": []}})));
-        assert!(b.pull_since("bob", Some(tb - 1)).get("experimentalStrategy").is_none());
+        let tb = sequence(&b.push(
+            "bob",
+            0,
+            json!({"projects": {"created": [project("b1", "B")], "updated": [], "deleted": []}}),
+        ));
+        assert!(
+            b.pull_since("bob", Some(tb - 1))
+                .get("experimentalStrategy")
+                .is_none()
+        );
     }
 }
 
 #[test]
 fn idempotency_keys_replay_the_first_answer_and_refuse_other_requests() {
     for b in backends() {
-        let key = IdempotencyKey { key: "k1".into(), request_hash: [7; 32] };
+        let key = IdempotencyKey {
+            key: "k1".into(),
+            request_hash: [7; 32],
+        };
         let body = json!({"upserts": {"projects": [project("p1", "A")]}});
         let first = b.bulk("alice", body.clone(), Some(&key)).unwrap();
-        let WriteOutcome::Applied { response, .. } = first else { panic!() };
+        let WriteOutcome::Applied { response, .. } = first else {
+            panic!()
+        };
         let t = b.pull_since("alice", None)["timestamp"].clone();
-        assert_eq!(b.bulk("alice", body.clone(), Some(&key)).unwrap(), WriteOutcome::Replayed { response });
-        assert_eq!(b.pull_since("alice", None)["timestamp"], t, "the replay applied nothing");
-        let other = IdempotencyKey { key: "k1".into(), request_hash: [8; 32] };
-        assert!(matches!(b.bulk("alice", body.clone(), Some(&other)), Err(StoreError::IdempotencyKeyReused)));
+        assert_eq!(
+            b.bulk("alice", body.clone(), Some(&key)).unwrap(),
+            WriteOutcome::Replayed { response }
+        );
+        assert_eq!(
+            b.pull_since("alice", None)["timestamp"],
+            t,
+            "the replay applied nothing"
+        );
+        let other = IdempotencyKey {
+            key: "k1".into(),
+            request_hash: [8; 32],
+        };
+        assert!(matches!(
+            b.bulk("alice", body.clone(), Some(&other)),
+            Err(StoreError::IdempotencyKeyReused)
+        ));
         // Keys are per user.
-        assert!(matches!(b.bulk("bob", body, Some(&other)).unwrap(), WriteOutcome::Applied { .. }));
+        assert!(matches!(
+            b.bulk("bob", body, Some(&other)).unwrap(),
+            WriteOutcome::Applied { .. }
+        ));
     }
 }
 
@@ -310,7 +481,10 @@ fn migration_pulls_add_new_tables_and_rows_with_new_columns() {
         )
         .unwrap();
         let v1 = b.pull("alice", json!({"lastPulledAt": null, "schemaVersion": 1}));
-        assert!(v1["changes"].get("task_tags").is_none(), "a v1 client does not get v2 tables");
+        assert!(
+            v1["changes"].get("task_tags").is_none(),
+            "a v1 client does not get v2 tables"
+        );
         let t = v1["timestamp"].as_i64().unwrap();
         let migration = b.pull(
             "alice",
@@ -339,12 +513,31 @@ fn the_sequence_survives_a_restart() {
     let path = dir.path().join("s.db");
     let t = {
         let store = SqliteStore::open(&path, schema()).unwrap();
-        let b = Backend { store: Box::new(store), schema: schema(), _dir: tempfile::tempdir().unwrap() };
-        sequence(&b.push("alice", 0, json!({"projects": {"created": [project("p1", "A")], "updated": [], "deleted": []}})))
+        let b = Backend {
+            store: Box::new(store),
+            schema: schema(),
+            _dir: tempfile::tempdir().unwrap(),
+        };
+        sequence(&b.push(
+            "alice",
+            0,
+            json!({"projects": {"created": [project("p1", "A")], "updated": [], "deleted": []}}),
+        ))
     };
     let store = SqliteStore::open(&path, schema()).unwrap();
-    let b = Backend { store: Box::new(store), schema: schema(), _dir: dir };
-    let t2 = sequence(&b.push("alice", t, json!({"projects": {"created": [project("p2", "B")], "updated": [], "deleted": []}})));
+    let b = Backend {
+        store: Box::new(store),
+        schema: schema(),
+        _dir: dir,
+    };
+    let t2 = sequence(&b.push(
+        "alice",
+        t,
+        json!({"projects": {"created": [project("p2", "B")], "updated": [], "deleted": []}}),
+    ));
     assert!(t2 > t);
-    assert_eq!(ids(&b.pull_since("alice", Some(t)), "projects", "updated"), ["p2"]);
+    assert_eq!(
+        ids(&b.pull_since("alice", Some(t)), "projects", "updated"),
+        ["p2"]
+    );
 }

@@ -36,7 +36,10 @@ pub struct BenchArgs {
 const SECRET: &str = "bench-secret-bench-secret-bench";
 
 fn random_string(rng: &mut impl Rng, n: usize) -> String {
-    rng.sample_iter(Alphanumeric).take(n).map(char::from).collect()
+    rng.sample_iter(Alphanumeric)
+        .take(n)
+        .map(char::from)
+        .collect()
 }
 
 /// One ~250-byte task record of the demo schema, as JSON text.
@@ -55,7 +58,10 @@ fn record(rng: &mut impl Rng) -> (String, String) {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let own_dir = args.dir.is_none();
-    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(format!("syncline-bench-{}", std::process::id())));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("syncline-bench-{}", std::process::id())));
     std::fs::create_dir_all(&dir)?;
     let result = run_in(&args, &dir);
     if own_dir {
@@ -90,7 +96,10 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         ..Default::default()
     })?;
     let token = auth.mint("bench", 3600, false, crate::now_secs())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let (push_secs, pull_secs, pulled) = runtime.block_on(async {
         let client = reqwest::Client::new();
         let bodies: Vec<String> = records
@@ -108,7 +117,11 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
                 body
             })
             .collect();
-        eprintln!("pushing {} records in {} requests ...", records.len(), bodies.len());
+        eprintln!(
+            "pushing {} records in {} requests ...",
+            records.len(),
+            bodies.len()
+        );
         let started = Instant::now();
         push_all(&client, &server.url, &token, bodies, args.concurrency).await?;
         let push_secs = started.elapsed().as_secs_f64();
@@ -125,15 +138,29 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
     let n = records.len() as f64;
     let push_rate = n / push_secs;
     let pull_rate = n / pull_secs;
-    println!("Syncline bench: {} records of ~{avg} bytes, random 16-char ids; push batches of {}, pull pages of {}", records.len(), args.batch, args.page);
-    println!("  SQLite upsert ceiling (same records, same disk, {} per txn): {:>10.0} records/s", args.batch, ceiling);
+    println!(
+        "Syncline bench: {} records of ~{avg} bytes, random 16-char ids; push batches of {}, pull pages of {}",
+        records.len(),
+        args.batch,
+        args.page
+    );
+    println!(
+        "  SQLite upsert ceiling (same records, same disk, {} per txn): {:>10.0} records/s",
+        args.batch, ceiling
+    );
     println!(
         "  push over HTTP:                  {:>10.0} records/s  ({:.0}% of ceiling; goal >= 100000/s and >= 50%)",
         push_rate,
         100.0 * push_rate / ceiling
     );
-    println!("  pull into a fresh cursor:        {:>10.0} records/s  (goal >= 500000/s)", pull_rate);
-    println!("  server peak RSS:                 {:>10.1} MB         (goal <= 200 MB)", peak_rss_mb);
+    println!(
+        "  pull into a fresh cursor:        {:>10.0} records/s  (goal >= 500000/s)",
+        pull_rate
+    );
+    println!(
+        "  server peak RSS:                 {:>10.1} MB         (goal <= 200 MB)",
+        peak_rss_mb
+    );
     Ok(())
 }
 
@@ -161,14 +188,27 @@ fn sqlite_ceiling(path: &Path, records: &[(String, String)], batch: usize) -> Re
     Ok(records.len() as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn push_all(client: &reqwest::Client, url: &str, token: &str, bodies: Vec<String>, concurrency: usize) -> Result<()> {
+async fn push_all(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    bodies: Vec<String>,
+    concurrency: usize,
+) -> Result<()> {
     let queue = std::sync::Arc::new(tokio::sync::Mutex::new(bodies.into_iter()));
     let mut tasks = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (client, queue, url, token) = (client.clone(), queue.clone(), url.to_string(), token.to_string());
+        let (client, queue, url, token) = (
+            client.clone(),
+            queue.clone(),
+            url.to_string(),
+            token.to_string(),
+        );
         tasks.push(tokio::spawn(async move {
             loop {
-                let Some(body) = queue.lock().await.next() else { return Ok::<_, anyhow::Error>(()) };
+                let Some(body) = queue.lock().await.next() else {
+                    return Ok::<_, anyhow::Error>(());
+                };
                 let response = client
                     .post(format!("{url}/v1/sync/push"))
                     .bearer_auth(&token)
@@ -177,7 +217,11 @@ async fn push_all(client: &reqwest::Client, url: &str, token: &str, bodies: Vec<
                     .send()
                     .await?;
                 if !response.status().is_success() {
-                    bail!("push failed: {} {}", response.status(), response.text().await.unwrap_or_default());
+                    bail!(
+                        "push failed: {} {}",
+                        response.status(),
+                        response.text().await.unwrap_or_default()
+                    );
                 }
             }
         }));
@@ -208,13 +252,23 @@ async fn pull_all(client: &reqwest::Client, url: &str, token: &str, page: usize)
     let mut total = 0;
     loop {
         let body = serde_json::json!({"lastPulledAt": cursor, "limit": page}).to_string();
-        let response = client.post(format!("{url}/v1/sync/pull")).bearer_auth(token).body(body).send().await?;
+        let response = client
+            .post(format!("{url}/v1/sync/pull"))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await?;
         if !response.status().is_success() {
             bail!("pull failed: {}", response.status());
         }
         let bytes = response.bytes().await?;
-        let parsed: Page = serde_json::from_slice(&bytes).context("pull response is not the expected JSON")?;
-        total += parsed.changes.values().map(|t| t.updated.len()).sum::<usize>();
+        let parsed: Page =
+            serde_json::from_slice(&bytes).context("pull response is not the expected JSON")?;
+        total += parsed
+            .changes
+            .values()
+            .map(|t| t.updated.len())
+            .sum::<usize>();
         cursor = Some(parsed.timestamp);
         if !parsed.has_more {
             return Ok(total);
@@ -242,7 +296,9 @@ impl ServerProcess {
         let stdout = child.stdout.take().context("server stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let url = loop {
-            let Some(line) = lines.next() else { bail!("the server exited before listening") };
+            let Some(line) = lines.next() else {
+                bail!("the server exited before listening")
+            };
             if let Some(url) = line?.strip_prefix("Syncline listening on ") {
                 break url.to_string();
             }
@@ -253,8 +309,15 @@ impl ServerProcess {
 
     fn peak_rss_kb(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM in /proc status")?;
-        Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .context("no VmHWM in /proc status")?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .context("VmHWM value")?
+            .parse()?)
     }
 
     fn stop(&mut self) {

@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use syncline_server::{Authenticator, Config};
 
 #[derive(Parser)]
-#[command(name = "syncline", version, about = "An offline-first sync engine speaking the WatermelonDB protocol")]
+#[command(
+    name = "syncline",
+    version,
+    about = "An offline-first sync engine speaking the WatermelonDB protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,14 +50,20 @@ const DEV_DIR: &str = "syncline-data";
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Token { config, user, ttl, admin } => {
+        Command::Token {
+            config,
+            user,
+            ttl,
+            admin,
+        } => {
             let (config, _) = load(config.as_deref())?;
             let auth = Authenticator::from_config(&config.auth)?;
             println!("{}", auth.mint(&user, parse_ttl(&ttl)?, admin, now_secs())?);
@@ -74,8 +84,13 @@ fn load(path: Option<&Path>) -> Result<(Config, bool)> {
         Ok(s) if s.trim().len() >= 16 => s.trim().to_string(),
         _ => {
             use rand::Rng;
-            let s: String = rand::rng().sample_iter(rand::distr::Alphanumeric).take(40).map(char::from).collect();
-            std::fs::write(&secret_path, &s).with_context(|| format!("writing {}", secret_path.display()))?;
+            let s: String = rand::rng()
+                .sample_iter(rand::distr::Alphanumeric)
+                .take(40)
+                .map(char::from)
+                .collect();
+            std::fs::write(&secret_path, &s)
+                .with_context(|| format!("writing {}", secret_path.display()))?;
             s
         }
     };
@@ -89,7 +104,9 @@ fn load(path: Option<&Path>) -> Result<(Config, bool)> {
 fn serve(config_path: Option<PathBuf>) -> Result<()> {
     let (config, dev) = load(config_path.as_deref())?;
     let auth = Authenticator::from_config(&config.auth)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let server = syncline_server::start(config).await?;
         let url = format!("http://{}", server.addr);
@@ -126,12 +143,17 @@ async fn terminate() {
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn parse_ttl(ttl: &str) -> Result<i64> {
     let (number, unit) = ttl.split_at(ttl.find(|c: char| !c.is_ascii_digit()).unwrap_or(ttl.len()));
-    let n: i64 = number.parse().with_context(|| format!("bad --ttl `{ttl}`: use e.g. 3600s, 90m, 24h, 30d"))?;
+    let n: i64 = number
+        .parse()
+        .with_context(|| format!("bad --ttl `{ttl}`: use e.g. 3600s, 90m, 24h, 30d"))?;
     let secs = match unit {
         "" | "s" => 1,
         "m" => 60,
