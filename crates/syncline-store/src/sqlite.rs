@@ -2,15 +2,15 @@
 //!
 //! Layout: one `records` table holds every user's records and tombstones, keyed by `seq` (the rowid, the
 //! global change sequence), so writes append and pulls read in sequence order. `records_key` finds a record by
-//! (user, table, id); `records_log` serves pulls by (user, table, seq). Child tables get a partial expression
-//! index on their parent column, for cascading deletes.
+//! (user, table, id); `records_log` serves pulls by (user, table, seq). Cascading deletes scan the user's rows
+//! of each child table, so ordinary writes maintain no extra index.
 //!
 //! Invariant: all writes go through the single writer connection, and each write transaction takes the next
 //! sequence numbers from `meta.seq` and stores the new maximum before it commits. Sequences therefore follow
 //! commit order, and a pull that reads `meta.seq` and the rows in one read transaction (one WAL snapshot)
 //! never misses a change.
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -122,16 +122,6 @@ impl SqliteStore {
             )?;
             tids.insert(table.name.clone(), tid);
         }
-        for table in schema.tables() {
-            for parent in &table.parents {
-                // Names are checked schema names and tids are integers: safe to splice.
-                tx.execute_batch(&format!(
-                    "CREATE INDEX IF NOT EXISTS parent_{tid}__{col} ON records (uid, json_extract(data, '$.{col}')) WHERE tid = {tid};",
-                    tid = tids[&table.name],
-                    col = parent.column,
-                ))?;
-            }
-        }
         tx.commit()?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
@@ -218,8 +208,13 @@ struct Writer<'t, 's> {
     tx: &'t Transaction<'t>,
     store: &'s SqliteStore,
     uid: i64,
+    /// The sequence before this transaction: rows above it were written by this transaction.
+    start_seq: i64,
     seq: i64,
     now_ms: i64,
+    /// For a push: a record changed after this sequence (by someone else) is a conflict.
+    conflict_cursor: Option<i64>,
+    conflicts: BTreeMap<String, Vec<String>>,
     counts: BTreeMap<String, TableCounts>,
 }
 
@@ -229,14 +224,25 @@ impl Writer<'_, '_> {
         self.seq
     }
 
-    fn upsert(
-        &mut self,
-        table: &Table,
-        upsert: &syncline_core::Upsert<'_>,
-    ) -> Result<(), rusqlite::Error> {
+    /// Records a conflict when `existing` changed after the push's cursor (and not in this transaction).
+    /// Once there is one conflict nothing more is written: the transaction will be rolled back.
+    fn conflicts(&mut self, table: &Table, id: &str, existing: Option<&Existing>) -> bool {
+        if let (Some(cursor), Some(e)) = (self.conflict_cursor, existing)
+            && e.seq > cursor
+            && e.seq <= self.start_seq
+        {
+            self.conflicts.entry(table.name.clone()).or_default().push(id.to_string());
+        }
+        !self.conflicts.is_empty()
+    }
+
+    fn upsert(&mut self, table: &Table, upsert: &syncline_core::Upsert<'_>) -> Result<(), rusqlite::Error> {
         let tid = self.store.tid(&table.name);
         let id: &str = &upsert.record.id;
         let existing = find(self.tx, self.uid, tid, id)?;
+        if self.conflicts(table, id, existing.as_ref()) {
+            return Ok(());
+        }
         if let Some(e) = &existing
             && e.deleted
             && upsert.on_tombstone == OnTombstone::Ignore
@@ -244,10 +250,7 @@ impl Writer<'_, '_> {
             self.counts.entry(table.name.clone()).or_default().unchanged += 1;
             return Ok(());
         }
-        let live_data = existing
-            .as_ref()
-            .filter(|e| !e.deleted)
-            .and_then(|e| e.data.as_deref());
+        let live_data = existing.as_ref().filter(|e| !e.deleted).and_then(|e| e.data.as_deref());
         let data = render_record(table, &upsert.record, live_data);
         if live_data == Some(data.as_str()) {
             self.counts.entry(table.name.clone()).or_default().unchanged += 1;
@@ -260,14 +263,14 @@ impl Writer<'_, '_> {
         match existing {
             None => {
                 self.tx
-                    .prepare_cached("INSERT INTO records (seq, uid, tid, id, deleted_at, data) VALUES (?1, ?2, ?3, ?4, NULL, ?5)")?
+                    .prepare_cached(
+                        "INSERT INTO records (seq, uid, tid, id, deleted_at, data) VALUES (?1, ?2, ?3, ?4, NULL, ?5)",
+                    )?
                     .execute(params![seq, self.uid, tid, id, data])?;
             }
             Some(e) => {
                 self.tx
-                    .prepare_cached(
-                        "UPDATE records SET seq = ?1, deleted_at = NULL, data = ?2 WHERE seq = ?3",
-                    )?
+                    .prepare_cached("UPDATE records SET seq = ?1, deleted_at = NULL, data = ?2 WHERE seq = ?3")?
                     .execute(params![seq, data, e.seq])?;
             }
         }
@@ -275,61 +278,74 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    fn delete_other_singletons(
-        &mut self,
-        table: &Table,
-        tid: i64,
-        keep: &str,
-    ) -> Result<(), rusqlite::Error> {
+    fn delete_other_singletons(&mut self, table: &Table, tid: i64, keep: &str) -> Result<(), rusqlite::Error> {
         let others: Vec<String> = self
             .tx
             .prepare_cached("SELECT id FROM records WHERE uid = ?1 AND tid = ?2 AND deleted_at IS NULL AND id <> ?3")?
             .query_map(params![self.uid, tid, keep], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        for other in others {
-            self.delete(table, &other)?;
-        }
-        Ok(())
+        self.cascade(table, &others)
     }
 
-    /// Tombstones a live record and, recursively, its declared children. Unknown or deleted ids are ignored.
-    fn delete(&mut self, table: &Table, id: &str) -> Result<(), rusqlite::Error> {
-        let mut queue = vec![(table.name.clone(), id.to_string())];
-        let mut seen = HashSet::new();
-        while let Some((tname, id)) = queue.pop() {
-            if !seen.insert((tname.clone(), id.clone())) {
+    /// Deletes the ids a client asked to delete: conflict-checked, unknown or already deleted ids ignored.
+    fn delete(&mut self, table: &Table, ids: &[String]) -> Result<(), rusqlite::Error> {
+        let tid = self.store.tid(&table.name);
+        let mut live = Vec::with_capacity(ids.len());
+        for id in ids {
+            let existing = find(self.tx, self.uid, tid, id)?;
+            if self.conflicts(table, id, existing.as_ref()) {
                 continue;
             }
-            let tid = self.store.tid(&tname);
-            let Some(existing) = find(self.tx, self.uid, tid, &id)? else {
-                continue;
-            };
+            if existing.is_some_and(|e| !e.deleted) {
+                live.push(id.clone());
+            }
+        }
+        if !self.conflicts.is_empty() {
+            return Ok(());
+        }
+        self.cascade(table, &live)
+    }
+
+    /// Tombstones live records and, recursively, the live rows of declared child tables that point at them.
+    /// Children are found by one scan of the user's rows of each child table per call (no index to maintain
+    /// on every write; deletes are rarer than writes).
+    fn cascade(&mut self, table: &Table, ids: &[String]) -> Result<(), rusqlite::Error> {
+        let tid = self.store.tid(&table.name);
+        let mut deleted = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(existing) = find(self.tx, self.uid, tid, id)? else { continue };
             if existing.deleted {
                 continue;
             }
             let seq = self.next_seq();
             self.tx
-                .prepare_cached(
-                    "UPDATE records SET seq = ?1, deleted_at = ?2, data = NULL WHERE seq = ?3",
-                )?
+                .prepare_cached("UPDATE records SET seq = ?1, deleted_at = ?2, data = NULL WHERE seq = ?3")?
                 .execute(params![seq, self.now_ms, existing.seq])?;
-            self.counts.entry(tname.clone()).or_default().deleted += 1;
-            let schema = &self.store.schema;
-            let table = schema
-                .table(&tname)
-                .expect("tables in the store come from the schema");
-            for child in &table.children {
-                let ctid = self.store.tid(&child.table);
-                let sql = format!(
-                    "SELECT id FROM records WHERE tid = {ctid} AND uid = ?1 AND json_extract(data, '$.{col}') = ?2",
-                    col = child.column
-                );
-                let kids: Vec<String> = self
-                    .tx
-                    .prepare_cached(&sql)?
-                    .query_map(params![self.uid, id], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
-                queue.extend(kids.into_iter().map(|k| (child.table.clone(), k)));
+            self.counts.entry(table.name.clone()).or_default().deleted += 1;
+            deleted.push(id.as_str());
+        }
+        if deleted.is_empty() {
+            return Ok(());
+        }
+        let parents = serde_json::to_string(&deleted).expect("strings serialise");
+        let schema = self.store.schema.clone();
+        let table = schema.table(&table.name).expect("tables in the store come from the schema");
+        for child in &table.children {
+            let ctid = self.store.tid(&child.table);
+            // The column name is a checked schema name: safe to splice.
+            let sql = format!(
+                "SELECT id FROM records WHERE uid = ?1 AND tid = ?2 AND deleted_at IS NULL
+                 AND json_extract(data, '$.{col}') IN (SELECT value FROM json_each(?3))",
+                col = child.column
+            );
+            let kids: Vec<String> = self
+                .tx
+                .prepare_cached(&sql)?
+                .query_map(params![self.uid, ctid, parents], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            if !kids.is_empty() {
+                let child_table = schema.table(&child.table).expect("children come from the schema");
+                self.cascade(child_table, &kids)?;
             }
         }
         Ok(())
@@ -424,61 +440,35 @@ impl Store for SqliteStore {
                 };
             }
         }
-        if let Some(cursor) = batch.conflict_cursor {
-            let mut conflicts: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for writes in &batch.tables {
-                let tid = self.tid(&writes.table);
-                let ids = writes
-                    .upserts
-                    .iter()
-                    .map(|u| &*u.record.id)
-                    .chain(writes.deletes.iter().map(String::as_str));
-                for id in ids {
-                    if let Some(e) = find(&tx, uid, tid, id)?
-                        && e.seq > cursor
-                    {
-                        conflicts
-                            .entry(writes.table.clone())
-                            .or_default()
-                            .push(id.to_string());
-                    }
-                }
-            }
-            if !conflicts.is_empty() {
-                for ids in conflicts.values_mut() {
-                    ids.sort();
-                    ids.dedup();
-                }
-                return Ok(WriteOutcome::Conflict { conflicts });
-            }
-        }
-        let seq: i64 =
-            tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
+        let seq: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
         let mut w = Writer {
             tx: &tx,
             store: self,
             uid,
+            start_seq: seq,
             seq,
             now_ms,
+            conflict_cursor: batch.conflict_cursor,
+            conflicts: BTreeMap::new(),
             counts: BTreeMap::new(),
         };
         for writes in &batch.tables {
-            let table = self
-                .schema
-                .table(&writes.table)
-                .expect("batches are planned against this schema");
+            let table = self.schema.table(&writes.table).expect("batches are planned against this schema");
             for upsert in &writes.upserts {
                 w.upsert(table, upsert)?;
             }
         }
         for writes in batch.tables.iter().rev() {
-            let table = self
-                .schema
-                .table(&writes.table)
-                .expect("batches are planned against this schema");
-            for id in &writes.deletes {
-                w.delete(table, id)?;
+            let table = self.schema.table(&writes.table).expect("batches are planned against this schema");
+            w.delete(table, &writes.deletes)?;
+        }
+        if !w.conflicts.is_empty() {
+            let mut conflicts = std::mem::take(&mut w.conflicts);
+            for ids in conflicts.values_mut() {
+                ids.sort();
+                ids.dedup();
             }
+            return Ok(WriteOutcome::Conflict { conflicts }); // dropping `tx` rolls everything back
         }
         let summary = WriteSummary {
             counts: std::mem::take(&mut w.counts),
