@@ -239,6 +239,23 @@ impl Writer<'_, '_> {
     fn upsert(&mut self, table: &Table, upsert: &syncline_core::Upsert<'_>) -> Result<(), rusqlite::Error> {
         let tid = self.store.tid(&table.name);
         let id: &str = &upsert.record.id;
+        if !table.singleton && upsert.record.is_complete() {
+            // Fast path for new records: one index descent instead of a lookup and an insert.
+            let data = render_record(table, &upsert.record, None);
+            let seq = self.seq + 1;
+            let inserted = self
+                .tx
+                .prepare_cached(
+                    "INSERT INTO records (seq, uid, tid, id, deleted_at, data) VALUES (?1, ?2, ?3, ?4, NULL, ?5)
+                     ON CONFLICT (uid, tid, id) DO NOTHING",
+                )?
+                .execute(params![seq, self.uid, tid, id, data])?;
+            if inserted == 1 {
+                self.seq = seq;
+                self.counts.entry(table.name.clone()).or_default().upserted += 1;
+                return Ok(());
+            }
+        }
         let existing = find(self.tx, self.uid, tid, id)?;
         if self.conflicts(table, id, existing.as_ref()) {
             return Ok(());
