@@ -171,7 +171,7 @@ pub fn plan_bulk<'a>(
             if table.singleton && index > 0 {
                 failures.push(RowFailure {
                     table: table.name.clone(),
-                    id: Some(raw_id(raw.get())),
+                    id: Some(raw_id(raw.get())).filter(|id| !id.is_empty()),
                     index,
                     code: RowErrorCode::SingletonViolation.as_str(),
                     message: format!(

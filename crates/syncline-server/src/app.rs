@@ -98,7 +98,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        include_str!("../assets/openapi.json"),
+        include_str!("../../../docs/openapi.json"),
     )
 }
 

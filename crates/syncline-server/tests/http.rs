@@ -459,6 +459,20 @@ async fn operational_routes_answer() {
     );
     let openapi: Value = get("/openapi.json").await.unwrap().json().await.unwrap();
     assert!(openapi["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/sync/pull",
+        "/v1/sync/push",
+        "/v1/sync/bulk",
+        "/v1/me",
+        "/v1/admin/gc",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(
+            openapi["paths"].get(path).is_some(),
+            "the OpenAPI document describes {path}"
+        );
+    }
     let missing = get("/nope").await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert_eq!(missing.json::<Value>().await.unwrap()["code"], "not_found");

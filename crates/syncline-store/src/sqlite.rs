@@ -82,7 +82,7 @@ fn configure(conn: &Connection, writer: bool) -> Result<(), rusqlite::Error> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     // The writer gets a real page cache (random-key index inserts live or die by it); readers stream.
-    conn.pragma_update(None, "cache_size", if writer { -96_000 } else { -8_000 })?;
+    conn.pragma_update(None, "cache_size", if writer { -80_000 } else { -8_000 })?;
     if writer {
         conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
     }
@@ -106,6 +106,7 @@ impl SqliteStore {
                 .map_err(|e| StoreError::Setup(format!("{}: {e}", dir.display())))?;
         }
         let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "page_size", 8192)?; // only takes effect on a new database
         configure(&conn, true)?;
         conn.execute_batch(SETUP)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -231,12 +232,19 @@ impl Writer<'_, '_> {
             && e.seq > cursor
             && e.seq <= self.start_seq
         {
-            self.conflicts.entry(table.name.clone()).or_default().push(id.to_string());
+            self.conflicts
+                .entry(table.name.clone())
+                .or_default()
+                .push(id.to_string());
         }
         !self.conflicts.is_empty()
     }
 
-    fn upsert(&mut self, table: &Table, upsert: &syncline_core::Upsert<'_>) -> Result<(), rusqlite::Error> {
+    fn upsert(
+        &mut self,
+        table: &Table,
+        upsert: &syncline_core::Upsert<'_>,
+    ) -> Result<(), rusqlite::Error> {
         let tid = self.store.tid(&table.name);
         let id: &str = &upsert.record.id;
         if !table.singleton && upsert.record.is_complete() {
@@ -267,7 +275,10 @@ impl Writer<'_, '_> {
             self.counts.entry(table.name.clone()).or_default().unchanged += 1;
             return Ok(());
         }
-        let live_data = existing.as_ref().filter(|e| !e.deleted).and_then(|e| e.data.as_deref());
+        let live_data = existing
+            .as_ref()
+            .filter(|e| !e.deleted)
+            .and_then(|e| e.data.as_deref());
         let data = render_record(table, &upsert.record, live_data);
         if live_data == Some(data.as_str()) {
             self.counts.entry(table.name.clone()).or_default().unchanged += 1;
@@ -287,7 +298,9 @@ impl Writer<'_, '_> {
             }
             Some(e) => {
                 self.tx
-                    .prepare_cached("UPDATE records SET seq = ?1, deleted_at = NULL, data = ?2 WHERE seq = ?3")?
+                    .prepare_cached(
+                        "UPDATE records SET seq = ?1, deleted_at = NULL, data = ?2 WHERE seq = ?3",
+                    )?
                     .execute(params![seq, data, e.seq])?;
             }
         }
@@ -295,7 +308,12 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    fn delete_other_singletons(&mut self, table: &Table, tid: i64, keep: &str) -> Result<(), rusqlite::Error> {
+    fn delete_other_singletons(
+        &mut self,
+        table: &Table,
+        tid: i64,
+        keep: &str,
+    ) -> Result<(), rusqlite::Error> {
         let others: Vec<String> = self
             .tx
             .prepare_cached("SELECT id FROM records WHERE uid = ?1 AND tid = ?2 AND deleted_at IS NULL AND id <> ?3")?
@@ -330,13 +348,17 @@ impl Writer<'_, '_> {
         let tid = self.store.tid(&table.name);
         let mut deleted = Vec::with_capacity(ids.len());
         for id in ids {
-            let Some(existing) = find(self.tx, self.uid, tid, id)? else { continue };
+            let Some(existing) = find(self.tx, self.uid, tid, id)? else {
+                continue;
+            };
             if existing.deleted {
                 continue;
             }
             let seq = self.next_seq();
             self.tx
-                .prepare_cached("UPDATE records SET seq = ?1, deleted_at = ?2, data = NULL WHERE seq = ?3")?
+                .prepare_cached(
+                    "UPDATE records SET seq = ?1, deleted_at = ?2, data = NULL WHERE seq = ?3",
+                )?
                 .execute(params![seq, self.now_ms, existing.seq])?;
             self.counts.entry(table.name.clone()).or_default().deleted += 1;
             deleted.push(id.as_str());
@@ -346,7 +368,9 @@ impl Writer<'_, '_> {
         }
         let parents = serde_json::to_string(&deleted).expect("strings serialise");
         let schema = self.store.schema.clone();
-        let table = schema.table(&table.name).expect("tables in the store come from the schema");
+        let table = schema
+            .table(&table.name)
+            .expect("tables in the store come from the schema");
         for child in &table.children {
             let ctid = self.store.tid(&child.table);
             // The column name is a checked schema name: safe to splice.
@@ -361,7 +385,9 @@ impl Writer<'_, '_> {
                 .query_map(params![self.uid, ctid, parents], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             if !kids.is_empty() {
-                let child_table = schema.table(&child.table).expect("children come from the schema");
+                let child_table = schema
+                    .table(&child.table)
+                    .expect("children come from the schema");
                 self.cascade(child_table, &kids)?;
             }
         }
@@ -457,7 +483,8 @@ impl Store for SqliteStore {
                 };
             }
         }
-        let seq: i64 = tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
+        let seq: i64 =
+            tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
         let mut w = Writer {
             tx: &tx,
             store: self,
@@ -470,13 +497,19 @@ impl Store for SqliteStore {
             counts: BTreeMap::new(),
         };
         for writes in &batch.tables {
-            let table = self.schema.table(&writes.table).expect("batches are planned against this schema");
+            let table = self
+                .schema
+                .table(&writes.table)
+                .expect("batches are planned against this schema");
             for upsert in &writes.upserts {
                 w.upsert(table, upsert)?;
             }
         }
         for writes in batch.tables.iter().rev() {
-            let table = self.schema.table(&writes.table).expect("batches are planned against this schema");
+            let table = self
+                .schema
+                .table(&writes.table)
+                .expect("batches are planned against this schema");
             w.delete(table, &writes.deletes)?;
         }
         if !w.conflicts.is_empty() {

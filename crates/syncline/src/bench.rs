@@ -167,9 +167,10 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
 /// Upserts the records into a plain `(id PRIMARY KEY, data)` table with the store's writer settings.
 fn sqlite_ceiling(path: &Path, records: &[(String, String)], batch: usize) -> Result<f64> {
     let mut conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "page_size", 8192)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "cache_size", -96_000)?;
+    conn.pragma_update(None, "cache_size", -80_000)?;
     conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
     conn.execute_batch("CREATE TABLE records (id TEXT PRIMARY KEY, data TEXT NOT NULL)")?;
     let started = Instant::now();
