@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use crate::record::{NormalizedRecord, RowErrorCode, normalize_record};
+use crate::record::{NormalizedRecord, RowErrorCode, normalize_record, render_record};
+use crate::schema::Table;
 use crate::wire::{BulkRequest, PushRequest, RejectedRecord};
 use crate::{CoreError, Schema, is_safe_id};
 
@@ -21,6 +22,22 @@ pub enum OnTombstone {
 pub struct Upsert<'a> {
     pub record: NormalizedRecord<'a>,
     pub on_tombstone: OnTombstone,
+    /// The canonical text when the record carries every column (so it does not depend on the stored row):
+    /// rendered while planning, outside the store's write lock.
+    pub canonical: Option<String>,
+}
+
+impl<'a> Upsert<'a> {
+    fn new(table: &Table, record: NormalizedRecord<'a>, on_tombstone: OnTombstone) -> Upsert<'a> {
+        let canonical = record
+            .is_complete()
+            .then(|| render_record(table, &record, None));
+        Upsert {
+            record,
+            on_tombstone,
+            canonical,
+        }
+    }
 }
 
 /// The writes to one table.
@@ -93,10 +110,9 @@ pub fn plan_push<'a>(
             .chain(changes.updated.iter().map(|r| (r, OnTombstone::Ignore)));
         for (raw, on_tombstone) in sources {
             match normalize_record(table, raw, owner, None) {
-                Ok(record) => writes.upserts.push(Upsert {
-                    record,
-                    on_tombstone,
-                }),
+                Ok(record) => writes
+                    .upserts
+                    .push(Upsert::new(table, record, on_tombstone)),
                 Err(e) if e.code == RowErrorCode::InvalidId => {
                     return Err(CoreError::InvalidId {
                         table: table.name.clone(),
@@ -182,10 +198,11 @@ pub fn plan_bulk<'a>(
                 continue;
             }
             match normalize_record(table, raw, owner, default_id) {
-                Ok(record) => writes.upserts.push(Upsert {
-                    record,
-                    on_tombstone: OnTombstone::Resurrect,
-                }),
+                Ok(record) => {
+                    writes
+                        .upserts
+                        .push(Upsert::new(table, record, OnTombstone::Resurrect))
+                }
                 Err(e) => failures.push(RowFailure {
                     table: table.name.clone(),
                     id: Some(raw_id(raw.get())).filter(|id| !id.is_empty()),

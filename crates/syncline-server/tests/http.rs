@@ -609,3 +609,171 @@ async fn no_pull_ever_misses_a_committed_change() {
         );
     }
 }
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .expect("openssl runs");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+async fn start_with_auth(dir: &std::path::Path, auth: &str) -> RunningServer {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://{}\"\n[auth]\n{auth}\n{SCHEMA}",
+        dir.join("t.db").display()
+    );
+    syncline_server::start(Config::from_toml(&text, []).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn pull_status(server: &RunningServer, token: &str) -> StatusCode {
+    reqwest::Client::new()
+        .post(format!("http://{}/v1/sync/pull", server.addr))
+        .bearer_auth(token)
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// ES256 keys from a PEM file or a JWKS document; only that algorithm is accepted, so a token "signed" with
+/// the public key as an HMAC secret (algorithm confusion) is refused.
+#[tokio::test]
+async fn public_keys_from_pem_and_jwks_verify_es256_tokens() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let dir = tempfile::tempdir().unwrap();
+    openssl(
+        dir.path(),
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ec.pem",
+        ],
+    );
+    openssl(
+        dir.path(),
+        &[
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            "ec.pem",
+            "-out",
+            "private.pem",
+        ],
+    );
+    openssl(
+        dir.path(),
+        &["ec", "-in", "ec.pem", "-pubout", "-out", "public.pem"],
+    );
+    let private =
+        EncodingKey::from_ec_pem(&std::fs::read(dir.path().join("private.pem")).unwrap()).unwrap();
+    let public_pem = std::fs::read(dir.path().join("public.pem")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({"sub": "alice", "exp": now + 600});
+    let es256 = |kid: Option<&str>| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = kid.map(str::to_string);
+        encode(&header, &claims, &private).unwrap()
+    };
+    let confused = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&public_pem),
+    )
+    .unwrap();
+
+    let pem_dir = tempfile::tempdir().unwrap();
+    let pem = start_with_auth(
+        pem_dir.path(),
+        &format!(
+            "public_key_file = \"{}\"\nalgorithm = \"ES256\"",
+            dir.path().join("public.pem").display()
+        ),
+    )
+    .await;
+    assert_eq!(pull_status(&pem, &es256(None)).await, StatusCode::OK);
+    assert_eq!(pull_status(&pem, &confused).await, StatusCode::UNAUTHORIZED);
+    pem.stop().await;
+
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&private, Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks,
+        serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys: vec![jwk] }).unwrap(),
+    )
+    .unwrap();
+    let jwks_dir = tempfile::tempdir().unwrap();
+    let server = start_with_auth(
+        jwks_dir.path(),
+        &format!("jwks_file = \"{}\"\nalgorithm = \"ES256\"", jwks.display()),
+    )
+    .await;
+    assert_eq!(
+        pull_status(&server, &es256(Some("k1"))).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        pull_status(&server, &es256(Some("k2"))).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        pull_status(&server, &es256(None)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        pull_status(&server, &confused).await,
+        StatusCode::UNAUTHORIZED
+    );
+    server.stop().await;
+}
+
+/// The example configurations in `examples/` load and start.
+#[tokio::test]
+async fn the_examples_start() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path().join("syncline.toml");
+        if !path.exists() {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let overrides = [
+            (
+                "SYNCLINE_SERVER_LISTEN".to_string(),
+                "127.0.0.1:0".to_string(),
+            ),
+            (
+                "SYNCLINE_STORAGE_URL".to_string(),
+                format!("sqlite://{}", dir.path().join("e.db").display()),
+            ),
+        ];
+        let config =
+            Config::from_toml(&std::fs::read_to_string(&path).unwrap(), overrides).unwrap();
+        assert!(
+            config.tables.len() >= 10,
+            "{}: {} tables",
+            path.display(),
+            config.tables.len()
+        );
+        let server = syncline_server::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        server.stop().await;
+        seen += 1;
+    }
+    assert_eq!(seen, 2, "team-app and social-app");
+}

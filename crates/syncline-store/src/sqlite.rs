@@ -207,6 +207,8 @@ fn user_id(tx: &Transaction<'_>, name: &str) -> Result<i64, rusqlite::Error> {
 /// The state of one write transaction.
 struct Writer<'t, 's> {
     tx: &'t Transaction<'t>,
+    /// The insert of the new-record fast path, prepared once per transaction (it runs once per record).
+    insert_new: rusqlite::CachedStatement<'t>,
     store: &'s SqliteStore,
     uid: i64,
     /// The sequence before this transaction: rows above it were written by this transaction.
@@ -220,6 +222,14 @@ struct Writer<'t, 's> {
 }
 
 impl Writer<'_, '_> {
+    fn count(&mut self, table: &str) -> &mut TableCounts {
+        if !self.counts.contains_key(table) {
+            self.counts
+                .insert(table.to_string(), TableCounts::default());
+        }
+        self.counts.get_mut(table).expect("inserted above")
+    }
+
     fn next_seq(&mut self) -> i64 {
         self.seq += 1;
         self.seq
@@ -247,20 +257,17 @@ impl Writer<'_, '_> {
     ) -> Result<(), rusqlite::Error> {
         let tid = self.store.tid(&table.name);
         let id: &str = &upsert.record.id;
-        if !table.singleton && upsert.record.is_complete() {
+        if !table.singleton
+            && let Some(data) = &upsert.canonical
+        {
             // Fast path for new records: one index descent instead of a lookup and an insert.
-            let data = render_record(table, &upsert.record, None);
             let seq = self.seq + 1;
             let inserted = self
-                .tx
-                .prepare_cached(
-                    "INSERT INTO records (seq, uid, tid, id, deleted_at, data) VALUES (?1, ?2, ?3, ?4, NULL, ?5)
-                     ON CONFLICT (uid, tid, id) DO NOTHING",
-                )?
+                .insert_new
                 .execute(params![seq, self.uid, tid, id, data])?;
             if inserted == 1 {
                 self.seq = seq;
-                self.counts.entry(table.name.clone()).or_default().upserted += 1;
+                self.count(&table.name).upserted += 1;
                 return Ok(());
             }
         }
@@ -272,16 +279,19 @@ impl Writer<'_, '_> {
             && e.deleted
             && upsert.on_tombstone == OnTombstone::Ignore
         {
-            self.counts.entry(table.name.clone()).or_default().unchanged += 1;
+            self.count(&table.name).unchanged += 1;
             return Ok(());
         }
         let live_data = existing
             .as_ref()
             .filter(|e| !e.deleted)
             .and_then(|e| e.data.as_deref());
-        let data = render_record(table, &upsert.record, live_data);
+        let data = match &upsert.canonical {
+            Some(c) => c.clone(),
+            None => render_record(table, &upsert.record, live_data),
+        };
         if live_data == Some(data.as_str()) {
-            self.counts.entry(table.name.clone()).or_default().unchanged += 1;
+            self.count(&table.name).unchanged += 1;
             return Ok(());
         }
         if table.singleton {
@@ -304,7 +314,7 @@ impl Writer<'_, '_> {
                     .execute(params![seq, data, e.seq])?;
             }
         }
-        self.counts.entry(table.name.clone()).or_default().upserted += 1;
+        self.count(&table.name).upserted += 1;
         Ok(())
     }
 
@@ -360,7 +370,7 @@ impl Writer<'_, '_> {
                     "UPDATE records SET seq = ?1, deleted_at = ?2, data = NULL WHERE seq = ?3",
                 )?
                 .execute(params![seq, self.now_ms, existing.seq])?;
-            self.counts.entry(table.name.clone()).or_default().deleted += 1;
+            self.count(&table.name).deleted += 1;
             deleted.push(id.as_str());
         }
         if deleted.is_empty() {
@@ -486,6 +496,10 @@ impl Store for SqliteStore {
         let seq: i64 =
             tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
         let mut w = Writer {
+            insert_new: tx.prepare_cached(
+                "INSERT INTO records (seq, uid, tid, id, deleted_at, data) VALUES (?1, ?2, ?3, ?4, NULL, ?5)
+                 ON CONFLICT (uid, tid, id) DO NOTHING",
+            )?,
             tx: &tx,
             store: self,
             uid,
@@ -524,6 +538,7 @@ impl Store for SqliteStore {
             counts: std::mem::take(&mut w.counts),
             sequence: w.seq,
         };
+        drop(w);
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'seq'",
             [summary.sequence],

@@ -100,7 +100,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (push_secs, pull_secs, pulled) = runtime.block_on(async {
+    let (push_secs, pull_secs, pulled, stream_secs, streamed) = runtime.block_on(async {
         let client = reqwest::Client::new();
         let bodies: Vec<String> = records
             .chunks(args.batch.max(1))
@@ -128,12 +128,25 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         eprintln!("pulling into a fresh cursor ...");
         let started = Instant::now();
         let pulled = pull_all(&client, &server.url, &token, args.page).await?;
-        Ok::<_, anyhow::Error>((push_secs, started.elapsed().as_secs_f64(), pulled))
+        let pull_secs = started.elapsed().as_secs_f64();
+        eprintln!("pulling everything in one streamed response ...");
+        let started = Instant::now();
+        let streamed = pull_page(&client, &server.url, &token, None, None).await?.0;
+        Ok::<_, anyhow::Error>((
+            push_secs,
+            pull_secs,
+            pulled,
+            started.elapsed().as_secs_f64(),
+            streamed,
+        ))
     })?;
     let peak_rss_mb = server.peak_rss_kb()? as f64 / 1024.0;
     server.stop();
-    if pulled != records.len() {
-        bail!("pulled {pulled} records, expected {}", records.len());
+    if pulled != records.len() || streamed != records.len() {
+        bail!(
+            "pulled {pulled} records in pages and {streamed} in one response, expected {}",
+            records.len()
+        );
     }
     let n = records.len() as f64;
     let push_rate = n / push_secs;
@@ -156,6 +169,10 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
     println!(
         "  pull into a fresh cursor:        {:>10.0} records/s  (goal >= 500000/s)",
         pull_rate
+    );
+    println!(
+        "  pull, one streamed response:     {:>10.0} records/s",
+        n / stream_secs
     );
     println!(
         "  server peak RSS:                 {:>10.1} MB         (goal <= 200 MB)",
@@ -252,29 +269,41 @@ async fn pull_all(client: &reqwest::Client, url: &str, token: &str, page: usize)
     let mut cursor: Option<i64> = None;
     let mut total = 0;
     loop {
-        let body = serde_json::json!({"lastPulledAt": cursor, "limit": page}).to_string();
-        let response = client
-            .post(format!("{url}/v1/sync/pull"))
-            .bearer_auth(token)
-            .body(body)
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!("pull failed: {}", response.status());
-        }
-        let bytes = response.bytes().await?;
-        let parsed: Page =
-            serde_json::from_slice(&bytes).context("pull response is not the expected JSON")?;
-        total += parsed
-            .changes
-            .values()
-            .map(|t| t.updated.len())
-            .sum::<usize>();
-        cursor = Some(parsed.timestamp);
-        if !parsed.has_more {
+        let (n, timestamp, has_more) = pull_page(client, url, token, cursor, Some(page)).await?;
+        total += n;
+        cursor = Some(timestamp);
+        if !has_more {
             return Ok(total);
         }
     }
+}
+
+/// One pull request; returns the records received, the timestamp and `hasMore`.
+async fn pull_page(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    cursor: Option<i64>,
+    limit: Option<usize>,
+) -> Result<(usize, i64, bool)> {
+    let body = serde_json::json!({"lastPulledAt": cursor, "limit": limit}).to_string();
+    let response = client
+        .post(format!("{url}/v1/sync/pull"))
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("pull failed: {}", response.status());
+    }
+    let bytes = response.bytes().await?;
+    let parsed: Page =
+        serde_json::from_slice(&bytes).context("pull response is not the expected JSON")?;
+    Ok((
+        parsed.changes.values().map(|t| t.updated.len()).sum(),
+        parsed.timestamp,
+        parsed.has_more,
+    ))
 }
 
 /// The server under test, as a child process (so its peak RSS is its own).
