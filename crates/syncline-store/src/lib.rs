@@ -6,6 +6,7 @@
 //!
 //! Stores are synchronous; the server calls them from blocking threads.
 
+mod apply;
 mod sqlite;
 
 use syncline_core::{PullRequest, WriteBatch};

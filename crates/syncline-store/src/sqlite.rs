@@ -10,15 +10,14 @@
 //! commit order, and a pull that reads `meta.seq` and the rows in one read transaction (one WAL snapshot)
 //! never misses a change.
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use syncline_core::{
-    OnTombstone, PullRequest, PullWriter, Schema, Table, TableCounts, WriteBatch, render_record,
-};
+use syncline_core::{PullRequest, PullWriter, Schema, Table, WriteBatch};
 
+use crate::apply::{Existing, NewRow, RecordTx, apply};
 use crate::{
     GcStats, IdempotencyKey, PullSink, PullStats, Store, StoreError, TableStats, UserStats,
     WriteOutcome, WriteSummary,
@@ -174,24 +173,6 @@ impl Drop for ReaderGuard<'_> {
     }
 }
 
-/// A stored row found by key.
-struct Existing {
-    seq: i64,
-    deleted: bool,
-    data: Option<String>,
-}
-
-fn find(
-    tx: &Transaction<'_>,
-    uid: i64,
-    tid: i64,
-    id: &str,
-) -> Result<Option<Existing>, rusqlite::Error> {
-    tx.prepare_cached("SELECT seq, deleted_at IS NOT NULL, data FROM records WHERE uid = ?1 AND tid = ?2 AND id = ?3")?
-        .query_row(params![uid, tid, id], |r| Ok(Existing { seq: r.get(0)?, deleted: r.get(1)?, data: r.get(2)? }))
-        .optional()
-}
-
 fn user_id(tx: &Transaction<'_>, name: &str) -> Result<i64, rusqlite::Error> {
     if let Some(uid) = tx
         .prepare_cached("SELECT uid FROM users WHERE name = ?1")?
@@ -204,204 +185,109 @@ fn user_id(tx: &Transaction<'_>, name: &str) -> Result<i64, rusqlite::Error> {
     Ok(tx.last_insert_rowid())
 }
 
-/// The state of one write transaction.
-struct Writer<'t, 's> {
+/// The row operations of one SQLite write transaction.
+struct SqliteRows<'t> {
     tx: &'t Transaction<'t>,
-    /// The insert of the new-record fast path, prepared once per transaction (it runs once per record).
-    insert_new: rusqlite::CachedStatement<'t>,
-    store: &'s SqliteStore,
-    uid: i64,
-    /// The sequence before this transaction: rows above it were written by this transaction.
-    start_seq: i64,
-    seq: i64,
-    now_ms: i64,
-    /// For a push: a record changed after this sequence (by someone else) is a conflict.
-    conflict_cursor: Option<i64>,
-    conflicts: BTreeMap<String, Vec<String>>,
-    counts: BTreeMap<String, TableCounts>,
+    /// Prepared once per transaction: it runs once per new record.
+    insert: rusqlite::CachedStatement<'t>,
 }
 
-impl Writer<'_, '_> {
-    fn count(&mut self, table: &str) -> &mut TableCounts {
-        if !self.counts.contains_key(table) {
-            self.counts
-                .insert(table.to_string(), TableCounts::default());
-        }
-        self.counts.get_mut(table).expect("inserted above")
+impl<'t> SqliteRows<'t> {
+    fn new(tx: &'t Transaction<'t>) -> Result<SqliteRows<'t>, rusqlite::Error> {
+        let insert = tx.prepare_cached(
+            "INSERT INTO records (seq, uid, tid, id, deleted_at, data) VALUES (?1, ?2, ?3, ?4, NULL, ?5)
+             ON CONFLICT (uid, tid, id) DO NOTHING",
+        )?;
+        Ok(SqliteRows { tx, insert })
+    }
+}
+
+impl RecordTx for SqliteRows<'_> {
+    fn find(&mut self, uid: i64, tid: i64, id: &str) -> Result<Option<Existing>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT seq, deleted_at IS NOT NULL, data FROM records WHERE uid = ?1 AND tid = ?2 AND id = ?3",
+            )?
+            .query_row(params![uid, tid, id], |r| {
+                Ok(Existing { seq: r.get(0)?, deleted: r.get(1)?, data: r.get(2)? })
+            })
+            .optional()?)
     }
 
-    fn next_seq(&mut self) -> i64 {
-        self.seq += 1;
-        self.seq
-    }
-
-    /// Records a conflict when `existing` changed after the push's cursor (and not in this transaction).
-    /// Once there is one conflict nothing more is written: the transaction will be rolled back.
-    fn conflicts(&mut self, table: &Table, id: &str, existing: Option<&Existing>) -> bool {
-        if let (Some(cursor), Some(e)) = (self.conflict_cursor, existing)
-            && e.seq > cursor
-            && e.seq <= self.start_seq
-        {
-            self.conflicts
-                .entry(table.name.clone())
-                .or_default()
-                .push(id.to_string());
-        }
-        !self.conflicts.is_empty()
-    }
-
-    fn upsert(
+    fn insert_new(
         &mut self,
-        table: &Table,
-        upsert: &syncline_core::Upsert<'_>,
-    ) -> Result<(), rusqlite::Error> {
-        let tid = self.store.tid(&table.name);
-        let id: &str = &upsert.record.id;
-        if !table.singleton
-            && let Some(data) = &upsert.canonical
-        {
-            // Fast path for new records: one index descent instead of a lookup and an insert.
-            let seq = self.seq + 1;
-            let inserted = self
-                .insert_new
-                .execute(params![seq, self.uid, tid, id, data])?;
-            if inserted == 1 {
-                self.seq = seq;
-                self.count(&table.name).upserted += 1;
-                return Ok(());
-            }
+        uid: i64,
+        tid: i64,
+        rows: &[NewRow<'_>],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut inserted = Vec::with_capacity(rows.len());
+        for row in rows {
+            inserted.push(
+                self.insert
+                    .execute(params![row.seq, uid, tid, row.id, row.data])?
+                    == 1,
+            );
         }
-        let existing = find(self.tx, self.uid, tid, id)?;
-        if self.conflicts(table, id, existing.as_ref()) {
-            return Ok(());
-        }
-        if let Some(e) = &existing
-            && e.deleted
-            && upsert.on_tombstone == OnTombstone::Ignore
-        {
-            self.count(&table.name).unchanged += 1;
-            return Ok(());
-        }
-        let live_data = existing
-            .as_ref()
-            .filter(|e| !e.deleted)
-            .and_then(|e| e.data.as_deref());
-        let data = match &upsert.canonical {
-            Some(c) => c.clone(),
-            None => render_record(table, &upsert.record, live_data),
-        };
-        if live_data == Some(data.as_str()) {
-            self.count(&table.name).unchanged += 1;
-            return Ok(());
-        }
-        if table.singleton {
-            self.delete_other_singletons(table, tid, id)?;
-        }
-        let seq = self.next_seq();
-        match existing {
-            None => {
-                self.tx
-                    .prepare_cached(
-                        "INSERT INTO records (seq, uid, tid, id, deleted_at, data) VALUES (?1, ?2, ?3, ?4, NULL, ?5)",
-                    )?
-                    .execute(params![seq, self.uid, tid, id, data])?;
-            }
-            Some(e) => {
-                self.tx
-                    .prepare_cached(
-                        "UPDATE records SET seq = ?1, deleted_at = NULL, data = ?2 WHERE seq = ?3",
-                    )?
-                    .execute(params![seq, data, e.seq])?;
-            }
-        }
-        self.count(&table.name).upserted += 1;
+        Ok(inserted)
+    }
+
+    fn rewrite(
+        &mut self,
+        _uid: i64,
+        _tid: i64,
+        old_seq: i64,
+        seq: i64,
+        data: Option<&str>,
+        deleted_at: i64,
+    ) -> Result<(), StoreError> {
+        // `seq` is the rowid: rewriting it moves the row to the end of the log.
+        self.tx
+            .prepare_cached(
+                "UPDATE records SET seq = ?1, deleted_at = ?2, data = ?3 WHERE seq = ?4",
+            )?
+            .execute(params![
+                seq,
+                data.is_none().then_some(deleted_at),
+                data,
+                old_seq
+            ])?;
         Ok(())
     }
 
-    fn delete_other_singletons(
+    fn live_ids_except(
         &mut self,
-        table: &Table,
+        uid: i64,
         tid: i64,
         keep: &str,
-    ) -> Result<(), rusqlite::Error> {
-        let others: Vec<String> = self
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self
             .tx
-            .prepare_cached("SELECT id FROM records WHERE uid = ?1 AND tid = ?2 AND deleted_at IS NULL AND id <> ?3")?
-            .query_map(params![self.uid, tid, keep], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        self.cascade(table, &others)
+            .prepare_cached(
+                "SELECT id FROM records WHERE uid = ?1 AND tid = ?2 AND deleted_at IS NULL AND id <> ?3",
+            )?
+            .query_map(params![uid, tid, keep], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
     }
 
-    /// Deletes the ids a client asked to delete: conflict-checked, unknown or already deleted ids ignored.
-    fn delete(&mut self, table: &Table, ids: &[String]) -> Result<(), rusqlite::Error> {
-        let tid = self.store.tid(&table.name);
-        let mut live = Vec::with_capacity(ids.len());
-        for id in ids {
-            let existing = find(self.tx, self.uid, tid, id)?;
-            if self.conflicts(table, id, existing.as_ref()) {
-                continue;
-            }
-            if existing.is_some_and(|e| !e.deleted) {
-                live.push(id.clone());
-            }
-        }
-        if !self.conflicts.is_empty() {
-            return Ok(());
-        }
-        self.cascade(table, &live)
-    }
-
-    /// Tombstones live records and, recursively, the live rows of declared child tables that point at them.
-    /// Children are found by one scan of the user's rows of each child table per call (no index to maintain
-    /// on every write; deletes are rarer than writes).
-    fn cascade(&mut self, table: &Table, ids: &[String]) -> Result<(), rusqlite::Error> {
-        let tid = self.store.tid(&table.name);
-        let mut deleted = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Some(existing) = find(self.tx, self.uid, tid, id)? else {
-                continue;
-            };
-            if existing.deleted {
-                continue;
-            }
-            let seq = self.next_seq();
-            self.tx
-                .prepare_cached(
-                    "UPDATE records SET seq = ?1, deleted_at = ?2, data = NULL WHERE seq = ?3",
-                )?
-                .execute(params![seq, self.now_ms, existing.seq])?;
-            self.count(&table.name).deleted += 1;
-            deleted.push(id.as_str());
-        }
-        if deleted.is_empty() {
-            return Ok(());
-        }
-        let parents = serde_json::to_string(&deleted).expect("strings serialise");
-        let schema = self.store.schema.clone();
-        let table = schema
-            .table(&table.name)
-            .expect("tables in the store come from the schema");
-        for child in &table.children {
-            let ctid = self.store.tid(&child.table);
-            // The column name is a checked schema name: safe to splice.
-            let sql = format!(
-                "SELECT id FROM records WHERE uid = ?1 AND tid = ?2 AND deleted_at IS NULL
-                 AND json_extract(data, '$.{col}') IN (SELECT value FROM json_each(?3))",
-                col = child.column
-            );
-            let kids: Vec<String> = self
-                .tx
-                .prepare_cached(&sql)?
-                .query_map(params![self.uid, ctid, parents], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            if !kids.is_empty() {
-                let child_table = schema
-                    .table(&child.table)
-                    .expect("children come from the schema");
-                self.cascade(child_table, &kids)?;
-            }
-        }
-        Ok(())
+    fn children(
+        &mut self,
+        uid: i64,
+        tid: i64,
+        column: &str,
+        parents: &[&str],
+    ) -> Result<Vec<String>, StoreError> {
+        // One scan of the user's rows of the child table per call; `column` is a checked schema name.
+        let sql = format!(
+            "SELECT id FROM records WHERE uid = ?1 AND tid = ?2 AND deleted_at IS NULL
+             AND json_extract(data, '$.{column}') IN (SELECT value FROM json_each(?3))"
+        );
+        let parents = serde_json::to_string(parents).expect("strings serialise");
+        Ok(self
+            .tx
+            .prepare_cached(&sql)?
+            .query_map(params![uid, tid, parents], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
     }
 }
 
@@ -493,52 +379,30 @@ impl Store for SqliteStore {
                 };
             }
         }
-        let seq: i64 =
+        let start: i64 =
             tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
-        let mut w = Writer {
-            insert_new: tx.prepare_cached(
-                "INSERT INTO records (seq, uid, tid, id, deleted_at, data) VALUES (?1, ?2, ?3, ?4, NULL, ?5)
-                 ON CONFLICT (uid, tid, id) DO NOTHING",
-            )?,
-            tx: &tx,
-            store: self,
-            uid,
-            start_seq: seq,
-            seq,
-            now_ms,
-            conflict_cursor: batch.conflict_cursor,
-            conflicts: BTreeMap::new(),
-            counts: BTreeMap::new(),
+        let applied = {
+            let mut rows = SqliteRows::new(&tx)?;
+            apply(
+                &mut rows,
+                &self.schema,
+                &self.tids,
+                uid,
+                start,
+                now_ms,
+                batch,
+            )?
         };
-        for writes in &batch.tables {
-            let table = self
-                .schema
-                .table(&writes.table)
-                .expect("batches are planned against this schema");
-            for upsert in &writes.upserts {
-                w.upsert(table, upsert)?;
-            }
-        }
-        for writes in batch.tables.iter().rev() {
-            let table = self
-                .schema
-                .table(&writes.table)
-                .expect("batches are planned against this schema");
-            w.delete(table, &writes.deletes)?;
-        }
-        if !w.conflicts.is_empty() {
-            let mut conflicts = std::mem::take(&mut w.conflicts);
-            for ids in conflicts.values_mut() {
-                ids.sort();
-                ids.dedup();
-            }
-            return Ok(WriteOutcome::Conflict { conflicts }); // dropping `tx` rolls everything back
+        if !applied.conflicts.is_empty() {
+            // Dropping `tx` rolls back whatever was written.
+            return Ok(WriteOutcome::Conflict {
+                conflicts: applied.conflicts,
+            });
         }
         let summary = WriteSummary {
-            counts: std::mem::take(&mut w.counts),
-            sequence: w.seq,
+            counts: applied.counts,
+            sequence: applied.sequence,
         };
-        drop(w);
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'seq'",
             [summary.sequence],
