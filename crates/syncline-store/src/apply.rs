@@ -187,7 +187,17 @@ impl Applier<'_, '_> {
             }
             if !rows.is_empty() {
                 let inserted = self.rows.insert_new(self.uid, tid, &rows)?;
-                self.out.sequence += rows.len() as i64; // numbers of rows not inserted stay unused
+                // Numbers given to rows that were not inserted stay unused: gaps are harmless, and a batch
+                // that inserts nothing does not move the sequence.
+                if let Some(last) = rows
+                    .iter()
+                    .zip(&inserted)
+                    .filter(|(_, ok)| **ok)
+                    .map(|(r, _)| r.seq)
+                    .last()
+                {
+                    self.out.sequence = last;
+                }
                 let n = inserted.iter().filter(|x| **x).count() as u64;
                 for (i, ok) in candidates.into_iter().zip(inserted) {
                     done[i] = ok;

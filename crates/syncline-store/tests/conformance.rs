@@ -212,7 +212,13 @@ fn created_that_exists_updates_and_unknown_deletes_are_ignored() {
         let t = sequence(&b.push("alice", t, json!({"projects": {"created": [project("p1", "again")], "updated": [project("p7", "made by update")], "deleted": ["never-existed"]}})));
         let pull = b.pull_since("alice", None);
         assert_eq!(ids(&pull, "projects", "updated"), ["p1", "p7"]);
-        assert_eq!(pull["changes"]["projects"]["updated"][0]["name"], "again");
+        let p1 = pull["changes"]["projects"]["updated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == "p1")
+            .unwrap();
+        assert_eq!(p1["name"], "again");
         assert_eq!(
             ids(&b.pull_since("alice", Some(t - 1)), "projects", "deleted"),
             Vec::<String>::new()
