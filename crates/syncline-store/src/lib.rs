@@ -7,6 +7,7 @@
 //! Stores are synchronous; the server calls them from blocking threads.
 
 mod apply;
+mod pull;
 mod sqlite;
 
 use syncline_core::{PullRequest, WriteBatch};

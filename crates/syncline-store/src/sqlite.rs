@@ -10,21 +10,19 @@
 //! commit order, and a pull that reads `meta.seq` and the rows in one read transaction (one WAL snapshot)
 //! never misses a change.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use syncline_core::{PullRequest, PullWriter, Schema, Table, WriteBatch};
+use syncline_core::{PullRequest, Schema, Table, WriteBatch};
 
 use crate::apply::{Existing, NewRow, RecordTx, apply};
+use crate::pull::{LogRow, Output, PullPlan, write_page};
 use crate::{
     GcStats, IdempotencyKey, PullSink, PullStats, Store, StoreError, TableStats, UserStats,
     WriteOutcome, WriteSummary,
 };
-
-/// Flush pull output to the sink in chunks of about this size.
-const CHUNK_BYTES: usize = 256 * 1024;
 
 /// The SQLite store. Cheap to share behind an `Arc`.
 pub struct SqliteStore {
@@ -309,44 +307,28 @@ impl Store for SqliteStore {
             .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let (uid, horizon) = user_row.unwrap_or((-1, 0));
-        let cursor = request.last_pulled_at.unwrap_or(0).max(0);
-        let replacement = cursor > 0 && cursor < horizon;
-        let first = cursor == 0 || replacement;
-        let since = if first { 0 } else { cursor };
+        let plan = PullPlan::new(request, horizon);
         let tables: Vec<&Table> = self
             .schema
             .tables()
             .filter(|t| t.visible_at(request.schema_version))
             .collect();
-        let mut out = Output {
-            writer: PullWriter::new(),
-            sink,
-            stats: PullStats {
-                replacement,
-                ..Default::default()
-            },
-        };
-        match request.limit {
-            Some(limit) if request.migration.is_none() && !replacement => {
-                let has_more = self.pull_page(
-                    &tx,
-                    uid,
-                    &tables,
-                    since,
-                    first,
-                    limit.max(1) as usize,
-                    &mut out,
-                )?;
-                let timestamp = has_more.unwrap_or(snapshot);
-                out.writer
-                    .finish(timestamp, Some(has_more.is_some()), false);
+        let mut out = Output::new(sink, plan.replacement);
+        match plan.limit {
+            Some(limit) => {
+                let has_more = self.pull_page(&tx, uid, &tables, plan, limit, &mut out)?;
+                out.writer.finish(
+                    has_more.unwrap_or(snapshot),
+                    Some(has_more.is_some()),
+                    false,
+                );
             }
-            _ => {
+            None => {
                 for table in &tables {
-                    self.pull_table(&tx, uid, table, since, first, request, &mut out)?;
+                    self.pull_table(&tx, uid, table, plan, request, &mut out)?;
                 }
                 out.writer
-                    .finish(snapshot, request.limit.map(|_| false), replacement);
+                    .finish(snapshot, request.limit.map(|_| false), plan.replacement);
             }
         }
         out.flush(true)?;
@@ -498,33 +480,15 @@ impl Store for SqliteStore {
     }
 }
 
-/// The pull writer and where its bytes go.
-struct Output<'s> {
-    writer: PullWriter,
-    sink: &'s mut dyn PullSink,
-    stats: PullStats,
-}
-
-impl Output<'_> {
-    fn flush(&mut self, force: bool) -> Result<(), StoreError> {
-        if force || self.writer.pending() >= CHUNK_BYTES {
-            self.sink.write(self.writer.take())?;
-        }
-        Ok(())
-    }
-}
-
 impl SqliteStore {
-    /// Writes one table of an unpaged pull: live changes since `since` (plus what a migration asks for), then
-    /// tombstones since `since` (none on a first pull).
-    #[allow(clippy::too_many_arguments)]
+    /// Writes one table of an unpaged pull: live changes since the plan's cursor (plus what a migration asks
+    /// for), then tombstones since the cursor (none on a first pull).
     fn pull_table(
         &self,
         tx: &Transaction<'_>,
         uid: i64,
         table: &Table,
-        since: i64,
-        first: bool,
+        plan: PullPlan,
         request: &PullRequest,
         out: &mut Output<'_>,
     ) -> Result<(), StoreError> {
@@ -549,56 +513,35 @@ impl SqliteStore {
             "SELECT data FROM records WHERE uid = ?1 AND tid = ?2 AND deleted_at IS NULL AND ({filter}) ORDER BY seq"
         );
         let mut stmt = tx.prepare_cached(&sql)?;
-        let mut rows = stmt.query(params![uid, tid, since])?;
+        let mut rows = stmt.query(params![uid, tid, plan.since])?;
         while let Some(row) = rows.next()? {
-            let data = row.get_ref(0)?.as_str().map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    0,
-                    rusqlite::types::Type::Text,
-                    Box::new(e),
-                )
-            })?;
-            out.writer.record(data);
-            out.stats.records += 1;
-            out.flush(false)?;
+            out.record(text(row)?)?;
         }
         out.writer.begin_deleted();
-        if !first {
+        if !plan.first {
             let mut stmt = tx.prepare_cached(
                 "SELECT id FROM records WHERE uid = ?1 AND tid = ?2 AND seq > ?3 AND deleted_at IS NOT NULL ORDER BY seq",
             )?;
-            let mut rows = stmt.query(params![uid, tid, since])?;
+            let mut rows = stmt.query(params![uid, tid, plan.since])?;
             while let Some(row) = rows.next()? {
-                let id = row.get_ref(0)?.as_str().map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        0,
-                        rusqlite::types::Type::Text,
-                        Box::new(e),
-                    )
-                })?;
-                out.writer.deleted(id);
-                out.stats.deleted += 1;
-                out.flush(false)?;
+                out.deleted(text(row)?)?;
             }
         }
         out.writer.end_table();
         Ok(())
     }
 
-    /// Writes one page of a paged pull: the oldest `limit` changes after `since`, merged across tables by
-    /// sequence. Returns the sequence of the last change written when more remain.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes one page of a paged pull from one log cursor per table.
     fn pull_page(
         &self,
         tx: &Transaction<'_>,
         uid: i64,
         tables: &[&Table],
-        since: i64,
-        first: bool,
+        plan: PullPlan,
         limit: usize,
         out: &mut Output<'_>,
     ) -> Result<Option<i64>, StoreError> {
-        let sql = if first {
+        let sql = if plan.first {
             "SELECT seq, id, data FROM records WHERE uid = ?1 AND tid = ?2 AND seq > ?3 AND deleted_at IS NULL ORDER BY seq LIMIT ?4"
         } else {
             "SELECT seq, id, data FROM records WHERE uid = ?1 AND tid = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
@@ -607,66 +550,23 @@ impl SqliteStore {
         for _ in tables {
             stmts.push(tx.prepare(sql)?);
         }
-        let mut cursors = Vec::with_capacity(tables.len());
+        let mut cursors: Vec<Box<dyn Iterator<Item = Result<LogRow, StoreError>> + '_>> =
+            Vec::new();
         for (stmt, table) in stmts.iter_mut().zip(tables) {
-            cursors.push(stmt.query(params![
-                uid,
-                self.tid(&table.name),
-                since,
-                (limit + 1) as i64
-            ])?);
+            let rows = stmt.query_map(
+                params![uid, self.tid(&table.name), plan.since, (limit + 1) as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            cursors.push(Box::new(rows.map(|r| r.map_err(StoreError::from))));
         }
-        type Row = (i64, String, Option<String>);
-        fn next(rows: &mut rusqlite::Rows<'_>) -> Result<Option<Row>, rusqlite::Error> {
-            rows.next()?
-                .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .transpose()
-        }
-        let mut heap = BinaryHeap::new();
-        let mut heads: Vec<Option<Row>> = Vec::with_capacity(tables.len());
-        for (i, rows) in cursors.iter_mut().enumerate() {
-            let head = next(rows)?;
-            if let Some((seq, _, _)) = &head {
-                heap.push(std::cmp::Reverse((*seq, i)));
-            }
-            heads.push(head);
-        }
-        let mut live: Vec<Vec<String>> = vec![Vec::new(); tables.len()];
-        let mut deleted: Vec<Vec<String>> = vec![Vec::new(); tables.len()];
-        let mut taken = 0;
-        let mut last_seq = 0;
-        let mut more = false;
-        while let Some(std::cmp::Reverse((seq, i))) = heap.pop() {
-            if taken == limit {
-                more = true;
-                break;
-            }
-            let (_, id, data) = heads[i].take().expect("a head for every heap entry");
-            match data {
-                Some(d) => live[i].push(d),
-                None => deleted[i].push(id),
-            }
-            taken += 1;
-            last_seq = seq;
-            heads[i] = next(&mut cursors[i])?;
-            if let Some((s, _, _)) = &heads[i] {
-                heap.push(std::cmp::Reverse((*s, i)));
-            }
-        }
-        for (i, table) in tables.iter().enumerate() {
-            out.writer.begin_table(&table.name);
-            for d in &live[i] {
-                out.writer.record(d);
-            }
-            out.writer.begin_deleted();
-            for id in &deleted[i] {
-                out.writer.deleted(id);
-            }
-            out.writer.end_table();
-            out.stats.records += live[i].len() as u64;
-            out.stats.deleted += deleted[i].len() as u64;
-            out.flush(false)?;
-        }
-        Ok(more.then_some(last_seq))
+        write_page(tables, cursors, limit, out)
     }
+}
+
+/// The first column of a row as text, without copying.
+fn text<'r>(row: &'r rusqlite::Row<'_>) -> Result<&'r str, StoreError> {
+    row.get_ref(0)?.as_str().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+            .into()
+    })
 }
