@@ -18,7 +18,7 @@ pub use auth::{Authenticator, Claims, Principal, TokenError};
 pub use config::{AuthSection, Config, ServerSection, StorageSection, SyncSection};
 pub use error::{ApiError, ServerError};
 use syncline_core::Schema;
-use syncline_store::{SqliteStore, Store};
+use syncline_store::Store;
 
 /// A server that is listening.
 #[derive(Debug)]
@@ -44,8 +44,8 @@ impl RunningServer {
 /// Opens the store named by `config.storage.url` with `config`'s schema.
 pub fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Schema>), ServerError> {
     let schema = Arc::new(Schema::from_config(&config.tables)?);
-    let store = SqliteStore::open_url(&config.storage.url, schema.clone())?;
-    Ok((Arc::new(store), schema))
+    let store = syncline_store::open(&config.storage.url, schema.clone())?;
+    Ok((store, schema))
 }
 
 /// Builds the application state from a configuration.

@@ -1,4 +1,5 @@
-//! Syncline's storage layer: the [`Store`] trait every backend implements, and the embedded SQLite backend.
+//! Syncline's storage layer: the [`Store`] trait every backend implements, the embedded SQLite backend and
+//! the PostgreSQL backend. [`open`] picks one from a storage url.
 //!
 //! A store keeps, per user, the current version of every record (or its tombstone) stamped with a global
 //! change sequence that follows commit order. It never decides protocol questions (what a valid record is,
@@ -7,11 +8,13 @@
 //! Stores are synchronous; the server calls them from blocking threads.
 
 mod apply;
+mod postgres;
 mod pull;
 mod sqlite;
 
 use syncline_core::{PullRequest, WriteBatch};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Errors of a storage backend.
@@ -20,11 +23,13 @@ pub use sqlite::SqliteStore;
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database error: {0}")]
+    Postgres(String),
     #[error("the reader went away before the response was complete")]
     Aborted,
     #[error("the idempotency key was already used for a different request")]
     IdempotencyKeyReused,
-    #[error("unsupported storage url `{0}`: use sqlite://PATH")]
+    #[error("unsupported storage url `{0}`: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
     #[error("could not prepare the database: {0}")]
     Setup(String),
@@ -136,4 +141,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts for one user.
     fn user_stats(&self, user: &str) -> Result<UserStats, StoreError>;
+}
+
+/// Opens the store a url names: `sqlite://PATH` (embedded) or `postgres://…` / `postgresql://…`.
+pub fn open(
+    url: &str,
+    schema: std::sync::Arc<syncline_core::Schema>,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(PostgresStore::open(url, schema)?))
+    } else {
+        Ok(std::sync::Arc::new(SqliteStore::open_url(url, schema)?))
+    }
 }

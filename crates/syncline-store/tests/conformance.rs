@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use syncline_core::{
     BulkRequest, PullRequest, PushRequest, Schema, TableConfig, WriteBatch, plan_bulk, plan_push,
 };
-use syncline_store::{IdempotencyKey, SqliteStore, Store, StoreError, WriteOutcome};
+use syncline_store::{IdempotencyKey, Store, StoreError, WriteOutcome};
 
 fn schema() -> Arc<Schema> {
     let config: BTreeMap<String, TableConfig> = toml::from_str(
@@ -32,20 +32,44 @@ fn schema() -> Arc<Schema> {
 }
 
 struct Backend {
-    store: Box<dyn Store>,
+    store: Arc<dyn Store>,
     schema: Arc<Schema>,
-    _dir: tempfile::TempDir,
+    url: String,
+    _dir: Option<tempfile::TempDir>,
 }
 
+/// Every backend, each on a fresh empty database: SQLite in a temp file, PostgreSQL in a throwaway cluster.
 fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
-    let schema = schema();
-    let store = SqliteStore::open(&dir.path().join("s.db"), schema.clone()).unwrap();
-    vec![Backend {
-        store: Box::new(store),
-        schema,
-        _dir: dir,
-    }]
+    let sqlite = format!("sqlite://{}", dir.path().join("s.db").display());
+    let postgres = syncline_testkit::TempPostgres::shared().fresh_database();
+    vec![
+        Backend::open(&sqlite, Some(dir)),
+        Backend::open(&postgres, None),
+    ]
+}
+
+impl Backend {
+    fn open(url: &str, dir: Option<tempfile::TempDir>) -> Backend {
+        let schema = schema();
+        let store =
+            syncline_store::open(url, schema.clone()).unwrap_or_else(|e| panic!("{url}: {e}"));
+        Backend {
+            store,
+            schema,
+            url: url.to_string(),
+            _dir: dir,
+        }
+    }
+
+    /// Closes this store and opens the same database again, as a restarted server would.
+    fn reopen(self) -> Backend {
+        let Backend {
+            store, url, _dir, ..
+        } = self;
+        drop(store);
+        Backend::open(&url, _dir)
+    }
 }
 
 const NOW: i64 = 1_700_000_000_000;
@@ -515,35 +539,77 @@ fn a_singleton_table_keeps_one_row_per_user() {
 
 #[test]
 fn the_sequence_survives_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.db");
-    let t = {
-        let store = SqliteStore::open(&path, schema()).unwrap();
-        let b = Backend {
-            store: Box::new(store),
-            schema: schema(),
-            _dir: tempfile::tempdir().unwrap(),
-        };
-        sequence(&b.push(
+    for b in backends() {
+        let t = sequence(&b.push(
             "alice",
             0,
             json!({"projects": {"created": [project("p1", "A")], "updated": [], "deleted": []}}),
-        ))
-    };
-    let store = SqliteStore::open(&path, schema()).unwrap();
-    let b = Backend {
-        store: Box::new(store),
-        schema: schema(),
-        _dir: dir,
-    };
-    let t2 = sequence(&b.push(
-        "alice",
-        t,
-        json!({"projects": {"created": [project("p2", "B")], "updated": [], "deleted": []}}),
-    ));
-    assert!(t2 > t);
-    assert_eq!(
-        ids(&b.pull_since("alice", Some(t)), "projects", "updated"),
-        ["p2"]
-    );
+        ));
+        let b = b.reopen();
+        let t2 = sequence(&b.push(
+            "alice",
+            t,
+            json!({"projects": {"created": [project("p2", "B")], "updated": [], "deleted": []}}),
+        ));
+        assert!(t2 > t);
+        assert_eq!(
+            ids(&b.pull_since("alice", Some(t)), "projects", "updated"),
+            ["p2"]
+        );
+    }
+}
+
+/// Concurrent writers on separate store handles (separate connections, as separate server instances would
+/// have) and concurrent pullers: every puller, following only its timestamps, sees every committed change.
+#[test]
+fn concurrent_writers_never_hide_a_change_from_a_puller() {
+    for b in backends() {
+        let handles: Vec<Backend> = (0..3).map(|_| Backend::open(&b.url, None)).collect();
+        let committed = std::sync::Mutex::new(Vec::new());
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let pullers: Vec<_> = (0..2)
+                .map(|p| {
+                    let (h, done) = (&handles[p], &done);
+                    scope.spawn(move || {
+                        let mut seen = std::collections::HashSet::new();
+                        let mut cursor: Option<i64> = None;
+                        loop {
+                            let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                            let page = h.pull("alice", json!({"lastPulledAt": cursor, "limit": 5}));
+                            seen.extend(ids(&page, "projects", "updated"));
+                            cursor = Some(page["timestamp"].as_i64().unwrap());
+                            if finished && !page["hasMore"].as_bool().unwrap() {
+                                return seen;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let writers: Vec<_> = (0..3)
+                .map(|w| {
+                    let (h, committed) = (&handles[w], &committed);
+                    scope.spawn(move || {
+                        for i in 0..30 {
+                            let id = format!("w{w}-{i}");
+                            sequence(&h.push("alice", 0, json!({"projects": {"created": [project(&id, "x")], "updated": [], "deleted": []}})));
+                            committed.lock().unwrap().push(id);
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            let committed: std::collections::HashSet<String> =
+                committed.lock().unwrap().iter().cloned().collect();
+            assert_eq!(committed.len(), 90);
+            for p in pullers {
+                let seen = p.join().unwrap();
+                let missed: Vec<_> = committed.difference(&seen).collect();
+                assert!(missed.is_empty(), "{}: a puller missed {missed:?}", b.url);
+            }
+        });
+    }
 }
