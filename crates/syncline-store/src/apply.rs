@@ -192,9 +192,9 @@ impl Applier<'_, '_> {
                 if let Some(last) = rows
                     .iter()
                     .zip(&inserted)
-                    .filter(|(_, ok)| **ok)
+                    .rev()
+                    .find(|(_, ok)| **ok)
                     .map(|(r, _)| r.seq)
-                    .last()
                 {
                     self.out.sequence = last;
                 }

@@ -16,6 +16,8 @@ pub struct TempPostgres {
     port: u16,
     bin: PathBuf,
     _dir: PathBuf,
+    /// Outlives this process on purpose: it stops the cluster once the process is gone.
+    _watchdog: std::process::Child,
 }
 
 fn pg_bin() -> PathBuf {
@@ -115,15 +117,15 @@ impl TempPostgres {
             "pg_ctl start",
         );
         // Stop and remove the cluster once this process is gone.
-        let watchdog = format!(
+        let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; runuser -u postgres -- {pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
             pid = std::process::id(),
             pg_ctl = bin.join("pg_ctl").display(),
             data = data.display(),
             dir = dir.display(),
         );
-        Command::new("sh")
-            .args(["-c", &watchdog])
+        let watchdog = Command::new("sh")
+            .args(["-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -133,6 +135,7 @@ impl TempPostgres {
             port,
             bin,
             _dir: dir,
+            _watchdog: watchdog,
         }
     }
 
