@@ -21,6 +21,7 @@ pub use schema::{
     TableConfig,
 };
 pub use wire::{
-    BulkCounts, BulkRequest, Migration, MigrationColumns, PullRequest, PullWriter, PushOutcome,
-    PushRequest, RejectedRecord, TableChanges, TableCounts,
+    BulkCounts, BulkRequest, ErrorBody, Migration, MigrationColumns, PullRequest, PullResponse,
+    PullWriter, PushOutcome, PushRequest, PushResponse, RejectedRecord, RejectedRow, TableChanges,
+    TableCounts,
 };

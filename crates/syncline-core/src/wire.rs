@@ -6,23 +6,23 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// `POST /v1/sync/pull` body.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+/// `POST /v1/sync/pull` body. The server reads it; the client SDK writes it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PullRequest {
     #[serde(default)]
     pub last_pulled_at: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<Migration>,
     /// Syncline extension: at most this many changes per response, with `hasMore`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
 }
 
 /// WatermelonDB's migration-sync request.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Migration {
     pub from: u32,
     #[serde(default)]
@@ -31,7 +31,7 @@ pub struct Migration {
     pub columns: Vec<MigrationColumns>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct MigrationColumns {
     pub table: String,
     pub columns: Vec<String>,
@@ -110,6 +110,56 @@ impl Serialize for PushOutcome {
         }
         map.end()
     }
+}
+
+/// A pull response as a client reads it (what [`PullWriter`] wrote). Records stay raw JSON borrowed from the
+/// body; every live record is in `updated`, deleted ids in `deleted`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullResponse<'a> {
+    #[serde(borrow)]
+    pub changes: BTreeMap<String, TableChanges<'a>>,
+    pub timestamp: i64,
+    /// Present (and meaningful) only when the request had `limit`.
+    #[serde(default)]
+    pub has_more: bool,
+    /// `"replacement"`: keep exactly these records (and unpushed local creations), drop every other one.
+    #[serde(default)]
+    pub experimental_strategy: Option<String>,
+}
+
+impl PullResponse<'_> {
+    pub fn is_replacement(&self) -> bool {
+        self.experimental_strategy.as_deref() == Some("replacement")
+    }
+}
+
+/// A successful push answer as a client reads it (what [`PushOutcome`] wrote).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct PushResponse {
+    pub timestamp: i64,
+    #[serde(default)]
+    pub rejected: Vec<RejectedRow>,
+}
+
+/// One entry of a push answer's `rejected` list, as a client reads it (what [`RejectedRecord`] wrote).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct RejectedRow {
+    pub table: String,
+    pub id: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// The JSON body of every error answer: a stable `code`, a `message` for people, and for `409 conflict` the
+/// conflicting ids per table.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub conflicts: BTreeMap<String, Vec<String>>,
 }
 
 /// What a bulk request did to one table.
@@ -244,6 +294,56 @@ mod tests {
                 "timestamp": 42, "hasMore": false, "experimentalStrategy": "replacement"
             })
         );
+    }
+
+    #[test]
+    fn what_the_server_writes_the_client_reads() {
+        let mut w = PullWriter::new();
+        w.begin_table("tasks");
+        w.record(r#"{"id":"t1","title":"A"}"#);
+        w.begin_deleted();
+        w.deleted("t2");
+        w.end_table();
+        w.finish(9, Some(true), false);
+        let bytes = w.take();
+        let page: PullResponse = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (page.timestamp, page.has_more, page.is_replacement()),
+            (9, true, false)
+        );
+        assert_eq!(page.changes["tasks"].updated[0].get(), r#"{"id":"t1","title":"A"}"#);
+        assert_eq!(page.changes["tasks"].deleted, ["t2"]);
+
+        let outcome = PushOutcome {
+            timestamp: 7,
+            rejected: vec![RejectedRecord {
+                table: "tasks".into(),
+                id: "t1".into(),
+                code: "wrong_type",
+                message: "m".into(),
+            }],
+        };
+        let read: PushResponse =
+            serde_json::from_str(&serde_json::to_string(&outcome).unwrap()).unwrap();
+        assert_eq!(read.timestamp, 7);
+        assert_eq!(
+            (read.rejected[0].id.as_str(), read.rejected[0].code.as_str()),
+            ("t1", "wrong_type")
+        );
+
+        let request = PullRequest {
+            last_pulled_at: None,
+            limit: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&request).unwrap(),
+            r#"{"lastPulledAt":null,"limit":5}"#
+        );
+        let error: ErrorBody =
+            serde_json::from_str(r#"{"code":"conflict","message":"m","conflicts":{"t":["a"]}}"#)
+                .unwrap();
+        assert_eq!(error.conflicts["t"], ["a"]);
     }
 
     #[test]

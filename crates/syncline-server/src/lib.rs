@@ -64,7 +64,10 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
 /// Binds `config.server.listen` and serves in the background (with periodic garbage collection).
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let listen = config.server.listen.clone();
-    let state = build_state(config)?;
+    // Opening a store may block (PostgreSQL connects and migrates): keep it off the async workers.
+    let state = tokio::task::spawn_blocking(move || build_state(config))
+        .await
+        .map_err(|e| ServerError::Config(format!("opening the store failed: {e}")))??;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|source| ServerError::Listen {
