@@ -1,0 +1,175 @@
+//! Several `syncline serve` processes on one PostgreSQL database, as behind a load balancer: a client may
+//! push to one and pull from another, idempotency keys hold across instances, and concurrent writers on every
+//! instance never hide a change from a puller.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use syncline_testkit::TempPostgres;
+
+const SECRET: &str = "instances-secret-instances-secret";
+
+struct Instance {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `n` server processes on one fresh PostgreSQL database.
+fn instances(n: usize) -> (Vec<Instance>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("syncline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"{}\"\n[auth]\njwt_secret = \"{SECRET}\"\n\
+             [tables.projects]\ncolumns = {{ name = \"string\" }}\n\
+             [tables.tasks]\ncolumns = {{ title = \"string\", project_id = \"string\" }}\nparent = {{ table = \"projects\", column = \"project_id\" }}\n",
+            TempPostgres::shared().fresh_database()
+        ),
+    )
+    .unwrap();
+    let started = (0..n)
+        .map(|_| {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_syncline"))
+                .args(["serve", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let url = loop {
+                let line = lines.next().expect("the server exited before listening").unwrap();
+                if let Some(url) = line.strip_prefix("Syncline listening on ") {
+                    break url.to_string();
+                }
+            };
+            std::thread::spawn(move || lines.for_each(drop));
+            Instance { child, url }
+        })
+        .collect();
+    (started, dir)
+}
+
+fn token(user: &str) -> String {
+    let auth = syncline_server::Authenticator::from_config(&syncline_server::AuthSection {
+        jwt_secret: Some(SECRET.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    auth.mint(user, 600, false, now).unwrap()
+}
+
+async fn post(url: &str, path: &str, body: Value, key: Option<&str>) -> (u16, Value, bool) {
+    let mut request = reqwest::Client::new().post(format!("{url}{path}")).bearer_auth(token("alice")).body(body.to_string());
+    if let Some(k) = key {
+        request = request.header("Idempotency-Key", k);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let replayed = response.headers().contains_key("idempotent-replayed");
+    (status, response.json().await.unwrap(), replayed)
+}
+
+fn ids(pull: &Value, table: &str) -> Vec<String> {
+    let mut v: Vec<String> =
+        pull["changes"][table]["updated"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().into()).collect();
+    v.sort();
+    v
+}
+
+fn push_body(since: i64, projects: &[&str]) -> Value {
+    let created: Vec<Value> = projects.iter().map(|id| json!({"id": id, "name": id})).collect();
+    json!({"lastPulledAt": since, "changes": {"projects": {"created": created, "updated": [], "deleted": []}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_can_push_to_one_instance_and_pull_from_another() {
+    let (servers, _dir) = instances(3);
+    let (a, b, c) = (&servers[0].url, &servers[1].url, &servers[2].url);
+    let (status, pushed, _) = post(a, "/v1/sync/push", push_body(0, &["p1", "p2"]), Some("k1")).await;
+    assert_eq!(status, 200, "{pushed}");
+    let (_, pull, _) = post(b, "/v1/sync/pull", json!({"lastPulledAt": null}), None).await;
+    assert_eq!(ids(&pull, "projects"), ["p1", "p2"]);
+    assert_eq!(pull["timestamp"], pushed["timestamp"]);
+    // The retry of a push whose answer was lost may reach another instance: it gets the first answer.
+    let (status, replay, replayed) = post(c, "/v1/sync/push", push_body(0, &["p1", "p2"]), Some("k1")).await;
+    assert_eq!((status, replayed), (200, true));
+    assert_eq!(replay, pushed);
+    // A stale push is a conflict whichever instance it reaches.
+    let (status, err, _) = post(c, "/v1/sync/push", push_body(0, &["p1"]), None).await;
+    assert_eq!((status, err["code"].as_str()), (409, Some("conflict")));
+    // A cascade applied on one instance is pulled from another.
+    let t = pull["timestamp"].as_i64().unwrap();
+    post(a, "/v1/sync/bulk", json!({"upserts": {"tasks": [{"id": "t1", "title": "x", "project_id": "p1"}]}}), None).await;
+    post(c, "/v1/sync/bulk", json!({"deletes": {"projects": ["p1"]}}), None).await;
+    let (_, later, _) = post(b, "/v1/sync/pull", json!({"lastPulledAt": t}), None).await;
+    assert_eq!(later["changes"]["projects"]["deleted"], json!(["p1"]));
+    assert_eq!(later["changes"]["tasks"]["deleted"], json!(["t1"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_pushers_on_every_instance_never_hide_a_change_from_pullers() {
+    let (servers, _dir) = instances(3);
+    let urls: Arc<Vec<String>> = Arc::new(servers.iter().map(|s| s.url.clone()).collect());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut pullers = Vec::new();
+    for p in 0..3 {
+        let (urls, done) = (urls.clone(), done.clone());
+        pullers.push(tokio::spawn(async move {
+            let mut seen = HashSet::new();
+            let mut cursor: Option<i64> = None;
+            let mut round = 0usize;
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                // Each puller hops between instances, as a client behind a load balancer would.
+                let url = &urls[(p + round) % urls.len()];
+                round += 1;
+                let (status, pull, _) = post(url, "/v1/sync/pull", json!({"lastPulledAt": cursor, "limit": 10}), None).await;
+                assert_eq!(status, 200);
+                seen.extend(ids(&pull, "projects"));
+                cursor = Some(pull["timestamp"].as_i64().unwrap());
+                if finished && !pull["hasMore"].as_bool().unwrap() {
+                    return seen;
+                }
+            }
+        }));
+    }
+    let mut pushers = Vec::new();
+    for w in 0..6 {
+        let urls = urls.clone();
+        pushers.push(tokio::spawn(async move {
+            let mut committed = Vec::new();
+            for i in 0..20 {
+                let ids = [format!("w{w}-{i}-a"), format!("w{w}-{i}-b")];
+                let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let (status, body, _) = post(&urls[w % urls.len()], "/v1/sync/push", push_body(0, &refs), None).await;
+                assert_eq!(status, 200, "{body}");
+                committed.extend(ids);
+            }
+            committed
+        }));
+    }
+    let mut committed = HashSet::new();
+    for p in pushers {
+        committed.extend(p.await.unwrap());
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(committed.len(), 240);
+    for p in pullers {
+        let seen = p.await.unwrap();
+        let missed: Vec<_> = committed.difference(&seen).collect();
+        assert!(missed.is_empty(), "a puller missed {} changes, e.g. {:?}", missed.len(), missed.first());
+    }
+}
