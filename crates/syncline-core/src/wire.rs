@@ -311,7 +311,10 @@ mod tests {
             (page.timestamp, page.has_more, page.is_replacement()),
             (9, true, false)
         );
-        assert_eq!(page.changes["tasks"].updated[0].get(), r#"{"id":"t1","title":"A"}"#);
+        assert_eq!(
+            page.changes["tasks"].updated[0].get(),
+            r#"{"id":"t1","title":"A"}"#
+        );
         assert_eq!(page.changes["tasks"].deleted, ["t2"]);
 
         let outcome = PushOutcome {

@@ -90,7 +90,11 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         None => {
             eprintln!("measuring the raw SQLite upsert ceiling ...");
             let ceiling = sqlite_ceiling(&dir.join("ceiling.db"), &records, args.batch)?;
-            ("SQLite", format!("sqlite://{}", dir.join("server.db").display()), ceiling)
+            (
+                "SQLite",
+                format!("sqlite://{}", dir.join("server.db").display()),
+                ceiling,
+            )
         }
     };
 
@@ -164,7 +168,11 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         );
     }
     let n = records.len() as f64;
-    let push_goal = if args.postgres { "goal >= 50000/s, about 60%" } else { "goal >= 100000/s and >= 50%" };
+    let push_goal = if args.postgres {
+        "goal >= 50000/s, about 60%"
+    } else {
+        "goal >= 100000/s and >= 50%"
+    };
     let push_rate = n / push_secs;
     let pull_rate = n / pull_secs;
     println!(

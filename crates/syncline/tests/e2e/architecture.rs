@@ -11,8 +11,19 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("syncline-testkit", &[][..]),
         ("syncline-store", &["syncline-core"][..]),
         ("syncline-import", &["syncline-core", "syncline-store"][..]),
-        ("syncline-connectors", &["syncline-core", "syncline-import"][..]),
-        ("syncline-server", &["syncline-core", "syncline-store", "syncline-import", "syncline-connectors"][..]),
+        (
+            "syncline-connectors",
+            &["syncline-core", "syncline-import"][..],
+        ),
+        (
+            "syncline-server",
+            &[
+                "syncline-core",
+                "syncline-store",
+                "syncline-import",
+                "syncline-connectors",
+            ][..],
+        ),
         ("syncline-client", &["syncline-core"][..]),
         (
             "syncline",
@@ -36,13 +47,24 @@ fn crates_depend_only_in_the_allowed_direction() {
     let mut checked = 0;
     for entry in std::fs::read_dir(&crates).unwrap() {
         let manifest = entry.unwrap().path().join("Cargo.toml");
-        let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            continue;
+        };
         let doc: toml::Table = toml::from_str(&text).unwrap();
         let name = doc["package"]["name"].as_str().unwrap().to_string();
-        let permitted = allowed.get(name.as_str()).unwrap_or_else(|| panic!("{name} is not in the dependency rule"));
-        let deps = doc.get("dependencies").and_then(|d| d.as_table()).cloned().unwrap_or_default();
+        let permitted = allowed
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("{name} is not in the dependency rule"));
+        let deps = doc
+            .get("dependencies")
+            .and_then(|d| d.as_table())
+            .cloned()
+            .unwrap_or_default();
         for dep in deps.keys().filter(|d| d.starts_with("syncline")) {
-            assert!(permitted.contains(&dep.as_str()), "{name} must not depend on {dep}");
+            assert!(
+                permitted.contains(&dep.as_str()),
+                "{name} must not depend on {dep}"
+            );
         }
         checked += 1;
     }

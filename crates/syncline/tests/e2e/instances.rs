@@ -49,7 +49,10 @@ fn instances(n: usize) -> (Vec<Instance>, tempfile::TempDir) {
                 .unwrap();
             let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
             let url = loop {
-                let line = lines.next().expect("the server exited before listening").unwrap();
+                let line = lines
+                    .next()
+                    .expect("the server exited before listening")
+                    .unwrap();
                 if let Some(url) = line.strip_prefix("Syncline listening on ") {
                     break url.to_string();
                 }
@@ -67,12 +70,18 @@ fn token(user: &str) -> String {
         ..Default::default()
     })
     .unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     auth.mint(user, 600, false, now).unwrap()
 }
 
 async fn post(url: &str, path: &str, body: Value, key: Option<&str>) -> (u16, Value, bool) {
-    let mut request = reqwest::Client::new().post(format!("{url}{path}")).bearer_auth(token("alice")).body(body.to_string());
+    let mut request = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .bearer_auth(token("alice"))
+        .body(body.to_string());
     if let Some(k) = key {
         request = request.header("Idempotency-Key", k);
     }
@@ -83,14 +92,21 @@ async fn post(url: &str, path: &str, body: Value, key: Option<&str>) -> (u16, Va
 }
 
 fn ids(pull: &Value, table: &str) -> Vec<String> {
-    let mut v: Vec<String> =
-        pull["changes"][table]["updated"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().into()).collect();
+    let mut v: Vec<String> = pull["changes"][table]["updated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().into())
+        .collect();
     v.sort();
     v
 }
 
 fn push_body(since: i64, projects: &[&str]) -> Value {
-    let created: Vec<Value> = projects.iter().map(|id| json!({"id": id, "name": id})).collect();
+    let created: Vec<Value> = projects
+        .iter()
+        .map(|id| json!({"id": id, "name": id}))
+        .collect();
     json!({"lastPulledAt": since, "changes": {"projects": {"created": created, "updated": [], "deleted": []}}})
 }
 
@@ -98,13 +114,15 @@ fn push_body(since: i64, projects: &[&str]) -> Value {
 async fn a_client_can_push_to_one_instance_and_pull_from_another() {
     let (servers, _dir) = instances(3);
     let (a, b, c) = (&servers[0].url, &servers[1].url, &servers[2].url);
-    let (status, pushed, _) = post(a, "/v1/sync/push", push_body(0, &["p1", "p2"]), Some("k1")).await;
+    let (status, pushed, _) =
+        post(a, "/v1/sync/push", push_body(0, &["p1", "p2"]), Some("k1")).await;
     assert_eq!(status, 200, "{pushed}");
     let (_, pull, _) = post(b, "/v1/sync/pull", json!({"lastPulledAt": null}), None).await;
     assert_eq!(ids(&pull, "projects"), ["p1", "p2"]);
     assert_eq!(pull["timestamp"], pushed["timestamp"]);
     // The retry of a push whose answer was lost may reach another instance: it gets the first answer.
-    let (status, replay, replayed) = post(c, "/v1/sync/push", push_body(0, &["p1", "p2"]), Some("k1")).await;
+    let (status, replay, replayed) =
+        post(c, "/v1/sync/push", push_body(0, &["p1", "p2"]), Some("k1")).await;
     assert_eq!((status, replayed), (200, true));
     assert_eq!(replay, pushed);
     // A stale push is a conflict whichever instance it reaches.
@@ -112,8 +130,20 @@ async fn a_client_can_push_to_one_instance_and_pull_from_another() {
     assert_eq!((status, err["code"].as_str()), (409, Some("conflict")));
     // A cascade applied on one instance is pulled from another.
     let t = pull["timestamp"].as_i64().unwrap();
-    post(a, "/v1/sync/bulk", json!({"upserts": {"tasks": [{"id": "t1", "title": "x", "project_id": "p1"}]}}), None).await;
-    post(c, "/v1/sync/bulk", json!({"deletes": {"projects": ["p1"]}}), None).await;
+    post(
+        a,
+        "/v1/sync/bulk",
+        json!({"upserts": {"tasks": [{"id": "t1", "title": "x", "project_id": "p1"}]}}),
+        None,
+    )
+    .await;
+    post(
+        c,
+        "/v1/sync/bulk",
+        json!({"deletes": {"projects": ["p1"]}}),
+        None,
+    )
+    .await;
     let (_, later, _) = post(b, "/v1/sync/pull", json!({"lastPulledAt": t}), None).await;
     assert_eq!(later["changes"]["projects"]["deleted"], json!(["p1"]));
     assert_eq!(later["changes"]["tasks"]["deleted"], json!(["t1"]));
@@ -136,7 +166,13 @@ async fn concurrent_pushers_on_every_instance_never_hide_a_change_from_pullers()
                 // Each puller hops between instances, as a client behind a load balancer would.
                 let url = &urls[(p + round) % urls.len()];
                 round += 1;
-                let (status, pull, _) = post(url, "/v1/sync/pull", json!({"lastPulledAt": cursor, "limit": 10}), None).await;
+                let (status, pull, _) = post(
+                    url,
+                    "/v1/sync/pull",
+                    json!({"lastPulledAt": cursor, "limit": 10}),
+                    None,
+                )
+                .await;
                 assert_eq!(status, 200);
                 seen.extend(ids(&pull, "projects"));
                 cursor = Some(pull["timestamp"].as_i64().unwrap());
@@ -154,7 +190,13 @@ async fn concurrent_pushers_on_every_instance_never_hide_a_change_from_pullers()
             for i in 0..20 {
                 let ids = [format!("w{w}-{i}-a"), format!("w{w}-{i}-b")];
                 let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-                let (status, body, _) = post(&urls[w % urls.len()], "/v1/sync/push", push_body(0, &refs), None).await;
+                let (status, body, _) = post(
+                    &urls[w % urls.len()],
+                    "/v1/sync/push",
+                    push_body(0, &refs),
+                    None,
+                )
+                .await;
                 assert_eq!(status, 200, "{body}");
                 committed.extend(ids);
             }
@@ -170,6 +212,11 @@ async fn concurrent_pushers_on_every_instance_never_hide_a_change_from_pullers()
     for p in pullers {
         let seen = p.await.unwrap();
         let missed: Vec<_> = committed.difference(&seen).collect();
-        assert!(missed.is_empty(), "a puller missed {} changes, e.g. {:?}", missed.len(), missed.first());
+        assert!(
+            missed.is_empty(),
+            "a puller missed {} changes, e.g. {:?}",
+            missed.len(),
+            missed.first()
+        );
     }
 }
