@@ -35,6 +35,7 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
+    pub events: Arc<crate::events::Events>,
 }
 
 pub fn now_ms() -> i64 {
@@ -58,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sync/push", post(push))
         .route("/v1/sync/bulk", post(bulk))
         .route("/v1/me", get(me))
+        .route("/v1/events", get(crate::events::stream))
         .route("/v1/admin/gc", post(admin_gc))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -267,6 +269,15 @@ fn write_response(
     }
 }
 
+/// Tells the user's other devices (on any instance) that there is something new to pull.
+fn announce(state: &AppState, user: &str, outcome: &WriteOutcome) {
+    if let WriteOutcome::Applied { summary, .. } = outcome
+        && summary.counts.values().any(|c| c.upserted + c.deleted > 0)
+    {
+        state.events.changes(user, summary.sequence);
+    }
+}
+
 fn applied_count(summary: &syncline_store::WriteSummary) -> u64 {
     summary
         .counts
@@ -304,9 +315,11 @@ async fn push(
             })
             .unwrap_or_default()
         };
-        Ok(st
+        let outcome = st
             .store
-            .write(&user.user, &batch, key.as_ref(), now_ms(), &respond)?)
+            .write(&user.user, &batch, key.as_ref(), now_ms(), &respond)?;
+        announce(&st, &user.user, &outcome);
+        Ok(outcome)
     })
     .await?;
     Ok(write_response(outcome, &state, applied_count))
@@ -346,9 +359,11 @@ async fn bulk(
             })
             .unwrap_or_default()
         };
-        Ok(st
+        let outcome = st
             .store
-            .write(&user.user, &batch, key.as_ref(), now_ms(), &respond)?)
+            .write(&user.user, &batch, key.as_ref(), now_ms(), &respond)?;
+        announce(&st, &user.user, &outcome);
+        Ok(outcome)
     })
     .await?;
     Ok(write_response(outcome, &state, applied_count))

@@ -8,6 +8,7 @@ mod app;
 mod auth;
 mod config;
 mod error;
+mod events;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ pub use app::{AppState, router};
 pub use auth::{Authenticator, Claims, Principal, TokenError};
 pub use config::{AuthSection, Config, ServerSection, StorageSection, SyncSection};
 pub use error::{ApiError, ServerError};
+pub use events::{Event, Events};
 use syncline_core::Schema;
 use syncline_store::Store;
 
@@ -57,6 +59,7 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         schema,
         auth,
         metrics: Default::default(),
+        events: events::Events::for_storage(&config.storage.url)?,
         config: Arc::new(config),
     })
 }
@@ -82,10 +85,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         })?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let gc = tokio::spawn(app::gc_loop(state.clone()));
+    let events = state.events.clone();
     let app = router(state);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stopped.await;
+            events.close(); // open event streams would otherwise hold the shutdown forever
         });
         if let Err(e) = served.await {
             tracing::error!(error = %e, "server failed");

@@ -777,3 +777,118 @@ async fn the_examples_start() {
     }
     assert_eq!(seen, 2, "team-app and social-app");
 }
+
+/// Reads Server-Sent Events from a streaming response: `(event, data)` pairs, skipping keep-alives.
+struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn open(url: &str, token: &str) -> SseReader {
+        let response = reqwest::Client::new()
+            .get(format!("{url}/v1/events"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        SseReader {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> (String, Value) {
+        let read = async {
+            loop {
+                if let Some(end) = self.buffer.find("\n\n") {
+                    let block: String = self.buffer.drain(..end + 2).collect();
+                    let mut event = String::from("message");
+                    let mut data = String::new();
+                    for line in block.lines() {
+                        if let Some(e) = line.strip_prefix("event:") {
+                            event = e.trim().to_string();
+                        } else if let Some(d) = line.strip_prefix("data:") {
+                            data.push_str(d.trim());
+                        }
+                    }
+                    if !data.is_empty() {
+                        return (event, serde_json::from_str(&data).unwrap());
+                    }
+                    continue;
+                }
+                let chunk = self
+                    .response
+                    .chunk()
+                    .await
+                    .unwrap()
+                    .expect("the event stream ended");
+                self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("an event within 10 s")
+    }
+}
+
+#[tokio::test]
+async fn devices_hear_about_new_changes_over_server_sent_events() {
+    let s = TestServer::start("").await;
+    let mut alice = SseReader::open(&s.url, &s.token("alice")).await;
+    let mut bob = SseReader::open(&s.url, &s.token("bob")).await;
+    assert_eq!(
+        alice.next().await,
+        ("ready".to_string(), json!({"user": "alice"}))
+    );
+    assert_eq!(bob.next().await.0, "ready");
+    let (_, pushed) = s.push("alice", 0, projects(&[("p1", "A")])).await;
+    assert_eq!(
+        alice.next().await,
+        (
+            "changes".to_string(),
+            json!({"sequence": pushed["timestamp"]})
+        )
+    );
+    // Bob's next event is his own push: he never heard about alice's.
+    let (_, bobs) = s.push("bob", 0, projects(&[("b1", "B")])).await;
+    assert_eq!(
+        bob.next().await,
+        (
+            "changes".to_string(),
+            json!({"sequence": bobs["timestamp"]})
+        )
+    );
+    // A write that changes nothing announces nothing: alice's next event is the following real change.
+    let (_, again) = s
+        .post(
+            "/v1/sync/bulk",
+            Some(&s.token("alice")),
+            json!({"upserts": {"projects": [{"id": "p1", "name": "A"}]}}).to_string(),
+        )
+        .await;
+    assert_eq!(again["counts"]["projects"]["unchanged"], 1);
+    let (_, second) = s
+        .push(
+            "alice",
+            pushed["timestamp"].as_i64().unwrap(),
+            projects(&[("p2", "B")]),
+        )
+        .await;
+    assert_eq!(
+        alice.next().await,
+        (
+            "changes".to_string(),
+            json!({"sequence": second["timestamp"]})
+        )
+    );
+    let unauthorized = reqwest::Client::new()
+        .get(format!("{}/v1/events", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+    s.stop().await;
+}

@@ -37,7 +37,7 @@ pub struct BenchArgs {
     postgres: bool,
 }
 
-const SECRET: &str = "bench-secret-bench-secret-bench";
+pub(crate) const SECRET: &str = "bench-secret-bench-secret-bench";
 
 fn random_string(rng: &mut impl Rng, n: usize) -> String {
     rng.sample_iter(Alphanumeric)
@@ -47,7 +47,7 @@ fn random_string(rng: &mut impl Rng, n: usize) -> String {
 }
 
 /// One ~250-byte task record of the demo schema, as JSON text.
-fn record(rng: &mut impl Rng) -> (String, String) {
+pub(crate) fn record(rng: &mut impl Rng) -> (String, String) {
     let id = random_string(rng, 16);
     let title = random_string(rng, 120);
     let json = format!(
@@ -349,13 +349,13 @@ async fn pull_page(
 }
 
 /// The server under test, as a child process (so its peak RSS is its own).
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl ServerProcess {
-    fn spawn(config: &Path) -> Result<ServerProcess> {
+    pub(crate) fn spawn(config: &Path) -> Result<ServerProcess> {
         let mut child = Command::new(std::env::current_exe()?)
             .arg("serve")
             .arg("--config")
@@ -379,7 +379,7 @@ impl ServerProcess {
         Ok(ServerProcess { child, url })
     }
 
-    fn peak_rss_kb(&self) -> Result<u64> {
+    pub(crate) fn peak_rss_kb(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let line = status
             .lines()

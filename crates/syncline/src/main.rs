@@ -2,6 +2,8 @@
 //! pull throughput against the SQLite ceiling. Thin: everything it does is a call into the library crates.
 
 mod bench;
+mod bench_client;
+mod client_cli;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -43,6 +45,12 @@ enum Command {
     },
     /// Measure push and pull throughput over HTTP and the raw SQLite ceiling, in one run.
     Bench(bench::BenchArgs),
+    /// Sync a local client database with a server once, with a progress bar, and print the summary.
+    Sync(client_cli::SyncArgs),
+    /// Show a local client database's outbox: what waits to be pushed, what failed, what was rejected.
+    Outbox(client_cli::OutboxArgs),
+    /// Measure the client SDK: outbox push, fresh-device pull, peak RSS, batched vs individual mode.
+    BenchClient(bench_client::BenchClientArgs),
 }
 
 const DEV_DIR: &str = "syncline-data";
@@ -70,6 +78,9 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args),
+        Command::Sync(args) => client_cli::sync(args),
+        Command::Outbox(args) => client_cli::outbox(args),
+        Command::BenchClient(args) => bench_client::run(args),
     }
 }
 

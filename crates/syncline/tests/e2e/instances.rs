@@ -220,3 +220,53 @@ async fn concurrent_pushers_on_every_instance_never_hide_a_change_from_pullers()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_connected_to_one_instance_hears_of_a_push_to_another() {
+    let (servers, _dir) = instances(2);
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/events", servers[1].url))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut response = response;
+    let mut text = String::new();
+    let mut pushed: Option<Value> = None;
+    let found = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if pushed.is_none() && text.contains("event: ready") {
+                // Listening on instance 1; push through instance 0.
+                let (status, body, _) = post(
+                    &servers[0].url,
+                    "/v1/sync/push",
+                    push_body(0, &["p1"]),
+                    None,
+                )
+                .await;
+                assert_eq!(status, 200);
+                pushed = Some(body);
+            }
+            if let Some(body) = &pushed
+                && text.contains(&format!(
+                    "event: changes\ndata: {{\"sequence\":{}}}",
+                    body["timestamp"]
+                ))
+            {
+                return;
+            }
+            let chunk = response
+                .chunk()
+                .await
+                .unwrap()
+                .expect("the event stream ended");
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    })
+    .await;
+    assert!(
+        found.is_ok(),
+        "no changes event reached instance 1; got: {text}"
+    );
+}

@@ -1,0 +1,147 @@
+//! HTTP to the Syncline server: push with an `Idempotency-Key`, paged pull, and the server's sequence for
+//! progress. Turns network failures and error answers into verdicts and errors; decides nothing else.
+
+use std::sync::RwLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use syncline_core::{ErrorBody, PullRequest};
+
+use crate::ClientError;
+use crate::batch::{PushVerdict, classify_push};
+
+#[derive(Debug)]
+pub(crate) struct Transport {
+    http: reqwest::Client,
+    base: String,
+    token: RwLock<String>,
+}
+
+fn network(e: &reqwest::Error) -> ClientError {
+    ClientError::Offline(e.to_string())
+}
+
+fn error_answer(status: u16, body: &[u8]) -> ClientError {
+    let e = serde_json::from_slice::<ErrorBody>(body).unwrap_or_else(|_| ErrorBody {
+        code: format!("http_{status}"),
+        message: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        ..Default::default()
+    });
+    if status == 401 || status == 403 {
+        ClientError::Unauthorized {
+            code: e.code,
+            message: e.message,
+        }
+    } else {
+        ClientError::Server {
+            status,
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+impl Transport {
+    pub(crate) fn new(base: &str, token: String, timeout: Duration) -> Transport {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(10).min(timeout))
+            .build()
+            .unwrap_or_default();
+        Transport {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token: RwLock::new(token),
+        }
+    }
+
+    pub(crate) fn set_token(&self, token: String) {
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) = token;
+    }
+
+    fn token(&self) -> String {
+        self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sends one push body with its key. Never fails: every outcome is a verdict.
+    pub(crate) async fn push(&self, key: &str, body: String) -> PushVerdict {
+        let sent = self
+            .http
+            .post(format!("{}/v1/sync/push", self.base))
+            .bearer_auth(self.token())
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            // No answer at all: the network or the server is away.
+            Err(e) => {
+                return PushVerdict::Retry {
+                    reason: e.to_string(),
+                    offline: true,
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let replayed = response
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v.as_bytes() == b"true");
+        match response.bytes().await {
+            Ok(body) => classify_push(status, &body, replayed),
+            Err(e) => PushVerdict::Retry {
+                reason: format!("the answer was cut off: {e}"),
+                offline: false,
+            },
+        }
+    }
+
+    /// One pull request; the body bytes of a 200 answer.
+    pub(crate) async fn pull(&self, request: &PullRequest) -> Result<Bytes, ClientError> {
+        let response = self
+            .http
+            .post(format!("{}/v1/sync/pull", self.base))
+            .bearer_auth(self.token())
+            .header("content-type", "application/json")
+            .body(serde_json::to_string(request)?)
+            .send()
+            .await
+            .map_err(|e| network(&e))?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(|e| network(&e))?;
+        if status == 200 {
+            Ok(body)
+        } else {
+            Err(error_answer(status, &body))
+        }
+    }
+
+    /// The server's current change sequence (from `GET /v1/me`), the target a pull is heading for.
+    pub(crate) async fn server_sequence(&self) -> Result<i64, ClientError> {
+        let response = self
+            .http
+            .get(format!("{}/v1/me", self.base))
+            .bearer_auth(self.token())
+            .send()
+            .await
+            .map_err(|e| network(&e))?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(|e| network(&e))?;
+        if status != 200 {
+            return Err(error_answer(status, &body));
+        }
+        #[derive(serde::Deserialize)]
+        struct Me {
+            stats: Stats,
+        }
+        #[derive(serde::Deserialize)]
+        struct Stats {
+            sequence: i64,
+        }
+        serde_json::from_slice::<Me>(&body)
+            .map(|me| me.stats.sequence)
+            .map_err(|e| ClientError::BadResponse(e.to_string()))
+    }
+}
