@@ -6,6 +6,7 @@
 //! the client SDK agree on it.
 
 mod error;
+mod import;
 mod names;
 mod plan;
 mod record;
@@ -13,6 +14,7 @@ mod schema;
 mod wire;
 
 pub use error::CoreError;
+pub use import::{ImportPhase, ImportState, ImportStatus, UnknownName, progress};
 pub use names::{is_safe_id, is_valid_name};
 pub use plan::{OnTombstone, RowFailure, TableWrites, Upsert, WriteBatch, plan_bulk, plan_push};
 pub use record::{NormalizedRecord, RowError, RowErrorCode, normalize_record, render_record};

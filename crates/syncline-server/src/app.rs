@@ -34,6 +34,7 @@ pub struct AppState {
     pub schema: Arc<Schema>,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
+    pub imports: Arc<syncline_import::Importer>,
     pub config: Arc<Config>,
     pub events: Arc<crate::events::Events>,
 }
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/me", get(me))
         .route("/v1/events", get(crate::events::stream))
         .route("/v1/admin/gc", post(admin_gc))
+        .merge(crate::imports::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -23,6 +23,9 @@ pub struct Config {
     pub sync: SyncSection,
     #[serde(default)]
     pub tables: BTreeMap<String, TableConfig>,
+    /// `[imports]`: third-party sources, the credential key, the step budget and the runner mode.
+    #[serde(default)]
+    pub imports: syncline_import::ImportsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,9 +100,10 @@ impl Default for SyncSection {
     }
 }
 
-const SECTIONS: [&str; 4] = ["server", "storage", "auth", "sync"];
+const SECTIONS: [&str; 5] = ["server", "storage", "auth", "sync", "imports"];
 /// Keys whose environment values are always text (a numeric-looking secret stays a string).
-const TEXT_KEYS: [&str; 9] = [
+const TEXT_KEYS: [&str; 10] = [
+    "encryption_key",
     "listen",
     "url",
     "jwt_secret",

@@ -9,6 +9,7 @@ mod auth;
 mod config;
 mod error;
 mod events;
+mod imports;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -54,11 +55,21 @@ pub fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Schema>), Serv
 pub fn build_state(config: Config) -> Result<AppState, ServerError> {
     let auth = Arc::new(Authenticator::from_config(&config.auth)?);
     let (store, schema) = open_store(&config)?;
+    let imports = Arc::new(
+        syncline_import::Importer::from_config(
+            &config.imports,
+            store.clone(),
+            schema.clone(),
+            syncline_import::system_clock(),
+        )
+        .map_err(|e| ServerError::Config(e.to_string()))?,
+    );
     Ok(AppState {
         store,
         schema,
         auth,
         metrics: Default::default(),
+        imports,
         events: events::Events::for_storage(&config.storage.url)?,
         config: Arc::new(config),
     })
@@ -86,6 +97,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let gc = tokio::spawn(app::gc_loop(state.clone()));
     let events = state.events.clone();
+    // The embedded import runner: keeps pending imports going, resumes rate-limited ones at their reset.
+    let runner = (state.imports.mode() == syncline_import::RunnerMode::Background
+        && !state.imports.source_names().is_empty())
+    .then(|| tokio::spawn(state.imports.clone().run()));
     let app = router(state);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -96,6 +111,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             tracing::error!(error = %e, "server failed");
         }
         gc.abort();
+        if let Some(runner) = runner {
+            runner.abort();
+        }
     });
     Ok(RunningServer { addr, stop, task })
 }

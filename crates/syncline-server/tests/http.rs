@@ -892,3 +892,104 @@ async fn devices_hear_about_new_changes_over_server_sent_events() {
     assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn imports_run_through_the_routes_and_never_return_the_credential() {
+    const TOKEN: &str = "spotify-token-never-shown";
+    let fake = syncline_testkit::fake_apis::FakeSpotify::start(TOKEN, 120, 0, 0, 0).await;
+    let key = syncline_import::Sealer::generate_key();
+    let server = TestServer::start(&format!(
+        "[imports]\nencryption_key = \"{key}\"\n[imports.sources.spotify]\nkind = \"spotify\"\nbase_url = \"{}\"\nstreams = {{ saved_tracks = \"spotify_tracks\" }}\n[tables.spotify_tracks]\ncolumns = {{ name = \"string\", added_at = \"string\" }}\n",
+        fake.base_url()
+    ))
+    .await;
+    let alice = server.token("alice");
+    let http = &server.http;
+    let url = |path: &str| format!("{}{path}", server.url);
+    let (status, body) = server
+        .post("/v1/imports/spotify/start", Some(&alice), "")
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("no_connection"))
+    );
+    let put = http
+        .put(url("/v1/connections/spotify"))
+        .bearer_auth(&alice)
+        .body(json!({"access_token": TOKEN}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::NO_CONTENT);
+    let (status, body) = server
+        .post("/v1/imports/spotify/start", Some(&alice), "")
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let mut done = false;
+    for _ in 0..400 {
+        let response = http
+            .get(url("/v1/imports/spotify/status"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap();
+        let text = response.text().await.unwrap();
+        assert!(!text.contains(TOKEN));
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["connected"], true);
+        if body["streams"][0]["status"] == "success" {
+            assert_eq!(body["streams"][0]["processed"], 120);
+            assert_eq!(body["streams"][0]["progress"], 100);
+            done = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(done, "the background runner finishes the import");
+    assert_eq!(
+        server.pull("alice", None).await["changes"]["spotify_tracks"]["updated"]
+            .as_array()
+            .unwrap()
+            .len(),
+        120
+    );
+    let list: Value = http
+        .get(url("/v1/imports"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["sources"][0]["source"], "spotify");
+    assert!(!list.to_string().contains(TOKEN));
+    let (status, body) = server
+        .post("/v1/imports/spotify/stop", Some(&alice), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .post("/v1/imports/spotify/reset", Some(&alice), "")
+        .await;
+    assert_eq!(
+        (status, body["streams"][0]["status"].as_str()),
+        (StatusCode::OK, Some("none"))
+    );
+    let (status, body) = server
+        .post("/v1/imports/lastfm/start", Some(&alice), "")
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_source"))
+    );
+    let (status, _) = server.post("/v1/imports/spotify/start", None, "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = server
+        .post("/v1/imports/spotify/start", Some(&server.token("bob")), "")
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("no_connection")),
+        "credentials are per user"
+    );
+}

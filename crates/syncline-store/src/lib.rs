@@ -12,7 +12,7 @@ mod postgres;
 mod pull;
 mod sqlite;
 
-use syncline_core::{PullRequest, WriteBatch};
+use syncline_core::{ImportState, PullRequest, WriteBatch};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -141,6 +141,50 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts for one user.
     fn user_stats(&self, user: &str) -> Result<UserStats, StoreError>;
+
+    /// The user's import states, every source (or only `source`), ordered by source, stream and phase.
+    fn import_states(
+        &self,
+        user: &str,
+        source: Option<&str>,
+    ) -> Result<Vec<ImportState>, StoreError>;
+
+    /// Every user's imports that the runner should look at (pending, running or rate limited).
+    fn active_imports(&self) -> Result<Vec<(String, ImportState)>, StoreError>;
+
+    /// Saves one import state (keyed by user, source, stream and phase) as given.
+    fn save_import_state(&self, user: &str, state: &ImportState) -> Result<(), StoreError>;
+
+    /// Applies imported rows and saves `state` (their checkpoint) in one transaction, so a crash loses at
+    /// most this batch and never applies it twice. Rows go through the one write path: unchanged rows move
+    /// nothing. Returns `None`, applying nothing, when the stored state's generation is not `state`'s (the
+    /// import was stopped, restarted or reset since the step loaded it).
+    fn write_import(
+        &self,
+        user: &str,
+        batch: &WriteBatch<'_>,
+        state: &ImportState,
+        now_ms: i64,
+    ) -> Result<Option<WriteSummary>, StoreError>;
+
+    /// Stores the user's (encrypted) credential for a source, replacing any earlier one.
+    fn put_connection(&self, user: &str, source: &str, sealed: &[u8]) -> Result<(), StoreError>;
+
+    /// The user's (encrypted) credential for a source.
+    fn get_connection(&self, user: &str, source: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Removes the user's credential for a source; whether there was one.
+    fn delete_connection(&self, user: &str, source: &str) -> Result<bool, StoreError>;
+}
+
+/// The stored form of an import state: the whole state as JSON, next to its key.
+pub(crate) fn state_json(state: &ImportState) -> String {
+    serde_json::to_string(state).expect("import states serialise")
+}
+
+pub(crate) fn state_from_json(text: &str) -> Result<ImportState, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Setup(format!("unreadable import state: {e}")))
 }
 
 /// Opens the store a url names: `sqlite://PATH` (embedded) or `postgres://…` / `postgresql://…`.

@@ -13,13 +13,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use postgres::{Client, IsolationLevel, NoTls, Transaction};
-use syncline_core::{PullRequest, Schema, Table, WriteBatch};
+use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
 
 use crate::apply::{Existing, NewRow, RecordTx, apply};
 use crate::pull::{LogRow, Output, PullPlan, write_page};
 use crate::{
     GcStats, IdempotencyKey, PullSink, PullStats, Store, StoreError, TableStats, UserStats,
-    WriteOutcome, WriteSummary,
+    WriteOutcome, WriteSummary, state_from_json, state_json,
 };
 
 /// Rows fetched per round trip when a pull streams a table.
@@ -56,6 +56,25 @@ CREATE TABLE IF NOT EXISTS syncline_idempotency (
     response text NOT NULL,
     created_at bigint NOT NULL,
     PRIMARY KEY (uid, key)
+);
+CREATE TABLE IF NOT EXISTS syncline_import_states (
+    uid bigint NOT NULL,
+    source text NOT NULL,
+    stream text NOT NULL,
+    phase text NOT NULL,
+    status text NOT NULL,
+    generation bigint NOT NULL,
+    state text NOT NULL,
+    lease_owner text,
+    lease_until bigint,
+    PRIMARY KEY (uid, source, stream, phase)
+);
+CREATE INDEX IF NOT EXISTS syncline_import_states_status ON syncline_import_states (status);
+CREATE TABLE IF NOT EXISTS syncline_connections (
+    uid bigint NOT NULL,
+    source text NOT NULL,
+    sealed bytea NOT NULL,
+    PRIMARY KEY (uid, source)
 );
 ";
 
@@ -249,7 +268,193 @@ fn user_id(tx: &mut Transaction<'_>, name: &str) -> Result<i64, StoreError> {
         .get(0))
 }
 
+fn save_state(tx: &mut Transaction<'_>, uid: i64, state: &ImportState) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO syncline_import_states (uid, source, stream, phase, status, generation, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (uid, source, stream, phase)
+         DO UPDATE SET status = excluded.status, generation = excluded.generation, state = excluded.state",
+        &[
+            &uid,
+            &state.source,
+            &state.stream,
+            &state.phase.as_str(),
+            &state.status.as_str(),
+            &state.generation,
+            &state_json(state),
+        ],
+    )?;
+    Ok(())
+}
+
+impl PostgresStore {
+    fn import_states_impl(
+        &self,
+        user: &str,
+        source: Option<&str>,
+    ) -> Result<Vec<ImportState>, StoreError> {
+        let mut pooled = self.client()?;
+        let rows = pooled.get().query(
+            "SELECT s.state FROM syncline_import_states s JOIN syncline_users u ON u.uid = s.uid
+             WHERE u.name = $1 AND ($2::text IS NULL OR s.source = $2)
+             ORDER BY s.source, s.stream, s.phase = 'incremental'",
+            &[&user, &source],
+        )?;
+        rows.iter().map(|r| state_from_json(r.get(0))).collect()
+    }
+
+    fn active_imports_impl(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
+        let mut pooled = self.client()?;
+        let rows = pooled.get().query(
+            "SELECT u.name, s.state FROM syncline_import_states s JOIN syncline_users u ON u.uid = s.uid
+             WHERE s.status IN ('pending', 'running', 'rate_limited')
+             ORDER BY u.name, s.source, s.stream, s.phase = 'incremental'",
+            &[],
+        )?;
+        rows.iter()
+            .map(|r| Ok((r.get(0), state_from_json(r.get(1))?)))
+            .collect()
+    }
+
+    fn write_import_impl(
+        &self,
+        user: &str,
+        batch: &WriteBatch<'_>,
+        state: &ImportState,
+        now_ms: i64,
+    ) -> Result<Option<WriteSummary>, StoreError> {
+        let mut pooled = self.client()?;
+        let mut tx = pooled
+            .get()
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()?;
+        // Taken first and held to commit, as every write does.
+        let start: i64 = tx
+            .query_one(
+                "SELECT value FROM syncline_meta WHERE key = 'seq' FOR UPDATE",
+                &[],
+            )?
+            .get(0);
+        let uid = user_id(&mut tx, user)?;
+        let stored = tx.query_opt(
+            "SELECT generation FROM syncline_import_states
+             WHERE uid = $1 AND source = $2 AND stream = $3 AND phase = $4 FOR UPDATE",
+            &[&uid, &state.source, &state.stream, &state.phase.as_str()],
+        )?;
+        if stored.is_some_and(|r| r.get::<_, i64>(0) != state.generation) {
+            tx.rollback()?;
+            return Ok(None);
+        }
+        let applied = apply(
+            &mut PgRows { tx: &mut tx },
+            &self.schema,
+            &self.tids,
+            uid,
+            start,
+            now_ms,
+            batch,
+        )?;
+        tx.execute(
+            "UPDATE syncline_meta SET value = $1 WHERE key = 'seq'",
+            &[&applied.sequence],
+        )?;
+        save_state(&mut tx, uid, state)?;
+        tx.commit()?;
+        Ok(Some(WriteSummary {
+            counts: applied.counts,
+            sequence: applied.sequence,
+        }))
+    }
+
+    fn save_import_state_impl(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {
+        let mut pooled = self.client()?;
+        let mut tx = pooled.get().transaction()?;
+        let uid = user_id(&mut tx, user)?;
+        save_state(&mut tx, uid, state)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn put_connection_impl(
+        &self,
+        user: &str,
+        source: &str,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut pooled = self.client()?;
+        let mut tx = pooled.get().transaction()?;
+        let uid = user_id(&mut tx, user)?;
+        tx.execute(
+            "INSERT INTO syncline_connections (uid, source, sealed) VALUES ($1, $2, $3)
+             ON CONFLICT (uid, source) DO UPDATE SET sealed = excluded.sealed",
+            &[&uid, &source, &sealed],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get_connection_impl(&self, user: &str, source: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut pooled = self.client()?;
+        Ok(pooled
+            .get()
+            .query_opt(
+                "SELECT c.sealed FROM syncline_connections c JOIN syncline_users u ON u.uid = c.uid
+                 WHERE u.name = $1 AND c.source = $2",
+                &[&user, &source],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn delete_connection_impl(&self, user: &str, source: &str) -> Result<bool, StoreError> {
+        let mut pooled = self.client()?;
+        Ok(pooled.get().execute(
+            "DELETE FROM syncline_connections WHERE source = $2
+             AND uid = (SELECT uid FROM syncline_users WHERE name = $1)",
+            &[&user, &source],
+        )? > 0)
+    }
+}
+
 impl Store for PostgresStore {
+    fn import_states(
+        &self,
+        user: &str,
+        source: Option<&str>,
+    ) -> Result<Vec<ImportState>, StoreError> {
+        self.import_states_impl(user, source)
+    }
+
+    fn active_imports(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
+        self.active_imports_impl()
+    }
+
+    fn save_import_state(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {
+        self.save_import_state_impl(user, state)
+    }
+
+    fn write_import(
+        &self,
+        user: &str,
+        batch: &WriteBatch<'_>,
+        state: &ImportState,
+        now_ms: i64,
+    ) -> Result<Option<WriteSummary>, StoreError> {
+        self.write_import_impl(user, batch, state, now_ms)
+    }
+
+    fn put_connection(&self, user: &str, source: &str, sealed: &[u8]) -> Result<(), StoreError> {
+        self.put_connection_impl(user, source, sealed)
+    }
+
+    fn get_connection(&self, user: &str, source: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_connection_impl(user, source)
+    }
+
+    fn delete_connection(&self, user: &str, source: &str) -> Result<bool, StoreError> {
+        self.delete_connection_impl(user, source)
+    }
+
     fn pull(
         &self,
         user: &str,

@@ -15,13 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use syncline_core::{PullRequest, Schema, Table, WriteBatch};
+use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
 
 use crate::apply::{Existing, NewRow, RecordTx, apply};
 use crate::pull::{LogRow, Output, PullPlan, write_page};
 use crate::{
     GcStats, IdempotencyKey, PullSink, PullStats, Store, StoreError, TableStats, UserStats,
-    WriteOutcome, WriteSummary,
+    WriteOutcome, WriteSummary, state_from_json, state_json,
 };
 
 /// The SQLite store. Cheap to share behind an `Arc`.
@@ -70,6 +70,25 @@ CREATE TABLE IF NOT EXISTS idempotency (
     response TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     PRIMARY KEY (uid, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS import_states (
+    uid INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    status TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    lease_owner TEXT,
+    lease_until INTEGER,
+    PRIMARY KEY (uid, source, stream, phase)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS import_states_status ON import_states (status);
+CREATE TABLE IF NOT EXISTS connections (
+    uid INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    sealed BLOB NOT NULL,
+    PRIMARY KEY (uid, source)
 ) WITHOUT ROWID;
 ";
 
@@ -290,6 +309,44 @@ impl RecordTx for SqliteRows<'_> {
 }
 
 impl Store for SqliteStore {
+    fn import_states(
+        &self,
+        user: &str,
+        source: Option<&str>,
+    ) -> Result<Vec<ImportState>, StoreError> {
+        self.import_states_impl(user, source)
+    }
+
+    fn active_imports(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
+        self.active_imports_impl()
+    }
+
+    fn save_import_state(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {
+        self.save_import_state_impl(user, state)
+    }
+
+    fn write_import(
+        &self,
+        user: &str,
+        batch: &WriteBatch<'_>,
+        state: &ImportState,
+        now_ms: i64,
+    ) -> Result<Option<WriteSummary>, StoreError> {
+        self.write_import_impl(user, batch, state, now_ms)
+    }
+
+    fn put_connection(&self, user: &str, source: &str, sealed: &[u8]) -> Result<(), StoreError> {
+        self.put_connection_impl(user, source, sealed)
+    }
+
+    fn get_connection(&self, user: &str, source: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_connection_impl(user, source)
+    }
+
+    fn delete_connection(&self, user: &str, source: &str) -> Result<bool, StoreError> {
+        self.delete_connection_impl(user, source)
+    }
+
     fn pull(
         &self,
         user: &str,
@@ -480,7 +537,165 @@ impl Store for SqliteStore {
     }
 }
 
+fn save_state(tx: &Transaction<'_>, uid: i64, state: &ImportState) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO import_states (uid, source, stream, phase, status, generation, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (uid, source, stream, phase)
+         DO UPDATE SET status = excluded.status, generation = excluded.generation, state = excluded.state",
+    )?
+    .execute(params![
+        uid,
+        state.source,
+        state.stream,
+        state.phase.as_str(),
+        state.status.as_str(),
+        state.generation,
+        state_json(state)
+    ])?;
+    Ok(())
+}
+
+fn existing_user(tx: &Transaction<'_>, name: &str) -> Result<Option<i64>, StoreError> {
+    Ok(tx
+        .prepare_cached("SELECT uid FROM users WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?)
+}
+
 impl SqliteStore {
+    fn import_states_impl(
+        &self,
+        user: &str,
+        source: Option<&str>,
+    ) -> Result<Vec<ImportState>, StoreError> {
+        let mut guard = self.reader()?;
+        let conn = guard.conn.as_mut().expect("present until drop");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let Some(uid) = existing_user(&tx, user)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = tx.prepare_cached(
+            "SELECT state FROM import_states WHERE uid = ?1 AND (?2 IS NULL OR source = ?2)
+             ORDER BY source, stream, phase = 'incremental'",
+        )?;
+        let texts: Vec<String> = stmt
+            .query_map(params![uid, source], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        texts.iter().map(|t| state_from_json(t)).collect()
+    }
+
+    fn active_imports_impl(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
+        let mut guard = self.reader()?;
+        let conn = guard.conn.as_mut().expect("present until drop");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT u.name, s.state FROM import_states s JOIN users u ON u.uid = s.uid
+             WHERE s.status IN ('pending', 'running', 'rate_limited')
+             ORDER BY u.name, s.source, s.stream, s.phase = 'incremental'",
+        )?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(u, t)| Ok((u, state_from_json(&t)?)))
+            .collect()
+    }
+
+    fn write_import_impl(
+        &self,
+        user: &str,
+        batch: &WriteBatch<'_>,
+        state: &ImportState,
+        now_ms: i64,
+    ) -> Result<Option<WriteSummary>, StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let uid = user_id(&tx, user)?;
+        let stored: Option<i64> = tx
+            .prepare_cached(
+                "SELECT generation FROM import_states WHERE uid = ?1 AND source = ?2 AND stream = ?3 AND phase = ?4",
+            )?
+            .query_row(
+                params![uid, state.source, state.stream, state.phase.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if stored.is_some_and(|g| g != state.generation) {
+            return Ok(None);
+        }
+        let start: i64 =
+            tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
+        let applied = {
+            let mut rows = SqliteRows::new(&tx)?;
+            apply(
+                &mut rows,
+                &self.schema,
+                &self.tids,
+                uid,
+                start,
+                now_ms,
+                batch,
+            )?
+        };
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'seq'",
+            [applied.sequence],
+        )?;
+        save_state(&tx, uid, state)?;
+        tx.commit()?;
+        Ok(Some(WriteSummary {
+            counts: applied.counts,
+            sequence: applied.sequence,
+        }))
+    }
+
+    fn save_import_state_impl(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let uid = user_id(&tx, user)?;
+        save_state(&tx, uid, state)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn put_connection_impl(
+        &self,
+        user: &str,
+        source: &str,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let uid = user_id(&tx, user)?;
+        tx.execute(
+            "INSERT INTO connections (uid, source, sealed) VALUES (?1, ?2, ?3)
+             ON CONFLICT (uid, source) DO UPDATE SET sealed = excluded.sealed",
+            params![uid, source, sealed],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get_connection_impl(&self, user: &str, source: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut guard = self.reader()?;
+        let conn = guard.conn.as_mut().expect("present until drop");
+        Ok(conn
+            .prepare_cached(
+                "SELECT c.sealed FROM connections c JOIN users u ON u.uid = c.uid WHERE u.name = ?1 AND c.source = ?2",
+            )?
+            .query_row(params![user, source], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn delete_connection_impl(&self, user: &str, source: &str) -> Result<bool, StoreError> {
+        let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(conn.execute(
+            "DELETE FROM connections WHERE source = ?2 AND uid = (SELECT uid FROM users WHERE name = ?1)",
+            params![user, source],
+        )? > 0)
+    }
+
     /// Writes one table of an unpaged pull: live changes since the plan's cursor (plus what a migration asks
     /// for), then tombstones since the cursor (none on a first pull).
     fn pull_table(

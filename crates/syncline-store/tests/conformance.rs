@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use syncline_core::{
-    BulkRequest, PullRequest, PushRequest, Schema, TableConfig, WriteBatch, plan_bulk, plan_push,
+    BulkRequest, ImportPhase, ImportState, PullRequest, PushRequest, Schema, TableConfig,
+    WriteBatch, plan_bulk, plan_push,
 };
-use syncline_store::{IdempotencyKey, Store, StoreError, WriteOutcome};
+use syncline_store::{IdempotencyKey, Store, StoreError, WriteOutcome, WriteSummary};
 
 fn schema() -> Arc<Schema> {
     let config: BTreeMap<String, TableConfig> = toml::from_str(
@@ -611,5 +612,150 @@ fn concurrent_writers_never_hide_a_change_from_a_puller() {
                 assert!(missed.is_empty(), "{}: a puller missed {missed:?}", b.url);
             }
         });
+    }
+}
+
+fn import_state(stream: &str) -> ImportState {
+    ImportState::new("steam", stream, ImportPhase::Initial)
+}
+
+impl Backend {
+    fn import(&self, user: &str, rows: Value, state: &ImportState) -> Option<WriteSummary> {
+        let body = json!({ "upserts": rows }).to_string();
+        let request: BulkRequest = serde_json::from_str(&body).unwrap();
+        let batch = plan_bulk(&self.schema, &request, user).unwrap();
+        self.store.write_import(user, &batch, state, NOW).unwrap()
+    }
+}
+
+#[test]
+fn an_import_batch_applies_its_rows_and_saves_its_checkpoint_together() {
+    for b in backends() {
+        let mut state = import_state("owned_games");
+        state.start(NOW);
+        state.batch_applied(2, Some(4), Some("2".into()), None, NOW);
+        let rows = json!({"projects": [project("p1", "A"), project("p2", "B")]});
+        let first = b
+            .import("alice", rows.clone(), &state)
+            .expect("current generation");
+        assert_eq!(first.counts["projects"].upserted, 2, "{}", b.url);
+        assert_eq!(
+            b.store.import_states("alice", None).unwrap(),
+            vec![state.clone()]
+        );
+        // The same rows again change nothing and move nothing.
+        let again = b.import("alice", rows, &state).unwrap();
+        assert_eq!(again.counts["projects"].unchanged, 2, "{}", b.url);
+        assert_eq!(again.sequence, first.sequence, "{}", b.url);
+        // One changed row moves only that row.
+        let third = b
+            .import(
+                "alice",
+                json!({"projects": [project("p1", "A"), project("p2", "B2")]}),
+                &state,
+            )
+            .unwrap();
+        assert_eq!(third.counts["projects"].upserted, 1, "{}", b.url);
+        assert_eq!(third.counts["projects"].unchanged, 1, "{}", b.url);
+        let pulled = b.pull_since("alice", Some(first.sequence));
+        assert_eq!(ids(&pulled, "projects", "updated"), ["p2"], "{}", b.url);
+        let b = b.reopen();
+        assert_eq!(
+            b.store.import_states("alice", Some("steam")).unwrap(),
+            vec![state],
+            "{}",
+            b.url
+        );
+    }
+}
+
+#[test]
+fn an_import_batch_of_a_stale_generation_applies_nothing() {
+    for b in backends() {
+        let mut state = import_state("owned_games");
+        state.start(NOW);
+        b.store.save_import_state("alice", &state).unwrap();
+        let loaded = state.clone();
+        state.stopped(NOW + 1);
+        b.store.save_import_state("alice", &state).unwrap();
+        let mut step = loaded;
+        step.batch_applied(1, None, Some("1".into()), None, NOW + 2);
+        assert_eq!(
+            b.import("alice", json!({"projects": [project("p1", "A")]}), &step),
+            None,
+            "{}",
+            b.url
+        );
+        assert_eq!(
+            ids(&b.pull_since("alice", None), "projects", "updated"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            b.store.import_states("alice", None).unwrap(),
+            vec![state],
+            "{}",
+            b.url
+        );
+    }
+}
+
+#[test]
+fn import_states_are_per_user_and_active_ones_are_listed_for_the_runner() {
+    for b in backends() {
+        let mut games = import_state("owned_games");
+        games.start(NOW);
+        let mut later = import_state("owned_games");
+        later.phase = ImportPhase::Incremental;
+        let idle = import_state("achievements");
+        b.store.save_import_state("alice", &games).unwrap();
+        b.store.save_import_state("alice", &later).unwrap();
+        b.store.save_import_state("alice", &idle).unwrap();
+        b.store.save_import_state("bob", &idle).unwrap();
+        let alice = b.store.import_states("alice", None).unwrap();
+        let keys: Vec<_> = alice.iter().map(|s| (s.stream.as_str(), s.phase)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("achievements", ImportPhase::Initial),
+                ("owned_games", ImportPhase::Initial),
+                ("owned_games", ImportPhase::Incremental)
+            ],
+            "{}",
+            b.url
+        );
+        assert_eq!(
+            b.store.import_states("bob", Some("spotify")).unwrap(),
+            vec![]
+        );
+        assert_eq!(b.store.import_states("carol", None).unwrap(), vec![]);
+        assert_eq!(
+            b.store.active_imports().unwrap(),
+            vec![("alice".to_string(), games)],
+            "{}",
+            b.url
+        );
+    }
+}
+
+#[test]
+fn connections_are_per_user_and_source() {
+    for b in backends() {
+        assert_eq!(b.store.get_connection("alice", "steam").unwrap(), None);
+        b.store.put_connection("alice", "steam", b"one").unwrap();
+        b.store.put_connection("alice", "steam", b"two").unwrap();
+        b.store.put_connection("bob", "steam", b"bob").unwrap();
+        assert_eq!(
+            b.store.get_connection("alice", "steam").unwrap().as_deref(),
+            Some(&b"two"[..]),
+            "{}",
+            b.url
+        );
+        assert_eq!(b.store.get_connection("alice", "psn").unwrap(), None);
+        assert!(b.store.delete_connection("alice", "steam").unwrap());
+        assert!(!b.store.delete_connection("alice", "steam").unwrap());
+        assert_eq!(
+            b.store.get_connection("bob", "steam").unwrap().as_deref(),
+            Some(&b"bob"[..])
+        );
     }
 }

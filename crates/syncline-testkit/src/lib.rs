@@ -4,6 +4,8 @@
 //! port. A watchdog process stops the cluster and removes its directory when the test process exits, however
 //! it exits, so no server outlives the tests.
 
+pub mod fake_apis;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,9 +1,11 @@
 //! The `syncline` binary: `serve` runs the sync server, `token` mints a bearer token, `bench` measures push and
-//! pull throughput against the SQLite ceiling. Thin: everything it does is a call into the library crates.
+//! pull throughput against the SQLite ceiling; `sync`, `outbox` and `bench-client` drive the client SDK. Thin:
+//! everything it does is a call into the library crates.
 
 mod bench;
 mod bench_client;
 mod client_cli;
+mod import_cli;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -51,6 +53,8 @@ enum Command {
     Outbox(client_cli::OutboxArgs),
     /// Measure the client SDK: outbox push, fresh-device pull, peak RSS, batched vs individual mode.
     BenchClient(bench_client::BenchClientArgs),
+    /// Start, follow, inspect or stop an import from a third-party source, through a running server.
+    Import(import_cli::ImportArgs),
 }
 
 const DEV_DIR: &str = "syncline-data";
@@ -81,6 +85,7 @@ fn main() -> Result<()> {
         Command::Sync(args) => client_cli::sync(args),
         Command::Outbox(args) => client_cli::outbox(args),
         Command::BenchClient(args) => bench_client::run(args),
+        Command::Import(args) => import_cli::run(args),
     }
 }
 
@@ -105,8 +110,19 @@ fn load(path: Option<&Path>) -> Result<(Config, bool)> {
             s
         }
     };
+    // The key that seals import credentials, kept next to the dev secret.
+    let key_path = Path::new(DEV_DIR).join("imports-key");
+    let key = match std::fs::read_to_string(&key_path) {
+        Ok(k) if !k.trim().is_empty() => k.trim().to_string(),
+        _ => {
+            let k = syncline_import::Sealer::generate_key();
+            std::fs::write(&key_path, &k)
+                .with_context(|| format!("writing {}", key_path.display()))?;
+            k
+        }
+    };
     let text = format!(
-        "[storage]\nurl = \"sqlite://./{DEV_DIR}/syncline.db\"\n[auth]\njwt_secret = \"{secret}\"\n{}",
+        "[storage]\nurl = \"sqlite://./{DEV_DIR}/syncline.db\"\n[auth]\njwt_secret = \"{secret}\"\n[imports]\nencryption_key = \"{key}\"\n{}",
         include_str!("demo.toml")
     );
     Ok((Config::from_toml(&text, std::env::vars())?, true))

@@ -2,5 +2,6 @@
 //! 2 cores instead of one per file).
 
 mod architecture;
+mod imports;
 mod instances;
 mod kill;

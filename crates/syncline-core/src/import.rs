@@ -1,0 +1,433 @@
+//! The import state machine: where one (user, source, stream, phase) import stands, and the pure transitions
+//! between its statuses. The import runner decides *when* a transition happens; this module decides *what* the
+//! state looks like afterwards.
+//!
+//! No I/O and no clock: every transition takes the current time in milliseconds since the epoch.
+//!
+//! ```text
+//! none ─start─▶ pending ─batch_applied─▶ pending ─completed─▶ success
+//!                 │  ▲                                          │
+//!                 │  └──────────────── start ◀──────────────────┘ (and from stopped, rate_limited, error)
+//!                 ├─stopped──▶ stopped
+//!                 ├─rate_limited──▶ rate_limited (until rate_limit_reset_at)
+//!                 └─failed──▶ error
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where an import stands. Closed: the wire and the stores use the snake_case names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportStatus {
+    /// Never started.
+    #[default]
+    None,
+    /// Started and not finished: the runner (or the next `start` call) takes the next step.
+    Pending,
+    /// A step is running now.
+    Running,
+    /// The last walk completed.
+    Success,
+    /// Stopped by the user; `start` resumes from the checkpoint.
+    Stopped,
+    /// The source refused more requests until `rate_limit_reset_at`.
+    RateLimited,
+    /// Failed; `error` says why. `start` retries from the checkpoint.
+    Error,
+}
+
+impl ImportStatus {
+    pub const ALL: [ImportStatus; 7] = [
+        ImportStatus::None,
+        ImportStatus::Pending,
+        ImportStatus::Running,
+        ImportStatus::Success,
+        ImportStatus::Stopped,
+        ImportStatus::RateLimited,
+        ImportStatus::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImportStatus::None => "none",
+            ImportStatus::Pending => "pending",
+            ImportStatus::Running => "running",
+            ImportStatus::Success => "success",
+            ImportStatus::Stopped => "stopped",
+            ImportStatus::RateLimited => "rate_limited",
+            ImportStatus::Error => "error",
+        }
+    }
+
+    /// Whether the runner should take steps for an import in this status.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            ImportStatus::Pending | ImportStatus::Running | ImportStatus::RateLimited
+        )
+    }
+}
+
+impl fmt::Display for ImportStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown status or phase name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown import {kind} `{value}`")]
+pub struct UnknownName {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+impl FromStr for ImportStatus {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ImportStatus::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| UnknownName {
+                kind: "status",
+                value: s.to_string(),
+            })
+    }
+}
+
+/// Which walk an import state belongs to: the first full walk, or the later walks over what is new.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportPhase {
+    #[default]
+    Initial,
+    Incremental,
+}
+
+impl ImportPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImportPhase::Initial => "initial",
+            ImportPhase::Incremental => "incremental",
+        }
+    }
+}
+
+impl fmt::Display for ImportPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ImportPhase {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "initial" => Ok(ImportPhase::Initial),
+            "incremental" => Ok(ImportPhase::Incremental),
+            _ => Err(UnknownName {
+                kind: "phase",
+                value: s.to_string(),
+            }),
+        }
+    }
+}
+
+/// The state of one (user, source, stream, phase) import: seed 004's `sync_states` row.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ImportState {
+    pub source: String,
+    pub stream: String,
+    pub phase: ImportPhase,
+    pub status: ImportStatus,
+    /// 0–100; 100 only once the walk is complete.
+    pub progress: u8,
+    /// Items fetched and applied in the current walk.
+    pub processed: u64,
+    /// What the source says the walk holds, when it says.
+    pub total_estimated: Option<u64>,
+    /// Where the next page starts (an offset, a cursor or a url, opaque to everything but the connector).
+    /// `None`: from the beginning.
+    pub checkpoint: Option<String>,
+    /// The newest item seen by the last completed walk; an incremental walk stops when it reaches it.
+    pub watermark: Option<String>,
+    /// The newest item seen by the walk in progress; becomes `watermark` when it completes.
+    pub next_watermark: Option<String>,
+    pub is_complete: bool,
+    pub rate_limit_hit_at: Option<i64>,
+    pub rate_limit_reset_at: Option<i64>,
+    pub rate_limit_remaining: Option<u64>,
+    pub started_at: Option<i64>,
+    pub updated_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub last_success_at: Option<i64>,
+    /// A stable code for the last failure (`auth_expired`, `permanent`, `transient`).
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+    /// Bumped by `start`, `stopped` and `reset`: a step that loaded an older generation must not save.
+    pub generation: i64,
+}
+
+impl ImportState {
+    /// A state that was never started.
+    pub fn new(source: &str, stream: &str, phase: ImportPhase) -> ImportState {
+        ImportState {
+            source: source.to_string(),
+            stream: stream.to_string(),
+            phase,
+            ..Default::default()
+        }
+    }
+
+    /// Asked to run: a finished, stopped or failed walk starts (or resumes from its checkpoint). A completed
+    /// walk starts over from the beginning, keeping its watermark. Pending and rate-limited imports keep
+    /// their state (a rate limit is not lifted by asking again).
+    pub fn start(&mut self, now_ms: i64) {
+        match self.status {
+            ImportStatus::Pending | ImportStatus::Running | ImportStatus::RateLimited => return,
+            ImportStatus::None | ImportStatus::Success => {
+                self.checkpoint = None;
+                self.processed = 0;
+                self.total_estimated = None;
+                self.progress = 0;
+                self.is_complete = false;
+                self.completed_at = None;
+                self.next_watermark = None;
+                self.started_at = Some(now_ms);
+            }
+            ImportStatus::Stopped | ImportStatus::Error => {
+                self.started_at.get_or_insert(now_ms);
+            }
+        }
+        self.status = ImportStatus::Pending;
+        self.error = None;
+        self.error_code = None;
+        self.generation += 1;
+        self.updated_at = Some(now_ms);
+    }
+
+    /// A batch was fetched and applied: `processed` more items, the source's latest total and the checkpoint
+    /// after the batch. `newest` is the first item's watermark of a walk, kept for the next incremental walk.
+    pub fn batch_applied(
+        &mut self,
+        processed: u64,
+        total: Option<u64>,
+        checkpoint: Option<String>,
+        newest: Option<String>,
+        now_ms: i64,
+    ) {
+        self.processed += processed;
+        if total.is_some() {
+            self.total_estimated = total;
+        }
+        self.checkpoint = checkpoint;
+        if self.next_watermark.is_none() {
+            self.next_watermark = newest;
+        }
+        if self.status != ImportStatus::Stopped {
+            self.status = ImportStatus::Pending;
+        }
+        self.rate_limit_hit_at = None;
+        self.rate_limit_reset_at = None;
+        self.progress = progress(self.processed, self.total_estimated, false);
+        self.updated_at = Some(now_ms);
+    }
+
+    /// The source said "not before `reset_at`".
+    pub fn rate_limited(&mut self, reset_at: i64, remaining: Option<u64>, now_ms: i64) {
+        self.status = ImportStatus::RateLimited;
+        self.rate_limit_hit_at = Some(now_ms);
+        self.rate_limit_reset_at = Some(reset_at);
+        self.rate_limit_remaining = remaining;
+        self.updated_at = Some(now_ms);
+    }
+
+    /// Whether a rate-limited import may run again at `now_ms`.
+    pub fn rate_limit_over(&self, now_ms: i64) -> bool {
+        self.rate_limit_reset_at.is_none_or(|t| now_ms >= t)
+    }
+
+    /// Stopped by the user: the step in flight finishes its batch, then nothing runs until `start`.
+    pub fn stopped(&mut self, now_ms: i64) {
+        if matches!(self.status, ImportStatus::None | ImportStatus::Success) {
+            return;
+        }
+        self.status = ImportStatus::Stopped;
+        self.generation += 1;
+        self.updated_at = Some(now_ms);
+    }
+
+    /// Failed with a stable `code` and a message for a person.
+    pub fn failed(&mut self, code: &str, message: impl Into<String>, now_ms: i64) {
+        self.status = ImportStatus::Error;
+        self.error_code = Some(code.to_string());
+        self.error = Some(message.into());
+        self.updated_at = Some(now_ms);
+    }
+
+    /// The walk reached the end of the stream.
+    pub fn completed(&mut self, now_ms: i64) {
+        self.status = ImportStatus::Success;
+        self.is_complete = true;
+        self.progress = 100;
+        self.checkpoint = None;
+        if self.next_watermark.is_some() {
+            self.watermark = self.next_watermark.take();
+        }
+        self.rate_limit_hit_at = None;
+        self.rate_limit_reset_at = None;
+        self.error = None;
+        self.error_code = None;
+        self.completed_at = Some(now_ms);
+        self.last_success_at = Some(now_ms);
+        self.updated_at = Some(now_ms);
+    }
+
+    /// Forgets everything: the next `start` walks the stream from the beginning as if it were new.
+    pub fn reset(&mut self) {
+        let generation = self.generation + 1;
+        *self = ImportState::new(&self.source, &self.stream, self.phase);
+        self.generation = generation;
+    }
+}
+
+/// Progress in percent: 100 only when complete; otherwise at most 99, and 0 while the total is unknown.
+pub fn progress(processed: u64, total: Option<u64>, complete: bool) -> u8 {
+    if complete {
+        return 100;
+    }
+    match total {
+        Some(t) if t > 0 => (processed.saturating_mul(100) / t).min(99) as u8,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ImportState {
+        ImportState::new("steam", "owned_games", ImportPhase::Initial)
+    }
+
+    #[test]
+    fn names_round_trip_and_are_snake_case_on_the_wire() {
+        for s in ImportStatus::ALL {
+            assert_eq!(s.as_str().parse::<ImportStatus>(), Ok(s));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
+        assert_eq!(ImportStatus::RateLimited.to_string(), "rate_limited");
+        assert!("paused".parse::<ImportStatus>().is_err());
+        for p in [ImportPhase::Initial, ImportPhase::Incremental] {
+            assert_eq!(p.as_str().parse::<ImportPhase>(), Ok(p));
+        }
+    }
+
+    #[test]
+    fn a_walk_goes_pending_then_success() {
+        let mut s = state();
+        s.start(10);
+        assert_eq!(
+            (s.status, s.started_at, s.generation),
+            (ImportStatus::Pending, Some(10), 1)
+        );
+        s.batch_applied(50, Some(200), Some("50".into()), Some("w1".into()), 20);
+        assert_eq!(
+            (s.processed, s.progress, s.checkpoint.as_deref()),
+            (50, 25, Some("50"))
+        );
+        s.batch_applied(150, Some(200), None, Some("w2".into()), 30);
+        assert_eq!(s.progress, 99, "100 only when complete");
+        s.completed(40);
+        assert_eq!(s.status, ImportStatus::Success);
+        assert_eq!((s.progress, s.is_complete), (100, true));
+        assert_eq!(
+            s.watermark.as_deref(),
+            Some("w1"),
+            "the first page's newest"
+        );
+        assert_eq!((s.completed_at, s.last_success_at), (Some(40), Some(40)));
+    }
+
+    #[test]
+    fn stop_then_start_resumes_from_the_checkpoint() {
+        let mut s = state();
+        s.start(1);
+        s.batch_applied(10, None, Some("10".into()), None, 2);
+        s.stopped(3);
+        assert_eq!((s.status, s.generation), (ImportStatus::Stopped, 2));
+        s.start(4);
+        assert_eq!(s.status, ImportStatus::Pending);
+        assert_eq!((s.checkpoint.as_deref(), s.processed), (Some("10"), 10));
+        assert_eq!(s.started_at, Some(1));
+    }
+
+    #[test]
+    fn a_completed_walk_starts_over_but_keeps_its_watermark() {
+        let mut s = state();
+        s.start(1);
+        s.batch_applied(10, Some(10), Some("10".into()), Some("w".into()), 2);
+        s.completed(3);
+        s.start(4);
+        assert_eq!((s.checkpoint, s.processed, s.is_complete), (None, 0, false));
+        assert_eq!(s.watermark.as_deref(), Some("w"));
+        assert_eq!(s.last_success_at, Some(3));
+    }
+
+    #[test]
+    fn rate_limits_hold_until_their_reset_time() {
+        let mut s = state();
+        s.start(1);
+        s.rate_limited(5_000, Some(0), 1_000);
+        assert_eq!(s.status, ImportStatus::RateLimited);
+        s.start(2_000);
+        assert_eq!(
+            s.status,
+            ImportStatus::RateLimited,
+            "asking again does not lift it"
+        );
+        assert!(!s.rate_limit_over(4_999));
+        assert!(s.rate_limit_over(5_000));
+        s.batch_applied(1, None, None, None, 5_001);
+        assert_eq!(s.status, ImportStatus::Pending);
+        assert_eq!(s.rate_limit_reset_at, None);
+    }
+
+    #[test]
+    fn failures_keep_the_checkpoint_and_reset_forgets_everything() {
+        let mut s = state();
+        s.start(1);
+        s.batch_applied(10, None, Some("10".into()), None, 2);
+        s.failed("auth_expired", "the credential expired", 3);
+        assert_eq!(s.error_code.as_deref(), Some("auth_expired"));
+        s.start(4);
+        assert_eq!(
+            (s.error.as_deref(), s.checkpoint.as_deref()),
+            (None, Some("10"))
+        );
+        let before = s.generation;
+        s.reset();
+        assert_eq!(s.status, ImportStatus::None);
+        assert_eq!((s.checkpoint, s.processed), (None, 0));
+        assert_eq!(s.generation, before + 1);
+    }
+
+    #[test]
+    fn progress_arithmetic() {
+        assert_eq!(progress(0, None, false), 0);
+        assert_eq!(progress(5, Some(0), false), 0);
+        assert_eq!(progress(1, Some(3), false), 33);
+        assert_eq!(progress(7, Some(5), false), 99);
+        assert_eq!(progress(0, None, true), 100);
+    }
+}

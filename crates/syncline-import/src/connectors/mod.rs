@@ -1,0 +1,126 @@
+//! The connectors, one module per third-party API, and the HTTP helper they share: one GET, with the
+//! response status classified into a [`SourceError`].
+
+mod spotify;
+mod steam;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+use crate::config::{SourceConfig, SourceKind};
+use crate::source::{RateLimit, Source, SourceError};
+
+/// Builds the runtime source a configuration names.
+pub fn build_source(config: &SourceConfig) -> Arc<dyn Source> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("a plain HTTP client builds");
+    match config.kind {
+        SourceKind::Steam => Arc::new(steam::Steam::new(
+            http,
+            config
+                .base_url
+                .clone()
+                .unwrap_or_else(|| "https://api.steampowered.com".into()),
+        )),
+        SourceKind::Spotify => Arc::new(spotify::Spotify::new(
+            http,
+            config
+                .base_url
+                .clone()
+                .unwrap_or_else(|| "https://api.spotify.com".into()),
+        )),
+    }
+}
+
+/// The parsed body of a successful GET, and the `X-RateLimit-Remaining` it came with.
+pub(crate) struct Fetched {
+    pub body: Value,
+    pub remaining: Option<u64>,
+}
+
+/// One GET of JSON. Never puts the url in an error: it may carry a key.
+pub(crate) async fn get_json(
+    request: reqwest::RequestBuilder,
+    ok_statuses: &[StatusCode],
+) -> Result<Fetched, SourceError> {
+    let response = request.send().await.map_err(|e| {
+        SourceError::Transient(if e.is_timeout() {
+            "timed out".into()
+        } else {
+            "could not reach the API".into()
+        })
+    })?;
+    let status = response.status();
+    let remaining = header_u64(response.headers(), "x-ratelimit-remaining");
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(SourceError::RateLimited(rate_limit(response.headers())));
+    }
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        return Err(SourceError::Auth(format!(
+            "the API answered {}",
+            status.as_u16()
+        )));
+    }
+    if status.is_server_error() {
+        return Err(SourceError::Transient(format!(
+            "the API answered {}",
+            status.as_u16()
+        )));
+    }
+    if !status.is_success() && !ok_statuses.contains(&status) {
+        return Err(SourceError::Permanent(format!(
+            "the API answered {}",
+            status.as_u16()
+        )));
+    }
+    let body = response
+        .json::<Value>()
+        .await
+        .map_err(|_| SourceError::Transient("the API sent an unreadable body".into()))?;
+    Ok(Fetched { body, remaining })
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// `Retry-After` (seconds) first, then `X-RateLimit-Reset` (epoch seconds); a minute when neither is sent.
+fn rate_limit(headers: &HeaderMap) -> RateLimit {
+    if let Some(secs) = header_u64(headers, "retry-after") {
+        return RateLimit::After { ms: secs * 1000 };
+    }
+    if let Some(epoch) = header_u64(headers, "x-ratelimit-reset") {
+        return RateLimit::At {
+            epoch_ms: epoch as i64 * 1000,
+        };
+    }
+    RateLimit::After { ms: 60_000 }
+}
+
+/// A string field as a JSON value, or `null`.
+pub(crate) fn str_at(v: &Value, pointer: &str) -> Value {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .map(|s| Value::String(s.to_string()))
+        .unwrap_or(Value::Null)
+}
+
+/// A safe record id from an API id: characters outside `[A-Za-z0-9_.-]` become `_`, at most 64.
+pub(crate) fn safe_id(raw: &str) -> String {
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}

@@ -1,0 +1,726 @@
+//! The [`Importer`]: start, stop, reset and status of a user's imports, the step that walks streams under a
+//! time budget, and the background loop that keeps pending imports going and resumes rate-limited ones at
+//! their reset time.
+//!
+//! Every page is applied with the checkpoint after it in one store transaction. State saves made during a
+//! step go through the same generation check, so a step never overwrites a stop or a reset that happened
+//! while it was fetching.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use syncline_core::{
+    BulkRequest, ImportPhase, ImportState, ImportStatus, Schema, WriteBatch, plan_bulk,
+};
+use syncline_store::{Store, StoreError, WriteSummary};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::ImportError;
+use crate::config::{ImportsConfig, RunnerMode};
+use crate::connectors::build_source;
+use crate::crypto::Sealer;
+use crate::limiter::Limiter;
+use crate::source::{Credential, PageRequest, RateLimit, Source, SourceError};
+
+/// The current time in milliseconds since the epoch; injected so tests control it.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    })
+}
+
+/// How long the background loop sleeps when nothing is due (a `start` wakes it at once).
+const IDLE: Duration = Duration::from_secs(5);
+/// The first retry of a transient failure waits this long; each further one twice as long.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StepReport {
+    pub batches: u64,
+    pub items: u64,
+    /// Some stream is still pending or rate limited: call again (after the reset time, if rate limited).
+    pub more: bool,
+    /// The step stopped because its time budget ran out.
+    pub budget_exhausted: bool,
+    /// Another step of the same import was running, so this one did nothing.
+    pub busy: bool,
+}
+
+struct Configured {
+    source: Arc<dyn Source>,
+    /// (stream, table), in the source's priority order.
+    streams: Vec<(String, String)>,
+    per_second: Option<f64>,
+    max_retries: u32,
+}
+
+/// The import engine of one server.
+pub struct Importer {
+    store: Arc<dyn Store>,
+    schema: Arc<Schema>,
+    sources: BTreeMap<String, Configured>,
+    sealer: Option<Sealer>,
+    budget: Duration,
+    page_size: usize,
+    mode: RunnerMode,
+    clock: Clock,
+    limiter: Limiter,
+    busy: Mutex<HashSet<(String, String)>>,
+    wake: Notify,
+    changes: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Importer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Importer")
+            .field("sources", &self.sources.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+enum StreamEnd {
+    Completed,
+    Budget,
+    Halted,
+}
+
+enum FetchFailure {
+    Budget,
+    Source(SourceError),
+}
+
+/// Releases an import's claim when its step ends.
+struct Claim<'a> {
+    importer: &'a Importer,
+    key: (String, String),
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.importer
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+impl Importer {
+    /// Builds the engine from `[imports]`, checking every source's streams and tables against the schema.
+    pub fn from_config(
+        config: &ImportsConfig,
+        store: Arc<dyn Store>,
+        schema: Arc<Schema>,
+        clock: Clock,
+    ) -> Result<Importer, ImportError> {
+        let sealer = config
+            .encryption_key
+            .as_deref()
+            .map(Sealer::from_base64)
+            .transpose()?;
+        if sealer.is_none() && !config.sources.is_empty() {
+            return Err(ImportError::Config(
+                "`imports.encryption_key` is required when import sources are configured".into(),
+            ));
+        }
+        let mut importer = Importer {
+            store,
+            schema,
+            sources: BTreeMap::new(),
+            sealer,
+            budget: Duration::from_millis(config.step_budget_ms.max(1)),
+            page_size: config.page_size.max(1),
+            mode: config.mode,
+            clock,
+            limiter: Limiter::default(),
+            busy: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+            changes: watch::Sender::new(0),
+        };
+        for (name, source) in &config.sources {
+            importer.add_source(
+                name,
+                build_source(source),
+                &source.streams,
+                source.requests_per_second,
+                source.max_retries,
+            )?;
+        }
+        Ok(importer)
+    }
+
+    /// Adds a source under `name`, importing `streams` (stream -> table). Streams run in the source's order.
+    pub fn add_source(
+        &mut self,
+        name: &str,
+        source: Arc<dyn Source>,
+        streams: &BTreeMap<String, String>,
+        per_second: Option<f64>,
+        max_retries: u32,
+    ) -> Result<(), ImportError> {
+        for (stream, table) in streams {
+            if !source.streams().contains(&stream.as_str()) {
+                return Err(ImportError::Config(format!(
+                    "source `{name}` has no stream `{stream}`; it offers {:?}",
+                    source.streams()
+                )));
+            }
+            if self.schema.table(table).is_none() {
+                return Err(ImportError::Config(format!(
+                    "stream `{stream}` of source `{name}` goes to table `{table}`, which is not declared"
+                )));
+            }
+        }
+        let ordered = source
+            .streams()
+            .iter()
+            .filter_map(|s| streams.get(*s).map(|t| (s.to_string(), t.clone())))
+            .collect();
+        self.sources.insert(
+            name.to_string(),
+            Configured {
+                source,
+                streams: ordered,
+                per_second,
+                max_retries,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn mode(&self) -> RunnerMode {
+        self.mode
+    }
+
+    /// The configured source names.
+    pub fn source_names(&self) -> Vec<String> {
+        self.sources.keys().cloned().collect()
+    }
+
+    /// A counter that moves whenever an import state is saved: tests and progress displays await it.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    fn source(&self, name: &str) -> Result<&Configured, ImportError> {
+        self.sources
+            .get(name)
+            .ok_or_else(|| ImportError::UnknownSource(name.to_string()))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ImportError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&*store))
+            .await
+            .map_err(|e| ImportError::Store(StoreError::Setup(format!("store task failed: {e}"))))?
+            .map_err(ImportError::Store)
+    }
+
+    /// Stores `credential` (a JSON object) for the user, sealed.
+    pub async fn connect(
+        &self,
+        user: &str,
+        source: &str,
+        credential: Map<String, Value>,
+    ) -> Result<(), ImportError> {
+        self.source(source)?;
+        let sealer = self
+            .sealer
+            .as_ref()
+            .ok_or_else(|| ImportError::Config("no `imports.encryption_key`".into()))?;
+        let sealed = sealer.seal(
+            user,
+            source,
+            Value::Object(credential).to_string().as_bytes(),
+        );
+        let (user, source) = (user.to_string(), source.to_string());
+        self.blocking(move |s| s.put_connection(&user, &source, &sealed))
+            .await
+    }
+
+    /// Forgets the user's credential for a source; whether there was one.
+    pub async fn disconnect(&self, user: &str, source: &str) -> Result<bool, ImportError> {
+        self.source(source)?;
+        let (user, source) = (user.to_string(), source.to_string());
+        self.blocking(move |s| s.delete_connection(&user, &source))
+            .await
+    }
+
+    /// Whether the user has a credential for a source.
+    pub async fn connected(&self, user: &str, source: &str) -> Result<bool, ImportError> {
+        let (u, s) = (user.to_string(), source.to_string());
+        Ok(self
+            .blocking(move |st| st.get_connection(&u, &s))
+            .await?
+            .is_some())
+    }
+
+    async fn credential(&self, user: &str, source: &str) -> Result<Credential, ImportError> {
+        let (u, s) = (user.to_string(), source.to_string());
+        let sealed = self
+            .blocking(move |st| st.get_connection(&u, &s))
+            .await?
+            .ok_or_else(|| ImportError::NoConnection(source.to_string()))?;
+        let sealer = self
+            .sealer
+            .as_ref()
+            .ok_or_else(|| ImportError::Config("no `imports.encryption_key`".into()))?;
+        let plain = sealer.open(user, source, &sealed)?;
+        match serde_json::from_slice::<Value>(&plain) {
+            Ok(Value::Object(fields)) => Ok(Credential::new(fields)),
+            _ => Err(ImportError::Sealed),
+        }
+    }
+
+    async fn load(&self, user: &str, source: &str) -> Result<Vec<ImportState>, ImportError> {
+        let (u, s) = (user.to_string(), source.to_string());
+        self.blocking(move |st| st.import_states(&u, Some(&s)))
+            .await
+    }
+
+    async fn save(&self, user: &str, state: ImportState) -> Result<(), ImportError> {
+        let user = user.to_string();
+        self.blocking(move |st| st.save_import_state(&user, &state))
+            .await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// Every stream's states (initial phase, and incremental once it exists), in priority order.
+    pub async fn status(&self, user: &str, source: &str) -> Result<Vec<ImportState>, ImportError> {
+        let configured = self.source(source)?;
+        let stored = self.load(user, source).await?;
+        let mut out = Vec::new();
+        for (stream, _) in &configured.streams {
+            let initial = stored
+                .iter()
+                .find(|s| s.stream == *stream && s.phase == ImportPhase::Initial)
+                .cloned()
+                .unwrap_or_else(|| ImportState::new(source, stream, ImportPhase::Initial));
+            out.push(initial);
+            out.extend(
+                stored
+                    .iter()
+                    .find(|s| s.stream == *stream && s.phase == ImportPhase::Incremental)
+                    .cloned(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Starts (or resumes) every stream of a source. In call mode, also runs one step.
+    pub async fn start(&self, user: &str, source: &str) -> Result<Vec<ImportState>, ImportError> {
+        let configured = self.source(source)?;
+        if !self.connected(user, source).await? {
+            return Err(ImportError::NoConnection(source.to_string()));
+        }
+        let stored = self.load(user, source).await?;
+        let now = (self.clock)();
+        for (stream, _) in &configured.streams {
+            let mut state = current(&stored, source, stream);
+            state.start(now);
+            self.save(user, state).await?;
+        }
+        tracing::info!(user, source, "import started");
+        match self.mode {
+            RunnerMode::Background => self.wake.notify_one(),
+            RunnerMode::Call => {
+                self.step(user, source).await?;
+            }
+        }
+        self.status(user, source).await
+    }
+
+    /// Stops every stream of a source. A batch being fetched is dropped; `start` resumes from the checkpoint.
+    pub async fn stop(&self, user: &str, source: &str) -> Result<Vec<ImportState>, ImportError> {
+        let configured = self.source(source)?;
+        let stored = self.load(user, source).await?;
+        let now = (self.clock)();
+        for (stream, _) in &configured.streams {
+            let mut state = current(&stored, source, stream);
+            if state.status != ImportStatus::None {
+                state.stopped(now);
+                self.save(user, state).await?;
+            }
+        }
+        self.status(user, source).await
+    }
+
+    /// Forgets every stream's progress: the next `start` walks everything again. Imported rows stay.
+    pub async fn reset(&self, user: &str, source: &str) -> Result<Vec<ImportState>, ImportError> {
+        self.source(source)?;
+        for mut state in self.load(user, source).await? {
+            state.reset();
+            self.save(user, state).await?;
+        }
+        self.status(user, source).await
+    }
+
+    fn claim(&self, user: &str, source: &str) -> Option<Claim<'_>> {
+        let key = (user.to_string(), source.to_string());
+        let fresh = self
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone());
+        fresh.then_some(Claim {
+            importer: self,
+            key,
+        })
+    }
+
+    /// Runs one step: the source's runnable streams in priority order, page by page, until every one is
+    /// complete, halted (stopped, rate limited, failed) or the time budget is spent.
+    pub async fn step(&self, user: &str, source: &str) -> Result<StepReport, ImportError> {
+        let span = tracing::info_span!("import_step", user, source);
+        self.step_inner(user, source).instrument(span).await
+    }
+
+    async fn step_inner(&self, user: &str, source: &str) -> Result<StepReport, ImportError> {
+        let configured = self.source(source)?;
+        let Some(_claim) = self.claim(user, source) else {
+            return Ok(StepReport {
+                busy: true,
+                more: true,
+                ..Default::default()
+            });
+        };
+        let deadline = Instant::now() + self.budget;
+        let mut report = StepReport::default();
+        let stored = self.load(user, source).await?;
+        let runnable: Vec<(ImportState, &str)> = configured
+            .streams
+            .iter()
+            .map(|(stream, table)| (current(&stored, source, stream), table.as_str()))
+            .filter(|(s, _)| s.status.is_active())
+            .collect();
+        if runnable.is_empty() {
+            return Ok(report);
+        }
+        let credential = match self.credential(user, source).await {
+            Ok(c) => c,
+            Err(ImportError::NoConnection(_) | ImportError::Sealed) => {
+                let now = (self.clock)();
+                for (mut state, _) in runnable {
+                    state.failed(
+                        "auth_expired",
+                        format!("no usable connection for `{source}`: connect again"),
+                        now,
+                    );
+                    self.save_guarded(user, state).await?;
+                }
+                return Ok(report);
+            }
+            Err(e) => return Err(e),
+        };
+        for (mut state, table) in runnable {
+            let now = (self.clock)();
+            if state.status == ImportStatus::RateLimited && !state.rate_limit_over(now) {
+                report.more = true;
+                continue;
+            }
+            let end = self
+                .walk(
+                    user,
+                    source,
+                    configured,
+                    &credential,
+                    table,
+                    &mut state,
+                    deadline,
+                    &mut report,
+                )
+                .await?;
+            match end {
+                StreamEnd::Completed => {}
+                StreamEnd::Halted => {
+                    report.more |= state.status == ImportStatus::RateLimited;
+                }
+                StreamEnd::Budget => {
+                    report.more = true;
+                    report.budget_exhausted = true;
+                    break;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn walk(
+        &self,
+        user: &str,
+        source: &str,
+        configured: &Configured,
+        credential: &Credential,
+        table: &str,
+        state: &mut ImportState,
+        deadline: Instant,
+        report: &mut StepReport,
+    ) -> Result<StreamEnd, ImportError> {
+        loop {
+            if Instant::now() >= deadline {
+                return Ok(StreamEnd::Budget);
+            }
+            if let Some(rps) = configured.per_second {
+                match self
+                    .limiter
+                    .reserve(source, credential.fingerprint(), rps, deadline)
+                {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => return Ok(StreamEnd::Budget),
+                }
+            }
+            let request = PageRequest {
+                stream: &state.stream,
+                phase: state.phase,
+                checkpoint: state.checkpoint.as_deref(),
+                watermark: state.watermark.as_deref(),
+                page_size: self.page_size,
+            };
+            let fetched = fetch(configured, credential, request, deadline).await;
+            let now = (self.clock)();
+            let page = match fetched {
+                Ok(page) => page,
+                Err(FetchFailure::Budget) => return Ok(StreamEnd::Budget),
+                Err(FetchFailure::Source(e)) => {
+                    match &e {
+                        SourceError::RateLimited(limit) => {
+                            let reset = match *limit {
+                                RateLimit::After { ms } => now + ms as i64,
+                                RateLimit::At { epoch_ms } => epoch_ms.max(now),
+                            };
+                            tracing::info!(stream = %state.stream, reset_at = reset, "rate limited");
+                            state.rate_limited(reset, Some(0), now);
+                            self.wake.notify_one();
+                        }
+                        SourceError::Auth(_) => state.failed("auth_expired", e.to_string(), now),
+                        SourceError::Transient(_) => {
+                            state.failed("upstream_unavailable", e.to_string(), now)
+                        }
+                        SourceError::Permanent(_) => {
+                            state.failed("upstream_failed", e.to_string(), now)
+                        }
+                    }
+                    if !matches!(e, SourceError::RateLimited(_)) {
+                        tracing::warn!(stream = %state.stream, error = %e, "import failed");
+                    }
+                    self.save_guarded(user, state.clone()).await?;
+                    return Ok(StreamEnd::Halted);
+                }
+            };
+            let items = page.records.len() as u64;
+            let complete = page.next.is_none();
+            let mut next = state.clone();
+            next.batch_applied(items, page.total, page.next, page.newest, now);
+            next.rate_limit_remaining = page.remaining;
+            if complete {
+                next.completed(now);
+            }
+            let rows = rows_for(&self.schema, table, page.records);
+            match self.write(user, table, rows, next.clone(), now).await? {
+                Ok(Some(_)) => {
+                    *state = next;
+                    report.batches += 1;
+                    report.items += items;
+                    self.changed();
+                }
+                Ok(None) => return Ok(StreamEnd::Halted),
+                Err(invalid) => {
+                    state.failed("invalid_rows", invalid, now);
+                    self.save_guarded(user, state.clone()).await?;
+                    return Ok(StreamEnd::Halted);
+                }
+            }
+            if complete {
+                return Ok(StreamEnd::Completed);
+            }
+        }
+    }
+
+    /// Applies rows and the state in one transaction. `Err`: the rows do not fit the table.
+    async fn write(
+        &self,
+        user: &str,
+        table: &str,
+        rows: Vec<String>,
+        state: ImportState,
+        now: i64,
+    ) -> Result<Result<Option<WriteSummary>, String>, ImportError> {
+        let schema = self.schema.clone();
+        let (user, table) = (user.to_string(), table.to_string());
+        self.blocking(move |store| {
+            let raws: Vec<Box<RawValue>> = rows
+                .into_iter()
+                .filter_map(|r| RawValue::from_string(r).ok())
+                .collect();
+            let mut request = BulkRequest {
+                upserts: BTreeMap::new(),
+                deletes: BTreeMap::new(),
+            };
+            if !raws.is_empty() {
+                request
+                    .upserts
+                    .insert(table, raws.iter().map(|r| &**r).collect());
+            }
+            let batch = match plan_bulk(&schema, &request, &user) {
+                Ok(b) => b,
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+            store.write_import(&user, &batch, &state, now).map(Ok)
+        })
+        .await
+    }
+
+    /// Saves a state unless a stop or reset happened since the step loaded it.
+    async fn save_guarded(&self, user: &str, state: ImportState) -> Result<(), ImportError> {
+        let user = user.to_string();
+        let now = (self.clock)();
+        let saved = self
+            .blocking(move |st| {
+                let empty = WriteBatch {
+                    conflict_cursor: None,
+                    tables: Vec::new(),
+                };
+                st.write_import(&user, &empty, &state, now)
+            })
+            .await?;
+        if saved.is_some() {
+            self.changed();
+        }
+        Ok(())
+    }
+
+    /// The background runner: steps every active import, sleeping until the next rate-limit reset or a
+    /// `start`. Runs until the task is aborted.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let now = (self.clock)();
+            let mut wake_at: Option<i64> = None;
+            let mut progressed = false;
+            match self.blocking(|s| s.active_imports()).await {
+                Ok(active) => {
+                    let mut due = BTreeSet::new();
+                    for (user, state) in active {
+                        if !self.sources.contains_key(&state.source) {
+                            continue;
+                        }
+                        if state.status == ImportStatus::RateLimited && !state.rate_limit_over(now)
+                        {
+                            let at = state.rate_limit_reset_at.unwrap_or(now);
+                            wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
+                        } else {
+                            due.insert((user, state.source));
+                        }
+                    }
+                    for (user, source) in due {
+                        match self.step(&user, &source).await {
+                            Ok(r) => progressed |= r.items > 0 || r.budget_exhausted,
+                            Err(e) => {
+                                tracing::warn!(user, source, error = %e, "import step failed")
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not list imports"),
+            }
+            if progressed {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let wait = wake_at
+                .map(|t| Duration::from_millis((t - (self.clock)()).max(1) as u64))
+                .unwrap_or(IDLE)
+                .min(IDLE);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// The state a stream runs next: its initial walk until that completes, then its incremental walk (which
+/// starts from the initial walk's watermark).
+fn current(stored: &[ImportState], source: &str, stream: &str) -> ImportState {
+    let find = |phase| {
+        stored
+            .iter()
+            .find(|s| s.stream == stream && s.phase == phase)
+            .cloned()
+    };
+    let initial = find(ImportPhase::Initial)
+        .unwrap_or_else(|| ImportState::new(source, stream, ImportPhase::Initial));
+    if !initial.is_complete {
+        return initial;
+    }
+    find(ImportPhase::Incremental).unwrap_or_else(|| {
+        let mut s = ImportState::new(source, stream, ImportPhase::Incremental);
+        s.watermark = initial.watermark.clone();
+        s
+    })
+}
+
+/// Fetches one page, retrying transient failures with exponential backoff, all within the deadline.
+async fn fetch(
+    configured: &Configured,
+    credential: &Credential,
+    request: PageRequest<'_>,
+    deadline: Instant,
+) -> Result<crate::Page, FetchFailure> {
+    let mut attempt = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(FetchFailure::Budget);
+        }
+        match tokio::time::timeout(left, configured.source.fetch(credential, request)).await {
+            Err(_) => return Err(FetchFailure::Budget),
+            Ok(Err(SourceError::Transient(_))) if attempt < configured.max_retries => {
+                let wait = FIRST_BACKOFF * 2u32.pow(attempt.min(6));
+                attempt += 1;
+                if Instant::now() + wait >= deadline {
+                    return Err(FetchFailure::Budget);
+                }
+                tokio::time::sleep(wait).await;
+            }
+            Ok(r) => return r.map_err(FetchFailure::Source),
+        }
+    }
+}
+
+/// The JSON text of each record, keeping only `id` and the table's declared columns.
+fn rows_for(schema: &Schema, table: &str, records: Vec<Value>) -> Vec<String> {
+    let Some(table) = schema.table(table) else {
+        return Vec::new();
+    };
+    records
+        .into_iter()
+        .filter_map(|r| match r {
+            Value::Object(mut fields) => {
+                fields.retain(|k, _| k == "id" || table.column(k).is_some());
+                Some(Value::Object(fields).to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}

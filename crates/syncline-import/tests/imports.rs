@@ -1,0 +1,400 @@
+//! The import engine against fake Spotify and Steam APIs on 127.0.0.1: full walks, checkpoints, stop and
+//! start, reset, rate limits, budgets, retries, incremental walks and credential handling.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use syncline_core::{ImportPhase, ImportState, ImportStatus, Schema, TableConfig};
+use syncline_import::{Importer, ImportsConfig, StepReport, system_clock};
+use syncline_store::{SqliteStore, Store};
+use syncline_testkit::fake_apis::{FakeSpotify, FakeSteam};
+
+const TABLES: &str = r#"
+[spotify_tracks]
+columns = { name = "string", album_id = "string", album_name = "string", artist_names = "string", duration_ms = "number", added_at = "string", user_id = "string" }
+[spotify_albums]
+columns = { name = "string", artist_names = "string", release_date = "string", total_tracks = "number", added_at = "string" }
+[spotify_artists]
+columns = { name = "string", genres = "string", popularity = "number" }
+[spotify_playlists]
+columns = { name = "string", owner_id = "string", snapshot_id = "string", tracks_total = "number" }
+[steam_games]
+columns = { appid = "number", name = "string", playtime_forever = "number", rtime_last_played = "number" }
+[steam_achievements]
+columns = { appid = "number", apiname = "string", achieved = "boolean", unlocktime = "number" }
+"#;
+
+const TOKEN: &str = "spotify-token-s3cr3t";
+const STEAM_KEY: &str = "steam-key-s3cr3t";
+const USER: &str = "alice";
+
+struct Harness {
+    importer: Arc<Importer>,
+    store: Arc<dyn Store>,
+    _dir: tempfile::TempDir,
+}
+
+/// An importer in call mode over a fresh SQLite store, with `extra` TOML appended to `[imports]`.
+async fn harness(
+    spotify: Option<&FakeSpotify>,
+    steam: Option<&FakeSteam>,
+    imports: &str,
+) -> Harness {
+    let tables: BTreeMap<String, TableConfig> = toml::from_str(TABLES).unwrap();
+    let schema = Arc::new(Schema::from_config(&tables).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&dir.path().join("s.db"), schema.clone()).unwrap());
+    let mut toml_text = format!(
+        "encryption_key = \"{}\"\nmode = \"call\"\npage_size = 50\n{imports}\n",
+        syncline_import::Sealer::generate_key()
+    );
+    if let Some(s) = spotify {
+        toml_text.push_str(&format!(
+            "[sources.spotify]\nkind = \"spotify\"\nbase_url = \"{}\"\nstreams = {{ saved_tracks = \"spotify_tracks\", saved_albums = \"spotify_albums\", followed_artists = \"spotify_artists\", playlists = \"spotify_playlists\" }}\n",
+            s.base_url()
+        ));
+    }
+    if let Some(s) = steam {
+        toml_text.push_str(&format!(
+            "[sources.steam]\nkind = \"steam\"\nbase_url = \"{}\"\nstreams = {{ owned_games = \"steam_games\", achievements = \"steam_achievements\" }}\n",
+            s.base_url()
+        ));
+    }
+    let config: ImportsConfig = toml::from_str(&toml_text).unwrap();
+    let importer = Importer::from_config(&config, store.clone(), schema, system_clock()).unwrap();
+    if spotify.is_some() {
+        importer
+            .connect(USER, "spotify", object(json!({"access_token": TOKEN})))
+            .await
+            .unwrap();
+    }
+    if steam.is_some() {
+        importer
+            .connect(
+                USER,
+                "steam",
+                object(json!({"api_key": STEAM_KEY, "steam_id": "7656"})),
+            )
+            .await
+            .unwrap();
+    }
+    Harness {
+        importer: Arc::new(importer),
+        store,
+        _dir: dir,
+    }
+}
+
+fn object(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!(),
+    }
+}
+
+impl Harness {
+    /// `start` (which runs one step in call mode), then steps until nothing is pending; at most `max` steps.
+    async fn import(&self, source: &str, max: usize) -> Vec<ImportState> {
+        self.importer.start(USER, source).await.unwrap();
+        self.drain(source, max).await
+    }
+
+    async fn drain(&self, source: &str, max: usize) -> Vec<ImportState> {
+        for _ in 0..max {
+            let report = self.importer.step(USER, source).await.unwrap();
+            if !report.more {
+                return self.importer.status(USER, source).await.unwrap();
+            }
+        }
+        panic!("{source} still pending after {max} steps");
+    }
+
+    fn rows(&self, table: &str) -> u64 {
+        self.store.user_stats(USER).unwrap().tables[table].records
+    }
+
+    fn sequence(&self) -> i64 {
+        self.store.user_stats(USER).unwrap().sequence
+    }
+
+    async fn state(&self, source: &str, stream: &str, phase: ImportPhase) -> ImportState {
+        self.importer
+            .status(USER, source)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|s| s.stream == stream && s.phase == phase)
+            .unwrap()
+    }
+}
+
+fn assert_complete(states: &[ImportState]) {
+    for s in states {
+        assert_eq!(s.status, ImportStatus::Success, "{s:?}");
+        assert_eq!(
+            (s.progress, s.is_complete, s.checkpoint.as_deref()),
+            (100, true, None),
+            "{s:?}"
+        );
+        if let Some(total) = s.total_estimated {
+            assert_eq!(s.processed, total, "{s:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_full_import_brings_every_item_of_every_spotify_stream() {
+    let fake = FakeSpotify::start(TOKEN, 3_000, 400, 1_234, 120).await;
+    let h = harness(Some(&fake), None, "").await;
+    let states = h.import("spotify", 10).await;
+    assert_eq!(states.len(), 4);
+    assert_complete(&states);
+    assert_eq!(h.rows("spotify_tracks"), 3_000);
+    assert_eq!(h.rows("spotify_albums"), 400);
+    assert_eq!(h.rows("spotify_artists"), 1_234);
+    assert_eq!(h.rows("spotify_playlists"), 120);
+    // One request per page of 50, plus nothing else.
+    assert_eq!(fake.control.requests(), 60 + 8 + 25 + 3);
+}
+
+#[tokio::test]
+async fn a_full_steam_import_brings_games_and_their_achievements() {
+    let fake = FakeSteam::start(STEAM_KEY, "7656", 90, 12).await;
+    let h = harness(None, Some(&fake), "").await;
+    let states = h.import("steam", 10).await;
+    assert_complete(&states);
+    assert_eq!(h.rows("steam_games"), 90);
+    assert_eq!(
+        h.rows("steam_achievements"),
+        60 * 12,
+        "games without stats have none"
+    );
+}
+
+#[tokio::test]
+async fn stop_then_start_resumes_from_the_checkpoint() {
+    let fake = FakeSpotify::start(TOKEN, 2_000, 0, 0, 0).await;
+    fake.control.set_latency(Duration::from_millis(10));
+    let h = harness(Some(&fake), None, "step_budget_ms = 150").await;
+    h.importer.start(USER, "spotify").await.unwrap();
+    let stopped = h.importer.stop(USER, "spotify").await.unwrap();
+    let tracks = stopped
+        .iter()
+        .find(|s| s.stream == "saved_tracks")
+        .unwrap()
+        .clone();
+    assert_eq!(tracks.status, ImportStatus::Stopped);
+    assert!(
+        tracks.processed > 0 && tracks.processed < 2_000,
+        "{tracks:?}"
+    );
+    assert_eq!(tracks.checkpoint, Some(tracks.processed.to_string()));
+    assert_eq!(
+        h.rows("spotify_tracks"),
+        tracks.processed,
+        "rows and checkpoint move together"
+    );
+    // A stopped import takes no steps.
+    let requests = fake.control.requests();
+    assert_eq!(
+        h.importer.step(USER, "spotify").await.unwrap(),
+        StepReport::default()
+    );
+    assert_eq!(fake.control.requests(), requests);
+    let states = h.import("spotify", 100).await;
+    assert_complete(&states);
+    assert_eq!(h.rows("spotify_tracks"), 2_000);
+    let requests = fake.control.requests();
+    // 40 pages of tracks and one empty page of each other stream; a step whose budget ends mid-fetch drops
+    // that page, which the next step fetches again from the same checkpoint.
+    assert!((43..43 + 30).contains(&requests), "{requests} requests");
+}
+
+#[tokio::test]
+async fn reset_starts_over_and_an_unchanged_upstream_moves_nothing() {
+    let fake = FakeSpotify::start(TOKEN, 500, 10, 10, 10).await;
+    let h = harness(Some(&fake), None, "").await;
+    assert_complete(&h.import("spotify", 10).await);
+    let sequence = h.sequence();
+    let reset = h.importer.reset(USER, "spotify").await.unwrap();
+    assert!(
+        reset
+            .iter()
+            .all(|s| s.status == ImportStatus::None && s.processed == 0 && s.checkpoint.is_none())
+    );
+    let states = h.import("spotify", 10).await;
+    assert_complete(&states);
+    assert!(
+        states.iter().all(|s| s.phase == ImportPhase::Initial),
+        "a reset walks the initial phase again"
+    );
+    assert_eq!(
+        h.sequence(),
+        sequence,
+        "re-importing unchanged items changes nothing"
+    );
+    // An upstream change touches exactly the changed row.
+    let id = fake.library.lock().unwrap().tracks[321]["track"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fake.library.lock().unwrap().rename_track(&id, "Renamed");
+    h.importer.reset(USER, "spotify").await.unwrap();
+    assert_complete(&h.import("spotify", 10).await);
+    assert_eq!(h.sequence(), sequence + 1);
+    assert_eq!(h.rows("spotify_tracks"), 500);
+}
+
+#[tokio::test]
+async fn the_incremental_phase_fetches_only_new_items() {
+    let fake = FakeSpotify::start(TOKEN, 1_000, 0, 0, 0).await;
+    let h = harness(Some(&fake), None, "").await;
+    assert_complete(&h.import("spotify", 10).await);
+    let new_ids = fake.library.lock().unwrap().save_tracks(7);
+    let before = fake.control.requests();
+    let sequence = h.sequence();
+    h.import("spotify", 10).await;
+    let incremental = h
+        .state("spotify", "saved_tracks", ImportPhase::Incremental)
+        .await;
+    assert_eq!(incremental.status, ImportStatus::Success);
+    assert_eq!(incremental.processed, 7, "{incremental:?}");
+    assert_eq!(
+        fake.control.requests() - before,
+        1 + 3,
+        "one page of tracks; the empty streams one each"
+    );
+    assert_eq!(h.rows("spotify_tracks"), 1_007);
+    assert_eq!(h.sequence(), sequence + 7);
+    // The next incremental walk starts from the newest of those.
+    fake.library.lock().unwrap().save_tracks(2);
+    h.import("spotify", 10).await;
+    assert_eq!(
+        h.state("spotify", "saved_tracks", ImportPhase::Incremental)
+            .await
+            .processed,
+        2
+    );
+    assert_eq!(h.rows("spotify_tracks"), 1_009);
+    assert!(!new_ids.is_empty());
+}
+
+#[tokio::test]
+async fn a_step_never_runs_past_its_budget() {
+    let fake = FakeSpotify::start(TOKEN, 5_000, 0, 0, 0).await;
+    let h = harness(Some(&fake), None, "step_budget_ms = 300").await;
+    h.importer.start(USER, "spotify").await.unwrap();
+    fake.control.set_latency(Duration::from_millis(40));
+    for _ in 0..3 {
+        let started = Instant::now();
+        let report = h.importer.step(USER, "spotify").await.unwrap();
+        let took = started.elapsed();
+        assert!(report.budget_exhausted && report.more, "{report:?}");
+        assert!(
+            took < Duration::from_millis(300 + 250),
+            "a step took {took:?}"
+        );
+    }
+    // A source slower than the whole budget: the step gives up the page in flight, on time.
+    fake.control.set_latency(Duration::from_secs(5));
+    let before = h
+        .state("spotify", "saved_tracks", ImportPhase::Initial)
+        .await;
+    let started = Instant::now();
+    let report = h.importer.step(USER, "spotify").await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(300 + 250));
+    assert_eq!((report.items, report.budget_exhausted), (0, true));
+    let after = h
+        .state("spotify", "saved_tracks", ImportPhase::Initial)
+        .await;
+    assert_eq!(after.checkpoint, before.checkpoint, "nothing half-applied");
+    assert_eq!(h.rows("spotify_tracks"), after.processed);
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_backoff() {
+    let fake = FakeSpotify::start(TOKEN, 300, 0, 0, 0).await;
+    let h = harness(Some(&fake), None, "").await;
+    fake.control.fail_next(2);
+    assert_complete(&h.import("spotify", 10).await);
+    assert_eq!(h.rows("spotify_tracks"), 300);
+    assert_eq!(fake.control.requests(), 2 + 6 + 3);
+}
+
+#[tokio::test]
+async fn a_rate_limit_holds_until_its_reset_time_and_the_runner_resumes_by_itself() {
+    let fake = FakeSpotify::start(TOKEN, 400, 0, 0, 0).await;
+    let h = harness(Some(&fake), None, "").await;
+    fake.control.rate_limit_next(1, 1);
+    let before = system_clock()();
+    h.importer.start(USER, "spotify").await.unwrap();
+    let after = system_clock()();
+    let limited = h
+        .state("spotify", "saved_tracks", ImportPhase::Initial)
+        .await;
+    assert_eq!(limited.status, ImportStatus::RateLimited);
+    let reset = limited.rate_limit_reset_at.unwrap();
+    assert!(
+        reset >= before + 1_000 && reset <= after + 1_000,
+        "Retry-After: 1 second"
+    );
+    assert!(limited.rate_limit_hit_at.is_some());
+    // Before the reset time a step does not ask the source again.
+    let requests = fake.control.requests();
+    let report = h.importer.step(USER, "spotify").await.unwrap();
+    assert!(report.more && report.items == 0);
+    assert_eq!(fake.control.requests(), requests);
+    // The background runner wakes at the reset time and finishes.
+    let mut changes = h.importer.subscribe();
+    let runner = tokio::spawn(h.importer.clone().run());
+    let done = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let s = h
+                .state("spotify", "saved_tracks", ImportPhase::Initial)
+                .await;
+            if s.status == ImportStatus::Success {
+                return s;
+            }
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the runner resumes after the reset time");
+    runner.abort();
+    assert!(system_clock()() >= reset);
+    assert_eq!((done.processed, done.rate_limit_reset_at), (400, None));
+    assert_eq!(h.rows("spotify_tracks"), 400);
+}
+
+#[tokio::test]
+async fn an_expired_credential_is_a_clear_auth_expired_error_without_the_credential() {
+    let fake = FakeSpotify::start(TOKEN, 100, 0, 0, 0).await;
+    let h = harness(Some(&fake), None, "").await;
+    fake.control.set_expired(true);
+    let states = h.import("spotify", 3).await;
+    for s in &states {
+        assert_eq!(s.status, ImportStatus::Error, "{s:?}");
+        assert_eq!(s.error_code.as_deref(), Some("auth_expired"));
+        let text = serde_json::to_string(s).unwrap();
+        assert!(!text.contains(TOKEN), "{text}");
+    }
+    fake.control.set_expired(false);
+    assert_complete(&h.import("spotify", 3).await);
+}
+
+#[tokio::test]
+async fn credentials_are_sealed_at_rest_and_required_to_start() {
+    let fake = FakeSpotify::start(TOKEN, 1, 0, 0, 0).await;
+    let h = harness(Some(&fake), None, "").await;
+    let sealed = h.store.get_connection(USER, "spotify").unwrap().unwrap();
+    assert!(!sealed.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()));
+    assert!(format!("{:?}", h.importer).len() < 200);
+    let err = h.importer.start("bob", "spotify").await.unwrap_err();
+    assert!(err.to_string().contains("no connection"), "{err}");
+    assert!(h.importer.start(USER, "lastfm").await.is_err());
+    assert!(h.importer.disconnect(USER, "spotify").await.unwrap());
+    assert!(h.importer.start(USER, "spotify").await.is_err());
+}
