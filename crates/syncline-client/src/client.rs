@@ -92,7 +92,7 @@ impl ClientConfig {
 }
 
 /// Operations per push request by default, chosen with `syncline bench-client` (see the crate README).
-pub const DEFAULT_BATCH_SIZE: usize = 10_000;
+pub const DEFAULT_BATCH_SIZE: usize = 20_000;
 
 /// A local store that syncs with a Syncline server. Cheap to clone; all clones share one database.
 #[derive(Clone)]

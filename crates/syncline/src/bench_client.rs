@@ -138,7 +138,7 @@ fn run_in(args: &BenchClientArgs, dir: &Path) -> Result<()> {
 
     let mut sweep = Vec::new();
     if args.sweep_records > 0 {
-        for size in [100usize, 1_000, 5_000, 10_000] {
+        for size in [100usize, 1_000, 5_000, 10_000, 20_000] {
             eprintln!(
                 "sweep: {} records in batches of {size} ...",
                 args.sweep_records
