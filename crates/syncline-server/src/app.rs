@@ -220,12 +220,31 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
-fn too_many(limit: usize, n: usize) -> ApiError {
-    ApiError::new(
+/// Refuses a request carrying more records than `server.max_records_per_request` (413).
+fn check_count(state: &AppState, n: usize) -> Result<(), ApiError> {
+    let limit = state.config.server.max_records_per_request;
+    if n <= limit {
+        return Ok(());
+    }
+    Err(ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "too_many_records",
         format!("{n} records in one request; at most {limit} are allowed: split it"),
-    )
+    ))
+}
+
+/// Applies a planned batch in one store transaction, then tells the user's other devices (on any
+/// instance) when something changed.
+fn write_and_announce(
+    state: &AppState,
+    user: &str,
+    batch: &syncline_core::WriteBatch<'_>,
+    key: Option<&IdempotencyKey>,
+    respond: &dyn Fn(&syncline_store::WriteSummary) -> String,
+) -> Result<WriteOutcome, ApiError> {
+    let outcome = state.store.write(user, batch, key, now_ms(), respond)?;
+    announce(state, user, &outcome);
+    Ok(outcome)
 }
 
 fn write_response(
@@ -300,11 +319,7 @@ async fn push(
     let outcome = blocking(move || {
         let request: PushRequest =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::from_json(&e))?;
-        let n: usize = request.changes.values().map(|c| c.len()).sum();
-        let limit = st.config.server.max_records_per_request;
-        if n > limit {
-            return Err(too_many(limit, n));
-        }
+        check_count(&st, request.changes.values().map(|c| c.len()).sum())?;
         let (batch, rejected) = plan_push(&st.schema, &request, &user.user)?;
         if !rejected.is_empty() {
             Metrics::add(&st.metrics.records_rejected, rejected.len() as u64);
@@ -317,11 +332,7 @@ async fn push(
             })
             .unwrap_or_default()
         };
-        let outcome = st
-            .store
-            .write(&user.user, &batch, key.as_ref(), now_ms(), &respond)?;
-        announce(&st, &user.user, &outcome);
-        Ok(outcome)
+        write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond)
     })
     .await?;
     Ok(write_response(outcome, &state, applied_count))
@@ -339,16 +350,11 @@ async fn bulk(
     let outcome = blocking(move || {
         let request: BulkRequest =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::from_json(&e))?;
-        let n: usize = request
-            .upserts
-            .values()
-            .map(Vec::len)
-            .chain(request.deletes.values().map(Vec::len))
-            .sum();
-        let limit = st.config.server.max_records_per_request;
-        if n > limit {
-            return Err(too_many(limit, n));
-        }
+        let upserts = request.upserts.values().map(Vec::len);
+        check_count(
+            &st,
+            upserts.chain(request.deletes.values().map(Vec::len)).sum(),
+        )?;
         let batch = plan_bulk(&st.schema, &request, &user.user).inspect_err(|e| {
             if let syncline_core::CoreError::InvalidRows(rows) = e {
                 Metrics::add(&st.metrics.bulk_rows_invalid, rows.len() as u64);
@@ -361,11 +367,7 @@ async fn bulk(
             })
             .unwrap_or_default()
         };
-        let outcome = st
-            .store
-            .write(&user.user, &batch, key.as_ref(), now_ms(), &respond)?;
-        announce(&st, &user.user, &outcome);
-        Ok(outcome)
+        write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond)
     })
     .await?;
     Ok(write_response(outcome, &state, applied_count))
