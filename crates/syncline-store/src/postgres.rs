@@ -287,8 +287,54 @@ fn save_state(tx: &mut Transaction<'_>, uid: i64, state: &ImportState) -> Result
     Ok(())
 }
 
+/// Starts a write transaction holding the counter row lock until commit: writers of every instance then
+/// commit in sequence order. Returns the transaction and the sequence before it.
+fn begin_sequenced(client: &mut Client) -> Result<(Transaction<'_>, i64), StoreError> {
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()?;
+    let start: i64 = tx
+        .query_one(
+            "SELECT value FROM syncline_meta WHERE key = 'seq' FOR UPDATE",
+            &[],
+        )?
+        .get(0);
+    Ok((tx, start))
+}
+
 impl PostgresStore {
-    fn import_states_impl(
+    /// Applies `batch` after `start` and stores the new maximum in the counter, inside a transaction from
+    /// [`begin_sequenced`]. A batch with conflicts leaves the counter alone (the caller rolls back).
+    fn apply_sequenced(
+        &self,
+        tx: &mut Transaction<'_>,
+        uid: i64,
+        start: i64,
+        now_ms: i64,
+        batch: &WriteBatch<'_>,
+    ) -> Result<crate::apply::Applied, StoreError> {
+        let applied = apply(
+            &mut PgRows { tx },
+            &self.schema,
+            &self.tids,
+            uid,
+            start,
+            now_ms,
+            batch,
+        )?;
+        if applied.conflicts.is_empty() {
+            tx.execute(
+                "UPDATE syncline_meta SET value = $1 WHERE key = 'seq'",
+                &[&applied.sequence],
+            )?;
+        }
+        Ok(applied)
+    }
+}
+
+impl Store for PostgresStore {
+    fn import_states(
         &self,
         user: &str,
         source: Option<&str>,
@@ -303,7 +349,7 @@ impl PostgresStore {
         rows.iter().map(|r| state_from_json(r.get(0))).collect()
     }
 
-    fn active_imports_impl(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
+    fn active_imports(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
         let mut pooled = self.client()?;
         let rows = pooled.get().query(
             "SELECT u.name, s.state FROM syncline_import_states s JOIN syncline_users u ON u.uid = s.uid
@@ -316,7 +362,7 @@ impl PostgresStore {
             .collect()
     }
 
-    fn write_import_impl(
+    fn write_import(
         &self,
         user: &str,
         batch: &WriteBatch<'_>,
@@ -324,18 +370,7 @@ impl PostgresStore {
         now_ms: i64,
     ) -> Result<Option<WriteSummary>, StoreError> {
         let mut pooled = self.client()?;
-        let mut tx = pooled
-            .get()
-            .build_transaction()
-            .isolation_level(IsolationLevel::ReadCommitted)
-            .start()?;
-        // Taken first and held to commit, as every write does.
-        let start: i64 = tx
-            .query_one(
-                "SELECT value FROM syncline_meta WHERE key = 'seq' FOR UPDATE",
-                &[],
-            )?
-            .get(0);
+        let (mut tx, start) = begin_sequenced(pooled.get())?;
         let uid = user_id(&mut tx, user)?;
         let stored = tx.query_opt(
             "SELECT generation FROM syncline_import_states
@@ -346,19 +381,7 @@ impl PostgresStore {
             tx.rollback()?;
             return Ok(None);
         }
-        let applied = apply(
-            &mut PgRows { tx: &mut tx },
-            &self.schema,
-            &self.tids,
-            uid,
-            start,
-            now_ms,
-            batch,
-        )?;
-        tx.execute(
-            "UPDATE syncline_meta SET value = $1 WHERE key = 'seq'",
-            &[&applied.sequence],
-        )?;
+        let applied = self.apply_sequenced(&mut tx, uid, start, now_ms, batch)?;
         save_state(&mut tx, uid, state)?;
         tx.commit()?;
         Ok(Some(WriteSummary {
@@ -367,7 +390,7 @@ impl PostgresStore {
         }))
     }
 
-    fn save_import_state_impl(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {
+    fn save_import_state(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {
         let mut pooled = self.client()?;
         let mut tx = pooled.get().transaction()?;
         let uid = user_id(&mut tx, user)?;
@@ -376,12 +399,7 @@ impl PostgresStore {
         Ok(())
     }
 
-    fn put_connection_impl(
-        &self,
-        user: &str,
-        source: &str,
-        sealed: &[u8],
-    ) -> Result<(), StoreError> {
+    fn put_connection(&self, user: &str, source: &str, sealed: &[u8]) -> Result<(), StoreError> {
         let mut pooled = self.client()?;
         let mut tx = pooled.get().transaction()?;
         let uid = user_id(&mut tx, user)?;
@@ -394,7 +412,7 @@ impl PostgresStore {
         Ok(())
     }
 
-    fn get_connection_impl(&self, user: &str, source: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    fn get_connection(&self, user: &str, source: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut pooled = self.client()?;
         Ok(pooled
             .get()
@@ -406,53 +424,13 @@ impl PostgresStore {
             .map(|r| r.get(0)))
     }
 
-    fn delete_connection_impl(&self, user: &str, source: &str) -> Result<bool, StoreError> {
+    fn delete_connection(&self, user: &str, source: &str) -> Result<bool, StoreError> {
         let mut pooled = self.client()?;
         Ok(pooled.get().execute(
             "DELETE FROM syncline_connections WHERE source = $2
              AND uid = (SELECT uid FROM syncline_users WHERE name = $1)",
             &[&user, &source],
         )? > 0)
-    }
-}
-
-impl Store for PostgresStore {
-    fn import_states(
-        &self,
-        user: &str,
-        source: Option<&str>,
-    ) -> Result<Vec<ImportState>, StoreError> {
-        self.import_states_impl(user, source)
-    }
-
-    fn active_imports(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
-        self.active_imports_impl()
-    }
-
-    fn save_import_state(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {
-        self.save_import_state_impl(user, state)
-    }
-
-    fn write_import(
-        &self,
-        user: &str,
-        batch: &WriteBatch<'_>,
-        state: &ImportState,
-        now_ms: i64,
-    ) -> Result<Option<WriteSummary>, StoreError> {
-        self.write_import_impl(user, batch, state, now_ms)
-    }
-
-    fn put_connection(&self, user: &str, source: &str, sealed: &[u8]) -> Result<(), StoreError> {
-        self.put_connection_impl(user, source, sealed)
-    }
-
-    fn get_connection(&self, user: &str, source: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.get_connection_impl(user, source)
-    }
-
-    fn delete_connection(&self, user: &str, source: &str) -> Result<bool, StoreError> {
-        self.delete_connection_impl(user, source)
     }
 
     fn pull(
@@ -531,18 +509,7 @@ impl Store for PostgresStore {
         respond: &dyn Fn(&WriteSummary) -> String,
     ) -> Result<WriteOutcome, StoreError> {
         let mut pooled = self.client()?;
-        let mut tx = pooled
-            .get()
-            .build_transaction()
-            .isolation_level(IsolationLevel::ReadCommitted)
-            .start()?;
-        // Taken first and held to commit: writers of every instance commit in sequence order.
-        let start: i64 = tx
-            .query_one(
-                "SELECT value FROM syncline_meta WHERE key = 'seq' FOR UPDATE",
-                &[],
-            )?
-            .get(0);
+        let (mut tx, start) = begin_sequenced(pooled.get())?;
         let uid = user_id(&mut tx, user)?;
         if let Some(key) = idempotency {
             let seen = tx.query_opt(
@@ -560,15 +527,7 @@ impl Store for PostgresStore {
                 };
             }
         }
-        let applied = apply(
-            &mut PgRows { tx: &mut tx },
-            &self.schema,
-            &self.tids,
-            uid,
-            start,
-            now_ms,
-            batch,
-        )?;
+        let applied = self.apply_sequenced(&mut tx, uid, start, now_ms, batch)?;
         if !applied.conflicts.is_empty() {
             tx.rollback()?;
             return Ok(WriteOutcome::Conflict {
@@ -579,10 +538,6 @@ impl Store for PostgresStore {
             counts: applied.counts,
             sequence: applied.sequence,
         };
-        tx.execute(
-            "UPDATE syncline_meta SET value = $1 WHERE key = 'seq'",
-            &[&summary.sequence],
-        )?;
         tx.execute(
             "UPDATE syncline_users SET last_push_at = $1 WHERE uid = $2",
             &[&now_ms, &uid],

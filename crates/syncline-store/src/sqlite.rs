@@ -308,21 +308,78 @@ impl RecordTx for SqliteRows<'_> {
     }
 }
 
+impl SqliteStore {
+    /// Applies `batch` after the current sequence and stores the new maximum, inside the caller's write
+    /// transaction on the single writer connection: the one place the commit-order invariant is kept.
+    /// A batch with conflicts leaves the counter alone (the caller rolls back).
+    fn apply_sequenced(
+        &self,
+        tx: &Transaction<'_>,
+        uid: i64,
+        now_ms: i64,
+        batch: &WriteBatch<'_>,
+    ) -> Result<crate::apply::Applied, StoreError> {
+        let start: i64 =
+            tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
+        let applied = {
+            let mut rows = SqliteRows::new(tx)?;
+            apply(
+                &mut rows,
+                &self.schema,
+                &self.tids,
+                uid,
+                start,
+                now_ms,
+                batch,
+            )?
+        };
+        if applied.conflicts.is_empty() {
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'seq'",
+                [applied.sequence],
+            )?;
+        }
+        Ok(applied)
+    }
+}
+
 impl Store for SqliteStore {
     fn import_states(
         &self,
         user: &str,
         source: Option<&str>,
     ) -> Result<Vec<ImportState>, StoreError> {
-        self.import_states_impl(user, source)
+        let mut guard = self.reader()?;
+        let conn = guard.conn.as_mut().expect("present until drop");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let Some(uid) = existing_user(&tx, user)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = tx.prepare_cached(
+            "SELECT state FROM import_states WHERE uid = ?1 AND (?2 IS NULL OR source = ?2)
+             ORDER BY source, stream, phase = 'incremental'",
+        )?;
+        let texts: Vec<String> = stmt
+            .query_map(params![uid, source], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        texts.iter().map(|t| state_from_json(t)).collect()
     }
 
     fn active_imports(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
-        self.active_imports_impl()
-    }
-
-    fn save_import_state(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {
-        self.save_import_state_impl(user, state)
+        let mut guard = self.reader()?;
+        let conn = guard.conn.as_mut().expect("present until drop");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT u.name, s.state FROM import_states s JOIN users u ON u.uid = s.uid
+             WHERE s.status IN ('pending', 'running', 'rate_limited')
+             ORDER BY u.name, s.source, s.stream, s.phase = 'incremental'",
+        )?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(u, t)| Ok((u, state_from_json(&t)?)))
+            .collect()
     }
 
     fn write_import(
@@ -332,19 +389,69 @@ impl Store for SqliteStore {
         state: &ImportState,
         now_ms: i64,
     ) -> Result<Option<WriteSummary>, StoreError> {
-        self.write_import_impl(user, batch, state, now_ms)
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let uid = user_id(&tx, user)?;
+        let stored: Option<i64> = tx
+            .prepare_cached(
+                "SELECT generation FROM import_states WHERE uid = ?1 AND source = ?2 AND stream = ?3 AND phase = ?4",
+            )?
+            .query_row(
+                params![uid, state.source, state.stream, state.phase.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if stored.is_some_and(|g| g != state.generation) {
+            return Ok(None);
+        }
+        let applied = self.apply_sequenced(&tx, uid, now_ms, batch)?;
+        save_state(&tx, uid, state)?;
+        tx.commit()?;
+        Ok(Some(WriteSummary {
+            counts: applied.counts,
+            sequence: applied.sequence,
+        }))
+    }
+
+    fn save_import_state(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let uid = user_id(&tx, user)?;
+        save_state(&tx, uid, state)?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn put_connection(&self, user: &str, source: &str, sealed: &[u8]) -> Result<(), StoreError> {
-        self.put_connection_impl(user, source, sealed)
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let uid = user_id(&tx, user)?;
+        tx.execute(
+            "INSERT INTO connections (uid, source, sealed) VALUES (?1, ?2, ?3)
+             ON CONFLICT (uid, source) DO UPDATE SET sealed = excluded.sealed",
+            params![uid, source, sealed],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn get_connection(&self, user: &str, source: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.get_connection_impl(user, source)
+        let mut guard = self.reader()?;
+        let conn = guard.conn.as_mut().expect("present until drop");
+        Ok(conn
+            .prepare_cached(
+                "SELECT c.sealed FROM connections c JOIN users u ON u.uid = c.uid WHERE u.name = ?1 AND c.source = ?2",
+            )?
+            .query_row(params![user, source], |r| r.get(0))
+            .optional()?)
     }
 
     fn delete_connection(&self, user: &str, source: &str) -> Result<bool, StoreError> {
-        self.delete_connection_impl(user, source)
+        let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(conn.execute(
+            "DELETE FROM connections WHERE source = ?2 AND uid = (SELECT uid FROM users WHERE name = ?1)",
+            params![user, source],
+        )? > 0)
     }
 
     fn pull(
@@ -418,20 +525,7 @@ impl Store for SqliteStore {
                 };
             }
         }
-        let start: i64 =
-            tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
-        let applied = {
-            let mut rows = SqliteRows::new(&tx)?;
-            apply(
-                &mut rows,
-                &self.schema,
-                &self.tids,
-                uid,
-                start,
-                now_ms,
-                batch,
-            )?
-        };
+        let applied = self.apply_sequenced(&tx, uid, now_ms, batch)?;
         if !applied.conflicts.is_empty() {
             // Dropping `tx` rolls back whatever was written.
             return Ok(WriteOutcome::Conflict {
@@ -442,10 +536,6 @@ impl Store for SqliteStore {
             counts: applied.counts,
             sequence: applied.sequence,
         };
-        tx.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'seq'",
-            [summary.sequence],
-        )?;
         tx.execute(
             "UPDATE users SET last_push_at = ?1 WHERE uid = ?2",
             params![now_ms, uid],
@@ -564,138 +654,6 @@ fn existing_user(tx: &Transaction<'_>, name: &str) -> Result<Option<i64>, StoreE
 }
 
 impl SqliteStore {
-    fn import_states_impl(
-        &self,
-        user: &str,
-        source: Option<&str>,
-    ) -> Result<Vec<ImportState>, StoreError> {
-        let mut guard = self.reader()?;
-        let conn = guard.conn.as_mut().expect("present until drop");
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let Some(uid) = existing_user(&tx, user)? else {
-            return Ok(Vec::new());
-        };
-        let mut stmt = tx.prepare_cached(
-            "SELECT state FROM import_states WHERE uid = ?1 AND (?2 IS NULL OR source = ?2)
-             ORDER BY source, stream, phase = 'incremental'",
-        )?;
-        let texts: Vec<String> = stmt
-            .query_map(params![uid, source], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        texts.iter().map(|t| state_from_json(t)).collect()
-    }
-
-    fn active_imports_impl(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
-        let mut guard = self.reader()?;
-        let conn = guard.conn.as_mut().expect("present until drop");
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let mut stmt = tx.prepare_cached(
-            "SELECT u.name, s.state FROM import_states s JOIN users u ON u.uid = s.uid
-             WHERE s.status IN ('pending', 'running', 'rate_limited')
-             ORDER BY u.name, s.source, s.stream, s.phase = 'incremental'",
-        )?;
-        let rows: Vec<(String, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        rows.into_iter()
-            .map(|(u, t)| Ok((u, state_from_json(&t)?)))
-            .collect()
-    }
-
-    fn write_import_impl(
-        &self,
-        user: &str,
-        batch: &WriteBatch<'_>,
-        state: &ImportState,
-        now_ms: i64,
-    ) -> Result<Option<WriteSummary>, StoreError> {
-        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let uid = user_id(&tx, user)?;
-        let stored: Option<i64> = tx
-            .prepare_cached(
-                "SELECT generation FROM import_states WHERE uid = ?1 AND source = ?2 AND stream = ?3 AND phase = ?4",
-            )?
-            .query_row(
-                params![uid, state.source, state.stream, state.phase.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if stored.is_some_and(|g| g != state.generation) {
-            return Ok(None);
-        }
-        let start: i64 =
-            tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
-        let applied = {
-            let mut rows = SqliteRows::new(&tx)?;
-            apply(
-                &mut rows,
-                &self.schema,
-                &self.tids,
-                uid,
-                start,
-                now_ms,
-                batch,
-            )?
-        };
-        tx.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'seq'",
-            [applied.sequence],
-        )?;
-        save_state(&tx, uid, state)?;
-        tx.commit()?;
-        Ok(Some(WriteSummary {
-            counts: applied.counts,
-            sequence: applied.sequence,
-        }))
-    }
-
-    fn save_import_state_impl(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {
-        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let uid = user_id(&tx, user)?;
-        save_state(&tx, uid, state)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn put_connection_impl(
-        &self,
-        user: &str,
-        source: &str,
-        sealed: &[u8],
-    ) -> Result<(), StoreError> {
-        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let uid = user_id(&tx, user)?;
-        tx.execute(
-            "INSERT INTO connections (uid, source, sealed) VALUES (?1, ?2, ?3)
-             ON CONFLICT (uid, source) DO UPDATE SET sealed = excluded.sealed",
-            params![uid, source, sealed],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn get_connection_impl(&self, user: &str, source: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut guard = self.reader()?;
-        let conn = guard.conn.as_mut().expect("present until drop");
-        Ok(conn
-            .prepare_cached(
-                "SELECT c.sealed FROM connections c JOIN users u ON u.uid = c.uid WHERE u.name = ?1 AND c.source = ?2",
-            )?
-            .query_row(params![user, source], |r| r.get(0))
-            .optional()?)
-    }
-
-    fn delete_connection_impl(&self, user: &str, source: &str) -> Result<bool, StoreError> {
-        let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(conn.execute(
-            "DELETE FROM connections WHERE source = ?2 AND uid = (SELECT uid FROM users WHERE name = ?1)",
-            params![user, source],
-        )? > 0)
-    }
-
     /// Writes one table of an unpaged pull: live changes since the plan's cursor (plus what a migration asks
     /// for), then tombstones since the cursor (none on a first pull).
     fn pull_table(

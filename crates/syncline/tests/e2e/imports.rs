@@ -2,51 +2,18 @@
 //! Spotify, restarted on the same database, resumes from its checkpoint by itself and ends with exactly the
 //! expected rows, each page applied once.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use syncline_testkit::fake_apis::FakeSpotify;
 
+use crate::support::serve;
+
 const SECRET: &str = "imports-secret-imports-secret-imports";
 const TOKEN: &str = "spotify-token-kill-test";
 const TRACKS: u64 = 3_000;
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(config: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_syncline"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("the server exited before listening")
-            .unwrap();
-        if let Some(url) = line.strip_prefix("Syncline listening on ") {
-            break url.to_string();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    Server { child, url }
-}
 
 fn token(config: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_syncline"))

@@ -3,29 +3,17 @@
 //! instance never hide a change from a puller.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 use syncline_testkit::TempPostgres;
 
+use crate::support::{Server, serve};
+
 const SECRET: &str = "instances-secret-instances-secret";
 
-struct Instance {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `n` server processes on one fresh PostgreSQL database.
-fn instances(n: usize) -> (Vec<Instance>, tempfile::TempDir) {
+fn instances(n: usize) -> (Vec<Server>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("syncline.toml");
     std::fs::write(
@@ -38,29 +26,7 @@ fn instances(n: usize) -> (Vec<Instance>, tempfile::TempDir) {
         ),
     )
     .unwrap();
-    let started = (0..n)
-        .map(|_| {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_syncline"))
-                .args(["serve", "--config"])
-                .arg(&config)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-            let url = loop {
-                let line = lines
-                    .next()
-                    .expect("the server exited before listening")
-                    .unwrap();
-                if let Some(url) = line.strip_prefix("Syncline listening on ") {
-                    break url.to_string();
-                }
-            };
-            std::thread::spawn(move || lines.for_each(drop));
-            Instance { child, url }
-        })
-        .collect();
+    let started = (0..n).map(|_| serve(&config)).collect();
     (started, dir)
 }
 

@@ -5,3 +5,4 @@ mod architecture;
 mod imports;
 mod instances;
 mod kill;
+mod support;
