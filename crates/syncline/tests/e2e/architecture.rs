@@ -1,4 +1,4 @@
-//! The crate dependency rule, checked: core ← store ← server ← binary; the client SDK depends on the core
+//! The crate dependency rule, checked: core ← store ← import ← server ← binary; the client SDK depends on the core
 //! only; the testkit is never a normal dependency of a library crate.
 
 use std::collections::BTreeMap;
@@ -12,17 +12,8 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("syncline-store", &["syncline-core"][..]),
         ("syncline-import", &["syncline-core", "syncline-store"][..]),
         (
-            "syncline-connectors",
-            &["syncline-core", "syncline-import"][..],
-        ),
-        (
             "syncline-server",
-            &[
-                "syncline-core",
-                "syncline-store",
-                "syncline-import",
-                "syncline-connectors",
-            ][..],
+            &["syncline-core", "syncline-store", "syncline-import"][..],
         ),
         ("syncline-client", &["syncline-core"][..]),
         (
@@ -31,7 +22,6 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "syncline-core",
                 "syncline-store",
                 "syncline-import",
-                "syncline-connectors",
                 "syncline-server",
                 "syncline-client",
                 "syncline-testkit",
