@@ -5,13 +5,17 @@
 //! No I/O and no clock: every transition takes the current time in milliseconds since the epoch.
 //!
 //! ```text
-//! none ─start─▶ pending ─batch_applied─▶ pending ─completed─▶ success
-//!                 │  ▲                                          │
-//!                 │  └──────────────── start ◀──────────────────┘ (and from stopped, rate_limited, error)
-//!                 ├─stopped──▶ stopped
+//! none ─start─▶ pending ─running─▶ running ─batch_applied─▶ running ─completed─▶ success
+//!                 │  ▲                  │                                       │
+//!                 │  └──── paused ◀─────┘ (the step's budget ran out)           │
+//!                 │  └──────────────────────── start ◀──────────────────────────┘ (and from stopped,
+//!                 ├─stopped──▶ stopped                                             rate_limited, error)
 //!                 ├─rate_limited──▶ rate_limited (until rate_limit_reset_at)
 //!                 └─failed──▶ error
 //! ```
+//!
+//! `running` means a step holds the import's lease and is walking this stream. A step that dies leaves
+//! `running` behind; the runner treats it like `pending` once the lease has expired.
 
 use std::fmt;
 use std::str::FromStr;
@@ -232,12 +236,31 @@ impl ImportState {
             self.next_watermark = newest;
         }
         if self.status != ImportStatus::Stopped {
-            self.status = ImportStatus::Pending;
+            self.status = ImportStatus::Running;
         }
         self.rate_limit_hit_at = None;
         self.rate_limit_reset_at = None;
         self.progress = progress(self.processed, self.total_estimated, false);
         self.updated_at = Some(now_ms);
+    }
+
+    /// A step took the stream up: pending (or a rate limit that is over) becomes running.
+    pub fn running(&mut self, now_ms: i64) {
+        if matches!(
+            self.status,
+            ImportStatus::Pending | ImportStatus::RateLimited
+        ) {
+            self.status = ImportStatus::Running;
+            self.updated_at = Some(now_ms);
+        }
+    }
+
+    /// The step walking the stream ended before the stream did (its budget ran out): the next step goes on.
+    pub fn paused(&mut self, now_ms: i64) {
+        if self.status == ImportStatus::Running {
+            self.status = ImportStatus::Pending;
+            self.updated_at = Some(now_ms);
+        }
     }
 
     /// The source said "not before `reset_at`".
@@ -341,11 +364,16 @@ mod tests {
             (s.status, s.started_at, s.generation),
             (ImportStatus::Pending, Some(10), 1)
         );
+        s.running(15);
+        assert_eq!(s.status, ImportStatus::Running);
         s.batch_applied(50, Some(200), Some("50".into()), Some("w1".into()), 20);
         assert_eq!(
             (s.processed, s.progress, s.checkpoint.as_deref()),
             (50, 25, Some("50"))
         );
+        s.paused(25);
+        assert_eq!(s.status, ImportStatus::Pending, "the budget ran out");
+        s.running(26);
         s.batch_applied(150, Some(200), None, Some("w2".into()), 30);
         assert_eq!(s.progress, 99, "100 only when complete");
         s.completed(40);
@@ -398,8 +426,9 @@ mod tests {
         );
         assert!(!s.rate_limit_over(4_999));
         assert!(s.rate_limit_over(5_000));
+        s.running(5_000);
         s.batch_applied(1, None, None, None, 5_001);
-        assert_eq!(s.status, ImportStatus::Pending);
+        assert_eq!(s.status, ImportStatus::Running);
         assert_eq!(s.rate_limit_reset_at, None);
     }
 

@@ -17,6 +17,9 @@ pub struct ImportsConfig {
     pub mode: RunnerMode,
     /// How many items a connector asks for per page (capped by each API's maximum).
     pub page_size: usize,
+    /// How long a step's lease on an import job lasts without renewal, in milliseconds: when an instance
+    /// dies mid-step, another resumes the job this long after its last renewal.
+    pub lease_ms: u64,
     pub sources: BTreeMap<String, SourceConfig>,
 }
 
@@ -27,6 +30,7 @@ impl Default for ImportsConfig {
             step_budget_ms: 30_000,
             mode: RunnerMode::Background,
             page_size: 50,
+            lease_ms: 15_000,
             sources: BTreeMap::new(),
         }
     }

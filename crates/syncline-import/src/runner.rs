@@ -5,10 +5,19 @@
 //! Every page is applied with the checkpoint after it in one store transaction. State saves made during a
 //! step go through the same generation check, so a step never overwrites a stop or a reset that happened
 //! while it was fetching.
+//!
+//! A job (one user's import from one source) is leased, not owned: a step first takes the job's lease in the
+//! store under this instance's id, renews it while it runs (every batch, and on a timer while a page is in
+//! flight) and gives it back at the end. Every write of the step checks the lease in its transaction, so
+//! when an instance stalls past its lease and another takes the job, the stalled step's writes are refused:
+//! two instances never apply the same step. When an instance dies, another resumes the job from its
+//! checkpoint once the lease has expired.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -16,7 +25,7 @@ use serde_json::{Map, Value};
 use syncline_core::{
     BulkRequest, ImportPhase, ImportState, ImportStatus, Schema, WriteBatch, plan_bulk,
 };
-use syncline_store::{Store, StoreError, WriteSummary};
+use syncline_store::{Lease, Store, StoreError, WriteSummary};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -54,8 +63,10 @@ pub struct StepReport {
     pub more: bool,
     /// The step stopped because its time budget ran out.
     pub budget_exhausted: bool,
-    /// Another step of the same import was running, so this one did nothing.
+    /// Another step of the same import was running (here or on another instance), so this one did nothing.
     pub busy: bool,
+    /// The step lost its lease to another instance part-way and stopped.
+    pub lease_lost: bool,
 }
 
 struct Configured {
@@ -77,6 +88,9 @@ pub struct Importer {
     mode: RunnerMode,
     clock: Clock,
     limiter: Limiter,
+    /// This instance's id in import leases.
+    owner: String,
+    lease_ttl: Duration,
     busy: Mutex<HashSet<(String, String)>>,
     wake: Notify,
     changes: watch::Sender<u64>,
@@ -145,6 +159,8 @@ impl Importer {
             mode: config.mode,
             clock,
             limiter: Limiter::default(),
+            owner: instance_id(),
+            lease_ttl: Duration::from_millis(config.lease_ms.max(100)),
             busy: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             changes: watch::Sender::new(0),
@@ -308,7 +324,20 @@ impl Importer {
     /// Every stream's states (initial phase, and incremental once it exists), in priority order.
     pub async fn status(&self, user: &str, source: &str) -> Result<Vec<ImportState>, ImportError> {
         let configured = self.source(source)?;
-        let stored = self.load(user, source).await?;
+        let mut stored = self.load(user, source).await?;
+        if stored.iter().any(|s| s.status == ImportStatus::Running) {
+            let (u, s, now) = (user.to_string(), source.to_string(), (self.clock)());
+            let leased = self
+                .blocking(move |st| st.import_lease(&u, &s, now))
+                .await?
+                .is_some();
+            if !leased {
+                // The step that was running it died; the next step (on any instance) picks it up.
+                for state in stored.iter_mut() {
+                    state.paused(now);
+                }
+            }
+        }
         let mut out = Vec::new();
         for (stream, _) in &configured.streams {
             let initial = stored
@@ -397,15 +426,86 @@ impl Importer {
 
     async fn step_inner(&self, user: &str, source: &str) -> Result<StepReport, ImportError> {
         let configured = self.source(source)?;
-        let Some(_claim) = self.claim(user, source) else {
-            return Ok(StepReport {
-                busy: true,
-                more: true,
-                ..Default::default()
-            });
+        let busy = StepReport {
+            busy: true,
+            more: true,
+            ..Default::default()
         };
-        let deadline = Instant::now() + self.budget;
+        let Some(_claim) = self.claim(user, source) else {
+            return Ok(busy);
+        };
+        if !self.take_lease(user, source).await? {
+            return Ok(busy);
+        }
+        let renewal = async {
+            loop {
+                tokio::time::sleep(self.lease_ttl / 3).await;
+                match self.take_lease(user, source).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => tracing::warn!(error = %e, "could not renew the import lease"),
+                }
+            }
+        };
         let mut report = StepReport::default();
+        let result = tokio::select! {
+            r = self.walk_streams(user, source, configured, &mut report) => r,
+            () = renewal => {
+                tracing::warn!("another instance took the import's lease; this step stops");
+                report.lease_lost = true;
+                report.more = true;
+                Ok(())
+            }
+        };
+        let (u, s, owner) = (user.to_string(), source.to_string(), self.owner.clone());
+        if let Err(e) = self
+            .blocking(move |st| st.release_import(&u, &s, &owner))
+            .await
+        {
+            tracing::warn!(error = %e, "could not release the import lease");
+        }
+        result.map(|()| report)
+    }
+
+    fn lease(&self) -> Lease<'_> {
+        Lease {
+            owner: &self.owner,
+            ttl_ms: self.lease_ttl.as_millis() as i64,
+        }
+    }
+
+    /// Takes or renews this instance's lease on the job; false: another instance holds it.
+    async fn take_lease(&self, user: &str, source: &str) -> Result<bool, ImportError> {
+        let (u, s, owner, ttl_ms) = (
+            user.to_string(),
+            source.to_string(),
+            self.owner.clone(),
+            self.lease().ttl_ms,
+        );
+        let now = (self.clock)();
+        self.blocking(move |st| {
+            st.claim_import(
+                &u,
+                &s,
+                Lease {
+                    owner: &owner,
+                    ttl_ms,
+                },
+                now,
+            )
+        })
+        .await
+    }
+
+    /// The body of a step, under the lease: every runnable stream in priority order.
+    async fn walk_streams(
+        &self,
+        user: &str,
+        source: &str,
+        configured: &Configured,
+        report: &mut StepReport,
+    ) -> Result<(), ImportError> {
+        let deadline = Instant::now() + self.budget;
         let stored = self.load(user, source).await?;
         let runnable: Vec<(ImportState, &str)> = configured
             .streams
@@ -414,7 +514,7 @@ impl Importer {
             .filter(|(s, _)| s.status.is_active())
             .collect();
         if runnable.is_empty() {
-            return Ok(report);
+            return Ok(());
         }
         let credential = match self.credential(user, source).await {
             Ok(c) => c,
@@ -428,7 +528,7 @@ impl Importer {
                     );
                     self.save_guarded(user, state).await?;
                 }
-                return Ok(report);
+                return Ok(());
             }
             Err(e) => return Err(e),
         };
@@ -436,6 +536,10 @@ impl Importer {
             let now = (self.clock)();
             if state.status == ImportStatus::RateLimited && !state.rate_limit_over(now) {
                 report.more = true;
+                continue;
+            }
+            state.running(now);
+            if !self.save_guarded(user, state.clone()).await? {
                 continue;
             }
             let end = self
@@ -447,7 +551,7 @@ impl Importer {
                     table,
                     &mut state,
                     deadline,
-                    &mut report,
+                    report,
                 )
                 .await?;
             match end {
@@ -456,13 +560,15 @@ impl Importer {
                     report.more |= state.status == ImportStatus::RateLimited;
                 }
                 StreamEnd::Budget => {
+                    state.paused((self.clock)());
+                    self.save_guarded(user, state).await?;
                     report.more = true;
                     report.budget_exhausted = true;
                     break;
                 }
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -568,6 +674,7 @@ impl Importer {
     ) -> Result<Result<Option<WriteSummary>, String>, ImportError> {
         let schema = self.schema.clone();
         let (user, table) = (user.to_string(), table.to_string());
+        let (owner, ttl_ms) = (self.owner.clone(), self.lease().ttl_ms);
         self.blocking(move |store| {
             let raws: Vec<Box<RawValue>> = rows
                 .into_iter()
@@ -586,28 +693,41 @@ impl Importer {
                 Ok(b) => b,
                 Err(e) => return Ok(Err(e.to_string())),
             };
-            store.write_import(&user, &batch, &state, now).map(Ok)
+            let lease = Lease {
+                owner: &owner,
+                ttl_ms,
+            };
+            store
+                .write_import(&user, &batch, &state, lease, now)
+                .map(Ok)
         })
         .await
     }
 
-    /// Saves a state unless a stop or reset happened since the step loaded it.
-    async fn save_guarded(&self, user: &str, state: ImportState) -> Result<(), ImportError> {
+    /// Saves a state unless a stop or reset happened since the step loaded it or the step lost its lease;
+    /// whether it was saved.
+    async fn save_guarded(&self, user: &str, state: ImportState) -> Result<bool, ImportError> {
         let user = user.to_string();
         let now = (self.clock)();
+        let (owner, ttl_ms) = (self.owner.clone(), self.lease().ttl_ms);
         let saved = self
             .blocking(move |st| {
                 let empty = WriteBatch {
                     conflict_cursor: None,
                     tables: Vec::new(),
                 };
-                st.write_import(&user, &empty, &state, now)
+                let lease = Lease {
+                    owner: &owner,
+                    ttl_ms,
+                };
+                st.write_import(&user, &empty, &state, lease, now)
             })
-            .await?;
-        if saved.is_some() {
+            .await?
+            .is_some();
+        if saved {
             self.changed();
         }
-        Ok(())
+        Ok(saved)
     }
 
     /// The background runner: steps every active import, sleeping until the next rate-limit reset or a
@@ -687,25 +807,29 @@ async fn fetch(
     request: PageRequest<'_>,
     deadline: Instant,
 ) -> Result<crate::Page, FetchFailure> {
-    let mut attempt = 0;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(FetchFailure::Budget);
-        }
-        match tokio::time::timeout(left, configured.source.fetch(credential, request)).await {
-            Err(_) => return Err(FetchFailure::Budget),
-            Ok(Err(SourceError::Transient(_))) if attempt < configured.max_retries => {
-                let wait = FIRST_BACKOFF * 2u32.pow(attempt.min(6));
-                attempt += 1;
-                if Instant::now() + wait >= deadline {
-                    return Err(FetchFailure::Budget);
-                }
-                tokio::time::sleep(wait).await;
-            }
-            Ok(r) => return r.map_err(FetchFailure::Source),
-        }
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(FIRST_BACKOFF)
+        .with_max_delay(FIRST_BACKOFF * 64)
+        .with_max_times(configured.max_retries as usize)
+        .with_jitter();
+    let attempts = (|| configured.source.fetch(credential, request))
+        .retry(backoff)
+        .when(|e| matches!(e, SourceError::Transient(_)))
+        .notify(|e, wait| tracing::debug!(error = %e, ?wait, "retrying a page"));
+    match tokio::time::timeout_at(deadline, attempts).await {
+        Err(_) => Err(FetchFailure::Budget),
+        Ok(r) => r.map_err(FetchFailure::Source),
     }
+}
+
+/// This instance's id in import leases: host, process and start time, unique enough across restarts.
+fn instance_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{host}-{}-{started:x}", std::process::id())
 }
 
 /// The JSON text of each record, keeping only `id` and the table's declared columns.

@@ -110,6 +110,22 @@ pub struct TableStats {
     pub tombstones: u64,
 }
 
+/// An import job's lease as its holder presents it: who holds it (an instance id) and for how long each
+/// claim or renewal keeps it. A job is one user's import from one source; while a lease is live, only its
+/// holder runs steps of that job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease<'a> {
+    pub owner: &'a str,
+    pub ttl_ms: i64,
+}
+
+/// Who holds an import job's lease, and until when (epoch ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    pub owner: String,
+    pub until: i64,
+}
+
 /// A storage backend.
 pub trait Store: Send + Sync + 'static {
     /// Streams the pull response for `user` into `sink`, from one consistent snapshot.
@@ -157,15 +173,39 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies imported rows and saves `state` (their checkpoint) in one transaction, so a crash loses at
     /// most this batch and never applies it twice. Rows go through the one write path: unchanged rows move
-    /// nothing. Returns `None`, applying nothing, when the stored state's generation is not `state`'s (the
-    /// import was stopped, restarted or reset since the step loaded it).
+    /// nothing. Returns `None`, applying nothing, when `lease` is no longer held by its owner (another
+    /// instance took the job) or the stored state's generation is not `state`'s (the import was stopped,
+    /// restarted or reset since the step loaded it). Otherwise the lease is renewed in the same transaction.
     fn write_import(
         &self,
         user: &str,
         batch: &WriteBatch<'_>,
         state: &ImportState,
+        lease: Lease<'_>,
         now_ms: i64,
     ) -> Result<Option<WriteSummary>, StoreError>;
+
+    /// Takes or renews the lease on the user's import job from `source`: succeeds when nobody holds it, its
+    /// lease expired, or `lease.owner` already holds it; the lease then lasts until `now_ms + lease.ttl_ms`.
+    /// Never waits for another instance: a job whose lease row is busy counts as taken.
+    fn claim_import(
+        &self,
+        user: &str,
+        source: &str,
+        lease: Lease<'_>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the lease back (only if `owner` holds it), so another instance may take the job at once.
+    fn release_import(&self, user: &str, source: &str, owner: &str) -> Result<(), StoreError>;
+
+    /// The live lease on the user's import job from `source`, if any.
+    fn import_lease(
+        &self,
+        user: &str,
+        source: &str,
+        now_ms: i64,
+    ) -> Result<Option<LeaseHolder>, StoreError>;
 
     /// Stores the user's (encrypted) credential for a source, replacing any earlier one.
     fn put_connection(&self, user: &str, source: &str, sealed: &[u8]) -> Result<(), StoreError>;

@@ -18,8 +18,8 @@ use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
 use crate::apply::{Existing, NewRow, RecordTx, apply};
 use crate::pull::{LogRow, Output, PullPlan, write_page};
 use crate::{
-    GcStats, IdempotencyKey, PullSink, PullStats, Store, StoreError, TableStats, UserStats,
-    WriteOutcome, WriteSummary, state_from_json, state_json,
+    GcStats, IdempotencyKey, Lease, LeaseHolder, PullSink, PullStats, Store, StoreError,
+    TableStats, UserStats, WriteOutcome, WriteSummary, state_from_json, state_json,
 };
 
 /// Rows fetched per round trip when a pull streams a table.
@@ -65,9 +65,15 @@ CREATE TABLE IF NOT EXISTS syncline_import_states (
     status text NOT NULL,
     generation bigint NOT NULL,
     state text NOT NULL,
-    lease_owner text,
-    lease_until bigint,
     PRIMARY KEY (uid, source, stream, phase)
+);
+ALTER TABLE syncline_import_states DROP COLUMN IF EXISTS lease_owner, DROP COLUMN IF EXISTS lease_until;
+CREATE TABLE IF NOT EXISTS syncline_import_leases (
+    uid bigint NOT NULL,
+    source text NOT NULL,
+    owner text NOT NULL,
+    until bigint NOT NULL,
+    PRIMARY KEY (uid, source)
 );
 CREATE INDEX IF NOT EXISTS syncline_import_states_status ON syncline_import_states (status);
 CREATE TABLE IF NOT EXISTS syncline_connections (
@@ -367,11 +373,20 @@ impl Store for PostgresStore {
         user: &str,
         batch: &WriteBatch<'_>,
         state: &ImportState,
+        lease: Lease<'_>,
         now_ms: i64,
     ) -> Result<Option<WriteSummary>, StoreError> {
         let mut pooled = self.client()?;
         let (mut tx, start) = begin_sequenced(pooled.get())?;
         let uid = user_id(&mut tx, user)?;
+        let renewed = tx.execute(
+            "UPDATE syncline_import_leases SET until = $4 WHERE uid = $1 AND source = $2 AND owner = $3",
+            &[&uid, &state.source, &lease.owner, &(now_ms + lease.ttl_ms)],
+        )?;
+        if renewed == 0 {
+            tx.rollback()?;
+            return Ok(None);
+        }
         let stored = tx.query_opt(
             "SELECT generation FROM syncline_import_states
              WHERE uid = $1 AND source = $2 AND stream = $3 AND phase = $4 FOR UPDATE",
@@ -388,6 +403,78 @@ impl Store for PostgresStore {
             counts: applied.counts,
             sequence: applied.sequence,
         }))
+    }
+
+    fn claim_import(
+        &self,
+        user: &str,
+        source: &str,
+        lease: Lease<'_>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut pooled = self.client()?;
+        let mut tx = pooled.get().transaction()?;
+        let uid = user_id(&mut tx, user)?;
+        let until = now_ms + lease.ttl_ms;
+        // SKIP LOCKED: a lease row locked by another instance (claiming, or writing a batch under its
+        // lease) means the job is taken; never wait behind it.
+        let current = tx.query_opt(
+            "SELECT owner, until FROM syncline_import_leases WHERE uid = $1 AND source = $2
+             FOR UPDATE SKIP LOCKED",
+            &[&uid, &source],
+        )?;
+        let claimed = match current {
+            Some(row) => {
+                let (owner, held_until): (String, i64) = (row.get(0), row.get(1));
+                (owner == lease.owner || held_until <= now_ms)
+                    && tx.execute(
+                        "UPDATE syncline_import_leases SET owner = $3, until = $4
+                         WHERE uid = $1 AND source = $2",
+                        &[&uid, &source, &lease.owner, &until],
+                    )? > 0
+            }
+            // No row, or a row locked by someone else: only a fresh insert can win.
+            None => {
+                tx.execute(
+                    "INSERT INTO syncline_import_leases (uid, source, owner, until)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (uid, source) DO NOTHING",
+                    &[&uid, &source, &lease.owner, &until],
+                )? > 0
+            }
+        };
+        tx.commit()?;
+        Ok(claimed)
+    }
+
+    fn release_import(&self, user: &str, source: &str, owner: &str) -> Result<(), StoreError> {
+        let mut pooled = self.client()?;
+        pooled.get().execute(
+            "DELETE FROM syncline_import_leases WHERE source = $2 AND owner = $3
+             AND uid = (SELECT uid FROM syncline_users WHERE name = $1)",
+            &[&user, &source, &owner],
+        )?;
+        Ok(())
+    }
+
+    fn import_lease(
+        &self,
+        user: &str,
+        source: &str,
+        now_ms: i64,
+    ) -> Result<Option<LeaseHolder>, StoreError> {
+        let mut pooled = self.client()?;
+        Ok(pooled
+            .get()
+            .query_opt(
+                "SELECT l.owner, l.until FROM syncline_import_leases l
+                 JOIN syncline_users u ON u.uid = l.uid
+                 WHERE u.name = $1 AND l.source = $2 AND l.until > $3",
+                &[&user, &source, &now_ms],
+            )?
+            .map(|r| LeaseHolder {
+                owner: r.get(0),
+                until: r.get(1),
+            }))
     }
 
     fn save_import_state(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {

@@ -20,8 +20,8 @@ use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
 use crate::apply::{Existing, NewRow, RecordTx, apply};
 use crate::pull::{LogRow, Output, PullPlan, write_page};
 use crate::{
-    GcStats, IdempotencyKey, PullSink, PullStats, Store, StoreError, TableStats, UserStats,
-    WriteOutcome, WriteSummary, state_from_json, state_json,
+    GcStats, IdempotencyKey, Lease, LeaseHolder, PullSink, PullStats, Store, StoreError,
+    TableStats, UserStats, WriteOutcome, WriteSummary, state_from_json, state_json,
 };
 
 /// The SQLite store. Cheap to share behind an `Arc`.
@@ -79,9 +79,14 @@ CREATE TABLE IF NOT EXISTS import_states (
     status TEXT NOT NULL,
     generation INTEGER NOT NULL,
     state TEXT NOT NULL,
-    lease_owner TEXT,
-    lease_until INTEGER,
     PRIMARY KEY (uid, source, stream, phase)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS import_leases (
+    uid INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    until INTEGER NOT NULL,
+    PRIMARY KEY (uid, source)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS import_states_status ON import_states (status);
 CREATE TABLE IF NOT EXISTS connections (
@@ -387,11 +392,25 @@ impl Store for SqliteStore {
         user: &str,
         batch: &WriteBatch<'_>,
         state: &ImportState,
+        lease: Lease<'_>,
         now_ms: i64,
     ) -> Result<Option<WriteSummary>, StoreError> {
         let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let uid = user_id(&tx, user)?;
+        let renewed = tx
+            .prepare_cached(
+                "UPDATE import_leases SET until = ?4 WHERE uid = ?1 AND source = ?2 AND owner = ?3",
+            )?
+            .execute(params![
+                uid,
+                state.source,
+                lease.owner,
+                now_ms + lease.ttl_ms
+            ])?;
+        if renewed == 0 {
+            return Ok(None);
+        }
         let stored: Option<i64> = tx
             .prepare_cached(
                 "SELECT generation FROM import_states WHERE uid = ?1 AND source = ?2 AND stream = ?3 AND phase = ?4",
@@ -411,6 +430,59 @@ impl Store for SqliteStore {
             counts: applied.counts,
             sequence: applied.sequence,
         }))
+    }
+
+    fn claim_import(
+        &self,
+        user: &str,
+        source: &str,
+        lease: Lease<'_>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let uid = user_id(&tx, user)?;
+        let claimed = tx
+            .prepare_cached(
+                "INSERT INTO import_leases (uid, source, owner, until) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (uid, source) DO UPDATE SET owner = excluded.owner, until = excluded.until
+                 WHERE import_leases.owner = excluded.owner OR import_leases.until <= ?5",
+            )?
+            .execute(params![uid, source, lease.owner, now_ms + lease.ttl_ms, now_ms])?;
+        tx.commit()?;
+        Ok(claimed > 0)
+    }
+
+    fn release_import(&self, user: &str, source: &str, owner: &str) -> Result<(), StoreError> {
+        let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute(
+            "DELETE FROM import_leases WHERE source = ?2 AND owner = ?3
+             AND uid = (SELECT uid FROM users WHERE name = ?1)",
+            params![user, source, owner],
+        )?;
+        Ok(())
+    }
+
+    fn import_lease(
+        &self,
+        user: &str,
+        source: &str,
+        now_ms: i64,
+    ) -> Result<Option<LeaseHolder>, StoreError> {
+        let mut guard = self.reader()?;
+        let conn = guard.conn.as_mut().expect("present until drop");
+        Ok(conn
+            .prepare_cached(
+                "SELECT l.owner, l.until FROM import_leases l JOIN users u ON u.uid = l.uid
+                 WHERE u.name = ?1 AND l.source = ?2 AND l.until > ?3",
+            )?
+            .query_row(params![user, source, now_ms], |r| {
+                Ok(LeaseHolder {
+                    owner: r.get(0)?,
+                    until: r.get(1)?,
+                })
+            })
+            .optional()?)
     }
 
     fn save_import_state(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {

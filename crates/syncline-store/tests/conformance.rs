@@ -9,7 +9,9 @@ use syncline_core::{
     BulkRequest, ImportPhase, ImportState, PullRequest, PushRequest, Schema, TableConfig,
     WriteBatch, plan_bulk, plan_push,
 };
-use syncline_store::{IdempotencyKey, Store, StoreError, WriteOutcome, WriteSummary};
+use syncline_store::{
+    IdempotencyKey, Lease, LeaseHolder, Store, StoreError, WriteOutcome, WriteSummary,
+};
 
 fn schema() -> Arc<Schema> {
     let config: BTreeMap<String, TableConfig> = toml::from_str(
@@ -619,12 +621,163 @@ fn import_state(stream: &str) -> ImportState {
     ImportState::new("steam", stream, ImportPhase::Initial)
 }
 
+const STEP: Lease<'static> = Lease {
+    owner: "instance-a",
+    ttl_ms: 10_000,
+};
+
 impl Backend {
+    /// One batch of a step that holds (or takes) the job's lease as `STEP`.
     fn import(&self, user: &str, rows: Value, state: &ImportState) -> Option<WriteSummary> {
+        assert!(
+            self.store
+                .claim_import(user, &state.source, STEP, NOW)
+                .unwrap(),
+            "{}",
+            self.url
+        );
+        self.import_as(user, rows, state, STEP, NOW)
+    }
+
+    fn import_as(
+        &self,
+        user: &str,
+        rows: Value,
+        state: &ImportState,
+        lease: Lease<'_>,
+        now: i64,
+    ) -> Option<WriteSummary> {
         let body = json!({ "upserts": rows }).to_string();
         let request: BulkRequest = serde_json::from_str(&body).unwrap();
         let batch = plan_bulk(&self.schema, &request, user).unwrap();
-        self.store.write_import(user, &batch, state, NOW).unwrap()
+        self.store
+            .write_import(user, &batch, state, lease, now)
+            .unwrap()
+    }
+}
+
+#[test]
+fn an_import_lease_is_held_by_one_instance_until_it_expires_or_is_released() {
+    let other = Lease {
+        owner: "instance-b",
+        ttl_ms: 10_000,
+    };
+    for b in backends() {
+        let s = &b.store;
+        assert!(s.claim_import("alice", "steam", STEP, NOW).unwrap());
+        assert!(
+            !s.claim_import("alice", "steam", other, NOW + 1).unwrap(),
+            "{}: a live lease is not taken",
+            b.url
+        );
+        assert!(
+            s.claim_import("bob", "steam", other, NOW + 1).unwrap(),
+            "{}: jobs are per user",
+            b.url
+        );
+        assert!(
+            s.claim_import("alice", "steam", STEP, NOW + 5_000).unwrap(),
+            "{}: the holder renews",
+            b.url
+        );
+        assert_eq!(
+            s.import_lease("alice", "steam", NOW + 5_000).unwrap(),
+            Some(LeaseHolder {
+                owner: "instance-a".into(),
+                until: NOW + 15_000
+            })
+        );
+        assert!(
+            !s.claim_import("alice", "steam", other, NOW + 14_999)
+                .unwrap()
+        );
+        // The holder went away: after the lease expires, another instance takes the job.
+        assert!(
+            s.claim_import("alice", "steam", other, NOW + 15_000)
+                .unwrap()
+        );
+        assert_eq!(
+            s.import_lease("alice", "steam", NOW + 24_999)
+                .unwrap()
+                .unwrap()
+                .owner,
+            "instance-b"
+        );
+        assert_eq!(
+            s.import_lease("alice", "steam", NOW + 25_000).unwrap(),
+            None,
+            "{}",
+            b.url
+        );
+        // Releasing by a non-holder does nothing; by the holder frees the job at once.
+        s.release_import("alice", "steam", "instance-a").unwrap();
+        assert!(
+            !s.claim_import("alice", "steam", STEP, NOW + 15_001)
+                .unwrap()
+        );
+        s.release_import("alice", "steam", "instance-b").unwrap();
+        assert!(
+            s.claim_import("alice", "steam", STEP, NOW + 15_002)
+                .unwrap(),
+            "{}",
+            b.url
+        );
+    }
+}
+
+#[test]
+fn an_import_batch_under_a_lost_lease_applies_nothing_and_a_held_one_renews_it() {
+    let other = Lease {
+        owner: "instance-b",
+        ttl_ms: 10_000,
+    };
+    for b in backends() {
+        let mut state = import_state("owned_games");
+        state.start(NOW);
+        b.store.save_import_state("alice", &state).unwrap();
+        assert!(b.store.claim_import("alice", "steam", STEP, NOW).unwrap());
+        // A batch renews the lease: at NOW + 15s it is still held, so instance-b cannot take it.
+        let mut step = state.clone();
+        step.batch_applied(1, None, Some("1".into()), None, NOW + 5_000);
+        let rows = json!({"projects": [project("p1", "A")]});
+        assert!(
+            b.import_as("alice", rows, &step, STEP, NOW + 5_000)
+                .is_some()
+        );
+        assert!(
+            !b.store
+                .claim_import("alice", "steam", other, NOW + 14_999)
+                .unwrap(),
+            "{}",
+            b.url
+        );
+        // Instance-a stalls past its lease; instance-b takes the job; instance-a's late batch is refused.
+        assert!(
+            b.store
+                .claim_import("alice", "steam", other, NOW + 15_000)
+                .unwrap()
+        );
+        let mut late = step.clone();
+        late.batch_applied(1, None, Some("2".into()), None, NOW + 15_001);
+        let rows = json!({"projects": [project("p2", "B")]});
+        assert_eq!(
+            b.import_as("alice", rows, &late, STEP, NOW + 15_001),
+            None,
+            "{}",
+            b.url
+        );
+        assert_eq!(
+            ids(&b.pull_since("alice", None), "projects", "updated"),
+            ["p1"],
+            "{}",
+            b.url
+        );
+        assert_eq!(
+            b.store.import_states("alice", None).unwrap(),
+            vec![step],
+            "{}",
+            b.url
+        );
     }
 }
 
