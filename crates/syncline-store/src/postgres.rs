@@ -433,14 +433,21 @@ impl Store for PostgresStore {
                         &[&uid, &source, &lease.owner, &until],
                     )? > 0
             }
-            // No row, or a row locked by someone else: only a fresh insert can win.
-            None => {
-                tx.execute(
-                    "INSERT INTO syncline_import_leases (uid, source, owner, until)
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (uid, source) DO NOTHING",
-                    &[&uid, &source, &lease.owner, &until],
-                )? > 0
-            }
+            // No row, or a locked one. Locked by our own batch in flight (which renews the lease as it
+            // commits): still ours. Locked by another instance: taken. No row: a fresh insert may win.
+            None => match tx.query_opt(
+                "SELECT owner FROM syncline_import_leases WHERE uid = $1 AND source = $2",
+                &[&uid, &source],
+            )? {
+                Some(row) => row.get::<_, &str>(0) == lease.owner,
+                None => {
+                    tx.execute(
+                        "INSERT INTO syncline_import_leases (uid, source, owner, until)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (uid, source) DO NOTHING",
+                        &[&uid, &source, &lease.owner, &until],
+                    )? > 0
+                }
+            },
         };
         tx.commit()?;
         Ok(claimed)

@@ -65,7 +65,7 @@ async fn an_import_killed_mid_walk_resumes_from_its_checkpoint_and_applies_every
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://{}\"\n[auth]\njwt_secret = \"{SECRET}\"\n\
-             [imports]\nencryption_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\nstep_budget_ms = 2000\n\
+             [imports]\nencryption_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\nstep_budget_ms = 2000\nlease_ms = 2000\n\
              [imports.sources.spotify]\nkind = \"spotify\"\nbase_url = \"{}\"\nstreams = {{ saved_tracks = \"spotify_tracks\" }}\n\
              [tables.spotify_tracks]\ncolumns = {{ name = \"string\", added_at = \"string\" }}\n",
             dir.path().join("s.db").display(),

@@ -1,12 +1,13 @@
 //! Several `syncline serve` processes on one PostgreSQL database, as behind a load balancer: a client may
-//! push to one and pull from another, idempotency keys hold across instances, and concurrent writers on every
-//! instance never hide a change from a puller.
+//! push to one and pull from another, idempotency keys hold across instances, concurrent writers on every
+//! instance never hide a change from a puller, and an import whose instance is killed is finished by another.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 use syncline_testkit::TempPostgres;
+use syncline_testkit::fake_apis::FakeSpotify;
 
 use crate::support::{Server, serve};
 
@@ -14,6 +15,11 @@ const SECRET: &str = "instances-secret-instances-secret";
 
 /// Starts `n` server processes on one fresh PostgreSQL database.
 fn instances(n: usize) -> (Vec<Server>, tempfile::TempDir) {
+    instances_with(n, "")
+}
+
+/// Starts `n` server processes on one fresh PostgreSQL database, with `extra` appended to the config.
+fn instances_with(n: usize, extra: &str) -> (Vec<Server>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("syncline.toml");
     std::fs::write(
@@ -21,7 +27,7 @@ fn instances(n: usize) -> (Vec<Server>, tempfile::TempDir) {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"{}\"\n[auth]\njwt_secret = \"{SECRET}\"\n\
              [tables.projects]\ncolumns = {{ name = \"string\" }}\n\
-             [tables.tasks]\ncolumns = {{ title = \"string\", project_id = \"string\" }}\nparent = {{ table = \"projects\", column = \"project_id\" }}\n",
+             [tables.tasks]\ncolumns = {{ title = \"string\", project_id = \"string\" }}\nparent = {{ table = \"projects\", column = \"project_id\" }}\n{extra}",
             TempPostgres::shared().fresh_database()
         ),
     )
@@ -234,5 +240,98 @@ async fn a_device_connected_to_one_instance_hears_of_a_push_to_another() {
     assert!(
         found.is_ok(),
         "no changes event reached instance 1; got: {text}"
+    );
+}
+
+async fn import_state(url: &str) -> Value {
+    let body: Value = reqwest::Client::new()
+        .get(format!("{url}/v1/imports/spotify/status"))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["streams"][0].clone()
+}
+
+/// Polls an instance's import status until `done` holds; bounded at 60 s.
+async fn wait_for_import(url: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let state = import_state(url).await;
+        if done(&state) {
+            return state;
+        }
+        assert!(std::time::Instant::now() < deadline, "stuck at {state}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_whose_instance_is_killed_is_finished_by_another_with_exactly_the_expected_rows()
+{
+    const TRACKS: u64 = 3_000;
+    const PAGES: u64 = TRACKS / 50;
+    let fake = FakeSpotify::start("spotify-token", TRACKS as usize, 0, 0, 0).await;
+    fake.control
+        .set_latency(std::time::Duration::from_millis(20));
+    // Long steps: the instance that takes the job keeps it (renewing its 2 s lease) until it dies.
+    let (mut servers, _dir) = instances_with(
+        2,
+        &format!(
+            "[imports]\nencryption_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\nstep_budget_ms = 60000\nlease_ms = 2000\n\
+             [imports.sources.spotify]\nkind = \"spotify\"\nbase_url = \"{}\"\nstreams = {{ saved_tracks = \"spotify_tracks\" }}\n\
+             [tables.spotify_tracks]\ncolumns = {{ name = \"string\", added_at = \"string\" }}\n",
+            fake.base_url()
+        ),
+    );
+    let (a, b) = (servers[0].url.clone(), servers[1].url.clone());
+    let http = reqwest::Client::new();
+    let put = http
+        .put(format!("{a}/v1/connections/spotify"))
+        .bearer_auth(token("alice"))
+        .body(json!({"access_token": "spotify-token"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    let started = http
+        .post(format!("{a}/v1/imports/spotify/start"))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    // Instance b sees the progress instance a makes, and leaves the job alone while a holds its lease.
+    let mid = wait_for_import(&b, |s| s["processed"].as_u64() >= Some(600)).await;
+    assert_eq!(mid["status"], "running", "{mid}");
+    let requests = fake.control.requests();
+    let processed = import_state(&b).await["processed"].as_u64().unwrap();
+    assert!(
+        requests <= processed / 50 + 1,
+        "one instance walks the job: {requests} requests for {processed} items"
+    );
+
+    servers[0].child.kill().unwrap(); // SIGKILL: the lease is never given back
+    servers[0].child.wait().unwrap();
+    let killed_at = std::time::Instant::now();
+    let done = wait_for_import(&b, |s| s["status"] == "success").await;
+    assert!(
+        killed_at.elapsed() >= std::time::Duration::from_millis(1_500),
+        "b waited for a's lease to expire"
+    );
+    assert_eq!(done["processed"], TRACKS, "every page counted once: {done}");
+    let (_, pull, _) = post(&b, "/v1/sync/pull", json!({"lastPulledAt": null}), None).await;
+    assert_eq!(
+        ids(&pull, "spotify_tracks").len() as u64,
+        TRACKS,
+        "no gaps, no duplicates"
+    );
+    assert!(
+        fake.control.requests() <= PAGES + 1,
+        "at most the page in flight at the kill was fetched again: {} requests for {PAGES} pages",
+        fake.control.requests()
     );
 }
