@@ -20,6 +20,9 @@ pub struct ImportsConfig {
     /// How long a step's lease on an import job lasts without renewal, in milliseconds: when an instance
     /// dies mid-step, another resumes the job this long after its last renewal.
     pub lease_ms: u64,
+    /// How many streams of one source a step walks at once (they start in the source's priority order and
+    /// share its per-credential rate limit). 1: one after the other.
+    pub parallel_streams: usize,
     pub sources: BTreeMap<String, SourceConfig>,
 }
 
@@ -31,6 +34,7 @@ impl Default for ImportsConfig {
             mode: RunnerMode::Background,
             page_size: 50,
             lease_ms: 15_000,
+            parallel_streams: 1,
             sources: BTreeMap::new(),
         }
     }

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use futures_util::StreamExt;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -69,6 +70,17 @@ pub struct StepReport {
     pub lease_lost: bool,
 }
 
+impl StepReport {
+    /// Adds what one stream's walk did to the step's report.
+    fn add(&mut self, part: StepReport) {
+        self.batches += part.batches;
+        self.items += part.items;
+        self.more |= part.more;
+        self.budget_exhausted |= part.budget_exhausted;
+        self.lease_lost |= part.lease_lost;
+    }
+}
+
 struct Configured {
     source: Arc<dyn Source>,
     /// (stream, table), in the source's priority order.
@@ -91,6 +103,8 @@ pub struct Importer {
     /// This instance's id in import leases.
     owner: String,
     lease_ttl: Duration,
+    /// How many streams of one source a step walks at once.
+    parallel_streams: usize,
     busy: Mutex<HashSet<(String, String)>>,
     wake: Notify,
     changes: watch::Sender<u64>,
@@ -161,6 +175,7 @@ impl Importer {
             limiter: Limiter::default(),
             owner: instance_id(),
             lease_ttl: Duration::from_millis(config.lease_ms.max(100)),
+            parallel_streams: config.parallel_streams.max(1),
             busy: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             changes: watch::Sender::new(0),
@@ -532,43 +547,75 @@ impl Importer {
             }
             Err(e) => return Err(e),
         };
-        for (mut state, table) in runnable {
-            let now = (self.clock)();
-            if state.status == ImportStatus::RateLimited && !state.rate_limit_over(now) {
-                report.more = true;
-                continue;
-            }
-            state.running(now);
-            if !self.save_guarded(user, state.clone()).await? {
-                continue;
-            }
-            let end = self
-                .walk(
-                    user,
-                    source,
-                    configured,
-                    &credential,
-                    table,
-                    &mut state,
-                    deadline,
-                    report,
-                )
-                .await?;
-            match end {
-                StreamEnd::Completed => {}
-                StreamEnd::Halted => {
-                    report.more |= state.status == ImportStatus::RateLimited;
-                }
-                StreamEnd::Budget => {
-                    state.paused((self.clock)());
-                    self.save_guarded(user, state).await?;
-                    report.more = true;
-                    report.budget_exhausted = true;
-                    break;
-                }
-            }
+        // Streams start in priority order; up to `parallel_streams` of them are walked at once.
+        let credential = &credential;
+        let mut walks = Vec::with_capacity(runnable.len());
+        for (state, table) in runnable {
+            let walk: crate::source::BoxFuture<'_, Result<StepReport, ImportError>> = Box::pin(
+                self.walk_stream(user, source, configured, credential, table, state, deadline),
+            );
+            walks.push(walk);
+        }
+        let mut walks = futures_util::stream::iter(walks).buffered(self.parallel_streams);
+        while let Some(part) = walks.next().await {
+            report.add(part?);
         }
         Ok(())
+    }
+
+    /// One stream's part of a step: takes it up (running), walks it until it completes, halts or the budget
+    /// runs out, and leaves it pending in the last case.
+    #[allow(clippy::too_many_arguments)]
+    async fn walk_stream(
+        &self,
+        user: &str,
+        source: &str,
+        configured: &Configured,
+        credential: &Credential,
+        table: &str,
+        mut state: ImportState,
+        deadline: Instant,
+    ) -> Result<StepReport, ImportError> {
+        let mut report = StepReport::default();
+        let now = (self.clock)();
+        if state.status == ImportStatus::RateLimited && !state.rate_limit_over(now) {
+            report.more = true;
+            return Ok(report);
+        }
+        if Instant::now() >= deadline {
+            report.more = true;
+            report.budget_exhausted = true;
+            return Ok(report);
+        }
+        state.running(now);
+        if !self.save_guarded(user, state.clone()).await? {
+            return Ok(report);
+        }
+        let end = self
+            .walk(
+                user,
+                source,
+                configured,
+                credential,
+                table,
+                &mut state,
+                deadline,
+                &mut report,
+            )
+            .await?;
+        match end {
+            StreamEnd::Completed => {}
+            StreamEnd::Halted => {
+                report.more |= state.status == ImportStatus::RateLimited;
+            }
+            StreamEnd::Budget => {
+                state.paused((self.clock)());
+                self.save_guarded(user, state).await?;
+                report.more = true;
+                report.budget_exhausted = true;
+            }
+        }
+        Ok(report)
     }
 
     #[allow(clippy::too_many_arguments)]
