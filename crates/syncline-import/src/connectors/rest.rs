@@ -1,8 +1,8 @@
 //! The generic REST source (`kind = "rest"`): walks the streams a [`RestConfig`] describes, one GET per
 //! page, and maps each record to a row through JSON pointers.
 //!
-//! Checkpoints: the next offset (`offset`), the next page number (`page`), the next cursor (`cursor`) or the
-//! next page's url (`next_url`, `link_header`). Credential values that an API echoes into a cursor or a
+//! Checkpoints: the next offset (`offset`), the next page number and the records seen before it
+//! (`page`, as `3:200`), the next cursor (`cursor`) or the next page's url (`next_url`, `link_header`). Credential values that an API echoes into a cursor or a
 //! url are replaced by a `{{credential:FIELD}}` marker before the checkpoint is stored (and shown in the
 //! import status), and put back only when the request is made.
 //!
@@ -197,8 +197,7 @@ impl Rest {
                     first_page,
                     ..
                 } => {
-                    let page = checkpoint
-                        .map_or(Ok(*first_page), |c| c.parse::<u64>().map_err(|_| bad()))?;
+                    let (page, _) = page_checkpoint(checkpoint, *first_page).ok_or_else(bad)?;
                     query.append_pair(page_param, &page.to_string());
                 }
                 Pagination::Cursor { cursor_param, .. } => {
@@ -235,12 +234,10 @@ impl Rest {
                 (total.is_none_or(|t| offset < t)).then(|| offset.to_string())
             }
             Pagination::Page { first_page, .. } => {
-                let page = checkpoint
-                    .and_then(|c| c.parse::<u64>().ok())
-                    .unwrap_or(*first_page);
-                // Every page before the last is as long as this one, so this many records were seen at least.
-                let seen_at_least = (page - first_page + 1) * count;
-                (total.is_none_or(|t| seen_at_least < t)).then(|| (page + 1).to_string())
+                let (page, seen) =
+                    page_checkpoint(checkpoint, *first_page).unwrap_or((*first_page, 0));
+                let seen = seen + count;
+                (total.is_none_or(|t| seen < t)).then(|| format!("{}:{seen}", page + 1))
             }
             Pagination::Cursor { cursor, .. } => {
                 let next = match cursor.get(body) {
@@ -298,6 +295,16 @@ impl Source for Rest {
     ) -> BoxFuture<'a, Result<Page, SourceError>> {
         Box::pin(self.page(credential, request))
     }
+}
+
+/// A `page` checkpoint, `{page}:{records seen before it}` (the count tells when `total` is reached, however
+/// long the API's pages really are); the first page when `None`.
+fn page_checkpoint(checkpoint: Option<&str>, first_page: u64) -> Option<(u64, u64)> {
+    let Some(c) = checkpoint else {
+        return Some((first_page, 0));
+    };
+    let (page, seen) = c.split_once(':')?;
+    Some((page.parse().ok()?, seen.parse().ok()?))
 }
 
 /// `scheme://host:port`; an opaque origin (`null`) never equals an http(s) base url's.
