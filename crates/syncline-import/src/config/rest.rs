@@ -21,6 +21,8 @@
 //! pagination = { style = "link_header", size_param = "per_page" }
 //! ```
 //!
+//! A stream may add its own `query` parameters and `headers` (over the source's).
+//!
 //! Pagination styles: `none` (one request), `offset` (`offset_param`), `page` (`page_param`, `first_page`),
 //! `cursor` (`cursor_param`, and `cursor`: a pointer to the next cursor in the answer), `next_url` (`next`:
 //! a pointer to the next page's url) and `link_header` (RFC 8288 `Link: <…>; rel="next"`). Each takes an
@@ -58,6 +60,8 @@ pub(crate) struct RestStream {
     pub(crate) path: String,
     /// Fixed query parameters, sent with the first page.
     pub(crate) query: Vec<(String, String)>,
+    /// Fixed headers of this stream's requests, over the source's `headers`.
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     /// Where the array of records is in an answer.
     pub(crate) records: Pointer,
     /// Where a record's id is, inside the record.
@@ -255,6 +259,8 @@ struct StreamToml {
     path: String,
     #[serde(default)]
     query: BTreeMap<String, String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
     records: String,
     #[serde(default = "default_id")]
     id: String,
@@ -307,19 +313,8 @@ impl TryFrom<RestToml> for RestConfig {
                 Ok::<_, String>(AuthHeader { name, value })
             })
             .transpose()?;
-        let mut headers = Vec::new();
-        for (name, value) in raw.headers {
-            let header = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("`rest.headers`: `{name}` is not a header name"))?;
-            let value = HeaderValue::from_str(&value)
-                .map_err(|_| format!("`rest.headers.{name}` is not a valid header value"))?;
-            if auth.as_ref().is_some_and(|a| a.name == header) {
-                return Err(format!(
-                    "`rest.headers.{name}` is also the `rest.auth` header: keep it in one place"
-                ));
-            }
-            headers.push((header, value));
-        }
+        let auth_header = auth.as_ref().map(|a| &a.name);
+        let headers = headers(raw.headers, auth_header).map_err(|e| format!("`rest.{e}"))?;
         if raw.max_page_size == 0 {
             return Err("`rest.max_page_size` must be at least 1".into());
         }
@@ -340,8 +335,8 @@ impl TryFrom<RestToml> for RestConfig {
                     "`rest.streams.{name}`: a stream name has only a-z, 0-9 and `_`"
                 ));
             }
-            let checked =
-                stream_config(stream).map_err(|e| format!("`rest.streams.{name}`: {e}"))?;
+            let checked = stream_config(stream, auth_header)
+                .map_err(|e| format!("`rest.streams.{name}`: {e}"))?;
             streams.insert(name, checked);
         }
         Ok(RestConfig {
@@ -353,7 +348,28 @@ impl TryFrom<RestToml> for RestConfig {
     }
 }
 
-fn stream_config(raw: StreamToml) -> Result<RestStream, String> {
+/// Checked fixed headers; an error starts with the key (`headers.NAME` …).
+fn headers(
+    raw: BTreeMap<String, String>,
+    auth: Option<&HeaderName>,
+) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let mut headers = Vec::new();
+    for (name, value) in raw {
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("headers`: `{name}` is not a header name"))?;
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| format!("headers.{name}` is not a valid header value"))?;
+        if auth == Some(&header) {
+            return Err(format!(
+                "headers.{name}` is also the `rest.auth` header: keep it in one place"
+            ));
+        }
+        headers.push((header, value));
+    }
+    Ok(headers)
+}
+
+fn stream_config(raw: StreamToml, auth: Option<&HeaderName>) -> Result<RestStream, String> {
     let path = raw.path;
     if !path.starts_with('/') || path.starts_with("//") {
         return Err(format!(
@@ -397,6 +413,7 @@ fn stream_config(raw: StreamToml) -> Result<RestStream, String> {
     Ok(RestStream {
         path,
         query: raw.query.into_iter().collect(),
+        headers: headers(raw.headers, auth).map_err(|e| format!("`{e}"))?,
         records: Pointer::parse("`records`", &raw.records)?,
         id: Pointer::parse("`id`", &raw.id)?,
         total: raw
@@ -619,6 +636,12 @@ mod tests {
                 "auth = {{ header = \"Authorization\", value = \"x\" }}\nheaders = {{ authorization = \"y\" }}\n{STREAM}"
             ),
             "keep it in one place",
+        );
+        check_refused(
+            &format!(
+                "auth = {{ header = \"X-Key\", value = \"{{k}}\" }}\n{STREAM}headers = {{ x-key = \"y\" }}\n"
+            ),
+            "`rest.streams.s`: `headers.x-key` is also the `rest.auth` header",
         );
         check_refused(&format!("max_page_size = 0\n{STREAM}"), "at least 1");
     }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use reqwest::Url;
-use reqwest::header::HeaderValue;
+use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 use syncline_core::ImportPhase;
 
@@ -80,7 +80,10 @@ impl Rest {
                 "the checkpoint points away from the source's base url".into(),
             ));
         }
-        let mut request = self.http.get(url.clone());
+        let mut headers = HeaderMap::new();
+        for (name, value) in config.headers.iter().chain(&stream.headers) {
+            headers.insert(name.clone(), value.clone());
+        }
         if let Some(auth) = &config.auth {
             let mut value =
                 HeaderValue::from_str(&auth.value.render(credential)?).map_err(|_| {
@@ -90,12 +93,9 @@ impl Rest {
                     ))
                 })?;
             value.set_sensitive(true);
-            request = request.header(auth.name.clone(), value);
+            headers.insert(auth.name.clone(), value);
         }
-        for (name, value) in &config.headers {
-            request = request.header(name.clone(), value.clone());
-        }
-        let fetched = get_json(request, &[]).await?;
+        let fetched = get_json(self.http.get(url.clone()).headers(headers), &[]).await?;
         let body = &fetched.body;
         let items: &[Value] = match stream.records.get(body) {
             Some(Value::Array(items)) => items,

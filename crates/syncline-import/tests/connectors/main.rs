@@ -1,8 +1,10 @@
 //! The PlayStation, Xbox and generic REST connectors, and Steam's incremental walk, against their fakes on
 //! 127.0.0.1, through the [`Importer`] over a real SQLite file: full walks with exact row and request
 //! counts, incremental walks that fetch only what changed (checked on the fakes' request logs), upstream
-//! changes that move the sequence only for the changed rows, rate limits and expired credentials.
+//! changes that move the sequence only for the changed rows, rate limits and expired credentials. And the
+//! example import configurations, which must keep building.
 
+mod examples;
 mod playstation;
 mod rest;
 mod steam;
