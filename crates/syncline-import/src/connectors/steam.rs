@@ -26,11 +26,10 @@ use crate::source::{BoxFuture, Credential, Page, PageRequest, Source, SourceErro
 /// Games whose achievements one page fetches at most.
 const GAMES_PER_PAGE: usize = 10;
 
-/// (credential fingerprint, played after): which walk a [`Visits`] list is for.
-type VisitsKey = (u64, Option<u64>);
-
 /// The games an achievements walk visits, and the latest time any owned game was played.
 struct Visits {
+    /// The walk's "played after" (`None`: every game), so a list is reused only by its own walk.
+    played_after: Option<u64>,
     appids: Vec<u64>,
     last_played: Option<u64>,
 }
@@ -38,8 +37,8 @@ struct Visits {
 pub(crate) struct Steam {
     http: reqwest::Client,
     base: String,
-    /// The games to visit per (credential, watermark), kept between pages of the achievements walk.
-    visits: Mutex<HashMap<VisitsKey, Arc<Visits>>>,
+    /// The latest walk's list per credential fingerprint, kept between its pages.
+    visits: Mutex<HashMap<u64, Arc<Visits>>>,
 }
 
 impl Steam {
@@ -123,14 +122,14 @@ impl Steam {
             ),
             _ => None,
         };
-        let cache_key = (credential.fingerprint(), played_after);
+        let fingerprint = credential.fingerprint();
         let cached = self
             .visits
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&cache_key)
+            .get(&fingerprint)
             .cloned();
-        let visits = match cached.filter(|_| position > 0) {
+        let visits = match cached.filter(|v| position > 0 && v.played_after == played_after) {
             Some(visits) => visits,
             None => {
                 let (body, _) = self.owned_games(credential).await?;
@@ -145,13 +144,14 @@ impl Steam {
                     .collect();
                 appids.sort_unstable();
                 let visits = Arc::new(Visits {
+                    played_after,
                     appids,
                     last_played: games.iter().map(played).max(),
                 });
                 self.visits
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(cache_key, visits.clone());
+                    .insert(fingerprint, visits.clone());
                 visits
             }
         };
