@@ -20,7 +20,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 use syncline_core::ImportPhase;
 
-use super::{get_json, safe_id};
+use super::{Fetched, get_json, safe_id};
 use crate::config::{Pagination, RestConfig, RestStream};
 use crate::source::{BoxFuture, Credential, Page, PageRequest, Source, SourceError};
 
@@ -144,8 +144,7 @@ impl Rest {
                 stream,
                 checkpoint.as_deref(),
                 &url,
-                body,
-                fetched.link.as_deref(),
+                &fetched,
                 items.len() as u64,
                 total,
             )?
@@ -215,18 +214,18 @@ impl Rest {
         Ok(url)
     }
 
-    /// The checkpoint after a non-empty page of `count` records; `None`: the stream is complete.
-    #[allow(clippy::too_many_arguments)]
+    /// The checkpoint after a non-empty page of `count` records fetched from `url`; `None`: the stream is
+    /// complete.
     fn next(
         &self,
         stream: &RestStream,
         checkpoint: Option<&str>,
         url: &Url,
-        body: &Value,
-        link: Option<&str>,
+        fetched: &Fetched,
         count: u64,
         total: Option<u64>,
     ) -> Result<Option<String>, SourceError> {
+        let body = &fetched.body;
         Ok(match &stream.pagination {
             Pagination::None => None,
             Pagination::Offset { .. } => {
@@ -256,7 +255,7 @@ impl Rest {
                 Some(s) if !s.is_empty() => Some(self.follow(url, s)?),
                 _ => None,
             },
-            Pagination::LinkHeader { .. } => match link.and_then(link_next) {
+            Pagination::LinkHeader { .. } => match fetched.link.as_deref().and_then(link_next) {
                 Some(s) => Some(self.follow(url, s)?),
                 None => None,
             },
