@@ -246,3 +246,21 @@ async fn an_upstream_change_moves_the_sequence_only_for_the_changed_row() {
     assert_eq!(h.table("rest_items")["321"]["name"], "Renamed");
     assert_eq!(h.rows("rest_items"), 800);
 }
+
+#[tokio::test]
+async fn requests_per_second_spaces_the_requests_of_a_walk() {
+    let fake = FakeRest::start(REST_TOKEN, 500).await;
+    let sources = rest_source(&fake, "", OFFSET_TOTAL).replace(
+        "kind = \"rest\"\n",
+        "kind = \"rest\"\nrequests_per_second = 20\n",
+    );
+    let h = harness("", &sources, &[("api", rest_credential())]).await;
+    let started = std::time::Instant::now();
+    assert_complete(&h.import("api", 10).await);
+    let took = started.elapsed();
+    assert_eq!(fake.control.requests(), 10);
+    assert!(
+        took >= std::time::Duration::from_millis(9 * 50 - 10),
+        "10 requests at 20 per second span 450 ms, took {took:?}"
+    );
+}
