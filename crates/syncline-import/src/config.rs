@@ -1,9 +1,14 @@
 //! The `[imports]` configuration: a serde type, checked and turned into runtime sources by
 //! [`crate::Importer::from_config`].
 
+mod rest;
+
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+
+pub use rest::RestConfig;
+pub(crate) use rest::{Pagination, RestStream};
 
 /// `[imports]`: the encryption key, the step budget, the runner mode and the sources.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,24 +53,92 @@ pub enum RunnerMode {
     Call,
 }
 
-/// `[imports.sources.NAME]`.
+/// `[imports.sources.NAME]`, checked as it is read: a bad base url, a non-positive rate or a `rest` table on
+/// the wrong kind of source is a configuration error at startup.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "SourceToml")]
 pub struct SourceConfig {
     pub kind: SourceKind,
-    /// The API's base url (a fake one in tests); each connector has the real one as default.
+    /// The API's base url (a fake one in tests); each connector has the real one as default, except `rest`,
+    /// which needs it.
     pub base_url: Option<String>,
     /// Stream name -> declared table. Streams left out are not imported.
     pub streams: BTreeMap<String, String>,
     /// Proactive limit per credential; `None`: only the source's own 429s slow us down.
     pub requests_per_second: Option<f64>,
     /// Retries of a transient failure within one step.
-    #[serde(default = "default_retries")]
     pub max_retries: u32,
+    /// `kind = "rest"`: how to walk the API (`[imports.sources.NAME.rest]`).
+    pub rest: Option<RestConfig>,
+}
+
+/// The TOML shape of [`SourceConfig`], before its checks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceToml {
+    kind: SourceKind,
+    base_url: Option<String>,
+    streams: BTreeMap<String, String>,
+    requests_per_second: Option<f64>,
+    #[serde(default = "default_retries")]
+    max_retries: u32,
+    rest: Option<RestConfig>,
 }
 
 fn default_retries() -> u32 {
     3
+}
+
+impl TryFrom<SourceToml> for SourceConfig {
+    type Error = String;
+
+    fn try_from(raw: SourceToml) -> Result<SourceConfig, String> {
+        let kind = raw.kind.as_str();
+        if let Some(url) = &raw.base_url {
+            http_url(url).map_err(|e| format!("source of kind `{kind}`: `base_url` {e}"))?;
+        }
+        if let Some(rate) = raw.requests_per_second
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            return Err(format!(
+                "source of kind `{kind}`: `requests_per_second` must be a positive number"
+            ));
+        }
+        match (raw.kind, &raw.rest, &raw.base_url) {
+            (SourceKind::Rest, None, _) => {
+                return Err(
+                    "a source of kind `rest` needs a `[imports.sources.NAME.rest]` table that describes its streams"
+                        .into(),
+                );
+            }
+            (SourceKind::Rest, Some(_), None) => {
+                return Err("a source of kind `rest` needs a `base_url`".into());
+            }
+            (SourceKind::Rest, Some(_), Some(_)) | (_, None, _) => {}
+            (_, Some(_), _) => {
+                return Err(format!(
+                    "source of kind `{kind}`: only `kind = \"rest\"` takes a `rest` table"
+                ));
+            }
+        }
+        Ok(SourceConfig {
+            kind: raw.kind,
+            base_url: raw.base_url,
+            streams: raw.streams,
+            requests_per_second: raw.requests_per_second,
+            max_retries: raw.max_retries,
+            rest: raw.rest,
+        })
+    }
+}
+
+/// A url the connectors may call: `http` or `https`, with a host.
+pub(crate) fn http_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("`{text}` is not a url: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("`{text}` is not an http(s) url with a host"));
+    }
+    Ok(url)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -73,4 +146,78 @@ fn default_retries() -> u32 {
 pub enum SourceKind {
     Steam,
     Spotify,
+    Playstation,
+    Xbox,
+    /// A REST API described in the configuration (`[imports.sources.NAME.rest]`).
+    Rest,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Steam => "steam",
+            SourceKind::Spotify => "spotify",
+            SourceKind::Playstation => "playstation",
+            SourceKind::Xbox => "xbox",
+            SourceKind::Rest => "rest",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_refused(source: &str, expected: &str) {
+        let text = format!("[sources.s]\n{source}");
+        let err = toml::from_str::<ImportsConfig>(&text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "`{expected}` not in: {err}");
+    }
+
+    const REST: &str = "[sources.s.rest.streams.items]\npath = \"/items\"\nrecords = \"\"\n";
+
+    #[test]
+    fn a_source_is_checked_as_it_is_read() {
+        check_refused(
+            "kind = \"rest\"\nbase_url = \"https://api.example.com\"\nstreams = {}\n",
+            "needs a `[imports.sources.NAME.rest]` table",
+        );
+        check_refused(
+            &format!("kind = \"rest\"\nstreams = {{}}\n{REST}"),
+            "needs a `base_url`",
+        );
+        check_refused(
+            &format!("kind = \"steam\"\nstreams = {{}}\n{REST}"),
+            "only `kind = \"rest\"` takes a `rest` table",
+        );
+        check_refused(
+            "kind = \"xbox\"\nbase_url = \"ftp://example.com\"\nstreams = {}\n",
+            "is not an http(s) url",
+        );
+        check_refused(
+            "kind = \"playstation\"\nbase_url = \"not a url\"\nstreams = {}\n",
+            "is not a url",
+        );
+        check_refused(
+            "kind = \"spotify\"\nrequests_per_second = 0\nstreams = {}\n",
+            "must be a positive number",
+        );
+        check_refused(
+            "kind = \"lastfm\"\nstreams = {}\n",
+            "unknown variant `lastfm`",
+        );
+        check_refused(
+            "kind = \"steam\"\nstreams = {}\nretries = 2\n",
+            "unknown field `retries`",
+        );
+        let ok: ImportsConfig = toml::from_str(&format!(
+            "[sources.s]\nkind = \"rest\"\nbase_url = \"https://api.example.com/v2\"\nstreams = {{ items = \"t\" }}\n{REST}"
+        ))
+        .unwrap();
+        let s = &ok.sources["s"];
+        assert_eq!((s.kind, s.max_retries), (SourceKind::Rest, 3));
+        assert!(s.rest.is_some());
+    }
 }

@@ -17,7 +17,7 @@ mod limiter;
 mod runner;
 mod source;
 
-pub use config::{ImportsConfig, RunnerMode, SourceConfig, SourceKind};
+pub use config::{ImportsConfig, RestConfig, RunnerMode, SourceConfig, SourceKind};
 pub use connectors::build_source;
 pub use crypto::Sealer;
 pub use error::ImportError;

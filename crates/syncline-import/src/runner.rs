@@ -634,14 +634,13 @@ impl Importer {
             if Instant::now() >= deadline {
                 return Ok(StreamEnd::Budget);
             }
-            if let Some(rps) = configured.per_second {
-                match self
+            if let Some(rps) = configured.per_second
+                && !self
                     .limiter
-                    .reserve(source, credential.fingerprint(), rps, deadline)
-                {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => return Ok(StreamEnd::Budget),
-                }
+                    .until_ready(source, credential.fingerprint(), rps, deadline)
+                    .await
+            {
+                return Ok(StreamEnd::Budget);
             }
             let request = PageRequest {
                 stream: &state.stream,

@@ -33,6 +33,13 @@ impl Credential {
             .ok_or_else(|| SourceError::Auth(format!("the connection has no `{name}`")))
     }
 
+    /// Every text field, as (name, value): for keeping the values out of what is stored or shown.
+    pub(crate) fn texts(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.as_str()?)))
+    }
+
     /// A stable fingerprint for per-credential rate limiting (not a secret-preserving hash; kept in memory).
     pub(crate) fn fingerprint(&self) -> u64 {
         use std::hash::{Hash, Hasher};

@@ -1,8 +1,18 @@
-//! Fake third-party APIs for import tests: Spotify and Steam, served by axum on 127.0.0.1 with the real
-//! APIs' documented response shapes, paging and error behaviour (401 on a bad or expired credential, 429
-//! with `Retry-After`), plus knobs for latency, rate limits and injected failures.
+//! Fake third-party APIs for import tests: Spotify, Steam, PlayStation, Xbox and a generic REST API, served
+//! by axum on 127.0.0.1 with the real APIs' documented response shapes, paging and error behaviour (401 on
+//! a bad or expired credential, 429 with `Retry-After`), plus knobs for latency, rate limits and injected
+//! failures.
 //!
-//! Each fake counts its requests and lets a test change the upstream data while it runs.
+//! Each fake counts its requests, logs their paths and queries, and lets a test change the upstream data
+//! while it runs.
+
+mod playstation;
+mod rest;
+mod xbox;
+
+pub use playstation::{FakePlayStation, PSN_ACCOUNT_ID, PsnLibrary};
+pub use rest::{FakeRest, REST_MAX_PAGE, RestItems};
+pub use xbox::{FakeXbox, XboxLibrary};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -25,12 +35,18 @@ pub struct Control {
     limit_next: AtomicU32,
     retry_after_secs: AtomicU64,
     expired: AtomicBool,
+    log: Mutex<Vec<String>>,
 }
 
 impl Control {
     /// Requests served so far (including refused ones).
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The path and query of every request so far, in order (including refused ones).
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     /// Every request waits this long before it is answered.
@@ -127,7 +143,9 @@ impl Drop for Served {
     }
 }
 
-async fn serve(router: Router) -> Served {
+/// Serves `router` on a loopback port, logging every request's path and query into `control`.
+async fn serve(router: Router, control: Arc<Control>) -> Served {
+    let router = router.layer(axum::middleware::from_fn_with_state(control, log_request));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a loopback port");
@@ -139,6 +157,19 @@ async fn serve(router: Router) -> Served {
         base_url: format!("http://{addr}"),
         task,
     }
+}
+
+async fn log_request(
+    State(control): State<Arc<Control>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| request.uri().path().to_string(), |pq| pq.to_string());
+    control.log.lock().unwrap().push(target);
+    next.run(request).await
 }
 
 fn param(q: &HashMap<String, String>, name: &str) -> Option<u64> {
@@ -272,7 +303,7 @@ impl FakeSpotify {
             .route("/v1/me/playlists", get(spotify_playlists))
             .route("/v1/me/following", get(spotify_following))
             .with_state(shared.clone());
-        let served = serve(router).await;
+        let served = serve(router, shared.control.clone()).await;
         *shared.base.lock().unwrap() = served.base_url.clone();
         FakeSpotify {
             control: shared.control.clone(),
@@ -479,7 +510,7 @@ impl FakeSteam {
         FakeSteam {
             control: shared.control.clone(),
             library: shared.library.clone(),
-            served: serve(router).await,
+            served: serve(router, shared.control.clone()).await,
         }
     }
 

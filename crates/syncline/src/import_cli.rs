@@ -1,5 +1,6 @@
-//! `syncline import start|status|stop <source> --user U`: drives a server's import routes with a token minted
-//! from the configuration; `start --wait` shows one progress bar per stream until nothing is pending.
+//! `syncline import start|status|stop|reset <source> --user U`: drives a server's import routes with a token
+//! minted from the configuration; `start --wait` shows one progress bar per stream until nothing is pending,
+//! then the final states, and exits non-zero when a stream ended in error.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,6 +34,11 @@ enum Action {
     },
     /// Stop after the current batch; `start` resumes from the checkpoint.
     Stop {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Forget every stream's progress: the next `start` walks everything again. Imported rows stay.
+    Reset {
         #[command(flatten)]
         target: Target,
     },
@@ -99,44 +105,52 @@ pub fn run(args: ImportArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        match args.action {
-            Action::Start { target, wait } => {
-                let client = Client::new(&target)?;
-                let path = format!("/v1/imports/{}", target.source);
-                let body = client
-                    .call(reqwest::Method::POST, &format!("{path}/start"))
-                    .await?;
-                if wait {
-                    follow(&client, &path).await
-                } else {
-                    print_states(&body);
-                    Ok(())
-                }
-            }
-            Action::Status { target } => {
-                let client = Client::new(&target)?;
-                let body = client
-                    .call(
-                        reqwest::Method::GET,
-                        &format!("/v1/imports/{}/status", target.source),
-                    )
-                    .await?;
-                print_states(&body);
-                Ok(())
-            }
-            Action::Stop { target } => {
-                let client = Client::new(&target)?;
-                let body = client
-                    .call(
-                        reqwest::Method::POST,
-                        &format!("/v1/imports/{}/stop", target.source),
-                    )
-                    .await?;
-                print_states(&body);
-                Ok(())
-            }
+        let (target, method, route, wait) = match &args.action {
+            Action::Start { target, wait } => (target, reqwest::Method::POST, "start", *wait),
+            Action::Status { target } => (target, reqwest::Method::GET, "status", false),
+            Action::Stop { target } => (target, reqwest::Method::POST, "stop", false),
+            Action::Reset { target } => (target, reqwest::Method::POST, "reset", false),
+        };
+        let client = Client::new(target)?;
+        let path = format!("/v1/imports/{}", target.source);
+        let body = client.call(method, &format!("{path}/{route}")).await?;
+        let body = if wait {
+            follow(&client, &path).await?
+        } else {
+            body
+        };
+        print_states(&body);
+        if wait {
+            fail_on_errors(&target.source, &body)?;
         }
+        Ok(())
     })
+}
+
+/// An error naming every stream that ended in error, if any did.
+fn fail_on_errors(source: &str, body: &Value) -> Result<()> {
+    let failed: Vec<String> = body["streams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["status"] == "error")
+        .map(|s| {
+            format!(
+                "{}: {}: {}",
+                key(s),
+                s["error_code"].as_str().unwrap_or("error"),
+                s["error"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "the import of `{source}` failed:\n  {}",
+            failed.join("\n  ")
+        )
+    }
 }
 
 fn key(state: &Value) -> String {
@@ -163,8 +177,9 @@ fn print_states(body: &Value) {
     }
 }
 
-/// Polls the status twice a second, one bar per stream, until no stream is pending or rate limited.
-async fn follow(client: &Client, path: &str) -> Result<()> {
+/// Polls the status twice a second, one bar per stream, until no stream is pending or rate limited; the last
+/// status.
+async fn follow(client: &Client, path: &str) -> Result<Value> {
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:32} [{bar:30}] {pos}/{len} {msg}")
         .expect("a valid template")
@@ -200,9 +215,9 @@ async fn follow(client: &Client, path: &str) -> Result<()> {
         }
         if !active {
             for bar in shown.values() {
-                bar.finish();
+                bar.finish_and_clear();
             }
-            return Ok(());
+            return Ok(body);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

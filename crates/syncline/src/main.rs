@@ -53,7 +53,7 @@ enum Command {
     Outbox(client_cli::OutboxArgs),
     /// Measure the client SDK: outbox push, fresh-device pull, peak RSS, batched vs individual mode.
     BenchClient(bench_client::BenchClientArgs),
-    /// Start, follow, inspect or stop an import from a third-party source, through a running server.
+    /// Start, follow, inspect, stop or reset an import from a third-party source, through a running server.
     Import(import_cli::ImportArgs),
 }
 

@@ -1,8 +1,11 @@
 //! The connectors, one module per third-party API, and the HTTP helper they share: one GET, with the
 //! response status classified into a [`SourceError`].
 
+mod playstation;
+mod rest;
 mod spotify;
 mod steam;
+mod xbox;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,32 +19,57 @@ use crate::source::{RateLimit, Source, SourceError};
 
 /// Builds the runtime source a configuration names.
 pub fn build_source(config: &SourceConfig) -> Arc<dyn Source> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("a plain HTTP client builds");
+    let http = http_client();
+    let base = |default: &str| config.base_url.clone().unwrap_or_else(|| default.into());
     match config.kind {
         SourceKind::Steam => Arc::new(steam::Steam::new(
             http,
-            config
-                .base_url
-                .clone()
-                .unwrap_or_else(|| "https://api.steampowered.com".into()),
+            base("https://api.steampowered.com"),
         )),
-        SourceKind::Spotify => Arc::new(spotify::Spotify::new(
+        SourceKind::Spotify => {
+            Arc::new(spotify::Spotify::new(http, base("https://api.spotify.com")))
+        }
+        SourceKind::Playstation => Arc::new(playstation::PlayStation::new(
             http,
-            config
-                .base_url
-                .clone()
-                .unwrap_or_else(|| "https://api.spotify.com".into()),
+            base("https://m.np.playstation.com"),
         )),
+        SourceKind::Xbox => Arc::new(xbox::Xbox::new(http, config.base_url.clone())),
+        SourceKind::Rest => match (&config.rest, &config.base_url) {
+            (Some(rest), Some(base)) => Arc::new(rest::Rest::new(http, base, rest.clone())),
+            // Read from TOML, a rest source always has both; built by hand without them, it offers no
+            // stream, so mapping any stream to a table is refused at startup.
+            _ => Arc::new(rest::Rest::unconfigured(http)),
+        },
     }
 }
 
-/// The parsed body of a successful GET, and the `X-RateLimit-Remaining` it came with.
+/// The HTTP client of a source: a 30-second timeout, a `syncline/VERSION` user agent (some APIs, GitHub's
+/// among them, refuse requests without one), and redirects followed only within the origin of the
+/// request, so a header carrying a credential never goes to another host.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("syncline/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let same_origin = attempt
+                .previous()
+                .first()
+                .is_some_and(|first| first.origin() == attempt.url().origin());
+            if same_origin && attempt.previous().len() < 5 {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        }))
+        .build()
+        .expect("a plain HTTP client builds")
+}
+
+/// The parsed body of a successful GET, the `X-RateLimit-Remaining` it came with, and its `Link` header.
 pub(crate) struct Fetched {
     pub body: Value,
     pub remaining: Option<u64>,
+    pub link: Option<String>,
 }
 
 /// One GET of JSON. Never puts the url in an error: it may carry a key.
@@ -58,6 +86,11 @@ pub(crate) async fn get_json(
     })?;
     let status = response.status();
     let remaining = header_u64(response.headers(), "x-ratelimit-remaining");
+    let link = response
+        .headers()
+        .get(reqwest::header::LINK)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     if status == StatusCode::TOO_MANY_REQUESTS {
         return Err(SourceError::RateLimited(rate_limit(response.headers())));
     }
@@ -83,7 +116,11 @@ pub(crate) async fn get_json(
         .json::<Value>()
         .await
         .map_err(|_| SourceError::Transient("the API sent an unreadable body".into()))?;
-    Ok(Fetched { body, remaining })
+    Ok(Fetched {
+        body,
+        remaining,
+        link,
+    })
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {

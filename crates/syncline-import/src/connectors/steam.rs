@@ -1,12 +1,24 @@
 //! Steam Web API: owned games (`IPlayerService/GetOwnedGames`, one unpaged answer) and achievements per game
 //! (`ISteamUserStats/GetPlayerAchievements`, one request per game; the checkpoint is the position in the
-//! owned-games list ordered by appid). Authenticated with a Web API `api_key` and the user's `steam_id`.
+//! list of games to visit, ordered by appid). Authenticated with a Web API `api_key` and the user's
+//! `steam_id`.
+//!
+//! Incremental walks. `owned_games` is one request whatever is asked, and Steam has no "changed since"
+//! filter, so its incremental walk fetches the whole list again. That is also the only way to see a game
+//! bought since, which has never been played; the unchanged rows it brings cost nothing (the store skips
+//! rows equal to what it has, and the sequence does not move). `achievements` is where the requests are:
+//! a game's achievements only change while it is played, and GetOwnedGames says when each game was last
+//! played (`rtime_last_played`). The walk keeps the latest of those times as its watermark, and its
+//! incremental walk visits only the games played since: one request per such game instead of one per owned
+//! game. A game bought but not yet played has no unlocked achievement; its locked ones arrive once it is
+//! played (or at the next full walk, after `reset`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use syncline_core::ImportPhase;
 
 use super::{get_json, safe_id, str_at};
 use crate::source::{BoxFuture, Credential, Page, PageRequest, Source, SourceError};
@@ -14,11 +26,19 @@ use crate::source::{BoxFuture, Credential, Page, PageRequest, Source, SourceErro
 /// Games whose achievements one page fetches at most.
 const GAMES_PER_PAGE: usize = 10;
 
+/// The games an achievements walk visits, and the latest time any owned game was played.
+struct Visits {
+    /// The walk's "played after" (`None`: every game), so a list is reused only by its own walk.
+    played_after: Option<u64>,
+    appids: Vec<u64>,
+    last_played: Option<u64>,
+}
+
 pub(crate) struct Steam {
     http: reqwest::Client,
     base: String,
-    /// Owned appids per credential, kept between pages of the achievements walk.
-    owned: Mutex<HashMap<u64, Arc<Vec<u64>>>>,
+    /// The latest walk's list per credential fingerprint, kept between its pages.
+    visits: Mutex<HashMap<u64, Arc<Visits>>>,
 }
 
 impl Steam {
@@ -26,7 +46,7 @@ impl Steam {
         Steam {
             http,
             base: base.trim_end_matches('/').to_string(),
-            owned: Mutex::new(HashMap::new()),
+            visits: Mutex::new(HashMap::new()),
         }
     }
 
@@ -94,30 +114,48 @@ impl Steam {
                 .parse()
                 .map_err(|_| SourceError::Permanent("a bad checkpoint".into()))?,
         };
+        // Incremental: only the games played after the last walk's latest play.
+        let played_after = match (req.phase, req.watermark) {
+            (ImportPhase::Incremental, Some(mark)) => Some(
+                mark.parse::<u64>()
+                    .map_err(|_| SourceError::Permanent("a bad watermark".into()))?,
+            ),
+            _ => None,
+        };
         let fingerprint = credential.fingerprint();
         let cached = self
-            .owned
+            .visits
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&fingerprint)
             .cloned();
-        let appids = match cached.filter(|_| position > 0) {
-            Some(list) => list,
+        let visits = match cached.filter(|v| position > 0 && v.played_after == played_after) {
+            Some(visits) => visits,
             None => {
                 let (body, _) = self.owned_games(credential).await?;
-                let mut ids: Vec<u64> = body["response"]["games"]
+                let games = body["response"]["games"]
                     .as_array()
-                    .map(|g| g.iter().filter_map(|x| x["appid"].as_u64()).collect())
-                    .unwrap_or_default();
-                ids.sort_unstable();
-                let ids = Arc::new(ids);
-                self.owned
+                    .map_or(&[][..], Vec::as_slice);
+                let played = |g: &Value| g["rtime_last_played"].as_u64().unwrap_or(0);
+                let mut appids: Vec<u64> = games
+                    .iter()
+                    .filter(|g| played_after.is_none_or(|after| played(g) > after))
+                    .filter_map(|g| g["appid"].as_u64())
+                    .collect();
+                appids.sort_unstable();
+                let visits = Arc::new(Visits {
+                    played_after,
+                    appids,
+                    last_played: games.iter().map(played).max(),
+                });
+                self.visits
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(fingerprint, ids.clone());
-                ids
+                    .insert(fingerprint, visits.clone());
+                visits
             }
         };
+        let appids = &visits.appids;
         let key = credential.field("api_key")?;
         let steam_id = credential.field("steam_id")?;
         let mut records = Vec::new();
@@ -161,7 +199,9 @@ impl Steam {
             records,
             next: (at < appids.len()).then(|| at.to_string()),
             total: None,
-            newest: None,
+            newest: (position == 0)
+                .then(|| visits.last_played.map(|t| t.to_string()))
+                .flatten(),
             remaining,
         })
     }

@@ -2,6 +2,7 @@
 //! 2 cores instead of one per file).
 
 mod architecture;
+mod import_cli;
 mod imports;
 mod instances;
 mod kill;

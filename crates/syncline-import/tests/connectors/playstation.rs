@@ -1,0 +1,128 @@
+//! PlayStation: trophy titles, then each title's trophies.
+
+use serde_json::json;
+use syncline_core::{ImportPhase, ImportStatus};
+use syncline_testkit::fake_apis::{FakePlayStation, PSN_ACCOUNT_ID};
+
+use super::{PSN_TOKEN, assert_complete, harness, playstation_source, requests_since};
+
+#[tokio::test]
+async fn a_full_playstation_import_brings_every_title_and_every_trophy() {
+    let fake = FakePlayStation::start(PSN_TOKEN, 1_500, 4).await;
+    let h = harness(
+        "",
+        &playstation_source(&fake),
+        &[(
+            "psn",
+            json!({"access_token": PSN_TOKEN, "account_id": PSN_ACCOUNT_ID}),
+        )],
+    )
+    .await;
+    let states = h.import("psn", 20).await;
+    assert_complete(&states);
+    assert_eq!(h.rows("psn_titles"), 1_500);
+    assert_eq!(h.rows("psn_trophies"), 6_000);
+    assert_eq!(states[0].total_estimated, Some(1_500));
+    // Titles: 30 pages of 50. Trophies: 150 pages, each one page of 10 titles and their 10 trophy lists.
+    assert_eq!(fake.control.requests(), 30 + 150 * 11);
+    assert!(
+        fake.control
+            .log()
+            .iter()
+            .all(|r| r.starts_with(&format!("/api/trophy/v1/users/{PSN_ACCOUNT_ID}/")))
+    );
+
+    let titles = h.table("psn_titles");
+    let ps5 = &titles["NPWR00002_00"];
+    assert_eq!(
+        (&ps5["name"], &ps5["platform"], &ps5["defined_total"]),
+        (&json!("Game 2"), &json!("PS5"), &json!(4))
+    );
+    assert_eq!(
+        (&ps5["earned_platinum"], &ps5["earned_bronze"]),
+        (&json!(1), &json!(1))
+    );
+    let trophies = h.table("psn_trophies");
+    let earned = &trophies["NPWR00002_00-0"];
+    assert_eq!(
+        (&earned["trophy_type"], &earned["earned"]),
+        (&json!("platinum"), &json!(true))
+    );
+    assert!(earned["earned_at"].is_string());
+    assert_eq!(earned["earned_rate"], json!(0.5));
+    let locked = &trophies["NPWR00002_00-1"];
+    assert_eq!(
+        (&locked["earned"], &locked["earned_at"]),
+        (&json!(false), &json!(null))
+    );
+}
+
+#[tokio::test]
+async fn the_playstation_incremental_walk_fetches_only_updated_and_new_titles() {
+    let fake = FakePlayStation::start(PSN_TOKEN, 300, 5).await;
+    let h = harness(
+        "",
+        &playstation_source(&fake),
+        &[("psn", json!({"access_token": PSN_TOKEN}))],
+    )
+    .await;
+    assert_complete(&h.import("psn", 10).await);
+    let sequence = h.sequence();
+
+    // Nothing changed upstream: one request per stream, and no row moves.
+    let before = fake.control.log().len();
+    h.import("psn", 10).await;
+    assert_eq!(requests_since(&fake.control, before).len(), 2);
+    assert_eq!(h.sequence(), sequence);
+
+    // Two titles get a trophy each (one unearned trophy, so its title's counts change too); three are new.
+    let new_ids = {
+        let mut library = fake.library.lock().unwrap();
+        library.earn("NPWR00010_00", 1);
+        library.earn("NPWR00123_00", 2);
+        library.add_titles(3, 5)
+    };
+    let before = fake.control.log().len();
+    let states = h.import("psn", 10).await;
+    let incremental: Vec<_> = states
+        .iter()
+        .filter(|s| s.phase == ImportPhase::Incremental)
+        .collect();
+    assert_eq!(incremental.len(), 2);
+    assert!(
+        incremental
+            .iter()
+            .all(|s| s.status == ImportStatus::Success),
+        "{states:?}"
+    );
+    let requests = requests_since(&fake.control, before);
+    let trophy_lists: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.contains("/trophyGroups/all/trophies"))
+        .collect();
+    assert_eq!(
+        requests.len(),
+        2 + trophy_lists.len(),
+        "one page of titles per stream: {requests:#?}"
+    );
+    let mut fetched: Vec<&str> = trophy_lists
+        .iter()
+        .map(|r| r.split('/').nth(7).unwrap())
+        .collect();
+    fetched.sort_unstable();
+    let mut expected: Vec<&str> = new_ids.iter().map(String::as_str).collect();
+    expected.extend(["NPWR00010_00", "NPWR00123_00"]);
+    expected.sort_unstable();
+    assert_eq!(fetched, expected, "only the updated and the new titles");
+    assert_eq!(
+        h.state("psn", "trophies", ImportPhase::Incremental)
+            .await
+            .processed,
+        25
+    );
+    assert_eq!(h.rows("psn_titles"), 303);
+    assert_eq!(h.rows("psn_trophies"), 1_515);
+    // Titles: 3 new and 2 changed. Trophies: 15 new and the 2 earned; their siblings did not change.
+    assert_eq!(h.sequence(), sequence + 5 + 17);
+    assert_eq!(h.table("psn_trophies")["NPWR00010_00-1"]["earned"], true);
+}

@@ -1,0 +1,266 @@
+//! The generic REST source: every pagination style over the same fake API, its edge cases, the origin
+//! rule for next urls, incremental walks and upstream changes.
+
+use serde_json::json;
+use syncline_core::{ImportPhase, ImportStatus};
+use syncline_testkit::fake_apis::FakeRest;
+
+use super::{REST_TOKEN, assert_complete, harness, requests_since, rest_credential, rest_source};
+
+const OFFSET_TOTAL: &str = "path = \"/offset/items\"\nrecords = \"/data\"\ntotal = \"/meta/total\"\n\
+    pagination = { style = \"offset\", size_param = \"limit\" }";
+const OFFSET: &str = "path = \"/offset/items\"\nrecords = \"/data\"\n\
+    pagination = { style = \"offset\", size_param = \"limit\" }";
+const PAGE_TOTAL: &str = "path = \"/page/items\"\nrecords = \"/results\"\ntotal = \"/total_count\"\n\
+    pagination = { style = \"page\", size_param = \"per_page\" }";
+const PAGE: &str = "path = \"/page/items\"\nrecords = \"/results\"\n\
+    pagination = { style = \"page\", size_param = \"per_page\" }";
+const CURSOR: &str = "path = \"/cursor/items\"\nrecords = \"/items\"\n\
+    pagination = { style = \"cursor\", cursor = \"/meta/next_cursor\", size_param = \"limit\" }";
+const NEXT_URL: &str = "path = \"/next/items\"\nrecords = \"/data\"\n\
+    pagination = { style = \"next_url\", next = \"/links/next\", size_param = \"limit\" }";
+const LINK_HEADER: &str = "path = \"/link/items\"\nrecords = \"\"\n\
+    pagination = { style = \"link_header\", size_param = \"per_page\" }";
+const SINGLE: &str = "path = \"/single/items\"\nrecords = \"/items\"";
+
+/// How many requests a walk of `items` in pages of 50 takes when the end shows (a total, no next cursor or
+/// url), and when only an empty page shows it.
+fn pages_when_the_end_shows(items: usize) -> usize {
+    items.div_ceil(50).max(1)
+}
+
+fn pages_up_to_an_empty_one(items: usize) -> usize {
+    items / 50 + 1 + usize::from(!items.is_multiple_of(50))
+}
+
+/// Imports `items` items through `stream`; checks every row arrived and the walk took `requests` requests.
+async fn check(name: &str, stream: &str, items: usize, requests: usize) {
+    let fake = FakeRest::start(REST_TOKEN, items).await;
+    let h = harness(
+        "",
+        &rest_source(&fake, "", stream),
+        &[("api", rest_credential())],
+    )
+    .await;
+    let states = h.import("api", 10).await;
+    assert_complete(&states);
+    assert_eq!(states[0].processed, items as u64, "{name}, {items} items");
+    assert_eq!(h.rows("rest_items"), items as u64, "{name}, {items} items");
+    assert_eq!(
+        fake.control.requests() as usize,
+        requests,
+        "{name}, {items} items: {:#?}",
+        fake.control.log()
+    );
+}
+
+#[tokio::test]
+async fn every_pagination_style_walks_every_item_and_stops_where_the_api_ends() {
+    for items in [0, 1, 50, 100, 2_345] {
+        let shown = pages_when_the_end_shows(items);
+        let empty = pages_up_to_an_empty_one(items);
+        check("offset with a total", OFFSET_TOTAL, items, shown).await;
+        check("offset", OFFSET, items, empty).await;
+        check("page with a total", PAGE_TOTAL, items, shown).await;
+        check("page", PAGE, items, empty).await;
+        check("cursor", CURSOR, items, shown).await;
+        check("next url", NEXT_URL, items, shown).await;
+        check("link header", LINK_HEADER, items, shown).await;
+        check("single request", SINGLE, items, 1).await;
+    }
+}
+
+#[tokio::test]
+async fn rows_hold_the_mapped_fields_or_the_records_own() {
+    let fake = FakeRest::start(REST_TOKEN, 3).await;
+    let sources = format!(
+        "{}[sources.api.rest.streams.raw]\npath = \"/single/items\"\nrecords = \"/items\"\n",
+        rest_source(&fake, "", SINGLE).replace(
+            "streams = { items = \"rest_items\" }",
+            "streams = { items = \"rest_items\", raw = \"rest_raw\" }"
+        )
+    );
+    let h = harness("", &sources, &[("api", rest_credential())]).await;
+    assert_complete(&h.import("api", 10).await);
+    let mapped = &h.table("rest_items")["2"];
+    assert_eq!(
+        (&mapped["name"], &mapped["stars"], &mapped["owner"]),
+        (&json!("Item 2"), &json!(6), &json!("user2"))
+    );
+    let own = &h.table("rest_raw")["2"];
+    assert_eq!(
+        (&own["name"], &own["owner"], &own["tags"]),
+        (
+            &json!("Item 2"),
+            &json!({"login": "user2"}),
+            &json!(["a", "b"])
+        )
+    );
+    assert!(
+        own.get("updated_at").is_none(),
+        "columns the table does not declare are left out"
+    );
+}
+
+#[tokio::test]
+async fn the_page_size_is_capped_by_max_page_size() {
+    let fake = FakeRest::start(REST_TOKEN, 450).await;
+    let h = harness(
+        "page_size = 200",
+        &rest_source(&fake, "", OFFSET_TOTAL),
+        &[("api", rest_credential())],
+    )
+    .await;
+    assert_complete(&h.import("api", 10).await);
+    assert_eq!(h.rows("rest_items"), 450);
+    let log = fake.control.log();
+    assert_eq!(log.len(), 5, "the default max_page_size, 100: {log:#?}");
+    assert!(log.iter().all(|r| r.contains("limit=100")), "{log:#?}");
+
+    // Above what the API takes, the API's refusal is the stream's error.
+    let fake = FakeRest::start(REST_TOKEN, 450).await;
+    let h = harness(
+        "page_size = 200",
+        &rest_source(&fake, "max_page_size = 500", OFFSET_TOTAL),
+        &[("api", rest_credential())],
+    )
+    .await;
+    let states = h.import("api", 10).await;
+    assert_eq!(
+        (states[0].status, states[0].error_code.as_deref()),
+        (ImportStatus::Error, Some("upstream_failed"))
+    );
+}
+
+#[tokio::test]
+async fn relative_next_urls_are_followed_on_the_base_origin() {
+    for stream in [NEXT_URL, LINK_HEADER] {
+        let fake = FakeRest::start(REST_TOKEN, 120).await;
+        fake.set_relative_links(true);
+        let h = harness(
+            "",
+            &rest_source(&fake, "", stream),
+            &[("api", rest_credential())],
+        )
+        .await;
+        assert_complete(&h.import("api", 10).await);
+        assert_eq!(h.rows("rest_items"), 120);
+        assert_eq!(fake.control.requests(), 3, "{:#?}", fake.control.log());
+    }
+}
+
+#[tokio::test]
+async fn a_next_url_on_another_origin_is_never_followed() {
+    for stream in [NEXT_URL, LINK_HEADER] {
+        let elsewhere = FakeRest::start(REST_TOKEN, 10).await;
+        let fake = FakeRest::start(REST_TOKEN, 120).await;
+        fake.send_next_links_to(Some(elsewhere.base_url()));
+        let h = harness(
+            "",
+            &rest_source(&fake, "", stream),
+            &[("api", rest_credential())],
+        )
+        .await;
+        let states = h.import("api", 10).await;
+        let s = &states[0];
+        assert_eq!(
+            (s.status, s.error_code.as_deref()),
+            (ImportStatus::Error, Some("upstream_failed")),
+            "{s:?}"
+        );
+        assert!(
+            s.error.as_deref().unwrap().contains("not followed"),
+            "{s:?}"
+        );
+        assert_eq!(
+            elsewhere.control.requests(),
+            0,
+            "the credential never left the source"
+        );
+        assert_eq!(fake.control.requests(), 1);
+        assert_eq!(
+            h.rows("rest_items"),
+            0,
+            "a page whose next url is refused is not applied"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_rest_incremental_walk_stops_at_the_last_walks_newest_record() {
+    for stream in [OFFSET_TOTAL, LINK_HEADER, CURSOR] {
+        let stream = format!("{stream}\nnewest_first_by = \"/updated_at\"");
+        let fake = FakeRest::start(REST_TOKEN, 500).await;
+        let h = harness(
+            "",
+            &rest_source(&fake, "", &stream),
+            &[("api", rest_credential())],
+        )
+        .await;
+        assert_complete(&h.import("api", 20).await);
+        let sequence = h.sequence();
+        fake.items.lock().unwrap().add(7);
+        let before = fake.control.log().len();
+        h.import("api", 10).await;
+        let requests = requests_since(&fake.control, before);
+        assert_eq!(requests.len(), 1, "{stream}: {requests:#?}");
+        let incremental = h.state("api", "items", ImportPhase::Incremental).await;
+        assert_eq!(
+            (incremental.status, incremental.processed),
+            (ImportStatus::Success, 7),
+            "{incremental:?}"
+        );
+        assert_eq!(h.rows("rest_items"), 507);
+        assert_eq!(h.sequence(), sequence + 7);
+        // And again: only what is new since that walk.
+        fake.items.lock().unwrap().add(2);
+        h.import("api", 10).await;
+        assert_eq!(
+            h.state("api", "items", ImportPhase::Incremental)
+                .await
+                .processed,
+            2
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_change_moves_the_sequence_only_for_the_changed_row() {
+    let fake = FakeRest::start(REST_TOKEN, 800).await;
+    let h = harness(
+        "",
+        &rest_source(&fake, "", CURSOR),
+        &[("api", rest_credential())],
+    )
+    .await;
+    assert_complete(&h.import("api", 20).await);
+    let sequence = h.sequence();
+    // A full walk of an unchanged upstream changes nothing.
+    assert_complete(&h.import("api", 20).await);
+    assert_eq!(h.sequence(), sequence);
+    fake.items.lock().unwrap().rename(321, "Renamed");
+    h.importer.reset(super::USER, "api").await.unwrap();
+    h.import("api", 20).await;
+    assert_complete(&[h.state("api", "items", ImportPhase::Initial).await]);
+    assert_eq!(h.sequence(), sequence + 1);
+    assert_eq!(h.table("rest_items")["321"]["name"], "Renamed");
+    assert_eq!(h.rows("rest_items"), 800);
+}
+
+#[tokio::test]
+async fn requests_per_second_spaces_the_requests_of_a_walk() {
+    let fake = FakeRest::start(REST_TOKEN, 500).await;
+    let sources = rest_source(&fake, "", OFFSET_TOTAL).replace(
+        "kind = \"rest\"\n",
+        "kind = \"rest\"\nrequests_per_second = 20\n",
+    );
+    let h = harness("", &sources, &[("api", rest_credential())]).await;
+    let started = std::time::Instant::now();
+    assert_complete(&h.import("api", 10).await);
+    let took = started.elapsed();
+    assert_eq!(fake.control.requests(), 10);
+    assert!(
+        took >= std::time::Duration::from_millis(9 * 50 - 10),
+        "10 requests at 20 per second span 450 ms, took {took:?}"
+    );
+}
