@@ -1,10 +1,15 @@
-//! The PlayStation, Xbox and generic REST connectors, and Steam's incremental walk, against their fakes on
-//! 127.0.0.1, through the [`Importer`] over a real SQLite file: full walks with exact row and request
-//! counts, incremental walks that fetch only what changed (checked on the fakes' request logs), upstream
-//! changes that move the sequence only for the changed rows, rate limits and expired credentials. And the
-//! example import configurations, which must keep building.
+//! The import engine's integration tests, in one binary: the engine itself against fake Spotify and Steam
+//! APIs (`engine`), leases across several engines on one store (`leases`), parallel streams (`parallel`);
+//! and, here and in the connector modules, the PlayStation, Xbox and generic REST connectors and Steam's
+//! incremental walk against their fakes on 127.0.0.1, through the [`Importer`] over a real SQLite file: full
+//! walks with exact row and request counts, incremental walks that fetch only what changed (checked on the
+//! fakes' request logs), upstream changes that move the sequence only for the changed rows, rate limits and
+//! expired credentials. And the example import configurations, which must keep building.
 
+mod engine;
 mod examples;
+mod leases;
+mod parallel;
 mod playstation;
 mod rest;
 mod steam;
