@@ -66,3 +66,20 @@ pub enum SourceKind {
     Steam,
     Spotify,
 }
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Steam => "steam",
+            SourceKind::Spotify => "spotify",
+        }
+    }
+
+    /// The string fields a credential of this kind must carry (what a connect form asks for).
+    pub fn credential_fields(self) -> &'static [&'static str] {
+        match self {
+            SourceKind::Steam => &["api_key", "steam_id"],
+            SourceKind::Spotify => &["access_token"],
+        }
+    }
+}
