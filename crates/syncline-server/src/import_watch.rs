@@ -25,11 +25,14 @@ impl WatchedStore {
         WatchedStore { inner, events }
     }
 
+    /// Publishes the state with its user (admins hear about everyone's imports).
     fn announce(&self, user: &str, state: &ImportState) {
+        let mut data = serde_json::to_value(state).unwrap_or_default();
+        data["user"] = serde_json::Value::from(user);
         self.events.publish(Event {
             user: user.to_string(),
             kind: "import".into(),
-            data: serde_json::to_string(state).unwrap_or_default(),
+            data: data.to_string(),
         });
     }
 }
