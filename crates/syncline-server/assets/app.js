@@ -368,6 +368,7 @@ function sourceEntry(data) {
     details,
     buttons,
     actionError,
+    notice: formNotice,
     streams,
     streamEls: new Map(),
     rates: new Map(),
@@ -387,7 +388,7 @@ function renderSource(data) {
   entry.summary.textContent = data.connected ? "Replace credentials" : "Connect";
   if (!data.connected && !before?.connectedOnce) entry.details.open = true;
   const statuses = data.streams.map((s) => s.status);
-  const overall = overallStatus(statuses);
+  const overall = overallStatus(data.streams.map(shownStatus));
   entry.badge.dataset.status = overall;
   entry.badge.textContent = STATUS_LABELS[overall];
   const active = statuses.some(isActive);
@@ -541,7 +542,8 @@ function streamMessage(entry, stream) {
 }
 
 function updateCountdown(node) {
-  const left = (Number(node.dataset.until) - serverNow()) / 1000;
+  // Rounded, not ceiled: a Retry-After of 4 s reads "4 s" although a few ms of clock skew remain.
+  const left = Math.round((Number(node.dataset.until) - serverNow()) / 1000);
   node.textContent = left > 0 ? duration(left) : "a moment";
 }
 
@@ -565,6 +567,7 @@ function applyImportEvent(stream) {
 async function act(source, action) {
   const entry = state.sources.get(source);
   entry.actionError.textContent = "";
+  entry.notice.textContent = "";
   entry.buttons[action].disabled = true;
   try {
     const body = await api("POST", `/v1/imports/${encodeURIComponent(source)}/${action}`);
