@@ -25,6 +25,7 @@ const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 const SHOTS = resolve(process.env.SCREENSHOT_DIR ?? join(ROOT, "target/dashboard-screenshots"));
 const SECRET = randomBytes(24).toString("hex");
 
+const Node_FOLLOWING = 4; // Node.DOCUMENT_POSITION_FOLLOWING
 const children = [];
 let dir;
 let fakes;
@@ -403,7 +404,17 @@ columns = { body = "string" }
     await screenshot("sync-after-push");
   });
 
-  it("shows an admin every user's imports and the charts", async () => {
+  it("shows an admin every user's imports, their errors and the charts", async () => {
+    // Another user, bob, whose Spotify token is refused.
+    const bob = jwt({ sub: "bob", exp: Math.floor(Date.now() / 1000) + 600 });
+    const call = (method, path, body) =>
+      fetch(`${url}${path}`, { method, body, headers: { authorization: `Bearer ${bob}` } });
+    assert.equal((await call("PUT", "/v1/connections/spotify", JSON.stringify({ access_token: "revoked" }))).status, 204);
+    assert.equal((await call("POST", "/v1/imports/spotify/start")).status, 202);
+    await until("bob's import to fail", async () => {
+      const body = await (await call("GET", "/v1/imports/spotify/status")).json();
+      return body.streams[0].status === "error";
+    });
     await page.click("#sign-out");
     await page.waitForSelector("#sign-in:not([hidden])");
     await signIn(adminToken);
@@ -413,6 +424,10 @@ columns = { body = "string" }
     await until("alice's imports", async () => (await rows.count()) >= 2);
     assert.equal(await page.locator('#admin-imports-body tr[data-user="alice"][data-source="spotify"] .badge').first().textContent(), "Done");
     assert.equal(await page.locator('#admin-imports-body tr[data-user="alice"][data-source="steam"] .badge').first().textContent(), "Done");
+    const bobs = page.locator('#admin-imports-body tr[data-user="bob"][data-source="spotify"]');
+    assert.equal(await bobs.locator(".badge").textContent(), "Error");
+    assert.match(await bobs.textContent(), /auth_expired: the source refused the credential: the API answered 401/);
+    assert.match(await page.textContent("#admin-summary"), /imports: 1 error, 2 done/);
     const alice = page.locator('#admin-users-body tr[data-user="alice"]');
     assert.match(await alice.textContent(), /node-test-device/);
     assert.match(await alice.textContent(), /rejected as invalid/);
@@ -421,7 +436,11 @@ columns = { body = "string" }
     assert.ok((await page.locator("#admin-chart svg.chart-imported rect.bar").count()) > 0, "imported bars are drawn");
     assert.ok((await page.locator("#admin-chart svg.chart-synced rect.bar").count()) > 0, "synced bars are drawn");
     assert.match(await page.getAttribute("#admin-chart svg.chart-imported", "aria-label"), /^Records imported: [\d,]+ in the last/);
-    await page.locator("#admin").scrollIntoViewIfNeeded();
+    assert.equal(
+      await page.evaluate(() => document.getElementById("admin").compareDocumentPosition(document.getElementById("sync")) & Node.DOCUMENT_POSITION_FOLLOWING),
+      Node_FOLLOWING,
+      "the admin view comes first for an admin",
+    );
     await screenshot("admin");
   });
 });

@@ -170,6 +170,9 @@ async function signIn(token, { quiet = false } = {}) {
   $("who-admin").hidden = !body.admin;
   $("admin").hidden = !body.admin;
   $("admin-link").hidden = !body.admin;
+  // An admin comes for everyone's picture first; their own sync and imports follow.
+  if (body.admin) $("sync").before($("admin"));
+  else $("imports").after($("admin"));
   $("sign-out").hidden = false;
   $("live").hidden = false;
   $("sync-h").focus?.();
@@ -712,7 +715,9 @@ function charts(series, now) {
 async function refreshAdmin() {
   const body = await api("GET", "/v1/admin/overview");
   const users = body.users;
+  const order = ["error", "rate_limited", "running", "pending", "stopped", "success", "none"];
   const byStatus = Object.entries(body.importsByStatus)
+    .sort(([a], [b]) => order.indexOf(a) - order.indexOf(b))
     .map(([s, n]) => `${n} ${(STATUS_LABELS[s] ?? s).toLowerCase()}`)
     .join(", ");
   $("admin-summary").textContent = `${users.length} user(s) with activity; imports: ${byStatus || "none"}. Updated ${new Date().toLocaleTimeString()}.`;

@@ -4,7 +4,7 @@
 //!
 //! Recording activity never fails a sync request: a store error is logged and the request goes on.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -221,7 +221,7 @@ async fn overview(
         ))
     })
     .await?;
-    let mut counts: HashMap<&str, usize> = HashMap::new();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for (_, s) in &imports {
         *counts.entry(s.status.as_str()).or_default() += 1;
     }
