@@ -126,7 +126,7 @@ describe("the dashboard in a real browser", { timeout: 240_000 }, () => {
   before(async () => {
     rmSync(SHOTS, { recursive: true, force: true });
     mkdirSync(SHOTS, { recursive: true });
-    console.log(`# screenshots: ${SHOTS}`);
+    console.log(`screenshots: ${SHOTS}`);
     dir = mkdtempSync(join(tmpdir(), "syncline-dashboard-"));
     fakes = await startProcess(FAKE_APIS_BIN, ["--tracks", "200", "--games", "12", "--latency-ms", "150"], (line) => {
       try {
@@ -186,7 +186,7 @@ columns = { body = "string" }
     await browser?.close().catch(() => {});
     killAll();
     if (dir) rmSync(dir, { recursive: true, force: true });
-    console.log(`# screenshots: ${SHOTS}`);
+    console.log(`screenshots: ${SHOTS}`);
   });
 
   it("refuses a missing, malformed, foreign or expired token with the server's message", async () => {
@@ -208,8 +208,9 @@ columns = { body = "string" }
     await screenshot("sign-in-expired-token");
   });
 
-  it("signs in and shows the sync panel, with live updates", async () => {
-    await signIn(aliceToken);
+  it("signs in from the keyboard and shows the sync panel, with live updates", async () => {
+    await page.fill("#token", aliceToken);
+    await page.press("#token", "Enter");
     await page.waitForSelector("#app:not([hidden])");
     assert.equal(await page.textContent("#who-name"), "alice");
     assert.equal(await page.isVisible("#admin"), false, "no admin view for a user");

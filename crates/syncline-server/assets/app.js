@@ -175,7 +175,8 @@ async function signIn(token, { quiet = false } = {}) {
   else $("imports").after($("admin"));
   $("sign-out").hidden = false;
   $("live").hidden = false;
-  $("sync-h").focus?.();
+  // Focus moves to the first heading, so a screen reader and the keyboard start where the content starts.
+  $(body.admin ? "admin-h" : "sync-h").focus();
   renderMe(body);
   await Promise.allSettled([refreshActivity(), refreshImports(), body.admin ? refreshAdmin() : null]);
   startLive();
