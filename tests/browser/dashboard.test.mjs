@@ -42,6 +42,12 @@ function killAll() {
   }
 }
 process.on("exit", killAll);
+for (const signal of ["SIGINT", "SIGTERM"]) {
+  process.on(signal, () => {
+    killAll();
+    process.exit(1);
+  });
+}
 
 /// Starts a process and resolves with the first stdout line `ready` accepts (its value), within 30 s.
 function startProcess(bin, args, ready) {
@@ -403,6 +409,30 @@ columns = { body = "string" }
     const synced = Number(await page.getAttribute('#my-chart figure[data-series="synced"]', "data-total"));
     assert.ok(synced >= 3, `the chart counts the pushed records (${synced})`);
     await screenshot("sync-after-push");
+  });
+
+  it("falls back to polling every 2 s when the event stream is unavailable", async () => {
+    const context = await browser.newContext();
+    try {
+      const polled = await context.newPage();
+      await polled.route("**/v1/events", (route) => route.abort());
+      await polled.goto(url);
+      await polled.fill("#token", aliceToken);
+      await polled.press("#token", "Enter");
+      await polled.waitForSelector("#app:not([hidden])");
+      await until("the polling notice", async () => (await polled.getAttribute("#live", "data-state")) === "polling");
+      assert.match(await polled.textContent("#live"), /checking every 2 s/);
+      const before = Number(await polled.textContent('tr[data-table="notes"] .records'));
+      const response = await fetch(`${url}/v1/sync/bulk`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${aliceToken}`, "content-type": "application/json" },
+        body: JSON.stringify({ upserts: { notes: [{ id: "n4", body: "four" }] } }),
+      });
+      assert.equal(response.status, 200);
+      await until("the polled count", async () => Number(await polled.textContent('tr[data-table="notes"] .records')) === before + 1, 10_000);
+    } finally {
+      await context.close();
+    }
   });
 
   it("shows an admin every user's imports, their errors and the charts", async () => {
