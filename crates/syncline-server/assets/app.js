@@ -336,7 +336,8 @@ function sourceEntry(data) {
     el("button", { type: "submit", class: "primary" }, "Connect"),
   );
   const summary = el("summary", {}, "Connect");
-  const details = el("details", { class: "connect" }, summary, form);
+  // Open while not connected; the person may close it, and later renders leave it as it is.
+  const details = el("details", { class: "connect", open: !data.connected }, summary, form);
   const buttons = {};
   for (const action of ["start", "stop", "reset"]) {
     buttons[action] = el(
@@ -384,13 +385,11 @@ function sourceEntry(data) {
 
 function renderSource(data) {
   const entry = sourceEntry(data);
-  const before = entry.data;
   entry.data = data;
   entry.conn.textContent = data.connected
     ? `Connected. Streams: ${Object.entries(data.tables ?? {}).map(([s, t]) => `${s} → ${t}`).join(", ")}.`
     : "Not connected: enter your credentials to import from this source.";
   entry.summary.textContent = data.connected ? "Replace credentials" : "Connect";
-  if (!data.connected && !before?.connectedOnce) entry.details.open = true;
   const statuses = data.streams.map((s) => s.status);
   const overall = overallStatus(data.streams.map(shownStatus));
   entry.badge.dataset.status = overall;
@@ -628,7 +627,6 @@ async function connect(source, fields, json, errorEl, noticeEl, details) {
   for (const f of fields) f.input.value = "";
   json.value = "";
   const entry = state.sources.get(source);
-  entry.data.connectedOnce = true;
   details.open = false;
   noticeEl.textContent = `Connected to ${source}. Press Start to import.`;
   await refreshImports().catch(() => {});
