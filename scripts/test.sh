@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Runs every test: the Rust workspace (unit, storage conformance, HTTP integration), then the real
-# WatermelonDB client under Node against a real server process. Installs the Node packages it needs.
+# Runs every test: the Rust workspace (unit, storage conformance, HTTP integration), the real WatermelonDB
+# client under Node against a real server process, and the dashboard in headless Chromium (Playwright) against
+# a real server importing from fake third-party APIs. Installs the Node packages it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 
-cargo build -p syncline --bin syncline
+cargo build -p syncline -p syncline-testkit --bins
 cargo test --workspace
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 SYNCLINE_BIN="$target/debug/syncline" node --test tests/node/
+npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+SYNCLINE_BIN="$target/debug/syncline" FAKE_APIS_BIN="$target/debug/fake-apis" \
+  SCREENSHOT_DIR="$target/dashboard-screenshots" node --test tests/browser/

@@ -73,6 +73,9 @@ pub struct ClientConfig {
     pub retry: RetryPolicy,
     /// Time limit of one request.
     pub request_timeout: Duration,
+    /// How this device names itself to the server (the `Syncline-Device` header, shown on the dashboard).
+    /// `None`: a random id, made once and kept in the local database.
+    pub device: Option<String>,
 }
 
 impl ClientConfig {
@@ -87,6 +90,7 @@ impl ClientConfig {
             max_conflict_rounds: 3,
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(60),
+            device: None,
         }
     }
 }
@@ -123,10 +127,20 @@ impl Client {
         let conn = store::open(path.as_ref())?;
         let last_synced_at = store::meta_i64(&conn, "last_synced_at")?;
         let last_error = store::meta_text(&conn, "last_error")?;
+        let device = match (&config.device, store::meta_text(&conn, "device_id")?) {
+            (Some(name), _) => name.clone(),
+            (None, Some(id)) => id,
+            (None, None) => {
+                let id = format!("device-{}", crate::ids::new_id(&mut rand::rng()));
+                store::set_meta(&conn, "device_id", &id)?;
+                id
+            }
+        };
         let transport = crate::transport::Transport::new(
             &config.server_url,
             config.token.clone(),
             config.request_timeout,
+            device,
         );
         let (progress, _) = watch::channel(SyncProgress {
             last_synced_at,
@@ -238,6 +252,11 @@ impl Client {
     /// The progress stream: the current value, and a new one at every step of every sync.
     pub fn progress(&self) -> watch::Receiver<SyncProgress> {
         self.shared.progress.subscribe()
+    }
+
+    /// How this device names itself to the server (`ClientConfig::device`, or the id kept in its database).
+    pub fn device(&self) -> &str {
+        self.shared.transport.device()
     }
 
     /// Counts of the outbox per table and state, the oldest unsynced write, the last error.

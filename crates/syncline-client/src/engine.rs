@@ -73,6 +73,9 @@ pub(crate) async fn run_sync(shared: &Arc<Shared>) -> Result<SyncSummary> {
         ..Default::default()
     };
     let to_push = db(shared, move |c| store::pushable(c, now)).await;
+    if let Ok(tables) = &to_push {
+        report_outbox(shared, tables);
+    }
     shared.progress.send_modify(|p| {
         p.state = SyncState::Syncing;
         p.phase = Some(Phase::Push);
@@ -150,7 +153,16 @@ async fn sync_steps(shared: &Arc<Shared>, summary: &mut SyncSummary) -> Result<(
         }
     }
     db(shared, store::purge_done).await?;
+    let now = shared.clock.now_ms();
+    report_outbox(shared, &db(shared, move |c| store::pushable(c, now)).await?);
     timed_pull(shared, summary).await
+}
+
+/// Tells the transport how many operations wait to be pushed, for the server's dashboard.
+fn report_outbox<'a>(shared: &Shared, tables: impl IntoIterator<Item = (&'a String, &'a u64)>) {
+    shared
+        .transport
+        .set_outbox_pending(tables.into_iter().map(|(_, n)| *n).sum());
 }
 
 async fn timed_pull(shared: &Arc<Shared>, summary: &mut SyncSummary) -> Result<()> {

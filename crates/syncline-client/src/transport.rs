@@ -1,7 +1,10 @@
 //! HTTP to the Syncline server: push with an `Idempotency-Key`, paged pull, and the server's sequence for
-//! progress. Turns network failures and error answers into verdicts and errors; decides nothing else.
+//! progress. Every push and pull names the device (`Syncline-Device`) and, once known, how many operations
+//! wait in its outbox (`Syncline-Outbox-Pending`), for the server's dashboard. Turns network failures and
+//! error answers into verdicts and errors; decides nothing else.
 
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +18,9 @@ pub(crate) struct Transport {
     http: reqwest::Client,
     base: String,
     token: RwLock<String>,
+    device: String,
+    /// Operations waiting in the outbox, as last counted; `u64::MAX` until the first count.
+    outbox_pending: AtomicU64,
 }
 
 fn network(e: &reqwest::Error) -> ClientError {
@@ -42,7 +48,7 @@ fn error_answer(status: u16, body: &[u8]) -> ClientError {
 }
 
 impl Transport {
-    pub(crate) fn new(base: &str, token: String, timeout: Duration) -> Transport {
+    pub(crate) fn new(base: &str, token: String, timeout: Duration, device: String) -> Transport {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(10).min(timeout))
@@ -52,6 +58,32 @@ impl Transport {
             http,
             base: base.trim_end_matches('/').to_string(),
             token: RwLock::new(token),
+            device,
+            outbox_pending: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    pub(crate) fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// The outbox count the next requests report.
+    pub(crate) fn set_outbox_pending(&self, pending: u64) {
+        self.outbox_pending
+            .store(pending.min(u64::MAX - 1), Ordering::Relaxed);
+    }
+
+    /// A POST naming this device and, once counted, its outbox.
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(self.token())
+            .header("content-type", "application/json")
+            .header("syncline-device", &self.device);
+        match self.outbox_pending.load(Ordering::Relaxed) {
+            u64::MAX => request,
+            n => request.header("syncline-outbox-pending", n),
         }
     }
 
@@ -66,10 +98,7 @@ impl Transport {
     /// Sends one push body with its key. Never fails: every outcome is a verdict.
     pub(crate) async fn push(&self, key: &str, body: String) -> PushVerdict {
         let sent = self
-            .http
-            .post(format!("{}/v1/sync/push", self.base))
-            .bearer_auth(self.token())
-            .header("content-type", "application/json")
+            .post("/v1/sync/push")
             .header("idempotency-key", key)
             .body(body)
             .send()
@@ -101,10 +130,7 @@ impl Transport {
     /// One pull request; the body bytes of a 200 answer.
     pub(crate) async fn pull(&self, request: &PullRequest) -> Result<Bytes, ClientError> {
         let response = self
-            .http
-            .post(format!("{}/v1/sync/pull", self.base))
-            .bearer_auth(self.token())
-            .header("content-type", "application/json")
+            .post("/v1/sync/pull")
             .body(serde_json::to_string(request)?)
             .send()
             .await

@@ -759,3 +759,62 @@ async fn a_server_with_a_smaller_pull_limit_is_followed() {
     assert_eq!(b.json_table("items").unwrap().all().unwrap().len(), 100);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_name_themselves_and_report_their_outbox_to_the_dashboard() {
+    let s = TestServer::start().await;
+    let phone = s.client_with(
+        "phone",
+        ClientConfig {
+            device: Some("alice-phone".into()),
+            ..s.config("alice")
+        },
+    );
+    let tablet = s.client("tablet", "alice");
+    assert_eq!(phone.device(), "alice-phone");
+    assert!(
+        tablet.device().starts_with("device-"),
+        "{}",
+        tablet.device()
+    );
+    let friends = phone.table::<Friend>("friends").unwrap();
+    for name in ["Sam", "Kim", "Lee"] {
+        friends.insert(&friend(name, "close")).unwrap();
+    }
+    phone.sync_now().await.unwrap();
+    tablet.sync_now().await.unwrap();
+    let activity: Value = s
+        .http
+        .get(format!("{}/v1/activity", s.url))
+        .bearer_auth(s.token("alice"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let devices: BTreeMap<&str, &Value> = activity["activity"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["device"].as_str().unwrap(), d))
+        .collect();
+    let phone_row = devices["alice-phone"];
+    assert_eq!(
+        phone_row["outboxPending"], 0,
+        "reported after its push: {phone_row}"
+    );
+    assert!(phone_row["lastPushAt"].is_i64() && phone_row["lastPullAt"].is_i64());
+    let tablet_row = devices[tablet.device()];
+    assert_eq!(
+        tablet_row["lastPushAt"],
+        Value::Null,
+        "the tablet only pulled"
+    );
+    assert_eq!(activity["activity"]["recordsPushed"], 3);
+    // The generated id is kept: the same database names the same device again.
+    let id = tablet.device().to_string();
+    drop(tablet);
+    assert_eq!(s.client("tablet", "alice").device(), id);
+    s.stop().await;
+}

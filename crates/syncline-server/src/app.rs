@@ -10,7 +10,7 @@ use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
@@ -22,6 +22,7 @@ use syncline_core::{
 use syncline_store::{IdempotencyKey, PullSink, Store, StoreError, WriteOutcome};
 use tokio::sync::mpsc;
 
+use crate::activity::ClientReport;
 use crate::auth::{Authenticator, Principal, TokenError};
 use crate::config::Config;
 use crate::error::ApiError;
@@ -51,7 +52,15 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(
             "/",
-            get(|| async { Html(include_str!("../assets/index.html")) }),
+            get(|| async { asset(ASSET_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/assets/app.js",
+            get(|| async { asset(ASSET_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/assets/app.css",
+            get(|| async { asset(ASSET_CSS, "text/css; charset=utf-8") }),
         )
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
@@ -63,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(crate::events::stream))
         .route("/v1/admin/gc", post(admin_gc))
         .merge(crate::imports::routes())
+        .merge(crate::activity::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -74,6 +84,31 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The dashboard, embedded in the binary: no build step, no files to deploy.
+const ASSET_HTML: &str = include_str!("../assets/index.html");
+const ASSET_JS: &str = include_str!("../assets/app.js");
+const ASSET_CSS: &str = include_str!("../assets/app.css");
+
+/// Serves an embedded asset. The page holds a bearer token: scripts and styles come from this server only,
+/// and no other site may frame it.
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -211,7 +246,7 @@ fn idempotency_key(
     }))
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
@@ -313,6 +348,7 @@ async fn push(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let report = ClientReport::from_headers(&headers)?;
     let bytes = read_body(&state, &headers, body).await?;
     let key = idempotency_key(&headers, "push", &bytes)?;
     let st = state.clone();
@@ -332,7 +368,23 @@ async fn push(
             })
             .unwrap_or_default()
         };
-        write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond)
+        let outcome = write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond)?;
+        let first = rejected
+            .first()
+            .map(|r| format!("{}/{}: {}", r.table, r.id, r.message));
+        let applied = match &outcome {
+            WriteOutcome::Applied { summary, .. } => applied_count(summary),
+            _ => 0,
+        };
+        report.pushed(
+            &st,
+            &user.user,
+            &outcome,
+            applied,
+            rejected.len() as u64,
+            first,
+        );
+        Ok(outcome)
     })
     .await?;
     Ok(write_response(outcome, &state, applied_count))
@@ -344,6 +396,7 @@ async fn bulk(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let report = ClientReport::from_headers(&headers)?;
     let bytes = read_body(&state, &headers, body).await?;
     let key = idempotency_key(&headers, "bulk", &bytes)?;
     let st = state.clone();
@@ -358,6 +411,10 @@ async fn bulk(
         let batch = plan_bulk(&st.schema, &request, &user.user).inspect_err(|e| {
             if let syncline_core::CoreError::InvalidRows(rows) = e {
                 Metrics::add(&st.metrics.bulk_rows_invalid, rows.len() as u64);
+                if let Some(first) = rows.first() {
+                    let first = format!("{}[{}]: {}", first.table, first.index, first.message);
+                    report.refused(&st, &user.user, rows.len() as u64, first);
+                }
             }
         })?;
         let respond = |s: &syncline_store::WriteSummary| {
@@ -367,7 +424,13 @@ async fn bulk(
             })
             .unwrap_or_default()
         };
-        write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond)
+        let outcome = write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond)?;
+        let applied = match &outcome {
+            WriteOutcome::Applied { summary, .. } => applied_count(summary),
+            _ => 0,
+        };
+        report.pushed(&st, &user.user, &outcome, applied, 0, None);
+        Ok(outcome)
     })
     .await?;
     Ok(write_response(outcome, &state, applied_count))
@@ -390,6 +453,7 @@ async fn pull(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let report = ClientReport::from_headers(&headers)?;
     let bytes = read_body(&state, &headers, body).await?;
     let request: PullRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         PullRequest::default()
@@ -420,6 +484,7 @@ async fn pull(
             Ok(stats) => {
                 Metrics::add(&st.metrics.records_pulled, stats.records);
                 Metrics::add(&st.metrics.tombstones_pulled, stats.deleted);
+                report.pulled(&st, &user.user, stats.records + stats.deleted);
             }
             Err(StoreError::Aborted) => tracing::info!("client went away during a pull"),
             Err(e) => {
@@ -465,7 +530,10 @@ async fn admin_gc(State(state): State<AppState>, User(user): User) -> Result<Res
     Ok(Json(json!({"tombstonesCollected": stats.tombstones, "idempotencyKeysCollected": stats.idempotency_keys})).into_response())
 }
 
-/// Collects tombstones older than the retention and expired idempotency keys.
+/// How long the dashboard's activity time series keeps its buckets.
+const ACTIVITY_RETENTION_MS: i64 = 30 * 86_400_000;
+
+/// Collects tombstones older than the retention, expired idempotency keys and old activity buckets.
 pub async fn run_gc(state: &AppState) -> Result<syncline_store::GcStats, ApiError> {
     let st = state.clone();
     blocking(move || {
@@ -473,6 +541,7 @@ pub async fn run_gc(state: &AppState) -> Result<syncline_store::GcStats, ApiErro
         let retention = (st.config.sync.tombstone_retention_days * 86_400_000.0) as i64;
         let ttl = (st.config.sync.idempotency_ttl_hours * 3_600_000.0) as i64;
         let stats = st.store.collect_garbage(now - retention, now - ttl)?;
+        st.store.prune_activity(now - ACTIVITY_RETENTION_MS)?;
         if stats.tombstones > 0 || stats.idempotency_keys > 0 {
             tracing::info!(
                 tombstones = stats.tombstones,
@@ -488,7 +557,9 @@ pub async fn run_gc(state: &AppState) -> Result<syncline_store::GcStats, ApiErro
 /// Runs garbage collection every `gc_interval_seconds` until the process ends.
 pub async fn gc_loop(state: AppState) {
     let every = Duration::from_secs(state.config.sync.gc_interval_seconds.max(1));
-    let mut ticker = tokio::time::interval(every);
+    // The first collection runs one interval after start, not at start: a restart loop must not turn into a
+    // collection loop, and a just-started server answers requests first.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         ticker.tick().await;
         let _ = run_gc(&state).await;

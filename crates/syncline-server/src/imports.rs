@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use syncline_import::{ImportError, RunnerMode};
 
-use crate::app::{AppState, User};
+use crate::app::{AppState, User, blocking, now_ms};
 use crate::error::ApiError;
 
 /// The import routes, merged into the main router.
@@ -47,10 +47,29 @@ impl From<ImportError> for ApiError {
     }
 }
 
+/// One source for one user: what it is and what a connect form asks for, whether the user is connected, every
+/// stream's state (and the table it fills), and what each stream's latest walk wrote (`outcomes`).
 async fn states(state: &AppState, user: &str, source: &str) -> Result<Value, ApiError> {
     let states = state.imports.status(user, source).await?;
     let connected = state.imports.connected(user, source).await?;
-    Ok(json!({"source": source, "connected": connected, "streams": states}))
+    let config = state.config.imports.sources.get(source);
+    let (st, name) = (state.clone(), user.to_string());
+    let activity = blocking(move || Ok(st.store.user_activity(Some(&name), 1)?.pop())).await?;
+    let outcomes: Vec<_> = activity
+        .into_iter()
+        .flat_map(|a| a.imports)
+        .filter(|o| o.source == source)
+        .collect();
+    Ok(json!({
+        "source": source,
+        "kind": config.map(|c| c.kind.as_str()),
+        "fields": config.map(|c| c.credential_fields()).unwrap_or_default(),
+        "tables": config.map(|c| &c.streams),
+        "connected": connected,
+        "streams": states,
+        "outcomes": outcomes,
+        "now": now_ms(),
+    }))
 }
 
 async fn list(State(state): State<AppState>, User(user): User) -> Result<Response, ApiError> {
@@ -58,7 +77,7 @@ async fn list(State(state): State<AppState>, User(user): User) -> Result<Respons
     for source in state.imports.source_names() {
         sources.push(states(&state, &user.user, &source).await?);
     }
-    Ok(Json(json!({"sources": sources})).into_response())
+    Ok(Json(json!({"now": now_ms(), "sources": sources})).into_response())
 }
 
 async fn start(
@@ -108,12 +127,40 @@ async fn connect(
     Path(source): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let Ok(Value::Object(credential)) = serde_json::from_slice::<Value>(&body) else {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            "send the credential as a JSON object",
-        ));
+    let credential = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(credential)) => credential,
+        Ok(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "send the credential as a JSON object, e.g. {\"access_token\": \"...\"}",
+            ));
+        }
+        Err(e) => return Err(ApiError::from_json(&e)),
     };
+    if let Some(config) = state.config.imports.sources.get(&source) {
+        let fields = config.credential_fields();
+        let missing: Vec<&str> = fields
+            .iter()
+            .map(String::as_str)
+            .filter(|f| {
+                credential
+                    .get(*f)
+                    .and_then(Value::as_str)
+                    .is_none_or(|v| v.trim().is_empty())
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_credential",
+                format!(
+                    "a `{source}` credential needs {}: {} missing or empty",
+                    join_fields(&fields.iter().map(String::as_str).collect::<Vec<_>>()),
+                    join_fields(&missing)
+                ),
+            ));
+        }
+    }
     state
         .imports
         .connect(&user.user, &source, credential)
@@ -134,5 +181,15 @@ async fn disconnect(
             "no_connection",
             format!("no connection for source `{source}`"),
         ))
+    }
+}
+
+/// `a`, `a and b`, `a, b and c`, each in backquotes.
+fn join_fields(fields: &[&str]) -> String {
+    let quoted: Vec<String> = fields.iter().map(|f| format!("`{f}`")).collect();
+    match quoted.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
     }
 }

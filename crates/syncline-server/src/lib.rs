@@ -4,17 +4,20 @@
 //! The server decides nothing about records itself: it authenticates, parses, asks the core to plan the
 //! writes, and hands them to the store on a blocking thread.
 
+mod activity;
 mod app;
 mod auth;
 mod config;
 mod error;
 mod events;
+mod import_watch;
 mod imports;
 mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub use activity::{DEVICE_HEADER, OUTBOX_HEADER};
 pub use app::{AppState, router};
 pub use auth::{Authenticator, Claims, Principal, TokenError};
 pub use config::{AuthSection, Config, ServerSection, StorageSection, SyncSection};
@@ -55,10 +58,16 @@ pub fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Schema>), Serv
 pub fn build_state(config: Config) -> Result<AppState, ServerError> {
     let auth = Arc::new(Authenticator::from_config(&config.auth)?);
     let (store, schema) = open_store(&config)?;
+    let events = events::Events::for_storage(&config.storage.url)?;
+    // The importer writes through a store that announces its progress and counts what it imported.
+    let watched = Arc::new(import_watch::WatchedStore::new(
+        store.clone(),
+        events.clone(),
+    ));
     let imports = Arc::new(
         syncline_import::Importer::from_config(
             &config.imports,
-            store.clone(),
+            watched,
             schema.clone(),
             syncline_import::system_clock(),
         )
@@ -70,7 +79,7 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         auth,
         metrics: Default::default(),
         imports,
-        events: events::Events::for_storage(&config.storage.url)?,
+        events,
         config: Arc::new(config),
     })
 }

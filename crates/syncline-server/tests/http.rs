@@ -464,6 +464,11 @@ async fn operational_routes_answer() {
         "/v1/sync/push",
         "/v1/sync/bulk",
         "/v1/me",
+        "/v1/activity",
+        "/v1/admin/overview",
+        "/v1/imports",
+        "/v1/imports/{source}/start",
+        "/v1/connections/{source}",
         "/v1/admin/gc",
         "/healthz",
         "/metrics",
@@ -992,4 +997,349 @@ async fn imports_run_through_the_routes_and_never_return_the_credential() {
         (StatusCode::CONFLICT, Some("no_connection")),
         "credentials are per user"
     );
+}
+
+impl TestServer {
+    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self.http.get(format!("{}{path}", self.url));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    /// A push as a device that reports its outbox.
+    async fn push_from(
+        &self,
+        user: &str,
+        device: &str,
+        pending: u64,
+        since: i64,
+        changes: Value,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{}/v1/sync/push", self.url))
+            .bearer_auth(self.token(user))
+            .header("syncline-device", device)
+            .header("syncline-outbox-pending", pending.to_string())
+            .body(json!({"lastPulledAt": since, "changes": changes}).to_string())
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn activity_reports_last_contacts_devices_rejections_and_a_time_series() {
+    let s = TestServer::start("").await;
+    let (status, empty) = s.get("/v1/activity", Some(&s.token("alice"))).await;
+    assert_eq!(status, StatusCode::OK, "{empty}");
+    assert_eq!(empty["activity"]["user"], "alice");
+    assert_eq!(empty["activity"]["lastPullAt"], Value::Null);
+    assert_eq!(empty["series"]["buckets"], json!([]));
+
+    let (_, first) = s
+        .push_from(
+            "alice",
+            "phone",
+            3,
+            0,
+            projects(&[("p1", "A"), ("p2", "B")]),
+        )
+        .await;
+    let t = first["timestamp"].as_i64().unwrap();
+    // One valid and one invalid record: the invalid one is rejected, the push applies.
+    let mixed = json!({"projects": {"created": [{"id": "p3", "name": "C"}, {"id": "p4", "name": 5}], "updated": [], "deleted": []}});
+    let (status, body) = s.push_from("alice", "phone", 1, t, mixed).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A stale cursor conflicts.
+    let stale = json!({"projects": {"created": [], "updated": [{"id": "p1", "name": "A2"}], "deleted": []}});
+    let (status, _) = s.push_from("alice", "laptop", 0, 1, stale).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let pulled = s
+        .http
+        .post(format!("{}/v1/sync/pull", s.url))
+        .bearer_auth(s.token("alice"))
+        .header("syncline-device", "laptop")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pulled.status(), StatusCode::OK);
+    pulled.bytes().await.unwrap();
+
+    let (_, body) = s.get("/v1/activity", Some(&s.token("alice"))).await;
+    let a = &body["activity"];
+    assert_eq!(
+        (a["pushes"].as_u64(), a["pulls"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(a["recordsPushed"], 3, "p1, p2, p3: {a}");
+    assert_eq!(a["recordsPulled"], 3);
+    assert_eq!(
+        (a["rejected"].as_u64(), a["conflicts"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(
+        a["lastRejection"]
+            .as_str()
+            .unwrap()
+            .contains("refused (409)"),
+        "{a}"
+    );
+    assert!(a["lastPullAt"].as_i64().unwrap() >= a["lastPushAt"].as_i64().unwrap());
+    let devices: Vec<(&str, Option<u64>)> = a["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["device"].as_str().unwrap(), d["outboxPending"].as_u64()))
+        .collect();
+    assert_eq!(devices, [("laptop", Some(0)), ("phone", Some(1))]);
+    let buckets = body["series"]["buckets"].as_array().unwrap();
+    let (pushed, pulled): (u64, u64) = buckets.iter().fold((0, 0), |(p, q), b| {
+        (
+            p + b["pushed"].as_u64().unwrap(),
+            q + b["pulled"].as_u64().unwrap(),
+        )
+    });
+    assert_eq!((pushed, pulled), (3, 3));
+    assert_eq!(body["series"]["bucketMs"], 60_000);
+
+    // Bob sees only his own (nothing).
+    let (_, bob) = s.get("/v1/activity", Some(&s.token("bob"))).await;
+    assert_eq!(bob["activity"]["pushes"], 0);
+    // Malformed client headers and windows are refused with a clear code.
+    let bad = s
+        .http
+        .post(format!("{}/v1/sync/pull", s.url))
+        .bearer_auth(s.token("alice"))
+        .header("syncline-outbox-pending", "lots")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        bad.json::<Value>().await.unwrap()["code"],
+        "invalid_outbox_pending"
+    );
+    let (status, body) = s.get("/v1/activity?hours=0", Some(&s.token("alice"))).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+    let (status, body) = s.get("/v1/activity", None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("missing_token"))
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_overview_lists_everyone_and_refuses_other_users() {
+    let s = TestServer::start("").await;
+    s.push("alice", 0, projects(&[("p1", "A")])).await;
+    s.pull("bob", None).await;
+    let (status, body) = s.get("/v1/admin/overview", Some(&s.token("alice"))).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden")),
+        "{body}"
+    );
+    assert!(body["message"].as_str().unwrap().contains("admin"));
+    let (status, _) = s.get("/v1/admin/overview", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let expired = token_with("root", SECRET, -120, Some(json!({"role": "admin"})));
+    let (status, body) = s.get("/v1/admin/overview", Some(&expired)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("token_expired"))
+    );
+
+    let admin = token_with("root", SECRET, 3600, Some(json!({"role": "admin"})));
+    let (status, body) = s.get("/v1/admin/overview", Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let users: Vec<&str> = body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users.len(), 2, "{body}");
+    assert!(users.contains(&"alice") && users.contains(&"bob"));
+    let buckets = body["series"]["buckets"].as_array().unwrap();
+    let pushed: u64 = buckets.iter().map(|b| b["pushed"].as_u64().unwrap()).sum();
+    assert_eq!(pushed, 1);
+    assert_eq!(body["imports"], json!([]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_from_the_binary() {
+    let s = TestServer::start("").await;
+    let page = s.http.get(format!("{}/", s.url)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    let html = page.text().await.unwrap();
+    for linked in ["/assets/app.js", "/assets/app.css"] {
+        assert!(html.contains(linked), "the page links {linked}");
+        let asset = s
+            .http
+            .get(format!("{}{linked}", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(asset.status(), StatusCode::OK, "{linked}");
+        assert!(
+            asset.text().await.unwrap().len() > 500,
+            "{linked} is not a stub"
+        );
+    }
+    let js = s
+        .http
+        .get(format!("{}/assets/app.js", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        js.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn imports_describe_their_connect_form_check_credentials_and_report_progress_live() {
+    const TOKEN: &str = "spotify-token";
+    let fake = syncline_testkit::fake_apis::FakeSpotify::start(TOKEN, 60, 0, 0, 0).await;
+    let key = syncline_import::Sealer::generate_key();
+    let server = TestServer::start(&format!(
+        "[imports]\nencryption_key = \"{key}\"\npage_size = 20\n[imports.sources.spotify]\nkind = \"spotify\"\nbase_url = \"{}\"\nstreams = {{ saved_tracks = \"spotify_tracks\" }}\n[tables.spotify_tracks]\ncolumns = {{ name = \"string\", added_at = \"string\" }}\n",
+        fake.base_url()
+    ))
+    .await;
+    let alice = server.token("alice");
+    let (_, list) = server.get("/v1/imports", Some(&alice)).await;
+    let spotify = &list["sources"][0];
+    assert_eq!(spotify["kind"], "spotify");
+    assert_eq!(spotify["fields"], json!(["access_token"]));
+    assert_eq!(spotify["tables"], json!({"saved_tracks": "spotify_tracks"}));
+    assert_eq!(spotify["connected"], false);
+    assert!(list["now"].as_i64().unwrap() > 0);
+    let put = |body: &'static str| {
+        server
+            .http
+            .put(format!("{}/v1/connections/spotify", server.url))
+            .bearer_auth(&alice)
+            .body(body)
+            .send()
+    };
+    for (body, status, code) in [
+        ("{}", StatusCode::UNPROCESSABLE_ENTITY, "invalid_credential"),
+        (
+            r#"{"access_token": "  "}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_credential",
+        ),
+        (
+            r#"{"access_token": "#,
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            r#"["access_token"]"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ] {
+        let response = put(body).await.unwrap();
+        assert_eq!(response.status(), status, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["code"], code, "{body}");
+        if code == "invalid_credential" {
+            assert!(
+                error["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("`access_token`"),
+                "{error}"
+            );
+        }
+    }
+    let ok = server
+        .http
+        .put(format!("{}/v1/connections/spotify", server.url))
+        .bearer_auth(&alice)
+        .body(json!({"access_token": TOKEN}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+
+    let mut events = SseReader::open(&server.url, &alice).await;
+    assert_eq!(events.next().await.0, "ready");
+    let (status, _) = server
+        .post("/v1/imports/spotify/start", Some(&alice), "")
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // Every saved state arrives as an `import` event: pending, running with growing progress, then success.
+    let mut seen = Vec::new();
+    loop {
+        let (kind, data) = events.next().await;
+        if kind != "import" {
+            continue;
+        }
+        assert_eq!(
+            (data["source"].as_str(), data["stream"].as_str()),
+            (Some("spotify"), Some("saved_tracks"))
+        );
+        seen.push((
+            data["status"].as_str().unwrap().to_string(),
+            data["processed"].as_u64().unwrap(),
+        ));
+        if data["status"] == "success" {
+            break;
+        }
+    }
+    assert_eq!(seen[0], ("pending".to_string(), 0), "{seen:?}");
+    assert!(seen.contains(&("running".to_string(), 20)), "{seen:?}");
+    assert_eq!(seen.last().unwrap().1, 60);
+    let (_, status) = server.get("/v1/imports/spotify/status", Some(&alice)).await;
+    let outcome = &status["outcomes"][0];
+    assert_eq!(
+        (
+            outcome["stream"].as_str(),
+            outcome["upserted"].as_u64(),
+            outcome["unchanged"].as_u64(),
+            outcome["batches"].as_u64()
+        ),
+        (Some("saved_tracks"), Some(60), Some(0), Some(3)),
+        "{status}"
+    );
+    let (_, mine) = server.get("/v1/activity", Some(&alice)).await;
+    let imported: u64 = mine["series"]["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["imported"].as_u64().unwrap())
+        .sum();
+    assert_eq!(imported, 60);
+    // The admin sees alice's finished import.
+    let admin = token_with("root", SECRET, 3600, Some(json!({"role": "admin"})));
+    let (_, overview) = server.get("/v1/admin/overview", Some(&admin)).await;
+    assert_eq!(overview["imports"][0]["user"], "alice");
+    assert_eq!(overview["imports"][0]["status"], "success");
+    assert_eq!(overview["importsByStatus"]["success"], 1);
+    server.stop().await;
 }

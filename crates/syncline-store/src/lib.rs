@@ -12,7 +12,7 @@ mod postgres;
 mod pull;
 mod sqlite;
 
-use syncline_core::{ImportState, PullRequest, WriteBatch};
+use syncline_core::{ImportPhase, ImportState, PullRequest, WriteBatch};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -215,6 +215,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes the user's credential for a source; whether there was one.
     fn delete_connection(&self, user: &str, source: &str) -> Result<bool, StoreError>;
+
+    /// Counts one pull or push for the dashboard: the user's and the device's last contact, the request's
+    /// records in their time bucket, rejections. A handful of upserts in one transaction, whatever the size
+    /// of the request.
+    fn record_sync(&self, user: &str, activity: &SyncActivity<'_>) -> Result<(), StoreError>;
+
+    /// Counts one applied import batch: what the walk wrote so far, and its rows in their time bucket.
+    fn record_import(&self, user: &str, activity: &ImportActivity<'_>) -> Result<(), StoreError>;
+
+    /// Sync activity of one user (`Some`; empty when the user never synced or imported) or of the `limit`
+    /// most recently active users (`None`), most recent first.
+    fn user_activity(
+        &self,
+        user: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UserActivity>, StoreError>;
+
+    /// Records pushed, pulled and imported per time bucket from `since_ms` on, oldest first: one user's, or
+    /// everyone's added up.
+    fn activity_series(
+        &self,
+        user: Option<&str>,
+        since_ms: i64,
+    ) -> Result<Vec<ActivityBucket>, StoreError>;
+
+    /// Every user's import states, whatever their status (the admin overview), by user, source and stream.
+    fn all_import_states(&self) -> Result<Vec<(String, ImportState)>, StoreError>;
+
+    /// Forgets activity buckets older than `before_ms`; how many went.
+    fn prune_activity(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// The stored form of an import state: the whole state as JSON, next to its key.
@@ -237,4 +267,111 @@ pub fn open(
     } else {
         Ok(std::sync::Arc::new(SqliteStore::open_url(url, schema)?))
     }
+}
+
+/// Width of the time buckets sync and import activity is counted in.
+pub const ACTIVITY_BUCKET_MS: i64 = 60_000;
+
+/// The bucket a time falls in.
+pub fn activity_bucket(at_ms: i64) -> i64 {
+    at_ms - at_ms.rem_euclid(ACTIVITY_BUCKET_MS)
+}
+
+/// Which sync route a request reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncKind {
+    Pull,
+    /// Push and bulk.
+    Push,
+}
+
+/// One pull or push as the dashboard counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncActivity<'a> {
+    pub kind: SyncKind,
+    pub at_ms: i64,
+    /// The `Syncline-Device` the client sent, if any.
+    pub device: Option<&'a str>,
+    /// The `Syncline-Outbox-Pending` count the client sent, if any.
+    pub outbox_pending: Option<u64>,
+    /// Records (and deletions) pulled, or applied by the push.
+    pub records: u64,
+    /// Records refused as invalid.
+    pub rejected: u64,
+    /// Records that conflicted (the push was refused with 409).
+    pub conflicts: u64,
+    /// What a person should read about the rejection, when there was one.
+    pub rejection: Option<&'a str>,
+}
+
+/// One applied import batch as the dashboard counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportActivity<'a> {
+    pub source: &'a str,
+    pub stream: &'a str,
+    pub phase: ImportPhase,
+    /// When the walk the batch belongs to started: a new walk starts its counts from zero.
+    pub walk_started_at: i64,
+    pub at_ms: i64,
+    pub upserted: u64,
+    pub unchanged: u64,
+    pub deleted: u64,
+}
+
+/// What a user's devices and imports did, for the dashboard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserActivity {
+    pub user: String,
+    pub last_pull_at: Option<i64>,
+    pub last_push_at: Option<i64>,
+    pub pulls: u64,
+    pub pushes: u64,
+    pub records_pulled: u64,
+    pub records_pushed: u64,
+    pub rejected: u64,
+    pub conflicts: u64,
+    pub last_rejection: Option<String>,
+    pub last_rejection_at: Option<i64>,
+    /// Most recently seen first.
+    pub devices: Vec<DeviceActivity>,
+    /// By source, stream and phase.
+    pub imports: Vec<ImportOutcome>,
+}
+
+/// One device's last contact, as its `Syncline-Device` header named it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceActivity {
+    pub device: String,
+    pub last_seen_at: i64,
+    pub last_pull_at: Option<i64>,
+    pub last_push_at: Option<i64>,
+    pub outbox_pending: Option<u64>,
+}
+
+/// What the latest walk of one import stream wrote so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportOutcome {
+    pub source: String,
+    pub stream: String,
+    pub phase: ImportPhase,
+    pub walk_started_at: i64,
+    pub last_batch_at: i64,
+    pub batches: u64,
+    /// Rows new or changed.
+    pub upserted: u64,
+    pub unchanged: u64,
+    pub deleted: u64,
+}
+
+/// Records moved in one time bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ActivityBucket {
+    /// The bucket's start, epoch ms.
+    pub at: i64,
+    pub pushed: u64,
+    pub pulled: u64,
+    pub imported: u64,
 }

@@ -10,7 +10,8 @@ use syncline_core::{
     WriteBatch, plan_bulk, plan_push,
 };
 use syncline_store::{
-    IdempotencyKey, Lease, LeaseHolder, Store, StoreError, WriteOutcome, WriteSummary,
+    ACTIVITY_BUCKET_MS, ActivityBucket, IdempotencyKey, ImportActivity, Lease, LeaseHolder, Store,
+    StoreError, SyncActivity, SyncKind, WriteOutcome, WriteSummary, activity_bucket,
 };
 
 fn schema() -> Arc<Schema> {
@@ -910,5 +911,229 @@ fn connections_are_per_user_and_source() {
             b.store.get_connection("bob", "steam").unwrap().as_deref(),
             Some(&b"bob"[..])
         );
+    }
+}
+
+fn pull_by(device: Option<&str>, at_ms: i64, records: u64) -> SyncActivity<'_> {
+    SyncActivity {
+        kind: SyncKind::Pull,
+        at_ms,
+        device,
+        outbox_pending: None,
+        records,
+        rejected: 0,
+        conflicts: 0,
+        rejection: None,
+    }
+}
+
+#[test]
+fn sync_activity_keeps_last_contacts_counts_and_rejections_per_user_and_device() {
+    for b in backends() {
+        let minute = ACTIVITY_BUCKET_MS;
+        let t0 = activity_bucket(NOW);
+        let s = &b.store;
+        s.record_sync("alice", &pull_by(Some("phone"), t0 + 10, 5))
+            .unwrap();
+        let push = SyncActivity {
+            kind: SyncKind::Push,
+            outbox_pending: Some(7),
+            records: 3,
+            rejected: 2,
+            rejection: Some("2 invalid record(s) in tasks"),
+            ..pull_by(Some("phone"), t0 + 20, 0)
+        };
+        s.record_sync("alice", &push).unwrap();
+        // An older report arriving late (another instance) does not move the last contact back.
+        s.record_sync("alice", &pull_by(Some("phone"), t0 + 5, 1))
+            .unwrap();
+        let conflict = SyncActivity {
+            kind: SyncKind::Push,
+            conflicts: 4,
+            rejection: Some("4 record(s) conflicted"),
+            ..pull_by(Some("laptop"), t0 + minute + 1, 0)
+        };
+        s.record_sync("alice", &conflict).unwrap();
+        s.record_sync("bob", &pull_by(None, t0 + 30, 9)).unwrap();
+
+        let alice = s.user_activity(Some("alice"), 10).unwrap();
+        assert_eq!(alice.len(), 1, "{}", b.url);
+        let a = &alice[0];
+        assert_eq!(
+            (a.last_pull_at, a.last_push_at),
+            (Some(t0 + 10), Some(t0 + minute + 1)),
+            "{}",
+            b.url
+        );
+        assert_eq!(
+            (a.pulls, a.pushes, a.records_pulled, a.records_pushed),
+            (2, 2, 6, 3)
+        );
+        assert_eq!((a.rejected, a.conflicts), (2, 4), "{}", b.url);
+        assert_eq!(a.last_rejection.as_deref(), Some("4 record(s) conflicted"));
+        assert_eq!(a.last_rejection_at, Some(t0 + minute + 1));
+        let devices: Vec<_> = a
+            .devices
+            .iter()
+            .map(|d| {
+                (
+                    d.device.as_str(),
+                    d.last_seen_at,
+                    d.last_pull_at,
+                    d.last_push_at,
+                    d.outbox_pending,
+                )
+            })
+            .collect();
+        assert_eq!(
+            devices,
+            [
+                ("laptop", t0 + minute + 1, None, Some(t0 + minute + 1), None),
+                ("phone", t0 + 20, Some(t0 + 10), Some(t0 + 20), Some(7)),
+            ],
+            "{}",
+            b.url
+        );
+        assert!(
+            s.user_activity(Some("carol"), 10).unwrap().is_empty(),
+            "{}",
+            b.url
+        );
+        let everyone: Vec<_> = s
+            .user_activity(None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.user)
+            .collect();
+        assert_eq!(everyone, ["alice", "bob"], "most recent first: {}", b.url);
+        assert_eq!(s.user_activity(None, 1).unwrap().len(), 1);
+        // Activity is durable: a restarted server (or another instance) sees the same.
+        let b = b.reopen();
+        assert_eq!(b.store.user_activity(Some("alice"), 10).unwrap(), alice);
+    }
+}
+
+#[test]
+fn activity_is_counted_in_time_buckets_per_user_and_for_everyone() {
+    for b in backends() {
+        let minute = ACTIVITY_BUCKET_MS;
+        let t0 = activity_bucket(NOW);
+        let s = &b.store;
+        s.record_sync("alice", &pull_by(None, t0 + 1, 5)).unwrap();
+        let push = SyncActivity {
+            kind: SyncKind::Push,
+            ..pull_by(None, t0 + 2, 3)
+        };
+        s.record_sync("alice", &push).unwrap();
+        s.record_sync("bob", &pull_by(None, t0 + minute, 10))
+            .unwrap();
+        let imported = ImportActivity {
+            source: "steam",
+            stream: "owned_games",
+            phase: ImportPhase::Initial,
+            walk_started_at: t0,
+            at_ms: t0 + minute + 5,
+            upserted: 4,
+            unchanged: 1,
+            deleted: 0,
+        };
+        s.record_import("alice", &imported).unwrap();
+        let bucket = |at, pushed, pulled, imported| ActivityBucket {
+            at,
+            pushed,
+            pulled,
+            imported,
+        };
+        assert_eq!(
+            s.activity_series(Some("alice"), t0).unwrap(),
+            [bucket(t0, 3, 5, 0), bucket(t0 + minute, 0, 0, 5)],
+            "{}",
+            b.url
+        );
+        assert_eq!(
+            s.activity_series(None, t0).unwrap(),
+            [bucket(t0, 3, 5, 0), bucket(t0 + minute, 0, 10, 5)],
+            "{}",
+            b.url
+        );
+        assert_eq!(
+            s.activity_series(None, t0 + minute + 30).unwrap(),
+            [bucket(t0 + minute, 0, 10, 5)],
+            "the bucket a time falls in is included"
+        );
+        assert_eq!(s.prune_activity(t0 + minute).unwrap(), 1, "{}", b.url);
+        assert_eq!(s.activity_series(None, 0).unwrap().len(), 1);
+    }
+}
+
+#[test]
+fn import_outcomes_add_up_per_walk_and_start_again_with_a_new_walk() {
+    for b in backends() {
+        let s = &b.store;
+        let batch = |walk, upserted, unchanged| ImportActivity {
+            source: "steam",
+            stream: "owned_games",
+            phase: ImportPhase::Initial,
+            walk_started_at: walk,
+            at_ms: walk + 100,
+            upserted,
+            unchanged,
+            deleted: 0,
+        };
+        s.record_import("alice", &batch(NOW, 10, 0)).unwrap();
+        s.record_import("alice", &batch(NOW, 5, 5)).unwrap();
+        let imports = &s.user_activity(Some("alice"), 1).unwrap()[0].imports;
+        assert_eq!(imports.len(), 1, "{}", b.url);
+        assert_eq!(
+            (
+                imports[0].batches,
+                imports[0].upserted,
+                imports[0].unchanged
+            ),
+            (2, 15, 5),
+            "{}",
+            b.url
+        );
+        s.record_import("alice", &batch(NOW + 1000, 0, 20)).unwrap();
+        let imports = &s.user_activity(Some("alice"), 1).unwrap()[0].imports;
+        assert_eq!(
+            (
+                imports[0].walk_started_at,
+                imports[0].batches,
+                imports[0].upserted,
+                imports[0].unchanged
+            ),
+            (NOW + 1000, 1, 0, 20),
+            "{}",
+            b.url
+        );
+        assert_eq!(imports[0].last_batch_at, NOW + 1100);
+    }
+}
+
+#[test]
+fn every_users_import_states_are_listed_for_the_admin() {
+    for b in backends() {
+        let mut games = import_state("owned_games");
+        games.start(NOW);
+        games.failed("auth_expired", "the API answered 401", NOW + 1);
+        let idle = import_state("achievements");
+        b.store.save_import_state("bob", &games).unwrap();
+        b.store.save_import_state("alice", &idle).unwrap();
+        assert_eq!(
+            b.store.all_import_states().unwrap(),
+            vec![("alice".to_string(), idle), ("bob".to_string(), games)],
+            "{}",
+            b.url
+        );
+        // A user with imports but no sync yet still shows up in the activity overview.
+        let users: Vec<_> = b
+            .store
+            .user_activity(None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.user)
+            .collect();
+        assert_eq!(users, ["alice", "bob"], "{}", b.url);
     }
 }

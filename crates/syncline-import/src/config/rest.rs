@@ -46,6 +46,16 @@ pub struct RestConfig {
     pub(crate) streams: BTreeMap<String, RestStream>,
 }
 
+impl RestConfig {
+    /// The credential fields the auth header's template names.
+    pub(crate) fn credential_fields(&self) -> Vec<String> {
+        self.auth
+            .as_ref()
+            .map(|a| a.value.fields())
+            .unwrap_or_default()
+    }
+}
+
 /// The header that carries the credential: its name and the template of its value.
 #[derive(Debug, Clone)]
 pub(crate) struct AuthHeader {
@@ -212,6 +222,19 @@ impl Template {
             pieces.push(Piece::Text(literal));
         }
         Ok(Template(pieces))
+    }
+
+    /// The credential fields the holes name, in order, each once.
+    pub(crate) fn fields(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for piece in &self.0 {
+            if let Piece::Field(f) = piece
+                && !out.contains(f)
+            {
+                out.push(f.clone());
+            }
+        }
+        out
     }
 
     /// The text with every hole filled; an `Auth` failure names a field the credential lacks.

@@ -1,6 +1,7 @@
 //! Several `syncline serve` processes on one PostgreSQL database, as behind a load balancer: a client may
-//! push to one and pull from another, idempotency keys hold across instances, concurrent writers on every
-//! instance never hide a change from a puller, and an import whose instance is killed is finished by another.
+//! push to one and pull from another, idempotency keys hold across instances, the dashboard's activity is the
+//! same on every instance, concurrent writers on every instance never hide a change from a puller, and an
+//! import whose instance is killed is finished by another.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -119,6 +120,32 @@ async fn a_client_can_push_to_one_instance_and_pull_from_another() {
     let (_, later, _) = post(b, "/v1/sync/pull", json!({"lastPulledAt": t}), None).await;
     assert_eq!(later["changes"]["projects"]["deleted"], json!(["p1"]));
     assert_eq!(later["changes"]["tasks"]["deleted"], json!(["t1"]));
+    // The dashboard's activity is in the database: every instance tells the same story.
+    let mut seen = Vec::new();
+    for url in [a, b, c] {
+        let body: Value = reqwest::Client::new()
+            .get(format!("{url}/v1/activity"))
+            .bearer_auth(token("alice"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.push(body["activity"].clone());
+    }
+    let activity = &seen[0];
+    assert_eq!(
+        (
+            activity["pushes"].as_u64(),
+            activity["pulls"].as_u64(),
+            activity["conflicts"].as_u64(),
+            activity["recordsPushed"].as_u64()
+        ),
+        (Some(5), Some(2), Some(1), Some(5)),
+        "{activity}"
+    );
+    assert!(seen.iter().all(|a| a == activity), "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
