@@ -6,10 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 
-cargo build -p syncline -p syncline-testkit --bins
+cargo build -p syncline --bin syncline
+cargo build -p syncline-testkit --example fake-apis
 cargo test --workspace
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 SYNCLINE_BIN="$target/debug/syncline" node --test tests/node/
 npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
-SYNCLINE_BIN="$target/debug/syncline" FAKE_APIS_BIN="$target/debug/fake-apis" \
+SYNCLINE_BIN="$target/debug/syncline" FAKE_APIS_BIN="$target/debug/examples/fake-apis" \
   SCREENSHOT_DIR="$target/dashboard-screenshots" node --test tests/browser/

@@ -1,6 +1,6 @@
 // Browser tests of the Syncline dashboard: Playwright (playwright-core, no browser download) drives Debian's
 // headless Chromium against a real `syncline serve` process with a SQLite file in a temp dir, importing from
-// the fake Spotify and Steam APIs (the `fake-apis` binary of syncline-testkit). Everything listens on
+// the fake Spotify and Steam APIs (the `fake-apis` example of syncline-testkit). Everything listens on
 // 127.0.0.1; every process is killed at the end, also when a step fails. A screenshot of each state goes to
 // SCREENSHOT_DIR (default target/dashboard-screenshots), whose path is printed.
 //
@@ -20,7 +20,7 @@ import { chromium } from "playwright-core";
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const TARGET = process.env.CARGO_TARGET_DIR ?? join(ROOT, "target");
 const SYNCLINE_BIN = process.env.SYNCLINE_BIN ?? join(TARGET, "debug/syncline");
-const FAKE_APIS_BIN = process.env.FAKE_APIS_BIN ?? join(TARGET, "debug/fake-apis");
+const FAKE_APIS_BIN = process.env.FAKE_APIS_BIN ?? join(TARGET, "debug/examples/fake-apis");
 const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 const SHOTS = resolve(process.env.SCREENSHOT_DIR ?? join(ROOT, "target/dashboard-screenshots"));
 const SECRET = randomBytes(24).toString("hex");

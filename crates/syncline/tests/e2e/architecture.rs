@@ -60,3 +60,29 @@ fn crates_depend_only_in_the_allowed_direction() {
     }
     assert!(checked >= 5, "found {checked} crates");
 }
+
+/// README's first command is `cargo run --release -- serve`: that works only while the `syncline` binary is
+/// the workspace's one binary target. Tools for tests are examples.
+#[test]
+fn the_syncline_binary_is_the_only_binary_so_cargo_run_finds_it() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut binaries = Vec::new();
+    for entry in std::fs::read_dir(&crates).unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(text) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
+            continue;
+        };
+        let doc: toml::Table = toml::from_str(&text).unwrap();
+        let name = doc["package"]["name"].as_str().unwrap().to_string();
+        if dir.join("src/main.rs").exists() {
+            binaries.push(name.clone());
+        }
+        if let Ok(bins) = std::fs::read_dir(dir.join("src/bin")) {
+            binaries.extend(bins.map(|b| format!("{name}:{:?}", b.unwrap().file_name())));
+        }
+        if let Some(declared) = doc.get("bin").and_then(|b| b.as_array()) {
+            binaries.extend(declared.iter().map(|b| format!("{name}:{b}")));
+        }
+    }
+    assert_eq!(binaries, ["syncline"]);
+}
