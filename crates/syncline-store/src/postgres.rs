@@ -16,7 +16,7 @@ use postgres::{Client, IsolationLevel, NoTls, Transaction};
 use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
 
 use crate::apply::{Existing, NewRow, RecordTx, apply};
-use crate::pull::{LogRow, Output, PullPlan, write_page};
+use crate::pull::{LogRow, Output, PullPlan, live_rows_filter, write_page};
 use crate::{
     ActivityBucket, DeviceActivity, GcStats, IdempotencyKey, ImportActivity, ImportOutcome, Lease,
     LeaseHolder, PullSink, PullStats, Store, StoreError, SyncActivity, SyncKind, TableStats,
@@ -991,21 +991,11 @@ impl PostgresStore {
         out: &mut Output<'_>,
     ) -> Result<(), StoreError> {
         let tid = self.tid(&table.name) as i32;
-        let mut filter = String::from("seq > $3");
-        if let Some(migration) = &request.migration {
-            if migration.tables.contains(&table.name) {
-                filter = String::from("seq > $3 OR true");
-            } else {
-                for mc in migration.columns.iter().filter(|mc| mc.table == table.name) {
-                    // Only schema columns are spliced in: whitelisted names.
-                    for col in mc.columns.iter().filter(|c| table.column(c).is_some()) {
-                        filter.push_str(&format!(
-                            " OR coalesce(data::jsonb -> '{col}', 'null') NOT IN ('null', '0', '\"\"', 'false')"
-                        ));
-                    }
-                }
-            }
-        }
+        let filter = live_rows_filter(table, request, "seq > $3", |col| {
+            format!(
+                "coalesce(data::jsonb -> '{col}', 'null') NOT IN ('null', '0', '\"\"', 'false')"
+            )
+        });
         out.writer.begin_table(&table.name);
         let live = format!(
             "SELECT data FROM syncline_records WHERE uid = $1 AND tid = $2 AND deleted_at IS NULL AND ({filter}) ORDER BY seq"

@@ -41,6 +41,32 @@ impl PullPlan {
     }
 }
 
+/// The SQL condition that picks a table's live rows for an unpaged pull: changed after the cursor
+/// (`changed`, e.g. `seq > ?3`), or, in a migration sync, every row of a table that is new to the client and
+/// every row that holds a value in a column that is new to it. `holds_value(column)` is the backend's test
+/// for that; only columns of the schema are spliced in.
+pub(crate) fn live_rows_filter(
+    table: &Table,
+    request: &PullRequest,
+    changed: &str,
+    holds_value: impl Fn(&str) -> String,
+) -> String {
+    let mut filter = changed.to_string();
+    let Some(migration) = &request.migration else {
+        return filter;
+    };
+    if migration.tables.contains(&table.name) {
+        return format!("{changed} OR true");
+    }
+    for mc in migration.columns.iter().filter(|mc| mc.table == table.name) {
+        for col in mc.columns.iter().filter(|c| table.column(c).is_some()) {
+            filter.push_str(" OR ");
+            filter.push_str(&holds_value(col));
+        }
+    }
+    filter
+}
+
 /// One row of a table's change log: sequence, id, and the record (`None` for a tombstone).
 pub(crate) type LogRow = (i64, String, Option<String>);
 

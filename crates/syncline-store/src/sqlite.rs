@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
 
 use crate::apply::{Existing, NewRow, RecordTx, apply};
-use crate::pull::{LogRow, Output, PullPlan, write_page};
+use crate::pull::{LogRow, Output, PullPlan, live_rows_filter, write_page};
 use crate::{
     ActivityBucket, DeviceActivity, GcStats, IdempotencyKey, ImportActivity, ImportOutcome, Lease,
     LeaseHolder, PullSink, PullStats, Store, StoreError, SyncActivity, SyncKind, TableStats,
@@ -976,21 +976,9 @@ impl SqliteStore {
         out: &mut Output<'_>,
     ) -> Result<(), StoreError> {
         let tid = self.tid(&table.name);
-        let mut filter = String::from("seq > ?3");
-        if let Some(migration) = &request.migration {
-            if migration.tables.contains(&table.name) {
-                filter = String::from("seq > ?3 OR 1");
-            } else {
-                for mc in migration.columns.iter().filter(|mc| mc.table == table.name) {
-                    // Only schema columns are spliced in: whitelisted names.
-                    for col in mc.columns.iter().filter(|c| table.column(c).is_some()) {
-                        filter.push_str(&format!(
-                            " OR ifnull(json_extract(data, '$.{col}'), 0) NOT IN (0, '')"
-                        ));
-                    }
-                }
-            }
-        }
+        let filter = live_rows_filter(table, request, "seq > ?3", |col| {
+            format!("ifnull(json_extract(data, '$.{col}'), 0) NOT IN (0, '')")
+        });
         out.writer.begin_table(&table.name);
         let sql = format!(
             "SELECT data FROM records WHERE uid = ?1 AND tid = ?2 AND deleted_at IS NULL AND ({filter}) ORDER BY seq"
