@@ -467,7 +467,8 @@ async fn pull(
         return Err(ApiError::bad_request(
             "invalid_request",
             format!("limit must be between 1 and {max}"),
-        ));
+        )
+        .with("maxLimit", json!(max)));
     }
     if request.last_pulled_at.is_some_and(|t| t < 0) {
         return Err(ApiError::bad_request(

@@ -265,6 +265,18 @@ async fn bad_input_gets_a_clear_error_and_applies_nothing() {
         );
         assert!(!err["message"].as_str().unwrap().is_empty());
     }
+    // A limit over the maximum says what the maximum is, so a client can ask again with it.
+    let (_, err) = s
+        .post(
+            "/v1/sync/pull",
+            Some(&alice),
+            r#"{"lastPulledAt": null, "limit": 50001}"#.to_string(),
+        )
+        .await;
+    assert_eq!(
+        (err["code"].as_str(), err["maxLimit"].as_u64()),
+        (Some("invalid_request"), Some(50_000))
+    );
     let pull = s.pull("alice", None).await;
     assert_eq!(
         ids(&pull, "projects"),
