@@ -7,15 +7,17 @@ mod spotify;
 mod steam;
 mod xbox;
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
+use syncline_core::ImportPhase;
 
 use crate::config::{SourceConfig, SourceKind};
-use crate::source::{RateLimit, Source, SourceError};
+use crate::source::{PageRequest, RateLimit, Source, SourceError};
 
 /// Builds the runtime source a configuration names.
 pub fn build_source(config: &SourceConfig) -> Arc<dyn Source> {
@@ -138,6 +140,27 @@ fn rate_limit(headers: &HeaderMap) -> RateLimit {
         };
     }
     RateLimit::After { ms: 60_000 }
+}
+
+/// The failure for a stream the source does not offer.
+pub(crate) fn unknown_stream(stream: &str) -> SourceError {
+    SourceError::Permanent(format!("unknown stream `{stream}`"))
+}
+
+/// A checkpoint that is a position (an offset, an index): the number, `0` when there is no checkpoint.
+pub(crate) fn offset<T: FromStr + Default>(checkpoint: Option<&str>) -> Result<T, SourceError> {
+    checkpoint
+        .map(str::parse::<T>)
+        .transpose()
+        .map(Option::unwrap_or_default)
+        .map_err(|_| SourceError::Permanent("a bad checkpoint".into()))
+}
+
+/// For a stream walked newest first, in the incremental phase: an item whose time is not after the last
+/// walk's watermark, so that walk fetched it and everything after it. Times compare as text (RFC 3339).
+pub(crate) fn seen_before(req: &PageRequest<'_>, time: Option<&str>) -> bool {
+    req.phase == ImportPhase::Incremental
+        && matches!((req.watermark, time), (Some(mark), Some(time)) if time <= mark)
 }
 
 /// A string field as a JSON value, or `null`.

@@ -15,9 +15,8 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use syncline_core::ImportPhase;
 
-use super::{Fetched, get_json, safe_id, str_at};
+use super::{Fetched, get_json, offset, safe_id, seen_before, str_at, unknown_stream};
 use crate::source::{BoxFuture, Credential, Page, PageRequest, Source, SourceError};
 
 /// The API's largest `limit` for trophy titles.
@@ -83,7 +82,7 @@ impl PlayStation {
         match req.stream {
             "trophy_titles" => self.trophy_titles(credential, req).await,
             "trophies" => self.trophies(credential, req).await,
-            other => Err(SourceError::Permanent(format!("unknown stream `{other}`"))),
+            other => Err(unknown_stream(other)),
         }
     }
 
@@ -92,7 +91,7 @@ impl PlayStation {
         credential: &Credential,
         req: PageRequest<'_>,
     ) -> Result<Page, SourceError> {
-        let offset = offset(req.checkpoint)?;
+        let offset: u64 = offset(req.checkpoint)?;
         let fetched = self
             .titles(credential, offset, req.page_size.clamp(1, MAX_LIMIT))
             .await?;
@@ -104,7 +103,7 @@ impl PlayStation {
         };
         let mut records = Vec::with_capacity(titles.len());
         for title in titles {
-            if seen_before(&req, title) {
+            if title_seen_before(&req, title) {
                 next = None;
                 break;
             }
@@ -124,7 +123,7 @@ impl PlayStation {
         credential: &Credential,
         req: PageRequest<'_>,
     ) -> Result<Page, SourceError> {
-        let position = offset(req.checkpoint)?;
+        let position: u64 = offset(req.checkpoint)?;
         let listed = self.titles(credential, position, TITLES_PER_PAGE).await?;
         let titles = titles_of(&listed.body);
         let more_titles = listed.body["nextOffset"].as_u64().is_some();
@@ -133,7 +132,7 @@ impl PlayStation {
         let mut at = position;
         let mut reached_watermark = false;
         for title in titles {
-            if seen_before(&req, title) {
+            if title_seen_before(&req, title) {
                 reached_watermark = true;
                 break;
             }
@@ -198,25 +197,13 @@ impl PlayStation {
     }
 }
 
-fn offset(checkpoint: Option<&str>) -> Result<u64, SourceError> {
-    checkpoint
-        .map(|c| c.parse::<u64>())
-        .transpose()
-        .map(|o| o.unwrap_or(0))
-        .map_err(|_| SourceError::Permanent("a bad checkpoint".into()))
-}
-
 fn titles_of(body: &Value) -> &[Value] {
     body["trophyTitles"].as_array().map_or(&[], Vec::as_slice)
 }
 
 /// In the incremental phase: the title was not updated since the last walk's newest.
-fn seen_before(req: &PageRequest<'_>, title: &Value) -> bool {
-    req.phase == ImportPhase::Incremental
-        && matches!(
-            (req.watermark, title["lastUpdatedDateTime"].as_str()),
-            (Some(mark), Some(updated)) if updated <= mark
-        )
+fn title_seen_before(req: &PageRequest<'_>, title: &Value) -> bool {
+    seen_before(req, title["lastUpdatedDateTime"].as_str())
 }
 
 /// The first title's time, on a walk's first page.

@@ -20,7 +20,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 use syncline_core::ImportPhase;
 
-use super::{Fetched, get_json, safe_id};
+use super::{Fetched, get_json, offset, safe_id, unknown_stream};
 use crate::config::{Pagination, RestConfig, RestStream};
 use crate::source::{BoxFuture, Credential, Page, PageRequest, Source, SourceError};
 
@@ -71,7 +71,7 @@ impl Rest {
         let stream = config
             .streams
             .get(req.stream)
-            .ok_or_else(|| SourceError::Permanent(format!("unknown stream `{}`", req.stream)))?;
+            .ok_or_else(|| unknown_stream(req.stream))?;
         let size = req.page_size.clamp(1, config.max_page_size);
         let checkpoint = req.checkpoint.map(|c| restore(credential, c));
         let url = self.url(stream, checkpoint.as_deref(), size)?;
@@ -187,8 +187,7 @@ impl Rest {
             }
             match &stream.pagination {
                 Pagination::Offset { offset_param, .. } => {
-                    let offset =
-                        checkpoint.map_or(Ok(0), |c| c.parse::<u64>().map_err(|_| bad()))?;
+                    let offset: u64 = offset(checkpoint)?;
                     query.append_pair(offset_param, &offset.to_string());
                 }
                 Pagination::Page {

@@ -3,9 +3,8 @@
 //! Authenticated with the user's OAuth `access_token`; 429s carry `Retry-After` seconds.
 
 use serde_json::{Value, json};
-use syncline_core::ImportPhase;
 
-use super::{get_json, str_at};
+use super::{get_json, offset, seen_before, str_at, unknown_stream};
 use crate::source::{BoxFuture, Credential, Page, PageRequest, Source, SourceError};
 
 /// The API's largest page.
@@ -36,7 +35,7 @@ impl Spotify {
             "saved_albums" => ("/v1/me/albums", false),
             "playlists" => ("/v1/me/playlists", false),
             "followed_artists" => ("/v1/me/following", true),
-            other => return Err(SourceError::Permanent(format!("unknown stream `{other}`"))),
+            other => return Err(unknown_stream(other)),
         };
         let mut url = format!("{}{path}?limit={limit}", self.base);
         if cursor_paged {
@@ -45,7 +44,7 @@ impl Spotify {
                 url.push_str(&format!("&after={after}"));
             }
         } else {
-            url.push_str(&format!("&offset={}", offset(req.checkpoint)?));
+            url.push_str(&format!("&offset={}", offset::<u64>(req.checkpoint)?));
         }
         let fetched = get_json(self.http.get(url).bearer_auth(token), &[]).await?;
         let body = fetched.body;
@@ -59,17 +58,9 @@ impl Spotify {
     }
 }
 
-fn offset(checkpoint: Option<&str>) -> Result<u64, SourceError> {
-    checkpoint
-        .map(|c| c.parse::<u64>())
-        .transpose()
-        .map(|o| o.unwrap_or(0))
-        .map_err(|_| SourceError::Permanent("a bad checkpoint".into()))
-}
-
 fn offset_page(req: PageRequest<'_>, body: &Value) -> Result<Page, SourceError> {
     let items = body["items"].as_array().cloned().unwrap_or_default();
-    let start = offset(req.checkpoint)?;
+    let start: u64 = offset(req.checkpoint)?;
     let mut next = (!body["next"].is_null()).then(|| (start + items.len() as u64).to_string());
     let newest = items
         .first()
@@ -78,10 +69,7 @@ fn offset_page(req: PageRequest<'_>, body: &Value) -> Result<Page, SourceError> 
     let mut records = Vec::with_capacity(items.len());
     for item in &items {
         // Newest first: in the incremental phase, everything from the last walk's newest item on is known.
-        if req.phase == ImportPhase::Incremental
-            && let (Some(mark), Some(added)) = (req.watermark, item["added_at"].as_str())
-            && added <= mark
-        {
+        if seen_before(&req, item["added_at"].as_str()) {
             next = None;
             break;
         }

@@ -20,7 +20,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use syncline_core::ImportPhase;
 
-use super::{get_json, safe_id, str_at};
+use super::{get_json, offset, safe_id, str_at, unknown_stream};
 use crate::source::{BoxFuture, Credential, Page, PageRequest, Source, SourceError};
 
 /// Games whose achievements one page fetches at most.
@@ -99,7 +99,7 @@ impl Steam {
                 })
             }
             "achievements" => self.achievements(credential, req).await,
-            other => Err(SourceError::Permanent(format!("unknown stream `{other}`"))),
+            other => Err(unknown_stream(other)),
         }
     }
 
@@ -108,12 +108,7 @@ impl Steam {
         credential: &Credential,
         req: PageRequest<'_>,
     ) -> Result<Page, SourceError> {
-        let position: usize = match req.checkpoint {
-            None => 0,
-            Some(c) => c
-                .parse()
-                .map_err(|_| SourceError::Permanent("a bad checkpoint".into()))?,
-        };
+        let position: usize = offset(req.checkpoint)?;
         // Incremental: only the games played after the last walk's latest play.
         let played_after = match (req.phase, req.watermark) {
             (ImportPhase::Incremental, Some(mark)) => Some(

@@ -14,9 +14,8 @@
 
 use reqwest::header::HeaderValue;
 use serde_json::{Value, json};
-use syncline_core::ImportPhase;
 
-use super::{get_json, safe_id, str_at};
+use super::{get_json, safe_id, seen_before, str_at, unknown_stream};
 use crate::source::{BoxFuture, Credential, Page, PageRequest, Source, SourceError};
 
 /// Where an item's time is: when a title was last played, when an achievement was unlocked.
@@ -75,7 +74,7 @@ impl Xbox {
                 "achievements",
                 |a| a["progression"]["timeUnlocked"].as_str(),
             ),
-            other => return Err(SourceError::Permanent(format!("unknown stream `{other}`"))),
+            other => return Err(unknown_stream(other)),
         };
         let mut query = vec![("maxItems", req.page_size.clamp(1, MAX_ITEMS).to_string())];
         if req.stream == "achievements" {
@@ -102,10 +101,7 @@ impl Xbox {
         };
         let mut records = Vec::with_capacity(items.len());
         for item in items {
-            if req.phase == ImportPhase::Incremental
-                && let (Some(mark), Some(at)) = (req.watermark, time_at(item))
-                && at <= mark
-            {
+            if seen_before(&req, time_at(item)) {
                 next = None;
                 break;
             }

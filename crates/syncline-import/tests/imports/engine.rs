@@ -1,30 +1,15 @@
 //! The import engine against fake Spotify and Steam APIs on 127.0.0.1: full walks, checkpoints, stop and
 //! start, reset, rate limits, budgets, retries, incremental walks and credential handling.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::{SPOTIFY_TABLES, STEAM_TABLES, sqlite_store};
 use serde_json::{Map, Value, json};
-use syncline_core::{ImportPhase, ImportState, ImportStatus, Schema, TableConfig};
+use syncline_core::{ImportPhase, ImportState, ImportStatus};
 use syncline_import::{Importer, ImportsConfig, StepReport, system_clock};
-use syncline_store::{SqliteStore, Store};
+use syncline_store::Store;
 use syncline_testkit::fake_apis::{FakeSpotify, FakeSteam};
-
-const TABLES: &str = r#"
-[spotify_tracks]
-columns = { name = "string", album_id = "string", album_name = "string", artist_names = "string", duration_ms = "number", added_at = "string", user_id = "string" }
-[spotify_albums]
-columns = { name = "string", artist_names = "string", release_date = "string", total_tracks = "number", added_at = "string" }
-[spotify_artists]
-columns = { name = "string", genres = "string", popularity = "number" }
-[spotify_playlists]
-columns = { name = "string", owner_id = "string", snapshot_id = "string", tracks_total = "number" }
-[steam_games]
-columns = { appid = "number", name = "string", playtime_forever = "number", rtime_last_played = "number" }
-[steam_achievements]
-columns = { appid = "number", apiname = "string", achieved = "boolean", unlocktime = "number" }
-"#;
 
 const TOKEN: &str = "spotify-token-s3cr3t";
 const STEAM_KEY: &str = "steam-key-s3cr3t";
@@ -42,11 +27,7 @@ async fn harness(
     steam: Option<&FakeSteam>,
     imports: &str,
 ) -> Harness {
-    let tables: BTreeMap<String, TableConfig> = toml::from_str(TABLES).unwrap();
-    let schema = Arc::new(Schema::from_config(&tables).unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&dir.path().join("s.db"), schema.clone()).unwrap());
+    let (schema, store, dir) = sqlite_store(&[SPOTIFY_TABLES, STEAM_TABLES]);
     let mut toml_text = format!(
         "encryption_key = \"{}\"\nmode = \"call\"\npage_size = 50\n{imports}\n",
         syncline_import::Sealer::generate_key()

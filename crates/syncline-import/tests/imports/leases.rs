@@ -2,14 +2,14 @@
 //! only one of them walk it at a time, and when the holder dies another finishes the job from its
 //! checkpoint once the lease has expired, with every item imported exactly once.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::sqlite_store;
 use serde_json::json;
-use syncline_core::{ImportStatus, Schema, TableConfig};
+use syncline_core::ImportStatus;
 use syncline_import::{Importer, ImportsConfig, system_clock};
-use syncline_store::{SqliteStore, Store};
+use syncline_store::Store;
 use syncline_testkit::fake_apis::FakeSpotify;
 
 const USER: &str = "alice";
@@ -25,15 +25,8 @@ struct Cluster {
 
 /// `n` background-mode engines on one SQLite store, importing saved tracks from `fake`.
 async fn cluster(fake: &FakeSpotify, n: usize, lease_ms: u64, budget_ms: u64) -> Cluster {
-    let tables: BTreeMap<String, TableConfig> = toml::from_str(
-        r#"[spotify_tracks]
-columns = { name = "string", album_id = "string", album_name = "string", artist_names = "string", duration_ms = "number", added_at = "string", user_id = "string" }"#,
-    )
-    .unwrap();
-    let schema = Arc::new(Schema::from_config(&tables).unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&dir.path().join("s.db"), schema.clone()).unwrap());
+    let (schema, store, dir) = sqlite_store(&[r#"[spotify_tracks]
+columns = { name = "string", album_id = "string", album_name = "string", artist_names = "string", duration_ms = "number", added_at = "string", user_id = "string" }"#]);
     let config: ImportsConfig = toml::from_str(&format!(
         r#"encryption_key = "{}"
 page_size = {PAGE}

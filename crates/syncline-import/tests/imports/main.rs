@@ -37,6 +37,22 @@ columns = { title_id = "string", title_name = "string", achievement_id = "string
 columns = { name = "string", updated_at = "string", stars = "number", owner = "string" }
 [rest_raw]
 columns = { name = "string", stars = "number", owner = "json", tags = "json" }
+"#;
+
+/// The tables of a Spotify source's four streams.
+const SPOTIFY_TABLES: &str = r#"
+[spotify_tracks]
+columns = { name = "string", album_id = "string", album_name = "string", artist_names = "string", duration_ms = "number", added_at = "string", user_id = "string" }
+[spotify_albums]
+columns = { name = "string", artist_names = "string", release_date = "string", total_tracks = "number", added_at = "string" }
+[spotify_artists]
+columns = { name = "string", genres = "string", popularity = "number" }
+[spotify_playlists]
+columns = { name = "string", owner_id = "string", snapshot_id = "string", tracks_total = "number" }
+"#;
+
+/// The tables of a Steam source's two streams.
+const STEAM_TABLES: &str = r#"
 [steam_games]
 columns = { appid = "number", name = "string", playtime_forever = "number", rtime_last_played = "number" }
 [steam_achievements]
@@ -61,11 +77,7 @@ struct Harness {
 /// size is 50 unless `extra` sets it);
 /// `credentials`: the user's connection per source.
 async fn harness(extra: &str, sources: &str, credentials: &[(&str, Value)]) -> Harness {
-    let tables: BTreeMap<String, TableConfig> = toml::from_str(TABLES).unwrap();
-    let schema = Arc::new(Schema::from_config(&tables).unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&dir.path().join("s.db"), schema.clone()).unwrap());
+    let (schema, store, dir) = sqlite_store(&[TABLES, STEAM_TABLES]);
     let page_size = if extra.contains("page_size") {
         ""
     } else {
@@ -88,6 +100,17 @@ async fn harness(extra: &str, sources: &str, credentials: &[(&str, Value)]) -> H
         store,
         _dir: dir,
     }
+}
+
+/// A fresh SQLite store with the tables `tables` declare (TOML `[NAME]` tables, joined), its schema, and
+/// the folder it lives in (removed when dropped).
+fn sqlite_store(tables: &[&str]) -> (Arc<Schema>, Arc<dyn Store>, tempfile::TempDir) {
+    let tables: BTreeMap<String, TableConfig> = toml::from_str(&tables.join("\n")).unwrap();
+    let schema = Arc::new(Schema::from_config(&tables).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&dir.path().join("s.db"), schema.clone()).unwrap());
+    (schema, store, dir)
 }
 
 fn playstation_source(fake: &FakePlayStation) -> String {

@@ -1,40 +1,25 @@
 //! Streams walked in parallel (`parallel_streams`): every stream of a source makes progress within one
 //! step, where one after the other the first stream would use up the whole budget; the result is the same.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::{SPOTIFY_TABLES, sqlite_store};
 use serde_json::json;
-use syncline_core::{ImportState, ImportStatus, Schema, TableConfig};
+use syncline_core::{ImportState, ImportStatus};
 use syncline_import::{Importer, ImportsConfig, system_clock};
-use syncline_store::{SqliteStore, Store};
+use syncline_store::Store;
 use syncline_testkit::fake_apis::FakeSpotify;
 
 const USER: &str = "alice";
 const TOKEN: &str = "spotify-token";
-
-const TABLES: &str = r#"
-[spotify_tracks]
-columns = { name = "string", album_id = "string", album_name = "string", artist_names = "string", duration_ms = "number", added_at = "string", user_id = "string" }
-[spotify_albums]
-columns = { name = "string", artist_names = "string", release_date = "string", total_tracks = "number", added_at = "string" }
-[spotify_artists]
-columns = { name = "string", genres = "string", popularity = "number" }
-[spotify_playlists]
-columns = { name = "string", owner_id = "string", snapshot_id = "string", tracks_total = "number" }
-"#;
 
 /// A call-mode importer with `parallel` streams at once and a 400 ms step budget, and its store.
 async fn importer(
     fake: &FakeSpotify,
     parallel: usize,
 ) -> (Importer, Arc<dyn Store>, tempfile::TempDir) {
-    let tables: BTreeMap<String, TableConfig> = toml::from_str(TABLES).unwrap();
-    let schema = Arc::new(Schema::from_config(&tables).unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&dir.path().join("s.db"), schema.clone()).unwrap());
+    let (schema, store, dir) = sqlite_store(&[SPOTIFY_TABLES]);
     let config: ImportsConfig = toml::from_str(&format!(
         r#"encryption_key = "{}"
 mode = "call"

@@ -12,10 +12,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use syncline_testkit::fake_apis::{FakePlayStation, FakeRest, FakeSteam, FakeXbox};
 
-use crate::support::serve;
+use crate::support::{
+    cli_token, connect, imports_section, listening_url, serve, sqlite_url, write_config,
+};
 
 const JWT_SECRET: &str = "import-cli-secret-import-cli-secret";
-const ENCRYPTION_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 const TABLES: &str = "\
 [tables.psn_titles]\ncolumns = { name = \"string\", platform = \"string\", progress = \"number\", last_updated = \"string\" }\n\
 [tables.psn_trophies]\ncolumns = { np_communication_id = \"string\", trophy_id = \"number\", earned = \"boolean\" }\n\
@@ -27,17 +28,12 @@ const TABLES: &str = "\
 
 /// A configuration file in `dir`: `[imports]` keys, then source tables (`[imports.sources.NAME]`).
 fn config(dir: &Path, imports: &str, sources: &str) -> PathBuf {
-    let path = dir.join("syncline.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://{}\"\n[auth]\njwt_secret = \"{JWT_SECRET}\"\n\
-             [imports]\nencryption_key = \"{ENCRYPTION_KEY}\"\n{imports}\n{sources}\n{TABLES}",
-            dir.join("s.db").display()
-        ),
+    write_config(
+        dir,
+        &sqlite_url(&dir.join("s.db")),
+        JWT_SECRET,
+        &format!("{}{sources}\n{TABLES}", imports_section(imports)),
     )
-    .unwrap();
-    path
 }
 
 fn psn_source(fake: &FakePlayStation) -> String {
@@ -46,16 +42,6 @@ fn psn_source(fake: &FakePlayStation) -> String {
          streams = {{ trophy_titles = \"psn_titles\", trophies = \"psn_trophies\" }}\n",
         fake.base_url()
     )
-}
-
-fn token(config: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_syncline"))
-        .args(["token", "--user", "alice", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// What one `syncline import …` run did.
@@ -95,17 +81,6 @@ async fn import(config: &Path, url: &str, args: &[&str]) -> Run {
     }
 }
 
-async fn connect(url: &str, token: &str, source: &str, credential: Value) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .put(format!("{url}/v1/connections/{source}"))
-        .bearer_auth(token)
-        .body(credential.to_string())
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_import_commands_start_follow_stop_and_reset_an_import_with_clear_exit_codes() {
     const TOKEN: &str = "psn-token-import-cli";
@@ -114,12 +89,9 @@ async fn the_import_commands_start_follow_stop_and_reset_an_import_with_clear_ex
     let config = config(dir.path(), "step_budget_ms = 2000", &psn_source(&fake));
     let server = serve(&config);
     let url = server.url.as_str();
-    assert_eq!(
-        connect(url, &token(&config), "psn", json!({"access_token": TOKEN}))
-            .await
-            .0,
-        204
-    );
+    let token = cli_token(&config);
+    let (put, _) = connect(url, &token, "psn", json!({"access_token": TOKEN})).await;
+    assert_eq!(put, 204);
 
     let status = import(&config, url, &["status", "psn"]).await;
     assert_eq!(status.code, 0, "{}", status.stderr);
@@ -235,16 +207,7 @@ impl LoggedServer {
         });
         let stdout = Arc::new(Mutex::new(String::new()));
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("the server exited before listening")
-                .unwrap();
-            stdout.lock().unwrap().push_str(&line);
-            if let Some(url) = line.strip_prefix("Syncline listening on ") {
-                break url.to_string();
-            }
-        };
+        let url = listening_url(&mut lines, |line| stdout.lock().unwrap().push_str(line));
         let out_text = stdout.clone();
         let out_reader = std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
@@ -381,7 +344,7 @@ async fn credentials_never_appear_in_logs_or_responses() {
     let mut calls = Calls {
         http: reqwest::Client::new(),
         url: server.url.clone(),
-        token: token(&config),
+        token: cli_token(&config),
         seen: String::new(),
     };
 
@@ -450,34 +413,15 @@ async fn credentials_never_appear_in_logs_or_responses() {
     calls.call(reqwest::Method::GET, "/v1/imports", None).await;
     for source in ["psn", "xbox", "api", "steam"] {
         calls.status(source).await;
-        calls
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/imports/{source}/stop"),
-                None,
-            )
-            .await;
-        calls
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/v1/connections/{source}"),
-                None,
-            )
-            .await;
-        calls
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/v1/connections/{source}"),
-                None,
-            )
-            .await;
-        calls
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/imports/{source}/start"),
-                None,
-            )
-            .await;
+        let connection = format!("/v1/connections/{source}");
+        for (method, path) in [
+            (reqwest::Method::POST, format!("/v1/imports/{source}/stop")),
+            (reqwest::Method::DELETE, connection.clone()),
+            (reqwest::Method::DELETE, connection),
+            (reqwest::Method::POST, format!("/v1/imports/{source}/start")),
+        ] {
+            calls.call(method, &path, None).await;
+        }
     }
     calls
         .call(

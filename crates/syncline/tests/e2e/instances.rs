@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 use syncline_testkit::TempPostgres;
 use syncline_testkit::fake_apis::FakeSpotify;
 
-use crate::support::{Server, serve};
+use crate::support::{
+    Server, connect, first_stream, get_json, ids, imports_section, mint_token, serve,
+    spotify_source, start_import, wait_for_import, write_config,
+};
 
 const SECRET: &str = "instances-secret-instances-secret";
 
@@ -22,32 +25,21 @@ fn instances(n: usize) -> (Vec<Server>, tempfile::TempDir) {
 /// Starts `n` server processes on one fresh PostgreSQL database, with `extra` appended to the config.
 fn instances_with(n: usize, extra: &str) -> (Vec<Server>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("syncline.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"{}\"\n[auth]\njwt_secret = \"{SECRET}\"\n\
-             [tables.projects]\ncolumns = {{ name = \"string\" }}\n\
-             [tables.tasks]\ncolumns = {{ title = \"string\", project_id = \"string\" }}\nparent = {{ table = \"projects\", column = \"project_id\" }}\n{extra}",
-            TempPostgres::shared().fresh_database()
+    let config = write_config(
+        dir.path(),
+        &TempPostgres::shared().fresh_database(),
+        SECRET,
+        &format!(
+            "[tables.projects]\ncolumns = {{ name = \"string\" }}\n\
+             [tables.tasks]\ncolumns = {{ title = \"string\", project_id = \"string\" }}\nparent = {{ table = \"projects\", column = \"project_id\" }}\n{extra}"
         ),
-    )
-    .unwrap();
+    );
     let started = (0..n).map(|_| serve(&config)).collect();
     (started, dir)
 }
 
 fn token(user: &str) -> String {
-    let auth = syncline_server::Authenticator::from_config(&syncline_server::AuthSection {
-        jwt_secret: Some(SECRET.into()),
-        ..Default::default()
-    })
-    .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    auth.mint(user, 600, false, now).unwrap()
+    mint_token(SECRET, user, 600)
 }
 
 async fn post(url: &str, path: &str, body: Value, key: Option<&str>) -> (u16, Value, bool) {
@@ -62,17 +54,6 @@ async fn post(url: &str, path: &str, body: Value, key: Option<&str>) -> (u16, Va
     let status = response.status().as_u16();
     let replayed = response.headers().contains_key("idempotent-replayed");
     (status, response.json().await.unwrap(), replayed)
-}
-
-fn ids(pull: &Value, table: &str) -> Vec<String> {
-    let mut v: Vec<String> = pull["changes"][table]["updated"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().into())
-        .collect();
-    v.sort();
-    v
 }
 
 fn push_body(since: i64, projects: &[&str]) -> Value {
@@ -123,15 +104,7 @@ async fn a_client_can_push_to_one_instance_and_pull_from_another() {
     // The dashboard's activity is in the database: every instance tells the same story.
     let mut seen = Vec::new();
     for url in [a, b, c] {
-        let body: Value = reqwest::Client::new()
-            .get(format!("{url}/v1/activity"))
-            .bearer_auth(token("alice"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = get_json(&format!("{url}/v1/activity"), &token("alice")).await;
         seen.push(body["activity"].clone());
     }
     let activity = &seen[0];
@@ -270,32 +243,6 @@ async fn a_device_connected_to_one_instance_hears_of_a_push_to_another() {
     );
 }
 
-async fn import_state(url: &str) -> Value {
-    let body: Value = reqwest::Client::new()
-        .get(format!("{url}/v1/imports/spotify/status"))
-        .bearer_auth(token("alice"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["streams"][0].clone()
-}
-
-/// Polls an instance's import status until `done` holds; bounded at 60 s.
-async fn wait_for_import(url: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let state = import_state(url).await;
-        if done(&state) {
-            return state;
-        }
-        assert!(std::time::Instant::now() < deadline, "stuck at {state}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_whose_instance_is_killed_is_finished_by_another_with_exactly_the_expected_rows()
 {
@@ -307,35 +254,30 @@ async fn an_import_whose_instance_is_killed_is_finished_by_another_with_exactly_
     // Long steps: the instance that takes the job keeps it (renewing its 2 s lease) until it dies.
     let (mut servers, _dir) = instances_with(
         2,
-        &format!(
-            "[imports]\nencryption_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\nstep_budget_ms = 60000\nlease_ms = 2000\n\
-             [imports.sources.spotify]\nkind = \"spotify\"\nbase_url = \"{}\"\nstreams = {{ saved_tracks = \"spotify_tracks\" }}\n\
-             [tables.spotify_tracks]\ncolumns = {{ name = \"string\", added_at = \"string\" }}\n",
-            fake.base_url()
-        ),
+        &(imports_section("step_budget_ms = 60000\nlease_ms = 2000")
+            + &spotify_source(fake.base_url())),
     );
     let (a, b) = (servers[0].url.clone(), servers[1].url.clone());
-    let http = reqwest::Client::new();
-    let put = http
-        .put(format!("{a}/v1/connections/spotify"))
-        .bearer_auth(token("alice"))
-        .body(json!({"access_token": "spotify-token"}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 204);
-    let started = http
-        .post(format!("{a}/v1/imports/spotify/start"))
-        .bearer_auth(token("alice"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(started.status(), 202);
+    let alice = token("alice");
+    let (put, _) = connect(
+        &a,
+        &alice,
+        "spotify",
+        json!({"access_token": "spotify-token"}),
+    )
+    .await;
+    assert_eq!(put, 204);
+    assert_eq!(start_import(&a, &alice, "spotify").await, 202);
     // Instance b sees the progress instance a makes, and leaves the job alone while a holds its lease.
-    let mid = wait_for_import(&b, |s| s["processed"].as_u64() >= Some(600)).await;
+    let mid = wait_for_import(&b, &alice, "spotify", |s| {
+        s["processed"].as_u64() >= Some(600)
+    })
+    .await;
     assert_eq!(mid["status"], "running", "{mid}");
     let requests = fake.control.requests();
-    let processed = import_state(&b).await["processed"].as_u64().unwrap();
+    let processed = first_stream(&b, &alice, "spotify").await["processed"]
+        .as_u64()
+        .unwrap();
     assert!(
         requests <= processed / 50 + 1,
         "one instance walks the job: {requests} requests for {processed} items"
@@ -344,7 +286,7 @@ async fn an_import_whose_instance_is_killed_is_finished_by_another_with_exactly_
     servers[0].child.kill().unwrap(); // SIGKILL: the lease is never given back
     servers[0].child.wait().unwrap();
     let killed_at = std::time::Instant::now();
-    let done = wait_for_import(&b, |s| s["status"] == "success").await;
+    let done = wait_for_import(&b, &alice, "spotify", |s| s["status"] == "success").await;
     assert!(
         killed_at.elapsed() >= std::time::Duration::from_millis(1_500),
         "b waited for a's lease to expire"

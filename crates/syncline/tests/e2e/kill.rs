@@ -18,6 +18,8 @@ use rand::Rng;
 use serde_json::{Value, json};
 use syncline_client::{Client, ClientConfig};
 
+use crate::support::{config_text, mint_token, post_json, sqlite_url};
+
 const SECRET: &str = "kill-test-secret-kill-test-secret";
 
 fn client(db: &Path) -> Client {
@@ -38,6 +40,19 @@ async fn metric(http: &reqwest::Client, url: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Each record's `n`, by id.
+fn numbers_by_id(records: &[Value]) -> BTreeMap<String, i64> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["n"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 fn sync_command(url: &str, token: &str, db: &Path) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_syncline"));
     command
@@ -54,25 +69,16 @@ fn sync_command(url: &str, token: &str, db: &Path) -> tokio::process::Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_killed_at_random_points_applies_every_write_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://{}\"\n[auth]\njwt_secret = \"{SECRET}\"\n\
-         [tables.tasks]\ncolumns = {{ title = \"string\", n = \"number\" }}\n",
-        dir.path().join("server.db").display()
+    let text = config_text(
+        &sqlite_url(&dir.path().join("server.db")),
+        SECRET,
+        "[tables.tasks]\ncolumns = { title = \"string\", n = \"number\" }\n",
     );
     let server = syncline_server::start(syncline_server::Config::from_toml(&text, []).unwrap())
         .await
         .unwrap();
     let url = format!("http://{}", server.addr);
-    let auth = syncline_server::Authenticator::from_config(&syncline_server::AuthSection {
-        jwt_secret: Some(SECRET.into()),
-        ..Default::default()
-    })
-    .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let token = auth.mint("crashy", 3600, false, now).unwrap();
+    let token = mint_token(SECRET, "crashy", 3600);
     let http = reqwest::Client::new();
     let db = dir.path().join("local.db");
 
@@ -165,27 +171,8 @@ async fn a_sync_killed_at_random_points_applies_every_write_exactly_once() {
         "{rounds} rounds, {killed} sync processes killed with SIGKILL, {writes} local writes"
     );
     // Exactly the last local writes, nothing else.
-    let pull: Value = http
-        .post(format!("{url}/v1/sync/pull"))
-        .bearer_auth(&token)
-        .body("{}")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let on_server: BTreeMap<String, i64> = pull["changes"]["tasks"]["updated"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap().to_string(),
-                r["n"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let pull = post_json(&format!("{url}/v1/sync/pull"), &token, &json!({})).await;
+    let on_server = numbers_by_id(pull["changes"]["tasks"]["updated"].as_array().unwrap());
     let live: BTreeMap<String, i64> = expected
         .iter()
         .filter_map(|(k, v)| v.map(|v| (k.clone(), v)))
@@ -210,19 +197,7 @@ async fn a_sync_killed_at_random_points_applies_every_write_exactly_once() {
         "{applied} record changes applied for {writes} writes: some write was applied twice"
     );
     // The device holds the same records as the server (every pulled page was applied with its cursor).
-    let local: BTreeMap<String, i64> = client(&db)
-        .json_table("tasks")
-        .unwrap()
-        .all()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap().to_string(),
-                r["n"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let local = numbers_by_id(&client(&db).json_table("tasks").unwrap().all().unwrap());
     assert_eq!(local, on_server);
     let stats = client(&db).outbox_stats().unwrap();
     assert_eq!((stats.unsynced(), stats.rejected()), (0, 0), "{stats:?}");
