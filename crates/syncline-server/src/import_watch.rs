@@ -1,16 +1,15 @@
 //! The store the import runner writes through: it forwards every call to the real store, and when an import
-//! state is saved it publishes an `import` event (the state, for live progress on the dashboard) and counts
-//! the batch's rows for the activity charts and the "what changed" summary.
+//! state is saved it publishes an `import` event (the state, for live progress on the dashboard). The store
+//! itself counts each batch's rows for the activity charts, in the batch's transaction.
 //!
-//! It decides nothing about imports and never fails one: counting is best effort, logged when it fails.
+//! It decides nothing about imports and never fails one.
 
 use std::sync::Arc;
 
 use syncline_core::{ImportState, PullRequest, WriteBatch};
 use syncline_store::{
-    ActivityBucket, GcStats, IdempotencyKey, ImportActivity, Lease, LeaseHolder, PullSink,
-    PullStats, Store, StoreError, SyncActivity, UserActivity, UserStats, WriteOutcome,
-    WriteSummary,
+    ActivityBucket, GcStats, IdempotencyKey, Lease, LeaseHolder, PullSink, PullStats, Store,
+    StoreError, SyncActivity, UserActivity, UserStats, WriteOutcome, WriteSummary,
 };
 
 use crate::events::{Event, Events};
@@ -99,27 +98,7 @@ impl Store for WatchedStore {
         now_ms: i64,
     ) -> Result<Option<WriteSummary>, StoreError> {
         let written = self.inner.write_import(user, batch, state, lease, now_ms)?;
-        if let Some(summary) = &written {
-            if !batch.tables.is_empty() {
-                let mut activity = ImportActivity {
-                    source: &state.source,
-                    stream: &state.stream,
-                    phase: state.phase,
-                    walk_started_at: state.started_at.unwrap_or(now_ms),
-                    at_ms: now_ms,
-                    upserted: 0,
-                    unchanged: 0,
-                    deleted: 0,
-                };
-                for c in summary.counts.values() {
-                    activity.upserted += c.upserted;
-                    activity.unchanged += c.unchanged;
-                    activity.deleted += c.deleted;
-                }
-                if let Err(e) = self.inner.record_import(user, &activity) {
-                    tracing::warn!(error = %e, "could not record import activity");
-                }
-            }
+        if written.is_some() {
             self.announce(user, state);
         }
         Ok(written)
@@ -162,10 +141,6 @@ impl Store for WatchedStore {
 
     fn record_sync(&self, user: &str, activity: &SyncActivity<'_>) -> Result<(), StoreError> {
         self.inner.record_sync(user, activity)
-    }
-
-    fn record_import(&self, user: &str, activity: &ImportActivity<'_>) -> Result<(), StoreError> {
-        self.inner.record_import(user, activity)
     }
 
     fn user_activity(

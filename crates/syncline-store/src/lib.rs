@@ -175,7 +175,8 @@ pub trait Store: Send + Sync + 'static {
     /// most this batch and never applies it twice. Rows go through the one write path: unchanged rows move
     /// nothing. Returns `None`, applying nothing, when `lease` is no longer held by its owner (another
     /// instance took the job) or the stored state's generation is not `state`'s (the import was stopped,
-    /// restarted or reset since the step loaded it). Otherwise the lease is renewed in the same transaction.
+    /// restarted or reset since the step loaded it). Otherwise the lease is renewed, and the batch counted for
+    /// the dashboard (what the walk wrote so far, its rows in their time bucket), in the same transaction.
     fn write_import(
         &self,
         user: &str,
@@ -220,9 +221,6 @@ pub trait Store: Send + Sync + 'static {
     /// records in their time bucket, rejections. A handful of upserts in one transaction, whatever the size
     /// of the request.
     fn record_sync(&self, user: &str, activity: &SyncActivity<'_>) -> Result<(), StoreError>;
-
-    /// Counts one applied import batch: what the walk wrote so far, and its rows in their time bucket.
-    fn record_import(&self, user: &str, activity: &ImportActivity<'_>) -> Result<(), StoreError>;
 
     /// Sync activity of one user (`Some`; empty when the user never synced or imported) or of the `limit`
     /// most recently active users (`None`), most recent first.
@@ -306,7 +304,7 @@ pub struct SyncActivity<'a> {
 
 /// One applied import batch as the dashboard counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ImportActivity<'a> {
+pub(crate) struct ImportActivity<'a> {
     pub source: &'a str,
     pub stream: &'a str,
     pub phase: ImportPhase,
@@ -316,6 +314,32 @@ pub struct ImportActivity<'a> {
     pub upserted: u64,
     pub unchanged: u64,
     pub deleted: u64,
+}
+
+impl<'a> ImportActivity<'a> {
+    /// The batch `write_import` applied for `state` at `now_ms`, with what it did per table.
+    pub(crate) fn of_batch(
+        state: &'a ImportState,
+        counts: &std::collections::BTreeMap<String, syncline_core::TableCounts>,
+        now_ms: i64,
+    ) -> ImportActivity<'a> {
+        let mut activity = ImportActivity {
+            source: &state.source,
+            stream: &state.stream,
+            phase: state.phase,
+            walk_started_at: state.started_at.unwrap_or(now_ms),
+            at_ms: now_ms,
+            upserted: 0,
+            unchanged: 0,
+            deleted: 0,
+        };
+        for c in counts.values() {
+            activity.upserted += c.upserted;
+            activity.unchanged += c.unchanged;
+            activity.deleted += c.deleted;
+        }
+        activity
+    }
 }
 
 /// What a user's devices and imports did, for the dashboard.

@@ -401,6 +401,13 @@ impl Store for PostgresStore {
         }
         let applied = self.apply_sequenced(&mut tx, uid, start, now_ms, batch)?;
         save_state(&mut tx, uid, state)?;
+        if !batch.tables.is_empty() {
+            count_import(
+                &mut tx,
+                uid,
+                &ImportActivity::of_batch(state, &applied.counts, now_ms),
+            )?;
+        }
         tx.commit()?;
         Ok(Some(WriteSummary {
             counts: applied.counts,
@@ -799,45 +806,6 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    fn record_import(&self, user: &str, a: &ImportActivity<'_>) -> Result<(), StoreError> {
-        let mut pooled = self.client()?;
-        let mut tx = pooled.get().transaction()?;
-        let uid = user_id(&mut tx, user)?;
-        // Assignments read the old row: a batch of a new walk starts the counts again.
-        tx.execute(
-            "INSERT INTO syncline_import_outcomes AS t (uid, source, stream, phase, walk_started_at,
-                 last_batch_at, batches, upserted, unchanged, deleted)
-             VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, $9)
-             ON CONFLICT (uid, source, stream, phase) DO UPDATE SET
-                 batches = CASE WHEN t.walk_started_at = excluded.walk_started_at THEN t.batches ELSE 0 END + 1,
-                 upserted = CASE WHEN t.walk_started_at = excluded.walk_started_at THEN t.upserted ELSE 0 END
-                            + excluded.upserted,
-                 unchanged = CASE WHEN t.walk_started_at = excluded.walk_started_at THEN t.unchanged ELSE 0 END
-                             + excluded.unchanged,
-                 deleted = CASE WHEN t.walk_started_at = excluded.walk_started_at THEN t.deleted ELSE 0 END
-                           + excluded.deleted,
-                 walk_started_at = excluded.walk_started_at,
-                 last_batch_at = greatest(t.last_batch_at, excluded.last_batch_at)",
-            &[
-                &uid,
-                &a.source,
-                &a.stream,
-                &a.phase.as_str(),
-                &a.walk_started_at,
-                &a.at_ms,
-                &(a.upserted as i64),
-                &(a.unchanged as i64),
-                &(a.deleted as i64),
-            ],
-        )?;
-        let rows = (a.upserted + a.unchanged + a.deleted) as i64;
-        if rows > 0 {
-            add_to_bucket(&mut tx, uid, a.at_ms, 0, 0, rows)?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
     fn user_activity(
         &self,
         user: Option<&str>,
@@ -1095,5 +1063,46 @@ fn add_to_bucket(
              pulled = t.pulled + excluded.pulled, imported = t.imported + excluded.imported",
         &[&uid, &activity_bucket(at_ms), &pushed, &pulled, &imported],
     )?;
+    Ok(())
+}
+
+/// Counts one applied import batch for the dashboard, inside the batch's transaction: what the walk wrote so
+/// far, and its rows in their time bucket.
+fn count_import(
+    tx: &mut Transaction<'_>,
+    uid: i64,
+    a: &ImportActivity<'_>,
+) -> Result<(), StoreError> {
+    // Assignments read the old row: a batch of a new walk starts the counts again.
+    tx.execute(
+        "INSERT INTO syncline_import_outcomes AS t (uid, source, stream, phase, walk_started_at,
+             last_batch_at, batches, upserted, unchanged, deleted)
+         VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, $9)
+         ON CONFLICT (uid, source, stream, phase) DO UPDATE SET
+             batches = CASE WHEN t.walk_started_at = excluded.walk_started_at THEN t.batches ELSE 0 END + 1,
+             upserted = CASE WHEN t.walk_started_at = excluded.walk_started_at THEN t.upserted ELSE 0 END
+                        + excluded.upserted,
+             unchanged = CASE WHEN t.walk_started_at = excluded.walk_started_at THEN t.unchanged ELSE 0 END
+                         + excluded.unchanged,
+             deleted = CASE WHEN t.walk_started_at = excluded.walk_started_at THEN t.deleted ELSE 0 END
+                       + excluded.deleted,
+             walk_started_at = excluded.walk_started_at,
+             last_batch_at = greatest(t.last_batch_at, excluded.last_batch_at)",
+        &[
+            &uid,
+            &a.source,
+            &a.stream,
+            &a.phase.as_str(),
+            &a.walk_started_at,
+            &a.at_ms,
+            &(a.upserted as i64),
+            &(a.unchanged as i64),
+            &(a.deleted as i64),
+        ],
+    )?;
+    let rows = (a.upserted + a.unchanged + a.deleted) as i64;
+    if rows > 0 {
+        add_to_bucket(tx, uid, a.at_ms, 0, 0, rows)?;
+    }
     Ok(())
 }

@@ -428,6 +428,13 @@ impl Store for SqliteStore {
         }
         let applied = self.apply_sequenced(&tx, uid, now_ms, batch)?;
         save_state(&tx, uid, state)?;
+        if !batch.tables.is_empty() {
+            count_import(
+                &tx,
+                uid,
+                &ImportActivity::of_batch(state, &applied.counts, now_ms),
+            )?;
+        }
         tx.commit()?;
         Ok(Some(WriteSummary {
             counts: applied.counts,
@@ -762,45 +769,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn record_import(&self, user: &str, a: &ImportActivity<'_>) -> Result<(), StoreError> {
-        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let uid = user_id(&tx, user)?;
-        // Assignments read the old row: a batch of a new walk starts the counts again.
-        tx.prepare_cached(
-            "INSERT INTO import_outcomes (uid, source, stream, phase, walk_started_at, last_batch_at, batches,
-                 upserted, unchanged, deleted)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8, ?9)
-             ON CONFLICT (uid, source, stream, phase) DO UPDATE SET
-                 batches = CASE WHEN walk_started_at = excluded.walk_started_at THEN batches ELSE 0 END + 1,
-                 upserted = CASE WHEN walk_started_at = excluded.walk_started_at THEN upserted ELSE 0 END
-                            + excluded.upserted,
-                 unchanged = CASE WHEN walk_started_at = excluded.walk_started_at THEN unchanged ELSE 0 END
-                             + excluded.unchanged,
-                 deleted = CASE WHEN walk_started_at = excluded.walk_started_at THEN deleted ELSE 0 END
-                           + excluded.deleted,
-                 walk_started_at = excluded.walk_started_at,
-                 last_batch_at = max(last_batch_at, excluded.last_batch_at)",
-        )?
-        .execute(params![
-            uid,
-            a.source,
-            a.stream,
-            a.phase.as_str(),
-            a.walk_started_at,
-            a.at_ms,
-            a.upserted,
-            a.unchanged,
-            a.deleted
-        ])?;
-        let rows = a.upserted + a.unchanged + a.deleted;
-        if rows > 0 {
-            add_to_bucket(&tx, uid, a.at_ms, 0, 0, rows)?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
     fn user_activity(
         &self,
         user: Option<&str>,
@@ -1105,5 +1073,42 @@ fn add_to_bucket(
              pulled = pulled + excluded.pulled, imported = imported + excluded.imported",
     )?
     .execute(params![uid, activity_bucket(at_ms), pushed, pulled, imported])?;
+    Ok(())
+}
+
+/// Counts one applied import batch for the dashboard, inside the batch's transaction: what the walk wrote so
+/// far, and its rows in their time bucket.
+fn count_import(tx: &Transaction<'_>, uid: i64, a: &ImportActivity<'_>) -> Result<(), StoreError> {
+    // Assignments read the old row: a batch of a new walk starts the counts again.
+    tx.prepare_cached(
+        "INSERT INTO import_outcomes (uid, source, stream, phase, walk_started_at, last_batch_at, batches,
+             upserted, unchanged, deleted)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8, ?9)
+         ON CONFLICT (uid, source, stream, phase) DO UPDATE SET
+             batches = CASE WHEN walk_started_at = excluded.walk_started_at THEN batches ELSE 0 END + 1,
+             upserted = CASE WHEN walk_started_at = excluded.walk_started_at THEN upserted ELSE 0 END
+                        + excluded.upserted,
+             unchanged = CASE WHEN walk_started_at = excluded.walk_started_at THEN unchanged ELSE 0 END
+                         + excluded.unchanged,
+             deleted = CASE WHEN walk_started_at = excluded.walk_started_at THEN deleted ELSE 0 END
+                       + excluded.deleted,
+             walk_started_at = excluded.walk_started_at,
+             last_batch_at = max(last_batch_at, excluded.last_batch_at)",
+    )?
+    .execute(params![
+        uid,
+        a.source,
+        a.stream,
+        a.phase.as_str(),
+        a.walk_started_at,
+        a.at_ms,
+        a.upserted,
+        a.unchanged,
+        a.deleted
+    ])?;
+    let rows = a.upserted + a.unchanged + a.deleted;
+    if rows > 0 {
+        add_to_bucket(tx, uid, a.at_ms, 0, 0, rows)?;
+    }
     Ok(())
 }

@@ -10,8 +10,8 @@ use syncline_core::{
     WriteBatch, plan_bulk, plan_push,
 };
 use syncline_store::{
-    ACTIVITY_BUCKET_MS, ActivityBucket, IdempotencyKey, ImportActivity, Lease, LeaseHolder, Store,
-    StoreError, SyncActivity, SyncKind, WriteOutcome, WriteSummary, activity_bucket,
+    ACTIVITY_BUCKET_MS, ActivityBucket, IdempotencyKey, Lease, LeaseHolder, Store, StoreError,
+    SyncActivity, SyncKind, WriteOutcome, WriteSummary, activity_bucket,
 };
 
 fn schema() -> Arc<Schema> {
@@ -640,6 +640,18 @@ impl Backend {
         self.import_as(user, rows, state, STEP, NOW)
     }
 
+    /// One applied batch of walk `walk` of steam's owned games at `now`: projects `p{i}` for `ids`.
+    fn import_batch(&self, user: &str, walk: i64, now: i64, ids: std::ops::Range<usize>) {
+        let mut state = import_state("owned_games");
+        state.started_at = Some(walk);
+        let rows: Vec<Value> = ids
+            .map(|i| project(&format!("p{i}"), &format!("P{i}")))
+            .collect();
+        assert!(self.store.claim_import(user, "steam", STEP, now).unwrap());
+        self.import_as(user, json!({ "projects": rows }), &state, STEP, now)
+            .expect("the lease is held");
+    }
+
     fn import_as(
         &self,
         user: &str,
@@ -1027,17 +1039,8 @@ fn activity_is_counted_in_time_buckets_per_user_and_for_everyone() {
         s.record_sync("alice", &push).unwrap();
         s.record_sync("bob", &pull_by(None, t0 + minute, 10))
             .unwrap();
-        let imported = ImportActivity {
-            source: "steam",
-            stream: "owned_games",
-            phase: ImportPhase::Initial,
-            walk_started_at: t0,
-            at_ms: t0 + minute + 5,
-            upserted: 4,
-            unchanged: 1,
-            deleted: 0,
-        };
-        s.record_import("alice", &imported).unwrap();
+        // An import batch of 5 rows, counted by the store in the batch's own transaction.
+        b.import_batch("alice", t0, t0 + minute + 5, 0..5);
         let bucket = |at, pushed, pulled, imported| ActivityBucket {
             at,
             pushed,
@@ -1070,18 +1073,9 @@ fn activity_is_counted_in_time_buckets_per_user_and_for_everyone() {
 fn import_outcomes_add_up_per_walk_and_start_again_with_a_new_walk() {
     for b in backends() {
         let s = &b.store;
-        let batch = |walk, upserted, unchanged| ImportActivity {
-            source: "steam",
-            stream: "owned_games",
-            phase: ImportPhase::Initial,
-            walk_started_at: walk,
-            at_ms: walk + 100,
-            upserted,
-            unchanged,
-            deleted: 0,
-        };
-        s.record_import("alice", &batch(NOW, 10, 0)).unwrap();
-        s.record_import("alice", &batch(NOW, 5, 5)).unwrap();
+        // Walk 1: ten new rows, then five of them again (unchanged) and five new ones.
+        b.import_batch("alice", NOW, NOW + 100, 0..10);
+        b.import_batch("alice", NOW, NOW + 100, 5..15);
         let imports = &s.user_activity(Some("alice"), 1).unwrap()[0].imports;
         assert_eq!(imports.len(), 1, "{}", b.url);
         assert_eq!(
@@ -1094,7 +1088,8 @@ fn import_outcomes_add_up_per_walk_and_start_again_with_a_new_walk() {
             "{}",
             b.url
         );
-        s.record_import("alice", &batch(NOW + 1000, 0, 20)).unwrap();
+        // Walk 2 starts its counts again: fifteen rows, none changed.
+        b.import_batch("alice", NOW + 1000, NOW + 1100, 0..15);
         let imports = &s.user_activity(Some("alice"), 1).unwrap()[0].imports;
         assert_eq!(
             (
@@ -1103,7 +1098,7 @@ fn import_outcomes_add_up_per_walk_and_start_again_with_a_new_walk() {
                 imports[0].upserted,
                 imports[0].unchanged
             ),
-            (NOW + 1000, 1, 0, 20),
+            (NOW + 1000, 1, 0, 15),
             "{}",
             b.url
         );
