@@ -21,6 +21,10 @@ struct Generated {
 }
 
 impl Source for Generated {
+    fn credential_fields(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     fn streams(&self) -> &'static [&'static str] {
         &["items"]
     }

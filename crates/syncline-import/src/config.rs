@@ -152,26 +152,6 @@ pub enum SourceKind {
     Rest,
 }
 
-impl SourceConfig {
-    /// The string fields a credential for this source must carry (what a connect form asks for): fixed per
-    /// connector, or for a REST source the `{field}`s its auth header names.
-    pub fn credential_fields(&self) -> Vec<String> {
-        let fixed: &[&str] = match self.kind {
-            SourceKind::Steam => &["api_key", "steam_id"],
-            SourceKind::Spotify | SourceKind::Playstation => &["access_token"],
-            SourceKind::Xbox => &["uhs", "token", "xuid"],
-            SourceKind::Rest => {
-                return self
-                    .rest
-                    .as_ref()
-                    .map(|r| r.credential_fields())
-                    .unwrap_or_default();
-            }
-        };
-        fixed.iter().map(|f| f.to_string()).collect()
-    }
-}
-
 impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -235,6 +235,11 @@ impl Importer {
         self.mode
     }
 
+    /// The string fields a credential for `source` must carry (what a connect form asks for).
+    pub fn credential_fields(&self, source: &str) -> Result<Vec<String>, ImportError> {
+        Ok(self.source(source)?.source.credential_fields())
+    }
+
     /// The configured source names.
     pub fn source_names(&self) -> Vec<String> {
         self.sources.keys().cloned().collect()

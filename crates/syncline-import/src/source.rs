@@ -107,6 +107,9 @@ pub trait Source: Send + Sync + 'static {
     /// The streams this source offers, in the order they are imported.
     fn streams(&self) -> &'static [&'static str];
 
+    /// The string fields a credential for this source must carry (what a connect form asks for).
+    fn credential_fields(&self) -> Vec<String>;
+
     /// Fetches one page.
     fn fetch<'a>(
         &'a self,

@@ -102,15 +102,14 @@ impl ClientReport {
         state: &AppState,
         user: &str,
         outcome: &WriteOutcome,
-        applied: u64,
         rejected: u64,
         first_rejection: Option<String>,
     ) {
         let mut activity = self.activity(SyncKind::Push, 0);
         let message;
         match outcome {
-            WriteOutcome::Applied { .. } => {
-                activity.records = applied;
+            WriteOutcome::Applied { summary, .. } => {
+                activity.records = crate::app::applied_count(summary);
                 activity.rejected = rejected;
                 message = first_rejection.map(|first| {
                     format!("{rejected} record(s) rejected as invalid; first: {first}")

@@ -334,7 +334,7 @@ fn announce(state: &AppState, user: &str, outcome: &WriteOutcome) {
     }
 }
 
-fn applied_count(summary: &syncline_store::WriteSummary) -> u64 {
+pub(crate) fn applied_count(summary: &syncline_store::WriteSummary) -> u64 {
     summary
         .counts
         .values()
@@ -372,18 +372,7 @@ async fn push(
         let first = rejected
             .first()
             .map(|r| format!("{}/{}: {}", r.table, r.id, r.message));
-        let applied = match &outcome {
-            WriteOutcome::Applied { summary, .. } => applied_count(summary),
-            _ => 0,
-        };
-        report.pushed(
-            &st,
-            &user.user,
-            &outcome,
-            applied,
-            rejected.len() as u64,
-            first,
-        );
+        report.pushed(&st, &user.user, &outcome, rejected.len() as u64, first);
         Ok(outcome)
     })
     .await?;
@@ -425,11 +414,7 @@ async fn bulk(
             .unwrap_or_default()
         };
         let outcome = write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond)?;
-        let applied = match &outcome {
-            WriteOutcome::Applied { summary, .. } => applied_count(summary),
-            _ => 0,
-        };
-        report.pushed(&st, &user.user, &outcome, applied, 0, None);
+        report.pushed(&st, &user.user, &outcome, 0, None);
         Ok(outcome)
     })
     .await?;

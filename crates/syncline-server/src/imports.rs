@@ -63,7 +63,7 @@ async fn states(state: &AppState, user: &str, source: &str) -> Result<Value, Api
     Ok(json!({
         "source": source,
         "kind": config.map(|c| c.kind.as_str()),
-        "fields": config.map(|c| c.credential_fields()).unwrap_or_default(),
+        "fields": state.imports.credential_fields(source)?,
         "tables": config.map(|c| &c.streams),
         "connected": connected,
         "streams": states,
@@ -137,29 +137,26 @@ async fn connect(
         }
         Err(e) => return Err(ApiError::from_json(&e)),
     };
-    if let Some(config) = state.config.imports.sources.get(&source) {
-        let fields = config.credential_fields();
-        let missing: Vec<&str> = fields
-            .iter()
-            .map(String::as_str)
-            .filter(|f| {
-                credential
-                    .get(*f)
-                    .and_then(Value::as_str)
-                    .is_none_or(|v| v.trim().is_empty())
-            })
-            .collect();
-        if !missing.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_credential",
-                format!(
-                    "a `{source}` credential needs {}: {} missing or empty",
-                    join_fields(&fields.iter().map(String::as_str).collect::<Vec<_>>()),
-                    join_fields(&missing)
-                ),
-            ));
-        }
+    let fields = state.imports.credential_fields(&source)?;
+    let missing: Vec<&String> = fields
+        .iter()
+        .filter(|f| {
+            credential
+                .get(f.as_str())
+                .and_then(Value::as_str)
+                .is_none_or(|v| v.trim().is_empty())
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_credential",
+            format!(
+                "a `{source}` credential needs {}: {} missing or empty",
+                join_fields(&fields),
+                join_fields(&missing)
+            ),
+        ));
     }
     state
         .imports
@@ -185,8 +182,8 @@ async fn disconnect(
 }
 
 /// `a`, `a and b`, `a, b and c`, each in backquotes.
-fn join_fields(fields: &[&str]) -> String {
-    let quoted: Vec<String> = fields.iter().map(|f| format!("`{f}`")).collect();
+fn join_fields(fields: &[impl AsRef<str>]) -> String {
+    let quoted: Vec<String> = fields.iter().map(|f| format!("`{}`", f.as_ref())).collect();
     match quoted.split_last() {
         None => String::new(),
         Some((last, [])) => last.clone(),

@@ -251,6 +251,11 @@ fn trophy_row(title: &str, t: &Value) -> Option<Value> {
 }
 
 impl Source for PlayStation {
+    fn credential_fields(&self) -> Vec<String> {
+        // `account_id` is optional: "me" by default.
+        vec!["access_token".to_string()]
+    }
+
     fn streams(&self) -> &'static [&'static str] {
         &["trophy_titles", "trophies"]
     }

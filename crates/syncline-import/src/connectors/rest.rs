@@ -282,6 +282,14 @@ impl Rest {
 }
 
 impl Source for Rest {
+    fn credential_fields(&self) -> Vec<String> {
+        // The `{field}`s its auth header names.
+        self.config
+            .as_ref()
+            .map(RestConfig::credential_fields)
+            .unwrap_or_default()
+    }
+
     fn streams(&self) -> &'static [&'static str] {
         self.names
     }

@@ -166,6 +166,10 @@ fn artists(body: &Value) -> Page {
 }
 
 impl Source for Spotify {
+    fn credential_fields(&self) -> Vec<String> {
+        vec!["access_token".to_string()]
+    }
+
     fn streams(&self) -> &'static [&'static str] {
         &[
             "saved_tracks",

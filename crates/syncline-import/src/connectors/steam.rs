@@ -203,6 +203,10 @@ impl Steam {
 }
 
 impl Source for Steam {
+    fn credential_fields(&self) -> Vec<String> {
+        ["api_key", "steam_id"].map(String::from).to_vec()
+    }
+
     fn streams(&self) -> &'static [&'static str] {
         &["owned_games", "achievements"]
     }

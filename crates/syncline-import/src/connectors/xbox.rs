@@ -172,6 +172,10 @@ fn achievement_row(a: &Value) -> Option<Value> {
 }
 
 impl Source for Xbox {
+    fn credential_fields(&self) -> Vec<String> {
+        ["uhs", "token", "xuid"].map(String::from).to_vec()
+    }
+
     fn streams(&self) -> &'static [&'static str] {
         &["titles", "achievements"]
     }
