@@ -100,9 +100,8 @@ pub struct Importer {
     mode: RunnerMode,
     clock: Clock,
     limiter: Limiter,
-    /// This instance's id in import leases.
-    owner: String,
-    lease_ttl: Duration,
+    /// This instance's terms in import leases.
+    lease: LeaseTerms,
     /// How many streams of one source a step walks at once.
     parallel_streams: usize,
     busy: Mutex<HashSet<(String, String)>>,
@@ -173,8 +172,10 @@ impl Importer {
             mode: config.mode,
             clock,
             limiter: Limiter::default(),
-            owner: instance_id(),
-            lease_ttl: Duration::from_millis(config.lease_ms.max(100)),
+            lease: LeaseTerms {
+                owner: instance_id().into(),
+                ttl_ms: config.lease_ms.max(100) as i64,
+            },
             parallel_streams: config.parallel_streams.max(1),
             busy: Mutex::new(HashSet::new()),
             wake: Notify::new(),
@@ -459,7 +460,7 @@ impl Importer {
         }
         let renewal = async {
             loop {
-                tokio::time::sleep(self.lease_ttl / 3).await;
+                tokio::time::sleep(Duration::from_millis(self.lease.ttl_ms as u64 / 3)).await;
                 match self.take_lease(user, source).await {
                     Ok(true) => {}
                     Ok(false) => break,
@@ -477,9 +478,9 @@ impl Importer {
                 Ok(())
             }
         };
-        let (u, s, owner) = (user.to_string(), source.to_string(), self.owner.clone());
+        let (u, s, lease) = (user.to_string(), source.to_string(), self.lease.clone());
         if let Err(e) = self
-            .blocking(move |st| st.release_import(&u, &s, &owner))
+            .blocking(move |st| st.release_import(&u, &s, &lease.owner))
             .await
         {
             tracing::warn!(error = %e, "could not release the import lease");
@@ -487,34 +488,12 @@ impl Importer {
         result.map(|()| report)
     }
 
-    fn lease(&self) -> Lease<'_> {
-        Lease {
-            owner: &self.owner,
-            ttl_ms: self.lease_ttl.as_millis() as i64,
-        }
-    }
-
     /// Takes or renews this instance's lease on the job; false: another instance holds it.
     async fn take_lease(&self, user: &str, source: &str) -> Result<bool, ImportError> {
-        let (u, s, owner, ttl_ms) = (
-            user.to_string(),
-            source.to_string(),
-            self.owner.clone(),
-            self.lease().ttl_ms,
-        );
+        let (u, s, lease) = (user.to_string(), source.to_string(), self.lease.clone());
         let now = (self.clock)();
-        self.blocking(move |st| {
-            st.claim_import(
-                &u,
-                &s,
-                Lease {
-                    owner: &owner,
-                    ttl_ms,
-                },
-                now,
-            )
-        })
-        .await
+        self.blocking(move |st| st.claim_import(&u, &s, lease.get(), now))
+            .await
     }
 
     /// The body of a step, under the lease: every runnable stream in priority order.
@@ -725,7 +704,7 @@ impl Importer {
     ) -> Result<Result<Option<WriteSummary>, String>, ImportError> {
         let schema = self.schema.clone();
         let (user, table) = (user.to_string(), table.to_string());
-        let (owner, ttl_ms) = (self.owner.clone(), self.lease().ttl_ms);
+        let lease = self.lease.clone();
         self.blocking(move |store| {
             let raws: Vec<Box<RawValue>> = rows
                 .into_iter()
@@ -744,12 +723,8 @@ impl Importer {
                 Ok(b) => b,
                 Err(e) => return Ok(Err(e.to_string())),
             };
-            let lease = Lease {
-                owner: &owner,
-                ttl_ms,
-            };
             store
-                .write_import(&user, &batch, &state, lease, now)
+                .write_import(&user, &batch, &state, lease.get(), now)
                 .map(Ok)
         })
         .await
@@ -760,18 +735,14 @@ impl Importer {
     async fn save_guarded(&self, user: &str, state: ImportState) -> Result<bool, ImportError> {
         let user = user.to_string();
         let now = (self.clock)();
-        let (owner, ttl_ms) = (self.owner.clone(), self.lease().ttl_ms);
+        let lease = self.lease.clone();
         let saved = self
             .blocking(move |st| {
                 let empty = WriteBatch {
                     conflict_cursor: None,
                     tables: Vec::new(),
                 };
-                let lease = Lease {
-                    owner: &owner,
-                    ttl_ms,
-                };
-                st.write_import(&user, &empty, &state, lease, now)
+                st.write_import(&user, &empty, &state, lease.get(), now)
             })
             .await?
             .is_some();
@@ -870,6 +841,22 @@ async fn fetch(
     match tokio::time::timeout_at(deadline, attempts).await {
         Err(_) => Err(FetchFailure::Budget),
         Ok(r) => r.map_err(FetchFailure::Source),
+    }
+}
+
+/// An instance's lease terms, owned, so store calls on blocking threads can carry them.
+#[derive(Debug, Clone)]
+struct LeaseTerms {
+    owner: Arc<str>,
+    ttl_ms: i64,
+}
+
+impl LeaseTerms {
+    fn get(&self) -> Lease<'_> {
+        Lease {
+            owner: &self.owner,
+            ttl_ms: self.ttl_ms,
+        }
     }
 }
 
