@@ -358,16 +358,27 @@ fn offset_page(
     .into_response()
 }
 
+/// One of the offset-paged lists of the library, behind the token check.
+async fn spotify_list(
+    s: &SpotifyShared,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    path: &str,
+    list: fn(&SpotifyLibrary) -> &Vec<Value>,
+) -> Response {
+    if let Some(r) = spotify_gate(s, headers).await {
+        return r;
+    }
+    let items = list(&s.library.lock().unwrap()).clone();
+    offset_page(s, path, &items, q)
+}
+
 async fn spotify_tracks(
     State(s): State<Arc<SpotifyShared>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = spotify_gate(&s, &headers).await {
-        return r;
-    }
-    let items = s.library.lock().unwrap().tracks.clone();
-    offset_page(&s, "/v1/me/tracks", &items, &q)
+    spotify_list(&s, &headers, &q, "/v1/me/tracks", |l| &l.tracks).await
 }
 
 async fn spotify_albums(
@@ -375,11 +386,7 @@ async fn spotify_albums(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = spotify_gate(&s, &headers).await {
-        return r;
-    }
-    let items = s.library.lock().unwrap().albums.clone();
-    offset_page(&s, "/v1/me/albums", &items, &q)
+    spotify_list(&s, &headers, &q, "/v1/me/albums", |l| &l.albums).await
 }
 
 async fn spotify_playlists(
@@ -387,11 +394,7 @@ async fn spotify_playlists(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = spotify_gate(&s, &headers).await {
-        return r;
-    }
-    let items = s.library.lock().unwrap().playlists.clone();
-    offset_page(&s, "/v1/me/playlists", &items, &q)
+    spotify_list(&s, &headers, &q, "/v1/me/playlists", |l| &l.playlists).await
 }
 
 /// Cursor paging: `type=artist`, `after` (the last id seen), `limit`; `cursors.after` and `next`.
