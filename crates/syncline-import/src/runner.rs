@@ -392,12 +392,17 @@ impl Importer {
         }
         tracing::info!(user, source, "import started");
         match self.mode {
-            RunnerMode::Background => self.wake.notify_one(),
+            RunnerMode::Background => {
+                // Answer with what `start` did (pending), read before the runner is woken to take it up.
+                let started = self.status(user, source).await?;
+                self.wake.notify_one();
+                Ok(started)
+            }
             RunnerMode::Call => {
                 self.step(user, source).await?;
+                self.status(user, source).await
             }
         }
-        self.status(user, source).await
     }
 
     /// Stops every stream of a source. A batch being fetched is dropped; `start` resumes from the checkpoint.
