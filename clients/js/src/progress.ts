@@ -29,6 +29,9 @@ export interface SyncSummary {
   pullRequests: number;
   conflictRounds: number;
   durationMs: number;
+  /** Time spent pushing and pulling, in ms. */
+  pushMs: number;
+  pullMs: number;
   /** "2 items updated from cloud, 5 changes sent" (and ", 1 rejected", ", 3 to retry"). */
   text: string;
 }

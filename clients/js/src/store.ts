@@ -73,6 +73,8 @@ function columnsOf(row: Columns): Columns {
 export class WriteTx {
   readonly changedTables = new Set<string>();
   readonly group: string;
+  /** Records whose open operation moved to this transaction's group (prefetched reads of them are stale). */
+  private readonly moved = new Set<string>();
   constructor(
     readonly tx: IDBTransaction,
     private sealedThrough: number,
@@ -110,12 +112,46 @@ export class WriteTx {
     await this.apply(table, id, current, { kind: "delete", columns: {} });
   }
 
+  /**
+   * Writes many records of one table: their reads are issued together (one round of IndexedDB requests
+   * instead of two per record), then each is written as `put` would. Repeated ids go one by one.
+   */
+  async putMany(table: string, rows: readonly (Partial<Row> & Columns)[]): Promise<string[]> {
+    const ids = rows.map((row) => (typeof row.id === "string" && row.id !== "" ? row.id : randomId(16)));
+    if (new Set(ids).size !== ids.length) {
+      const out: string[] = [];
+      for (const [i, row] of rows.entries()) out.push(await this.put(table, { ...row, id: ids[i]! }));
+      return out;
+    }
+    const records = this.tx.objectStore("records");
+    const byRecord = this.tx.objectStore("ops").index("record");
+    const [currents, waitings] = await Promise.all([
+      Promise.all(ids.map((id) => req(records.get([table, id])) as Promise<RecordEntry | undefined>)),
+      Promise.all(ids.map((id) => req(byRecord.getAll([table, id])) as Promise<StoredOp[]>)),
+    ]);
+    for (const [i, row] of rows.entries()) {
+      const current = currents[i]?.row;
+      const columns = columnsOf(row);
+      const change: Change = current ? { kind: "update", columns: changedColumns(current, columns) } : { kind: "create", columns };
+      const waiting = this.moved.has(`${table}\u0000${ids[i]}`)
+        ? ((await req(byRecord.getAll([table, ids[i]!]))) as StoredOp[])
+        : waitings[i]!;
+      await this.applyWith(table, ids[i]!, current, waiting, change);
+    }
+    return ids;
+  }
+
   private async apply(table: string, id: string, current: Row | undefined, change: Change): Promise<void> {
+    if (change.kind === "update" && Object.keys(change.columns).length === 0) return;
+    const waiting = (await req(this.tx.objectStore("ops").index("record").getAll([table, id]))) as StoredOp[];
+    await this.applyWith(table, id, current, waiting, change);
+  }
+
+  private async applyWith(table: string, id: string, current: Row | undefined, waiting: StoredOp[], change: Change): Promise<void> {
     if (change.kind === "update" && Object.keys(change.columns).length === 0) return;
     const ops = this.tx.objectStore("ops");
     const records = this.tx.objectStore("records");
     const group = this.groupPerWrite ? randomId(12) : this.group;
-    const waiting = (await req(ops.index("record").getAll([table, id]))) as StoredOp[];
     const open = waiting.filter((op) => op.seq > this.sealedThrough).pop();
     const merged = coalesce(open ? { kind: open.kind, columns: open.columns } : null, change);
     if (open) {
@@ -126,6 +162,7 @@ export class WriteTx {
         for (const m of members) {
           if (m.seq <= this.sealedThrough || m.seq === open.seq) continue;
           ops.delete(m.seq);
+          this.moved.add(`${m.table}\u0000${m.id}`);
           const { seq: _drop, ...rest } = m;
           void _drop;
           ops.add({ ...rest, group });
@@ -393,7 +430,18 @@ export async function applyPage(
     const replacement = page.experimentalStrategy === "replacement";
     const sent = new Set<string>();
     for (const [table, tc] of Object.entries(page.changes ?? {})) {
-      for (const row of [...(tc.created ?? []), ...(tc.updated ?? [])]) {
+      const rows = [...(tc.created ?? []), ...(tc.updated ?? [])];
+      const deleted = tc.deleted ?? [];
+      // An id appears at most once per table in a page: every read is issued at once, then applied.
+      const [currents, waitings, delWaitings, delKeys] = fast
+        ? [[], [], [], []]
+        : await Promise.all([
+            Promise.all(rows.map((row) => req(records.get([table, row.id])) as Promise<RecordEntry | undefined>)),
+            Promise.all(rows.map((row) => waitingFor(table, row.id))),
+            Promise.all(deleted.map((id) => waitingFor(table, id))),
+            Promise.all(deleted.map((id) => req(records.getKey([table, id])))),
+          ]);
+      for (const [i, row] of rows.entries()) {
         bump(received, table);
         if (replacement) sent.add(`${table}\u0000${row.id}`);
         if (fast) {
@@ -401,23 +449,21 @@ export async function applyPage(
           bump(changed, table);
           continue;
         }
-        const waiting = await waitingFor(table, row.id);
-        const current = (await req(records.get([table, row.id]))) as RecordEntry | undefined;
+        const current = currents[i];
         const base = options.partialRows ? { ...columnsOf(current?.row ?? { id: row.id }), ...columnsOf(row) } : columnsOf(row);
-        const merged = mergePulled(base, waiting);
+        const merged = mergePulled(base, waitings[i]!);
         if (merged === null) continue;
         if (current && sameRecord(columnsOf(current.row), merged)) continue;
         records.put({ table, id: row.id, row: { ...merged, id: row.id } as Row });
         bump(changed, table);
       }
-      for (const id of tc.deleted ?? []) {
+      for (const [i, id] of deleted.entries()) {
         bump(received, table);
-        const waiting = await waitingFor(table, id);
+        const waiting = fast ? [] : delWaitings[i]!;
         const verdict = onPulledDelete(waiting);
         if (verdict.action === "keep") continue;
         if (verdict.dropWaiting) for (const op of waiting) if (op.seq > sealedThrough) ops.delete(op.seq);
-        const current = await req(records.getKey([table, id]));
-        if (current !== undefined) {
+        if (fast || delKeys[i] !== undefined) {
           records.delete([table, id]);
           bump(changed, table);
         }

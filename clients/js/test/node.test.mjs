@@ -99,6 +99,27 @@ describe("local writes and the outbox", () => {
     await client.close();
   });
 
+  it("putMany writes a list with the same folding as put, also over earlier transactions", async () => {
+    const u = user();
+    const { client } = await device(u, { batchSize: 2 });
+    await client.transaction(async (tx) => {
+      await tx.table("tasks").put({ id: "m1", title: "a" });
+      await tx.table("tasks").put({ id: "m2", title: "a" });
+    });
+    // m1 folds into the first transaction's operation: that transaction's m2 joins this one.
+    await client.table("tasks").putMany([{ id: "m1", title: "b" }, { id: "m3", title: "c" }, { id: "m2", title: "d" }]);
+    await client.table("tasks").putMany([{ id: "m4", title: "x" }, { id: "m4", title: "y" }]);
+    const stats = await client.outboxStats();
+    assert.deepEqual(stats.pending, { tasks: 4 }, "one operation per record");
+    await client.sync();
+    const { records } = await serverRecords(server.url, u.token);
+    assert.deepEqual(
+      Object.values(records.tasks).map((r) => `${r.id}=${r.title}`).sort(),
+      ["m1=b", "m2=d", "m3=c", "m4=y"],
+    );
+    await client.close();
+  });
+
   it("pushes batches of at most batchSize, never splitting a transaction", async () => {
     const u = user();
     const { client, rec } = await device(u, { batchSize: 3 });
