@@ -228,6 +228,25 @@ describe("failures", () => {
     assert.equal((await client.outboxStats()).rejectedTotal, 0);
     await client.close();
   });
+
+  it("splits a request refused as a whole until the bad write is alone, and parks only that one", async () => {
+    const u = user();
+    const { client, rec } = await device(u);
+    await client.bulkWrite(async (tx) => {
+      await tx.table("tasks").putMany([{ id: "ok1", title: "a" }, { id: "ok2", title: "b" }]);
+      await tx.table("not_configured").put({ id: "x1", title: "c" });
+      await tx.table("tasks").put({ id: "ok3", title: "d" });
+    });
+    const s = await client.sync();
+    assert.equal(s.pushed, 3);
+    assert.equal(s.rejected, 1);
+    assert.ok(rec.pushes().some((c) => c.status === 400), "the whole request was refused first");
+    const parked = await client.rejected();
+    assert.deepEqual(parked.map((p) => [p.table, p.id, p.code]), [["not_configured", "x1", "unknown_table"]]);
+    const { records } = await serverRecords(server.url, u.token);
+    assert.deepEqual(Object.keys(records.tasks).sort(), ["ok1", "ok2", "ok3"]);
+    await client.close();
+  });
 });
 
 describe("pull", () => {
