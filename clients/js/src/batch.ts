@@ -11,7 +11,8 @@ import type { Columns, OpKind } from "./coalesce.js";
 /** An operation as the planner and the body renderer see it. */
 export interface PlannedOp {
   seq: number;
-  group: string;
+  /** The local transaction of several writes it belongs to; absent for a write that stands alone. */
+  group?: string;
   table: string;
   id: string;
   kind: OpKind;
@@ -23,13 +24,18 @@ export interface PlannedOp {
  * is false when `ops` ends inside the first group: the caller must read the rest of that group.
  * `readAll`: `ops` holds every open operation (so its last group is complete).
  */
-export function planBatch(ops: readonly { group: string }[], limit: number, readAll: boolean): { take: number; complete: boolean } {
+export function planBatch(
+  ops: readonly { seq?: number; group?: string }[],
+  limit: number,
+  readAll: boolean,
+): { take: number; complete: boolean } {
   const max = Math.max(1, limit);
+  const groupOf = (op: { seq?: number; group?: string }) => op.group ?? `#${op.seq}`;
   let take = 0;
   let i = 0;
   while (i < ops.length) {
     let j = i;
-    while (j < ops.length && ops[j]!.group === ops[i]!.group) j++;
+    while (j < ops.length && groupOf(ops[j]!) === groupOf(ops[i]!)) j++;
     const groupComplete = j < ops.length || readAll;
     if (take === 0 && !groupComplete) return { take: j, complete: false };
     if (!groupComplete) break;

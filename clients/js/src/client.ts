@@ -204,10 +204,11 @@ export class SynclineClient {
     return {
       get: (id) => store.getRecord(this.db, name, id),
       all: () => store.allRecords(this.db, name),
-      put: (row) => this.transaction((tx) => tx.table(name).put(row)),
-      putMany: (rows) => this.transaction((tx) => tx.table(name).putMany(rows)),
-      update: (id, patch) => this.transaction((tx) => tx.table(name).update(id, patch)),
-      delete: (id) => this.transaction((tx) => tx.table(name).delete(id)),
+      put: (row) => this.bulkWrite((tx) => tx.table(name).put(row)),
+      // Independent writes in one IndexedDB transaction; use transaction() to keep them together.
+      putMany: (rows) => this.bulkWrite((tx) => tx.table(name).putMany(rows)),
+      update: (id, patch) => this.bulkWrite((tx) => tx.table(name).update(id, patch)),
+      delete: (id) => this.bulkWrite((tx) => tx.table(name).delete(id)),
     };
   }
 

@@ -72,16 +72,17 @@ function columnsOf(row: Columns): Columns {
 /** The writes a local transaction can make; every call runs inside the one IndexedDB transaction. */
 export class WriteTx {
   readonly changedTables = new Set<string>();
-  readonly group: string;
+  /** The group of this transaction's operations; `undefined` when each write stands alone. */
+  readonly group: string | undefined;
   /** Records whose open operation moved to this transaction's group (prefetched reads of them are stale). */
   private readonly moved = new Set<string>();
   constructor(
     readonly tx: IDBTransaction,
     private sealedThrough: number,
     private readonly now: number,
-    private readonly groupPerWrite: boolean,
+    groupPerWrite: boolean,
   ) {
-    this.group = randomId(12);
+    this.group = groupPerWrite ? undefined : randomId(12);
   }
 
   async get(table: string, id: string): Promise<Row | undefined> {
@@ -151,15 +152,18 @@ export class WriteTx {
     if (change.kind === "update" && Object.keys(change.columns).length === 0) return;
     const ops = this.tx.objectStore("ops");
     const records = this.tx.objectStore("records");
-    const group = this.groupPerWrite ? randomId(12) : this.group;
     const open = waiting.filter((op) => op.seq > this.sealedThrough).pop();
     const merged = coalesce(open ? { kind: open.kind, columns: open.columns } : null, change);
+    // Only the operations of a transaction of several writes carry a group (an index entry costs).
+    let group = this.group;
     if (open) {
       ops.delete(open.seq);
-      if (open.group !== group) {
-        // Keep both transactions whole: the older one's other open operations join this one.
+      if (open.group !== undefined && open.group !== this.group) {
+        // Folding into an older transaction: its other open operations move next to this write, in one
+        // group, so that neither transaction is split by a batch boundary.
+        group ??= open.group;
         const members = (await req(ops.index("group").getAll(open.group))) as StoredOp[];
-        for (const m of members) {
+        for (const m of members.sort((a, b) => a.seq - b.seq)) {
           if (m.seq <= this.sealedThrough || m.seq === open.seq) continue;
           ops.delete(m.seq);
           this.moved.add(`${m.table}\u0000${m.id}`);
@@ -169,7 +173,11 @@ export class WriteTx {
         }
       }
     }
-    if (merged) ops.add({ group, table, id, kind: merged.kind, columns: merged.columns, at: open?.at ?? this.now });
+    if (merged) {
+      const op: Omit<StoredOp, "seq"> = { table, id, kind: merged.kind, columns: merged.columns, at: open?.at ?? this.now };
+      if (group !== undefined) op.group = group;
+      ops.add(op);
+    }
     if (change.kind === "delete") records.delete([table, id]);
     else records.put({ table, id, row: { ...(current ?? {}), ...change.columns, id } satisfies Row } as RecordEntry);
     this.changedTables.add(table);
@@ -245,7 +253,7 @@ function perTable(ops: readonly PlannedOp[]): Record<string, number> {
 }
 
 function groupCount(ops: readonly PlannedOp[]): number {
-  return new Set(ops.map((o) => o.group)).size;
+  return new Set(ops.map((o) => o.group ?? `#${o.seq}`)).size;
 }
 
 /**
@@ -263,7 +271,8 @@ export async function sealNext(db: IDBDatabase, limit: number, key: string): Pro
     let chosen: StoredOp[];
     if (plan.complete) chosen = read.slice(0, plan.take);
     else {
-      const members = (await req(ops.index("group").getAll(read[0]!.group))) as StoredOp[];
+      // Only a group of several writes can be incomplete here.
+      const members = (await req(ops.index("group").getAll(read[0]!.group!))) as StoredOp[];
       chosen = members.filter((m) => m.seq > sealedThrough).sort((a, b) => a.seq - b.seq);
     }
     const batch: Omit<SealedBatch, "id"> = {
@@ -539,7 +548,7 @@ export async function resolveParked(db: IDBDatabase, pids: readonly number[], ac
         .filter((op) => op.seq > sealedThrough)
         .pop();
       if (!open) {
-        ops.add({ group: randomId(12), table: row.table, id: row.id, kind: row.kind, columns: row.columns, at: row.at });
+        ops.add({ table: row.table, id: row.id, kind: row.kind, columns: row.columns, at: row.at });
         continue;
       }
       // The newer open write folds over the retried one, in its place (its transaction stays whole).

@@ -101,7 +101,7 @@ describe("local writes and the outbox", () => {
 
   it("putMany writes a list with the same folding as put, also over earlier transactions", async () => {
     const u = user();
-    const { client } = await device(u, { batchSize: 2 });
+    const { client, rec } = await device(u, { batchSize: 2 });
     await client.transaction(async (tx) => {
       await tx.table("tasks").put({ id: "m1", title: "a" });
       await tx.table("tasks").put({ id: "m2", title: "a" });
@@ -112,6 +112,9 @@ describe("local writes and the outbox", () => {
     const stats = await client.outboxStats();
     assert.deepEqual(stats.pending, { tasks: 4 }, "one operation per record");
     await client.sync();
+    const idsOf = (c) => JSON.parse(c.body).changes.tasks.created.map((r) => r.id);
+    const withM1 = rec.pushes().map(idsOf).find((ids) => ids.includes("m1"));
+    assert.ok(withM1.includes("m2"), `the first transaction's writes travel together: ${withM1}`);
     const { records } = await serverRecords(server.url, u.token);
     assert.deepEqual(
       Object.values(records.tasks).map((r) => `${r.id}=${r.title}`).sort(),
