@@ -54,6 +54,10 @@ describe("the SDK in Chromium", { timeout: 180_000 }, () => {
     await until("back in sync", async () => (await state(page)) === "synced" && (await pending(page)) === 0);
     const { records } = await serverRecords(server.url, u.token);
     assert.equal(Object.keys(records.tasks).length, 5);
+    // The page becoming visible again starts a sync too.
+    const pulls = watch(context, "/v1/sync/pull");
+    await page.evaluate(() => document.dispatchEvent(new Event("visibilitychange")));
+    await until("a sync on visibilitychange", () => pulls.length >= 1);
     await context.close();
   });
 

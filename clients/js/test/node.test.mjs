@@ -388,6 +388,14 @@ describe("the orchestrator", () => {
     await client.close();
   });
 
+  it("syncs periodically", async () => {
+    const u = user();
+    const { client, rec } = await device(u, { intervalMs: 150 });
+    client.start();
+    await until("three syncs without any trigger", () => rec.calls.filter((c) => c.path === "/v1/sync/pull").length >= 3);
+    await client.close();
+  });
+
   it("runs one sync at a time: triggers during a sync make exactly one more", async () => {
     const u = user();
     const { client, rec } = await device(u);
