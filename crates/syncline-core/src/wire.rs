@@ -256,6 +256,9 @@ pub struct BulkCounts {
     pub timestamp: i64,
 }
 
+/// What the pull writer's buffer reserves: a little above the 64 KiB the store drains it at.
+const WRITER_CAPACITY: usize = 72 * 1024;
+
 /// Writes a pull response as JSON text, table by table, into a buffer the caller drains as it fills.
 /// Record bodies are spliced in verbatim (they are stored as canonical JSON).
 #[derive(Debug, Default)]
@@ -268,7 +271,7 @@ pub struct PullWriter {
 impl PullWriter {
     pub fn new() -> PullWriter {
         let mut w = PullWriter {
-            buf: Vec::with_capacity(128 * 1024),
+            buf: Vec::with_capacity(WRITER_CAPACITY),
             ..Default::default()
         };
         w.buf.extend_from_slice(b"{\"changes\":{");
@@ -341,7 +344,7 @@ impl PullWriter {
 
     /// Takes the bytes written so far.
     pub fn take(&mut self) -> Vec<u8> {
-        std::mem::replace(&mut self.buf, Vec::with_capacity(128 * 1024))
+        std::mem::replace(&mut self.buf, Vec::with_capacity(WRITER_CAPACITY))
     }
 }
 
