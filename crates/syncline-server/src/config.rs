@@ -235,6 +235,24 @@ mod tests {
     }
 
     #[test]
+    fn limits_cannot_be_switched_off_by_accident() {
+        let config = Config::from_toml("", []).unwrap();
+        assert!(config.server.check().is_ok());
+        assert_eq!(config.server.header_read_timeout_secs, 10.0);
+        for bad in [
+            "write_timeout_secs = 0",
+            "keep_alive_timeout_secs = -1",
+            "body_read_timeout_secs = nan",
+            "max_connections = 0",
+            "max_pulls_per_user = 0",
+        ] {
+            let config = Config::from_toml(&format!("[server]\n{bad}\n"), []).unwrap();
+            let err = config.server.check().unwrap_err().to_string();
+            assert!(err.contains("server."), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn typos_are_refused() {
         let err = Config::from_toml("[server]\nlisten_on = \"x\"\n", []).unwrap_err();
         assert!(err.to_string().contains("listen_on"), "{err}");
