@@ -11,6 +11,7 @@ mod names;
 mod plan;
 mod record;
 mod schema;
+mod value;
 mod wire;
 
 pub use error::CoreError;
@@ -22,6 +23,7 @@ pub use schema::{
     Column, ColumnConfig, ColumnSpec, ColumnType, ParentConfig, ParentRef, Schema, Table,
     TableConfig,
 };
+pub use value::MAX_DEPTH;
 pub use wire::{
     BulkCounts, BulkRequest, ErrorBody, Migration, MigrationColumns, PullRequest, PullResponse,
     PullWriter, PushOutcome, PushRequest, PushResponse, RejectedRecord, RejectedRow, TableChanges,

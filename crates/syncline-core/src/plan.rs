@@ -77,13 +77,16 @@ pub struct RowFailure {
     pub message: String,
 }
 
-/// Plans a WatermelonDB push. Invalid records are returned as rejections and left out; an unknown table
-/// with records in it or an unsafe id fails the whole request.
+/// Plans a WatermelonDB push. Invalid records are returned as rejections and left out; a negative
+/// `lastPulledAt`, an unknown table with records in it or an unsafe id fails the whole request.
 pub fn plan_push<'a>(
     schema: &Schema,
     request: &'a PushRequest<'a>,
     owner: &str,
 ) -> Result<(WriteBatch<'a>, Vec<RejectedRecord>), CoreError> {
+    if let Some(cursor) = request.last_pulled_at.filter(|c| *c < 0) {
+        return Err(CoreError::InvalidCursor(cursor));
+    }
     for (name, changes) in &request.changes {
         if schema.table(name).is_none() && !changes.is_empty() {
             return Err(CoreError::UnknownTable(name.clone()));
@@ -287,7 +290,11 @@ mod tests {
             ),
             (
                 "projects".to_string(),
-                t(&[("name", ColumnType::String)], None, false),
+                t(
+                    &[("name", ColumnType::String), ("meta", ColumnType::Json)],
+                    None,
+                    false,
+                ),
             ),
             (
                 "settings".to_string(),
@@ -364,6 +371,46 @@ mod tests {
                 ("settings", 1, "singleton_violation")
             ]
         );
+    }
+
+    #[test]
+    fn push_refuses_a_negative_cursor() {
+        let request: PushRequest =
+            serde_json::from_str(r#"{"lastPulledAt":-1,"changes":{}}"#).unwrap();
+        assert_eq!(
+            plan_push(&schema(), &request, "a").unwrap_err(),
+            CoreError::InvalidCursor(-1)
+        );
+    }
+
+    #[test]
+    fn values_no_reader_can_read_back_are_refused_per_row() {
+        let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+        let cases = [
+            ("1e400", "number_out_of_range"),
+            ("-1e400", "number_out_of_range"),
+            (r#""\ud800""#, "invalid_unicode"),
+            (r#""a\u0000b""#, "nul_character"),
+            (deep.as_str(), "too_deep"),
+        ];
+        for (value, code) in cases {
+            let body = format!(
+                r#"{{"lastPulledAt":1,"changes":{{"projects":{{"created":[{{"id":"ok","name":"fine"}},{{"id":"bad","meta":{value}}}]}}}}}}"#
+            );
+            let request: PushRequest = serde_json::from_str(&body).unwrap();
+            let (batch, rejected) = plan_push(&schema(), &request, "a").unwrap();
+            assert_eq!(batch.tables[0].upserts.len(), 1, "{value}");
+            assert_eq!((rejected[0].id.as_str(), rejected[0].code), ("bad", code));
+            let body = format!(
+                r#"{{"upserts":{{"projects":[{{"id":"ok"}},{{"id":"bad","meta":[{value}]}}]}}}}"#
+            );
+            let request: BulkRequest = serde_json::from_str(&body).unwrap();
+            let CoreError::InvalidRows(rows) = plan_bulk(&schema(), &request, "a").unwrap_err()
+            else {
+                panic!("{value}")
+            };
+            assert_eq!((rows[0].index, rows[0].code), (1, code), "{value}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::is_safe_id;
 use crate::schema::{ColumnType, Table};
+use crate::value::{ValueProblem, check_json};
 
 /// Why one row was refused. Stable codes, part of the wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,14 @@ pub enum RowErrorCode {
     UnknownColumn,
     WrongType,
     SingletonViolation,
+    /// A number beyond a 64-bit float's range (`1e400`).
+    NumberOutOfRange,
+    /// A lone surrogate escape (`"\ud800"`) or a raw control character in a string.
+    InvalidUnicode,
+    /// `\u0000` in a string (PostgreSQL's `jsonb` cannot hold it; many readers truncate at it).
+    NulCharacter,
+    /// A `json` value nested deeper than [`crate::MAX_DEPTH`].
+    TooDeep,
 }
 
 impl RowErrorCode {
@@ -33,6 +42,10 @@ impl RowErrorCode {
             RowErrorCode::UnknownColumn => "unknown_column",
             RowErrorCode::WrongType => "wrong_type",
             RowErrorCode::SingletonViolation => "singleton_violation",
+            RowErrorCode::NumberOutOfRange => "number_out_of_range",
+            RowErrorCode::InvalidUnicode => "invalid_unicode",
+            RowErrorCode::NulCharacter => "nul_character",
+            RowErrorCode::TooDeep => "too_deep",
         }
     }
 }
@@ -130,7 +143,7 @@ pub fn normalize_record<'a>(
                         RowErrorCode::InvalidId,
                         format!(
                             "`id` must be a string of 1-64 characters from [A-Za-z0-9_.-], got {}",
-                            value.get()
+                            excerpt(value.get())
                         ),
                     ));
                 }
@@ -186,7 +199,35 @@ fn check_value<'a>(
     if !ok {
         return Err(RowError::new(
             RowErrorCode::WrongType,
-            format!("column `{table}.{column}` is a {}, got {text}", ty.as_str()),
+            format!(
+                "column `{table}.{column}` is a {}, got {}",
+                ty.as_str(),
+                excerpt(text)
+            ),
+        ));
+    }
+    if let Err(problem) = check_json(text) {
+        let (code, why) = match problem {
+            ValueProblem::NumberOutOfRange => (
+                RowErrorCode::NumberOutOfRange,
+                "holds a number beyond the range of a 64-bit float",
+            ),
+            ValueProblem::InvalidUnicode => (
+                RowErrorCode::InvalidUnicode,
+                "holds a lone UTF-16 surrogate escape or a raw control character",
+            ),
+            ValueProblem::Nul => (
+                RowErrorCode::NulCharacter,
+                "holds a NUL character (\\u0000), which is not stored",
+            ),
+            ValueProblem::TooDeep => (
+                RowErrorCode::TooDeep,
+                "nests arrays and objects more than 64 levels deep",
+            ),
+        };
+        return Err(RowError::new(
+            code,
+            format!("column `{table}.{column}` {why}"),
         ));
     }
     Ok(match (ty, text) {
@@ -194,6 +235,14 @@ fn check_value<'a>(
         (ColumnType::Boolean, "1") => Cow::Borrowed("true"),
         _ => Cow::Borrowed(text),
     })
+}
+
+/// At most the first 64 characters of a value, for messages (a refused value may be megabytes long).
+fn excerpt(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => Cow::Owned(format!("{}…", &text[..end])),
+        None => Cow::Borrowed(text),
+    }
 }
 
 /// Renders the canonical JSON text of a record. Columns the record did not carry keep their value from

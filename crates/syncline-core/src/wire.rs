@@ -6,9 +6,67 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+/// Request types are read from JSON objects only. serde's derive also reads a struct from an array, by
+/// position (`[[{"id":"q1"}],[],[]]` as a table's changes), which no client means; so each request type
+/// derives its field reading as an inherent function (`#[serde(remote = "Self")]`) and the `Deserialize`
+/// impl made here hands it a map, or refuses anything else.
+macro_rules! from_objects_only {
+    ($name:ident, $what:literal) => {
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str($what)
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        map: A,
+                    ) -> Result<$name, A::Error> {
+                        $name::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+    };
+    ($name:ident<$lt:lifetime>, $what:literal) => {
+        impl<'de: $lt, $lt> Deserialize<'de> for $name<$lt> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$name<$lt>, D::Error> {
+                struct V<$lt>(std::marker::PhantomData<&$lt ()>);
+                impl<'de: $lt, $lt> serde::de::Visitor<'de> for V<$lt> {
+                    type Value = $name<$lt>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str($what)
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        map: A,
+                    ) -> Result<$name<$lt>, A::Error> {
+                        $name::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    }
+                }
+                d.deserialize_map(V(std::marker::PhantomData))
+            }
+        }
+    };
+}
+
+/// The `Serialize` impl of a type whose derive is an inherent function (see [`from_objects_only`]).
+macro_rules! serialize_as_derived {
+    ($name:ident) => {
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                $name::serialize(self, s)
+            }
+        }
+    };
+}
+
 /// `POST /v1/sync/pull` body. The server reads it; the client SDK writes it.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub struct PullRequest {
     #[serde(default)]
     pub last_pulled_at: Option<i64>,
@@ -21,8 +79,12 @@ pub struct PullRequest {
     pub limit: Option<u32>,
 }
 
+from_objects_only!(PullRequest, "a JSON object (the pull request)");
+serialize_as_derived!(PullRequest);
+
 /// WatermelonDB's migration-sync request.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(remote = "Self")]
 pub struct Migration {
     pub from: u32,
     #[serde(default)]
@@ -31,14 +93,22 @@ pub struct Migration {
     pub columns: Vec<MigrationColumns>,
 }
 
+from_objects_only!(Migration, "a JSON object (`migration`)");
+serialize_as_derived!(Migration);
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(remote = "Self")]
 pub struct MigrationColumns {
     pub table: String,
     pub columns: Vec<String>,
 }
 
+from_objects_only!(MigrationColumns, "a JSON object (`migration.columns[]`)");
+serialize_as_derived!(MigrationColumns);
+
 /// One table's changes in a push.
 #[derive(Debug, Default, Deserialize)]
+#[serde(remote = "Self")]
 pub struct TableChanges<'a> {
     #[serde(borrow, default)]
     pub created: Vec<&'a RawValue>,
@@ -47,6 +117,11 @@ pub struct TableChanges<'a> {
     #[serde(default)]
     pub deleted: Vec<String>,
 }
+
+from_objects_only!(
+    TableChanges<'a>,
+    "a JSON object with `created`, `updated` and `deleted`"
+);
 
 impl TableChanges<'_> {
     pub fn len(&self) -> usize {
@@ -60,7 +135,7 @@ impl TableChanges<'_> {
 
 /// `POST /v1/sync/push` body.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(remote = "Self", rename_all = "camelCase")]
 pub struct PushRequest<'a> {
     #[serde(borrow)]
     pub changes: BTreeMap<String, TableChanges<'a>>,
@@ -68,15 +143,19 @@ pub struct PushRequest<'a> {
     pub last_pulled_at: Option<i64>,
 }
 
+from_objects_only!(PushRequest<'a>, "a JSON object (the push request)");
+
 /// `POST /v1/sync/bulk` body: upserts per table, then deletes per table.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct BulkRequest<'a> {
     #[serde(borrow, default)]
     pub upserts: BTreeMap<String, Vec<&'a RawValue>>,
     #[serde(default)]
     pub deletes: BTreeMap<String, Vec<String>>,
 }
+
+from_objects_only!(BulkRequest<'a>, "a JSON object (the bulk request)");
 
 /// A pushed record the server refused, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -177,6 +256,9 @@ pub struct BulkCounts {
     pub timestamp: i64,
 }
 
+/// What the pull writer's buffer reserves: a little above the 64 KiB the store drains it at.
+const WRITER_CAPACITY: usize = 72 * 1024;
+
 /// Writes a pull response as JSON text, table by table, into a buffer the caller drains as it fills.
 /// Record bodies are spliced in verbatim (they are stored as canonical JSON).
 #[derive(Debug, Default)]
@@ -189,7 +271,7 @@ pub struct PullWriter {
 impl PullWriter {
     pub fn new() -> PullWriter {
         let mut w = PullWriter {
-            buf: Vec::with_capacity(128 * 1024),
+            buf: Vec::with_capacity(WRITER_CAPACITY),
             ..Default::default()
         };
         w.buf.extend_from_slice(b"{\"changes\":{");
@@ -262,13 +344,46 @@ impl PullWriter {
 
     /// Takes the bytes written so far.
     pub fn take(&mut self) -> Vec<u8> {
-        std::mem::replace(&mut self.buf, Vec::with_capacity(128 * 1024))
+        std::mem::replace(&mut self.buf, Vec::with_capacity(WRITER_CAPACITY))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_read_from_objects_only() {
+        let refused = |e: serde_json::Error| {
+            assert!(e.is_data(), "{e}");
+            e.to_string()
+        };
+        assert!(refused(serde_json::from_str::<PullRequest>("[]").unwrap_err()).contains("object"));
+        serde_json::from_str::<PullRequest>("[null, 1]").unwrap_err();
+        serde_json::from_str::<PullRequest>(r#"{"migration":[1,[],[]]}"#).unwrap_err();
+        serde_json::from_str::<PullRequest>(r#"{"migration":{"from":1,"columns":[["t",["c"]]]}}"#)
+            .unwrap_err();
+        serde_json::from_str::<PushRequest>(r#"{"changes":{"projects":[[{"id":"q1"}],[],[]]}}"#)
+            .unwrap_err();
+        serde_json::from_str::<PushRequest>(r#"[{"projects":{}}, 1]"#).unwrap_err();
+        serde_json::from_str::<BulkRequest>(r#"[{"projects":[{"id":"q1"}]}]"#).unwrap_err();
+        // The documented shapes still read, and the client's requests still write and read back.
+        let pull: PullRequest = serde_json::from_str(
+            r#"{"lastPulledAt":3,"migration":{"from":1,"tables":["t"],"columns":[{"table":"u","columns":["c"]}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(pull.migration.as_ref().unwrap().columns[0].table, "u");
+        let back: PullRequest =
+            serde_json::from_str(&serde_json::to_string(&pull).unwrap()).unwrap();
+        assert_eq!(back, pull);
+        let push: PushRequest = serde_json::from_str(
+            r#"{"changes":{"projects":{"created":[{"id":"q1"}]}},"lastPulledAt":null}"#,
+        )
+        .unwrap();
+        assert_eq!(push.changes["projects"].created.len(), 1);
+        let pulled: PullRequest = serde_json::from_value(serde_json::json!({"limit": 2})).unwrap();
+        assert_eq!(pulled.limit, Some(2));
+    }
 
     #[test]
     fn pull_writer_makes_the_watermelon_shape() {

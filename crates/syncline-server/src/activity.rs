@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use syncline_store::{ACTIVITY_BUCKET_MS, SyncActivity, SyncKind, WriteOutcome};
 
-use crate::app::{AppState, User, blocking, now_ms};
+use crate::app::{ApiQuery, AppState, User, blocking, now_ms};
 use crate::error::ApiError;
 
 /// The request header naming the device (any stable id the client picks, 1–128 visible ASCII characters).
@@ -174,7 +174,7 @@ fn series(buckets: Vec<syncline_store::ActivityBucket>, since: i64) -> Value {
 async fn mine(
     State(state): State<AppState>,
     User(user): User,
-    Query(window): Query<Window>,
+    ApiQuery(window): ApiQuery<Window>,
 ) -> Result<Response, ApiError> {
     let now = now_ms();
     let since = window.since(now)?;
@@ -200,7 +200,7 @@ async fn mine(
 async fn overview(
     State(state): State<AppState>,
     User(user): User,
-    Query(window): Query<Window>,
+    ApiQuery(window): ApiQuery<Window>,
 ) -> Result<Response, ApiError> {
     if !user.admin {
         return Err(ApiError::new(

@@ -38,6 +38,45 @@ pub struct AppState {
     pub imports: Arc<syncline_import::Importer>,
     pub config: Arc<Config>,
     pub events: Arc<crate::events::Events>,
+    /// Pulls streaming now, per user (`server.max_pulls_per_user`).
+    pub(crate) pulls: Arc<PullSlots>,
+}
+
+/// How many pulls each user has streaming. A slot is held while the pull's store snapshot is open.
+#[derive(Debug, Default)]
+pub(crate) struct PullSlots(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+
+impl PullSlots {
+    /// A slot for `user`, or `None` when `max` of theirs are streaming already.
+    fn take(self: &Arc<Self>, user: &str, max: usize) -> Option<PullSlot> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(user.to_string()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PullSlot {
+            slots: self.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+struct PullSlot {
+    slots: Arc<PullSlots>,
+    user: String,
+}
+
+impl Drop for PullSlot {
+    fn drop(&mut self) {
+        let mut held = self.slots.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.user);
+            }
+        }
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -118,7 +157,11 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "other".into());
     let started = Instant::now();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
     state.metrics.observe_request(
         &route,
         response.status().as_u16(),
@@ -180,12 +223,22 @@ impl FromRequestParts<AppState> for User {
                 "invalid_token",
                 "the token is not valid for this server",
             )),
+            Err(TokenError::InvalidSubject) => Err(unauthorized(
+                "invalid_subject",
+                "the token's `sub` must be 1-255 bytes with no control characters",
+            )),
         }
     }
 }
 
-/// Reads the whole body, refusing more than the configured limit with 413.
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+/// Reads the whole body, refusing more than the configured limit with 413, and a body that does not arrive
+/// within `server.body_read_timeout_secs` with 408 (the connection is then closed: the rest of the body is
+/// never read).
+pub(crate) async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
     let limit = state.config.server.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -201,7 +254,23 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    match http_body_util::Limited::new(body, limit).collect().await {
+    let deadline = Duration::from_secs_f64(state.config.server.body_read_timeout_secs);
+    let read = tokio::time::timeout(
+        deadline,
+        http_body_util::Limited::new(body, limit).collect(),
+    );
+    let Ok(collected) = read.await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the body did not arrive within {} s",
+                state.config.server.body_read_timeout_secs
+            ),
+        )
+        .closing());
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -213,6 +282,49 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
             "invalid_request",
             "the body could not be read",
         )),
+    }
+}
+
+/// Parses a request body as JSON. The whole body must be UTF-8 (RFC 8259 §8.1), including the parts the
+/// request type ignores, which serde_json alone would skip unchecked.
+pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::bad_request(
+            "malformed_json",
+            format!(
+                "the body is not valid UTF-8 (at byte {}); JSON is UTF-8",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    serde_json::from_str(text).map_err(|e| ApiError::from_json(&e))
+}
+
+/// `Query<T>` whose rejection is the JSON error (`invalid_query`) instead of axum's plain text.
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
+/// `Path<T>` whose rejection is the JSON error (`invalid_path`) instead of axum's plain text.
+pub(crate) struct ApiPath<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
     }
 }
 
@@ -353,8 +465,7 @@ async fn push(
     let key = idempotency_key(&headers, "push", &bytes)?;
     let st = state.clone();
     let outcome = blocking(move || {
-        let request: PushRequest =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::from_json(&e))?;
+        let request: PushRequest = parse_json(&bytes)?;
         check_count(&st, request.changes.values().map(|c| c.len()).sum())?;
         let (batch, rejected) = plan_push(&st.schema, &request, &user.user)?;
         if !rejected.is_empty() {
@@ -390,8 +501,7 @@ async fn bulk(
     let key = idempotency_key(&headers, "bulk", &bytes)?;
     let st = state.clone();
     let outcome = blocking(move || {
-        let request: BulkRequest =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::from_json(&e))?;
+        let request: BulkRequest = parse_json(&bytes)?;
         let upserts = request.upserts.values().map(Vec::len);
         check_count(
             &st,
@@ -443,7 +553,7 @@ async fn pull(
     let request: PullRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         PullRequest::default()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::from_json(&e))?
+        parse_json(&bytes)?
     };
     let max = state.config.sync.max_pull_limit;
     if let Some(limit) = request.limit
@@ -461,10 +571,22 @@ async fn pull(
             "lastPulledAt must be null or a positive sequence",
         ));
     }
-    // Two chunks in flight bound the memory a pull holds, whatever the dataset size.
-    let (tx, mut rx) = mpsc::channel::<Result<Bytes, ApiError>>(2);
+    let max = state.config.server.max_pulls_per_user;
+    let Some(slot) = state.pulls.take(&user.user, max) else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_pulls",
+            format!("{max} pulls of this user are streaming already; retry when one has finished"),
+        )
+        .retry_after(1));
+    };
+    // One chunk in the channel (and one in hyper's buffer) bound the memory a pull holds, whatever the
+    // dataset size and however slowly the client reads. When the connection is dropped (the client left, or
+    // stopped reading for `write_timeout_secs`), the next send fails and the store ends its snapshot.
+    let (tx, mut rx) = mpsc::channel::<Result<Bytes, ApiError>>(1);
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let mut sink = ChannelSink(tx);
         match st.store.pull(&user.user, &request, &mut sink) {
             Ok(stats) => {

@@ -39,6 +39,15 @@ pub struct Principal {
 pub enum TokenError {
     Expired,
     Invalid,
+    /// Validly signed, but its `sub` breaks [`is_valid_subject`].
+    InvalidSubject,
+}
+
+/// The one rule for a user id (`sub`) on every backend: 1 to 255 bytes of UTF-8 with no control character
+/// (so no NUL, which PostgreSQL text cannot hold). Users are namespaces keyed by it, so a subject one
+/// backend would store differently from another is refused at the door.
+pub fn is_valid_subject(sub: &str) -> bool {
+    !sub.is_empty() && sub.len() <= 255 && !sub.chars().any(char::is_control)
 }
 
 enum Keys {
@@ -160,13 +169,11 @@ impl Authenticator {
             }
         };
         match decode::<Claims>(token, key, &self.validation) {
-            Ok(data) if !data.claims.sub.is_empty() && data.claims.sub.len() <= 256 => {
-                Ok(Principal {
-                    admin: data.claims.role.as_deref() == Some(self.admin_role.as_str()),
-                    user: data.claims.sub,
-                })
-            }
-            Ok(_) => Err(TokenError::Invalid),
+            Ok(data) if is_valid_subject(&data.claims.sub) => Ok(Principal {
+                admin: data.claims.role.as_deref() == Some(self.admin_role.as_str()),
+                user: data.claims.sub,
+            }),
+            Ok(_) => Err(TokenError::InvalidSubject),
             Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
                 Err(TokenError::Expired)
             }
@@ -182,6 +189,11 @@ impl Authenticator {
         admin: bool,
         now_secs: i64,
     ) -> Result<String, ServerError> {
+        if !is_valid_subject(user) {
+            return Err(ServerError::Config(
+                "a user id is 1-255 bytes with no control characters".into(),
+            ));
+        }
         let key = self.encoding.as_ref().ok_or_else(|| {
             ServerError::Config(
                 "tokens can only be minted with auth.jwt_secret (HS256) configured".into(),

@@ -37,6 +37,22 @@ pub struct ServerSection {
     pub max_body_bytes: usize,
     /// More records in one push or bulk request get 413 `too_many_records`.
     pub max_records_per_request: usize,
+    /// A request's line and headers must arrive within this many seconds of their first byte (or of the
+    /// connection's opening); otherwise the connection is closed.
+    pub header_read_timeout_secs: f64,
+    /// A request body must arrive whole within this many seconds, or the answer is 408 `request_timeout`
+    /// and the connection is closed.
+    pub body_read_timeout_secs: f64,
+    /// A kept-alive connection with no request in flight is closed after this many seconds of silence.
+    pub keep_alive_timeout_secs: f64,
+    /// A response that cannot write a single byte for this many seconds (the client stopped reading) is
+    /// abandoned and its connection closed; a stalled pull then releases its snapshot.
+    pub write_timeout_secs: f64,
+    /// Open connections at most. Past it, a few more (see README) are answered `503 too_many_connections`
+    /// (`/healthz` still answers), and beyond those new connections are closed at once.
+    pub max_connections: usize,
+    /// Pulls of one user streaming at once; more get 429 `too_many_pulls` with `Retry-After`.
+    pub max_pulls_per_user: usize,
 }
 
 impl Default for ServerSection {
@@ -45,7 +61,38 @@ impl Default for ServerSection {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 32 << 20,
             max_records_per_request: 100_000,
+            header_read_timeout_secs: 10.0,
+            body_read_timeout_secs: 60.0,
+            keep_alive_timeout_secs: 30.0,
+            write_timeout_secs: 30.0,
+            max_connections: 512,
+            max_pulls_per_user: 4,
         }
+    }
+}
+
+impl ServerSection {
+    /// Refuses settings that would disable a limit by accident.
+    pub(crate) fn check(&self) -> Result<(), ServerError> {
+        let seconds = [
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("body_read_timeout_secs", self.body_read_timeout_secs),
+            ("keep_alive_timeout_secs", self.keep_alive_timeout_secs),
+            ("write_timeout_secs", self.write_timeout_secs),
+        ];
+        for (name, value) in seconds {
+            if !(value > 0.0 && value <= 86_400.0) {
+                return Err(ServerError::Config(format!(
+                    "server.{name} must be above 0 and at most 86400 seconds"
+                )));
+            }
+        }
+        if self.max_connections == 0 || self.max_pulls_per_user == 0 {
+            return Err(ServerError::Config(
+                "server.max_connections and server.max_pulls_per_user must be at least 1".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -185,6 +232,24 @@ mod tests {
         assert_eq!(config.sync.tombstone_retention_days, 7.0);
         assert_eq!(config.storage.url, "sqlite://./syncline-data/syncline.db");
         assert!(config.tables.contains_key("t"));
+    }
+
+    #[test]
+    fn limits_cannot_be_switched_off_by_accident() {
+        let config = Config::from_toml("", []).unwrap();
+        assert!(config.server.check().is_ok());
+        assert_eq!(config.server.header_read_timeout_secs, 10.0);
+        for bad in [
+            "write_timeout_secs = 0",
+            "keep_alive_timeout_secs = -1",
+            "body_read_timeout_secs = nan",
+            "max_connections = 0",
+            "max_pulls_per_user = 0",
+        ] {
+            let config = Config::from_toml(&format!("[server]\n{bad}\n"), []).unwrap();
+            let err = config.server.check().unwrap_err().to_string();
+            assert!(err.contains("server."), "{bad}: {err}");
+        }
     }
 
     #[test]

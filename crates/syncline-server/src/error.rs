@@ -31,6 +31,10 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub extra: Option<(&'static str, Value)>,
+    /// Answer with `Connection: close` (the request was not read whole, so the connection cannot be reused).
+    pub close: bool,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -40,7 +44,21 @@ impl ApiError {
             code,
             message: message.into(),
             extra: None,
+            close: false,
+            retry_after: None,
         }
+    }
+
+    /// Closes the connection after this answer.
+    pub fn closing(mut self) -> ApiError {
+        self.close = true;
+        self
+    }
+
+    /// Tells the client when to try again.
+    pub fn retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -116,11 +134,24 @@ impl IntoResponse for ApiError {
         if let Some((key, value)) = self.extra {
             body[key] = value;
         }
-        (
+        use axum::http::{HeaderValue, header};
+        let mut response = (
             self.status,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            [(header::CONTENT_TYPE, "application/json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }

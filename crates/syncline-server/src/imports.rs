@@ -2,7 +2,8 @@
 //! of every source, and the user's credentials (`/v1/connections/{source}`), which are sealed before they
 //! are stored and never returned or logged.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -10,7 +11,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use syncline_import::{ImportError, RunnerMode};
 
-use crate::app::{AppState, User, blocking, now_ms};
+use crate::app::{ApiPath, AppState, User, blocking, now_ms, parse_json, read_body};
 use crate::error::ApiError;
 
 /// The import routes, merged into the main router.
@@ -83,7 +84,7 @@ async fn list(State(state): State<AppState>, User(user): User) -> Result<Respons
 async fn start(
     State(state): State<AppState>,
     User(user): User,
-    Path(source): Path<String>,
+    ApiPath(source): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     state.imports.start(&user.user, &source).await?;
     let body = states(&state, &user.user, &source).await?;
@@ -97,7 +98,7 @@ async fn start(
 async fn status(
     State(state): State<AppState>,
     User(user): User,
-    Path(source): Path<String>,
+    ApiPath(source): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(states(&state, &user.user, &source).await?).into_response())
 }
@@ -105,7 +106,7 @@ async fn status(
 async fn stop(
     State(state): State<AppState>,
     User(user): User,
-    Path(source): Path<String>,
+    ApiPath(source): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     state.imports.stop(&user.user, &source).await?;
     Ok(Json(states(&state, &user.user, &source).await?).into_response())
@@ -114,7 +115,7 @@ async fn stop(
 async fn reset(
     State(state): State<AppState>,
     User(user): User,
-    Path(source): Path<String>,
+    ApiPath(source): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     state.imports.reset(&user.user, &source).await?;
     Ok(Json(states(&state, &user.user, &source).await?).into_response())
@@ -124,18 +125,16 @@ async fn reset(
 async fn connect(
     State(state): State<AppState>,
     User(user): User,
-    Path(source): Path<String>,
-    body: axum::body::Bytes,
+    ApiPath(source): ApiPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let credential = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(credential)) => credential,
-        Ok(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                "send the credential as a JSON object, e.g. {\"access_token\": \"...\"}",
-            ));
-        }
-        Err(e) => return Err(ApiError::from_json(&e)),
+    let body = read_body(&state, &headers, body).await?;
+    let Value::Object(credential) = parse_json::<Value>(&body)? else {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "send the credential as a JSON object, e.g. {\"access_token\": \"...\"}",
+        ));
     };
     let fields = state.imports.credential_fields(&source)?;
     let missing: Vec<&String> = fields
@@ -168,7 +167,7 @@ async fn connect(
 async fn disconnect(
     State(state): State<AppState>,
     User(user): User,
-    Path(source): Path<String>,
+    ApiPath(source): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     if state.imports.disconnect(&user.user, &source).await? {
         Ok(StatusCode::NO_CONTENT.into_response())

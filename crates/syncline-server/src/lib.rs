@@ -13,6 +13,7 @@ mod events;
 mod import_watch;
 mod imports;
 mod metrics;
+mod serve;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub use auth::{Authenticator, Claims, Principal, TokenError};
 pub use config::{AuthSection, Config, ServerSection, StorageSection, SyncSection};
 pub use error::{ApiError, ServerError};
 pub use events::{Event, Events};
+pub use serve::OVERFLOW_CONNECTIONS;
 use syncline_core::Schema;
 use syncline_store::Store;
 
@@ -56,6 +58,7 @@ pub fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Schema>), Serv
 
 /// Builds the application state from a configuration.
 pub fn build_state(config: Config) -> Result<AppState, ServerError> {
+    config.server.check()?;
     let auth = Arc::new(Authenticator::from_config(&config.auth)?);
     let (store, schema) = open_store(&config)?;
     let events = events::Events::for_storage(&config.storage.url)?;
@@ -81,6 +84,7 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         imports,
         events,
         config: Arc::new(config),
+        pulls: Default::default(),
     })
 }
 
@@ -110,15 +114,15 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let runner = (state.imports.mode() == syncline_import::RunnerMode::Background
         && !state.imports.source_names().is_empty())
     .then(|| tokio::spawn(state.imports.clone().run()));
+    let deadlines = serve::Deadlines::from_config(&state.config.server);
+    let max_connections = state.config.server.max_connections;
     let app = router(state);
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+        serve::serve(listener, app, deadlines, max_connections, async move {
             let _ = stopped.await;
             events.close(); // open event streams would otherwise hold the shutdown forever
-        });
-        if let Err(e) = served.await {
-            tracing::error!(error = %e, "server failed");
-        }
+        })
+        .await;
         gc.abort();
         if let Some(runner) = runner {
             runner.abort();

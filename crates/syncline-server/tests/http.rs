@@ -27,10 +27,17 @@ struct TestServer {
 
 impl TestServer {
     async fn start(extra: &str) -> TestServer {
+        TestServer::start_on(None, extra).await
+    }
+
+    /// A server on `storage` (a `postgres://` url), or on a fresh SQLite file when `None`. `extra` holds
+    /// settings of the `[server]` section (and may open further sections).
+    async fn start_on(storage: Option<String>, extra: &str) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
+        let storage =
+            storage.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("t.db").display()));
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{extra}\n[storage]\nurl = \"sqlite://{}\"\n[auth]\njwt_secret = \"{SECRET}\"\n{SCHEMA}",
-            dir.path().join("t.db").display()
+            "[server]\nlisten = \"127.0.0.1:0\"\n{extra}\n[storage]\nurl = \"{storage}\"\n[auth]\njwt_secret = \"{SECRET}\"\n{SCHEMA}"
         );
         let config = Config::from_toml(&text, []).unwrap();
         let server = syncline_server::start(config).await.unwrap();
@@ -93,6 +100,9 @@ impl TestServer {
         }
     }
 }
+
+#[path = "http/hardening.rs"]
+mod hardening;
 
 fn token_with(user: &str, secret: &str, ttl: i64, extra: Option<Value>) -> String {
     let now = std::time::SystemTime::now()

@@ -8,7 +8,7 @@ use syncline_core::{PullRequest, PullWriter, Table};
 use crate::{PullSink, PullStats, StoreError};
 
 /// Flush pull output to the sink in chunks of about this size.
-const CHUNK_BYTES: usize = 256 * 1024;
+const CHUNK_BYTES: usize = 64 * 1024;
 
 /// How a pull reads the log, given the request and the user's tombstone horizon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -102,7 +102,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmax_records_per_request = {}\n[storage]\nurl = \"{}\"\n[auth]\njwt_secret = \"{SECRET}\"\n[sync]\nmax_pull_limit = {}\n{}",
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_records_per_request = {}\nmax_pulls_per_user = {STALLED_PULLS}\nwrite_timeout_secs = {STALL_TIMEOUT_SECS}\n[storage]\nurl = \"{}\"\n[auth]\njwt_secret = \"{SECRET}\"\n[sync]\nmax_pull_limit = {}\n{}",
             args.batch.max(1000),
             storage_url,
             args.page.max(1),
@@ -160,6 +160,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         ))
     })?;
     let peak_rss_mb = server.peak_rss_kb()? as f64 / 1024.0;
+    let stalled = runtime.block_on(stalled_pulls(&server, &token))?;
     server.stop();
     if pulled != records.len() || streamed != records.len() {
         bail!(
@@ -202,7 +203,90 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         "  server peak RSS:                 {:>10.1} MB         (goal <= 200 MB)",
         peak_rss_mb
     );
+    stalled.print();
     Ok(())
+}
+
+/// Pulls opened by the stalled-reader measurement (also the bench server's `max_pulls_per_user`).
+const STALLED_PULLS: usize = 32;
+/// The bench server's `write_timeout_secs`: how long a stalled pull is kept before it is cut off.
+const STALL_TIMEOUT_SECS: u64 = 5;
+
+/// What stalled pulls cost the server: RSS before, while `STALLED_PULLS` clients that asked for everything
+/// read nothing, and after the server cut them off.
+struct Stalled {
+    before_kb: u64,
+    during_kb: u64,
+    after_kb: u64,
+    cut_off: usize,
+}
+
+impl Stalled {
+    fn print(&self) {
+        let per_pull = self.during_kb.saturating_sub(self.before_kb) as f64 / STALLED_PULLS as f64;
+        println!(
+            "  stalled pulls ({STALLED_PULLS} clients read nothing of a full pull): {:>6.0} KiB of RSS each  (goal <= 1024 KiB); RSS {:.1} -> {:.1} MB",
+            per_pull,
+            self.before_kb as f64 / 1024.0,
+            self.during_kb as f64 / 1024.0,
+        );
+        println!(
+            "  after write_timeout_secs = {STALL_TIMEOUT_SECS}: {}/{STALLED_PULLS} cut off by the server, RSS {:.1} MB",
+            self.cut_off,
+            self.after_kb as f64 / 1024.0
+        );
+    }
+}
+
+/// Opens `STALLED_PULLS` full pulls from sockets with a small receive buffer, reads nothing, and measures the
+/// server's RSS while they stall and after the server gives up on them.
+async fn stalled_pulls(server: &ServerProcess, token: &str) -> Result<Stalled> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    eprintln!("stalling {STALLED_PULLS} full pulls ...");
+    let addr: std::net::SocketAddr = server
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .context("server address")?;
+    let before_kb = server.status_kb("VmRSS:")?;
+    let request = format!(
+        "POST /v1/sync/pull HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    let mut streams = Vec::new();
+    for _ in 0..STALLED_PULLS {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        let mut stream = socket.connect(addr).await?;
+        stream.write_all(request.as_bytes()).await?;
+        streams.push(stream);
+    }
+    // Let every pull fill what it may buffer before it blocks.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let during_kb = server.status_kb("VmRSS:")?;
+    tokio::time::sleep(std::time::Duration::from_secs(STALL_TIMEOUT_SECS + 2)).await;
+    let after_kb = server.status_kb("VmRSS:")?;
+    // A cut-off stream drains what the kernel still held, then ends.
+    let mut cut_off = 0;
+    let mut sink = vec![0u8; 256 * 1024];
+    for mut stream in streams {
+        let drained = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+        if drained.await.is_ok() {
+            cut_off += 1;
+        }
+    }
+    Ok(Stalled {
+        before_kb,
+        during_kb,
+        after_kb,
+        cut_off,
+    })
 }
 
 /// Upserts the records into a plain `(id PRIMARY KEY, data)` table with the store's writer settings.
@@ -380,11 +464,16 @@ impl ServerProcess {
     }
 
     pub(crate) fn peak_rss_kb(&self) -> Result<u64> {
+        self.status_kb("VmHWM:")
+    }
+
+    /// A `kB` field of the server's `/proc/<pid>/status` (`VmHWM:`, `VmRSS:`).
+    fn status_kb(&self, field: &str) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let line = status
             .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .context("no VmHWM in /proc status")?;
+            .find(|l| l.starts_with(field))
+            .with_context(|| format!("no {field} in /proc status"))?;
         Ok(line
             .split_whitespace()
             .nth(1)

@@ -1,0 +1,32 @@
+//! Bulk bodies through the planner: nothing panics, every refusal lists at least one row, and every accepted
+//! record renders canonical JSON that a strict reader takes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use syncline_core::{BulkRequest, CoreError, plan_bulk, render_record};
+
+fuzz_target!(|data: &[u8]| {
+    let Some(text) = syncline_fuzz::text(data) else {
+        return;
+    };
+    let Ok(request) = serde_json::from_str::<BulkRequest>(text) else {
+        return;
+    };
+    let schema = syncline_fuzz::schema();
+    match plan_bulk(&schema, &request, "alice") {
+        Ok(batch) => {
+            for writes in &batch.tables {
+                let table = schema.table(&writes.table).expect("planned tables exist");
+                for upsert in &writes.upserts {
+                    syncline_fuzz::assert_strictly_readable(&render_record(
+                        table,
+                        &upsert.record,
+                        None,
+                    ));
+                }
+            }
+        }
+        Err(CoreError::InvalidRows(rows)) => assert!(!rows.is_empty()),
+        Err(_) => {}
+    }
+});
