@@ -661,6 +661,9 @@ impl Importer {
                         SourceError::Permanent(_) => {
                             state.failed("upstream_failed", e.to_string(), now)
                         }
+                        SourceError::Tls(_) => {
+                            state.failed(syncline_http::TLS_FAILED, e.to_string(), now)
+                        }
                     }
                     if !matches!(e, SourceError::RateLimited(_)) {
                         tracing::warn!(stream = %state.stream, error = %e, "import failed");

@@ -100,6 +100,10 @@ pub enum SourceError {
     /// Will not work however often it is tried.
     #[error("the source failed: {0}")]
     Permanent(String),
+    /// The TLS handshake failed (code `tls_failed`); the message names the host and the reason. Not
+    /// retried: a certificate does not change by itself.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A third-party API, walked stream by stream from checkpoints.

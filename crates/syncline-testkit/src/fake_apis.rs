@@ -134,7 +134,7 @@ pub fn iso(secs: u64) -> String {
 #[derive(Debug)]
 pub struct Served {
     pub base_url: String,
-    task: tokio::task::JoinHandle<()>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Served {
@@ -143,20 +143,10 @@ impl Drop for Served {
     }
 }
 
-/// Serves `router` on a loopback port, logging every request's path and query into `control`.
+/// Serves `router` over HTTPS on a loopback port (the shared throwaway CA, [`crate::FakeTls::shared`]), logging every request's path and query into `control`.
 async fn serve(router: Router, control: Arc<Control>) -> Served {
     let router = router.layer(axum::middleware::from_fn_with_state(control, log_request));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a loopback port");
-    let addr = listener.local_addr().expect("bound");
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    Served {
-        base_url: format!("http://{addr}"),
-        task,
-    }
+    crate::serve_https(router).await
 }
 
 async fn log_request(

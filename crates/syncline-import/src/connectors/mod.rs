@@ -45,11 +45,12 @@ pub fn build_source(config: &SourceConfig) -> Arc<dyn Source> {
     }
 }
 
-/// The HTTP client of a source: a 30-second timeout, a `syncline/VERSION` user agent (some APIs, GitHub's
+/// The HTTP client of a source (from [`syncline_http::client_builder`]: rustls, the OS roots plus
+/// `SSL_CERT_FILE`): a 30-second timeout, a `syncline/VERSION` user agent (some APIs, GitHub's
 /// among them, refuse requests without one), and redirects followed only within the origin of the
 /// request, so a header carrying a credential never goes to another host.
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    syncline_http::client_builder()
         .timeout(Duration::from_secs(30))
         .user_agent(concat!("syncline/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::custom(|attempt| {
@@ -64,7 +65,7 @@ fn http_client() -> reqwest::Client {
             }
         }))
         .build()
-        .expect("a plain HTTP client builds")
+        .expect("an HTTP client with the default TLS settings builds")
 }
 
 /// The parsed body of a successful GET, the `X-RateLimit-Remaining` it came with, and its `Link` header.
@@ -80,6 +81,9 @@ pub(crate) async fn get_json(
     ok_statuses: &[StatusCode],
 ) -> Result<Fetched, SourceError> {
     let response = request.send().await.map_err(|e| {
+        if let Some(tls) = syncline_http::tls_failure(&e) {
+            return SourceError::Tls(tls.to_string());
+        }
         SourceError::Transient(if e.is_timeout() {
             "timed out".into()
         } else {

@@ -13,6 +13,7 @@ mod parallel;
 mod playstation;
 mod rest;
 mod steam;
+mod tls;
 mod xbox;
 
 use std::collections::BTreeMap;
