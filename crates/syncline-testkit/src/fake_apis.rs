@@ -36,6 +36,8 @@ pub struct Control {
     retry_after_secs: AtomicU64,
     expired: AtomicBool,
     log: Mutex<Vec<String>>,
+    /// Answers given, in order, to the next requests instead of their real ones.
+    canned: Mutex<std::collections::VecDeque<(u16, Vec<(String, String)>, Value)>>,
 }
 
 impl Control {
@@ -67,6 +69,19 @@ impl Control {
         self.limit_next.store(n, Ordering::SeqCst);
     }
 
+    /// The next request gets this answer (queued after earlier ones): a status, headers and a JSON body.
+    /// For the rate-limit signals and refusals each service documents.
+    pub fn answer_next(&self, status: u16, headers: &[(&str, &str)], body: Value) {
+        let headers = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        self.canned
+            .lock()
+            .unwrap()
+            .push_back((status, headers, body));
+    }
+
     /// Every request gets 401 (an expired token) while set.
     pub fn set_expired(&self, expired: bool) {
         self.expired.store(expired, Ordering::SeqCst);
@@ -78,6 +93,23 @@ impl Control {
         let latency = self.latency_ms.load(Ordering::SeqCst);
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        let canned = self.canned.lock().unwrap().pop_front();
+        if let Some((status, headers, body)) = canned {
+            let mut r = (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                axum::Json(body),
+            )
+                .into_response();
+            for (name, value) in headers {
+                if let (Ok(name), Ok(value)) = (
+                    axum::http::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    r.headers_mut().insert(name, value);
+                }
+            }
+            return Some(r);
         }
         if take(&self.fail_next) {
             return Some((StatusCode::SERVICE_UNAVAILABLE, "try later").into_response());

@@ -12,6 +12,7 @@ mod leases;
 mod parallel;
 mod playstation;
 mod rest;
+mod signals;
 mod steam;
 mod tls;
 mod xbox;
