@@ -26,6 +26,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+/// A canned answer: status, headers, JSON body.
+type Canned = (u16, Vec<(String, String)>, Value);
+
 /// Faults and limits shared by every fake.
 #[derive(Debug, Default)]
 pub struct Control {
@@ -37,7 +40,7 @@ pub struct Control {
     expired: AtomicBool,
     log: Mutex<Vec<String>>,
     /// Answers given, in order, to the next requests instead of their real ones.
-    canned: Mutex<std::collections::VecDeque<(u16, Vec<(String, String)>, Value)>>,
+    canned: Mutex<std::collections::VecDeque<Canned>>,
 }
 
 impl Control {
