@@ -57,7 +57,7 @@ async fn harness(
             .connect(
                 USER,
                 "steam",
-                object(json!({"api_key": STEAM_KEY, "steam_id": "7656"})),
+                object(json!({"api_key": STEAM_KEY, "steam_id": "76561197960287930"})),
             )
             .await
             .unwrap();
@@ -143,7 +143,7 @@ async fn a_full_import_brings_every_item_of_every_spotify_stream() {
 
 #[tokio::test]
 async fn a_full_steam_import_brings_games_and_their_achievements() {
-    let fake = FakeSteam::start(STEAM_KEY, "7656", 90, 12).await;
+    let fake = FakeSteam::start(STEAM_KEY, "76561197960287930", 90, 12).await;
     let h = harness(None, Some(&fake), "").await;
     let states = h.import("steam", 10).await;
     assert_complete(&states);
