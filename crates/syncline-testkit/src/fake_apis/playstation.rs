@@ -78,7 +78,7 @@ impl PsnLibrary {
                 "npCommunicationId": id, "trophySetVersion": "01.00",
                 "trophyTitleName": format!("Game {k}"),
                 "trophyTitleIconUrl": format!("https://image.api.playstation.com/trophy/np/{id}/icon.png"),
-                "trophyTitlePlatform": match (ps5, k % 5 == 0) {
+                "trophyTitlePlatform": match (ps5, k.is_multiple_of(5)) {
                     (true, _) => "PS5",
                     (false, true) => "PS4,PS5",
                     (false, false) => "PS4",
