@@ -261,6 +261,7 @@ impl SpotifyLibrary {
             self.artists.push(json!({
                 "id": format!("art{:010}", self.clock), "name": format!("Artist {}", self.clock),
                 "genres": ["indie", "pop"], "popularity": self.clock % 100, "type": "artist",
+                "followers": {"href": null, "total": self.clock * 3},
             }));
         }
     }
@@ -272,6 +273,30 @@ impl SpotifyLibrary {
                 "id": format!("pl{:010}", self.clock), "name": format!("Playlist {}", self.clock),
                 "owner": {"id": "me"}, "snapshot_id": "s1", "tracks": {"total": 12}, "public": false,
             }));
+        }
+    }
+
+    /// Turns the library into what a Development Mode app gets since February 2026
+    /// (developer.spotify.com/documentation/web-api/tutorials/february-2026-migration-guide): a simplified
+    /// playlist's `tracks` summary is renamed `items` (`{"href", "total"}`) and `tracks` is null; artists
+    /// have no `popularity` and no `followers`; tracks and albums no `popularity`.
+    pub fn development_mode_2026(&mut self) {
+        for p in &mut self.playlists {
+            let summary = p["tracks"].take();
+            p["items"] = json!({"href": format!("https://api.spotify.com/v1/playlists/{}/items", p["id"].as_str().unwrap_or("")), "total": summary["total"]});
+        }
+        for a in &mut self.artists {
+            if let Some(a) = a.as_object_mut() {
+                a.remove("popularity");
+                a.remove("followers");
+            }
+        }
+        for item in self.tracks.iter_mut().chain(self.albums.iter_mut()) {
+            for key in ["track", "album"] {
+                if let Some(o) = item[key].as_object_mut() {
+                    o.remove("popularity");
+                }
+            }
         }
     }
 
