@@ -12,7 +12,9 @@ mod leases;
 mod parallel;
 mod playstation;
 mod rest;
+mod signals;
 mod steam;
+mod tls;
 mod xbox;
 
 use std::collections::BTreeMap;
