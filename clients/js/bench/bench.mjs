@@ -11,8 +11,8 @@ import { startServer, SYNCLINE_BIN } from "../test/server.mjs";
 
 const N = Number(process.env.BENCH_RECORDS ?? 100_000);
 const INDIVIDUAL = Number(process.env.BENCH_INDIVIDUAL ?? 1_000);
-const BATCH = Number(process.env.BENCH_BATCH_SIZE ?? 10_000);
-const PAGE = Number(process.env.BENCH_PULL_PAGE ?? 10_000);
+const BATCH = Number(process.env.BENCH_BATCH_SIZE ?? 10_000); // the SDK's defaults
+const PAGE = Number(process.env.BENCH_PULL_PAGE ?? 5_000);
 
 const server = await startServer();
 const browser = await launch();
@@ -37,32 +37,41 @@ try {
   const deviceA = await sdkContext(browser, server.url);
   const a = await sdkPage(deviceA, server.url);
 
-  // 1. The ceiling: raw IndexedDB puts of the same records, as the SDK stores them, one transaction per 10,000.
-  const ceiling = await a.evaluate(
-    async ({ n, makeRows }) => {
-      const rowsOf = eval(makeRows);
-      const db = await new Promise((ok, fail) => {
-        const r = indexedDB.open("ceiling", 1);
-        r.onupgradeneeded = () => r.result.createObjectStore("records", { keyPath: ["table", "id"] });
-        r.onsuccess = () => ok(r.result);
-        r.onerror = () => fail(r.error);
-      });
-      const chunks = [];
-      for (let i = 0; i < n; i += 10_000) chunks.push(rowsOf(i, Math.min(n, i + 10_000)).map((row) => ({ table: "items", id: row.id, row })));
-      const t0 = performance.now();
-      for (const chunk of chunks) {
-        const tx = db.transaction("records", "readwrite");
-        const store = tx.objectStore("records");
-        for (const e of chunk) store.put(e);
-        await new Promise((ok, fail) => ((tx.oncomplete = ok), (tx.onerror = () => fail(tx.error))));
-      }
-      const ms = performance.now() - t0;
-      db.close();
-      return { ms };
-    },
-    { n: N, makeRows },
-  );
-  const ceilingRate = rate(N, ceiling.ms);
+  // 1. The ceiling: raw IndexedDB puts of the same records, stored as the SDK stores them, each time in a
+  // fresh browser context of its own: at the start, right before the fresh device's pull (1,000 and
+  // 10,000 puts per transaction) and right after it. The best of all is the ceiling.
+  const ceilings = [];
+  const measureCeiling = async (where, chunk) => {
+    const context = await sdkContext(browser, server.url);
+    const page = await sdkPage(context, server.url);
+    const ms = await page.evaluate(
+      async ({ n, chunk, makeRows, name }) => {
+        const rowsOf = eval(makeRows);
+        const db = await new Promise((ok, fail) => {
+          const r = indexedDB.open(name, 1);
+          r.onupgradeneeded = () => r.result.createObjectStore("records", { keyPath: ["table", "id"] });
+          r.onsuccess = () => ok(r.result);
+          r.onerror = () => fail(r.error);
+        });
+        const chunks = [];
+        for (let i = 0; i < n; i += chunk) chunks.push(rowsOf(i, Math.min(n, i + chunk)).map((row) => ({ table: "items", id: row.id, row })));
+        const t0 = performance.now();
+        for (const entries of chunks) {
+          const tx = db.transaction("records", "readwrite");
+          const store = tx.objectStore("records");
+          for (const e of entries) store.put(e);
+          await new Promise((ok, fail) => ((tx.oncomplete = ok), (tx.onerror = () => fail(tx.error))));
+        }
+        const ms = performance.now() - t0;
+        db.close();
+        return ms;
+      },
+      { n: N, chunk, makeRows, name: `ceiling-${chunk}` },
+    );
+    await context.close();
+    ceilings.push({ where, chunk, ms, rate: rate(N, ms) });
+  };
+  await measureCeiling("at the start", 10_000);
 
   // 2. Local writes into the outbox (each its own outbox operation), 10,000 per local transaction.
   await openClient(a, token, options);
@@ -86,11 +95,15 @@ try {
 
   // 4. A fresh device: another browser context pulls and applies everything.
   const deviceB = await sdkContext(browser, server.url);
+  await measureCeiling("before the pull", 1_000);
+  await measureCeiling("before the pull", 10_000);
   const b = await sdkPage(deviceB, server.url);
   await openClient(b, token, options);
   const pulled = await b.evaluate(() => window.client.sync());
   const local = await b.evaluate(async () => (await window.client.table("items").all()).length);
   if (local !== N) throw new Error(`the fresh device holds ${local} records, expected ${N}`);
+  await deviceB.close();
+  await measureCeiling("after the pull", 10_000);
 
   // 5. The individual mode, on a smaller count, for another user.
   const deviceC = await sdkContext(browser, server.url);
@@ -105,12 +118,17 @@ try {
     { n: INDIVIDUAL, makeRows },
   );
 
+  const best = ceilings.reduce((x, y) => (y.rate > x.rate ? y : x));
+  const ceilingRate = best.rate;
   const pushRate = rate(N, pushed.pushMs);
   const pullRate = rate(N, pulled.pullMs);
   const individualRate = rate(INDIVIDUAL, individual.pushMs);
   const pct = (r) => `${Math.round((100 * r) / ceilingRate)}% of the ceiling`;
   console.log("");
-  console.log(`raw IndexedDB put ceiling   ${fmt(ceilingRate).padStart(9)} records/s  (${fmt(N)} puts in ${Math.round(ceiling.ms)} ms)`);
+  for (const c of ceilings) {
+    console.log(`raw IndexedDB puts          ${fmt(c.rate).padStart(9)} records/s  (${c.where}, ${fmt(c.chunk)} per transaction, ${fmt(N)} in ${Math.round(c.ms)} ms)`);
+  }
+  console.log(`ceiling (the best of those) ${fmt(ceilingRate).padStart(9)} records/s`);
   console.log(`local writes into outbox    ${fmt(rate(N, writes.ms)).padStart(9)} records/s  (${Math.round(writes.ms)} ms; record + operation each, putMany)`);
   console.log(`push, batched               ${fmt(pushRate).padStart(9)} records/s  (${pushed.pushRequests} requests in ${pushed.pushMs} ms; ${pct(pushRate)})`);
   console.log(`pull into a fresh device    ${fmt(pullRate).padStart(9)} records/s  (${pulled.pullRequests} pages in ${pulled.pullMs} ms; ${pct(pullRate)})`);

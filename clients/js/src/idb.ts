@@ -35,8 +35,8 @@ export function openDatabase(factory: IDBFactory, name: string): Promise<IDBData
     const request = factory.open(name, 1);
     request.onupgradeneeded = () => {
       const db = request.result;
-      const records = db.createObjectStore("records", { keyPath: ["table", "id"] });
-      records.createIndex("table", "table");
+      // No secondary index on records: a table's records are the key range [table, ...].
+      db.createObjectStore("records", { keyPath: ["table", "id"] });
       const ops = db.createObjectStore("ops", { keyPath: "seq", autoIncrement: true });
       ops.createIndex("record", ["table", "id"]);
       ops.createIndex("group", "group");

@@ -127,11 +127,11 @@ export class WriteTx {
     const records = this.tx.objectStore("records");
     const byRecord = this.tx.objectStore("ops").index("record");
     const [currents, waitings] = await Promise.all([
-      Promise.all(ids.map((id) => req(records.get([table, id])) as Promise<RecordEntry | undefined>)),
-      Promise.all(ids.map((id) => req(byRecord.getAll([table, id])) as Promise<StoredOp[]>)),
+      readMany(records, table, ids, (e: RecordEntry) => e.id),
+      readMany(byRecord, table, ids, (op: StoredOp) => op.id),
     ]);
     for (const [i, row] of rows.entries()) {
-      const current = currents[i]?.row;
+      const current = currents[i]![0]?.row;
       const columns = columnsOf(row);
       const change: Change = current ? { kind: "update", columns: changedColumns(current, columns) } : { kind: "create", columns };
       const waiting = this.moved.has(`${table}\u0000${ids[i]}`)
@@ -182,6 +182,32 @@ export class WriteTx {
     else records.put({ table, id, row: { ...(current ?? {}), ...change.columns, id } satisfies Row } as RecordEntry);
     this.changedTables.add(table);
   }
+}
+
+/**
+ * The entries of `source` (a store or index keyed by [table, id]) for each of `ids`, in their order. When
+ * the ids' key range holds few other entries (an import of new records), one range read replaces a read
+ * per id.
+ */
+async function readMany<T>(
+  source: IDBObjectStore | IDBIndex,
+  table: string,
+  ids: readonly string[],
+  idOf: (entry: T) => string,
+): Promise<T[][]> {
+  if (ids.length === 0) return [];
+  const sorted = [...ids].sort();
+  const range = IDBKeyRange.bound([table, sorted[0]!], [table, sorted[sorted.length - 1]!]);
+  if ((await req(source.count(range))) <= ids.length * 2) {
+    const byId = new Map<string, T[]>();
+    for (const e of (await req(source.getAll(range))) as T[]) {
+      const list = byId.get(idOf(e));
+      if (list) list.push(e);
+      else byId.set(idOf(e), [e]);
+    }
+    return ids.map((id) => byId.get(id) ?? []);
+  }
+  return Promise.all(ids.map(async (id) => ((await req(source.getAll([table, id]))) as T[])));
 }
 
 /** Runs `body` as one local transaction: its writes and their outbox operations commit together. */
