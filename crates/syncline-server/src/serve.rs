@@ -5,7 +5,7 @@
 //! Body deadlines are the handlers' (`read_body`: 408). Every accepted socket gets `TCP_NODELAY`.
 //!
 //! Past the connection limit, [`OVERFLOW_CONNECTIONS`] more are accepted and read one request each, under the
-//! same deadlines: `/healthz` answers as usual (a monitor can still tell the process is alive while slow
+//! same deadlines (with at most 2 s for the headers): `/healthz` answers as usual (a monitor can still tell the process is alive while slow
 //! clients hold every slot), everything else gets `503 too_many_connections` with `Retry-After` and
 //! `Connection: close`. Beyond those, a new connection is closed as soon as it is accepted.
 //!
@@ -37,6 +37,9 @@ use crate::error::ApiError;
 
 /// Connections accepted past `max_connections` to be told `503` (or to answer `/healthz`).
 pub const OVERFLOW_CONNECTIONS: usize = 32;
+
+/// The header deadline of a connection past the limit, when `header_read_timeout_secs` is longer.
+const OVERFLOW_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The deadlines of every connection.
 #[derive(Debug, Clone, Copy)]
@@ -95,7 +98,12 @@ pub(crate) async fn serve(
                 drop(slot);
             });
         } else if let Ok(slot) = overflow.clone().try_acquire_owned() {
-            let conn = connection(stream, deadlines, false, |request| async move {
+            // A slow client must not hold these for long either: they are how `/healthz` still answers.
+            let short = Deadlines {
+                header: deadlines.header.min(OVERFLOW_HEADER_TIMEOUT),
+                ..deadlines
+            };
+            let conn = connection(stream, short, false, |request| async move {
                 Ok::<_, std::convert::Infallible>(over_capacity(&request))
             });
             let conn = graceful.watch(conn);
