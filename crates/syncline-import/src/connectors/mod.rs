@@ -48,7 +48,7 @@ pub fn build_source(config: &SourceConfig) -> Arc<dyn Source> {
 /// The HTTP client of a source: a 30-second timeout, a `syncline/VERSION` user agent (some APIs, GitHub's
 /// among them, refuse requests without one), and redirects followed only within the origin of the
 /// request, so a header carrying a credential never goes to another host.
-fn http_client() -> reqwest::Client {
+pub(crate) fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .user_agent(concat!("syncline/", env!("CARGO_PKG_VERSION")))
