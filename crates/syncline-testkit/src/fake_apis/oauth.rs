@@ -58,6 +58,9 @@ struct Grant {
     challenge: Option<String>,
 }
 
+/// A consent request: redirect uri, state, PKCE challenge.
+type Consent = (String, String, Option<String>);
+
 #[derive(Debug)]
 struct AuthShared {
     control: Arc<Control>,
@@ -75,7 +78,7 @@ struct AuthShared {
     serial: AtomicU64,
     token_calls: AtomicU64,
     /// Consent requests waiting for the person's answer, by id: (redirect_uri, state, challenge).
-    pending: Mutex<HashMap<String, (String, String, Option<String>)>>,
+    pending: Mutex<HashMap<String, Consent>>,
     codes: Mutex<HashMap<String, Grant>>,
     refresh_tokens: Mutex<HashSet<String>>,
     ms_access: Mutex<HashSet<String>>,
