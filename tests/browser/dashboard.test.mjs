@@ -1,6 +1,7 @@
 // Browser tests of the Syncline dashboard: Playwright (playwright-core, no browser download) drives Debian's
 // headless Chromium against a real `syncline serve` process with a SQLite file in a temp dir, importing from
-// the fake Spotify and Steam APIs (the `fake-apis` example of syncline-testkit). Everything listens on
+// the fake Spotify and Steam APIs (the `fake-apis` example of syncline-testkit, over HTTPS with a throwaway CA
+// the server trusts through SSL_CERT_FILE). Everything listens on
 // 127.0.0.1; every process is killed at the end, also when a step fails. A screenshot of each state goes to
 // SCREENSHOT_DIR (default target/dashboard-screenshots), whose path is printed.
 //
@@ -49,11 +50,12 @@ for (const signal of ["SIGINT", "SIGTERM"]) {
   });
 }
 
-/// Starts a process and resolves with the first stdout line `ready` accepts (its value), within 30 s.
-function startProcess(bin, args, ready) {
+/// Starts a process (with `env` on top of ours) and resolves with the first stdout line `ready` accepts
+/// (its value), within 30 s.
+function startProcess(bin, args, ready, env = {}) {
   const child = spawn(bin, args, {
     stdio: ["pipe", "pipe", "inherit"],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", ...env },
   });
   children.push(child);
   return new Promise((resolvePromise, reject) => {
@@ -170,8 +172,12 @@ columns = { name = "string", playtime_forever = "number" }
 columns = { body = "string" }
 `,
     );
-    url = await startProcess(SYNCLINE_BIN, ["serve", "--config", config], (line) =>
-      line.startsWith("Syncline listening on ") ? line.slice("Syncline listening on ".length) : undefined,
+    // The fakes speak HTTPS with a throwaway CA: the server trusts it the way a user trusts a private CA.
+    url = await startProcess(
+      SYNCLINE_BIN,
+      ["serve", "--config", config],
+      (line) => (line.startsWith("Syncline listening on ") ? line.slice("Syncline listening on ".length) : undefined),
+      { SSL_CERT_FILE: fakes.caFile },
     );
     const token = (...args) => execFileSync(SYNCLINE_BIN, ["token", "--config", config, ...args], { encoding: "utf8" }).trim();
     aliceToken = token("--user", "alice");

@@ -25,6 +25,11 @@ pub enum ClientError {
     AlreadyExists { table: String, id: String },
     #[error("the server cannot be reached: {0}")]
     Offline(String),
+    /// The TLS handshake with the server failed (code `tls_failed`): the message names the host and the
+    /// reason (unknown issuer, name mismatch, expired). Not retried: the certificate will not change by
+    /// itself.
+    #[error("{0}")]
+    Tls(String),
     #[error("the server answered {status} `{code}`: {message}")]
     Server {
         status: u16,

@@ -24,7 +24,15 @@ pub(crate) struct Transport {
 }
 
 fn network(e: &reqwest::Error) -> ClientError {
-    ClientError::Offline(e.to_string())
+    match syncline_http::tls_failure(e) {
+        Some(tls) => ClientError::Tls(tls.to_string()),
+        None => ClientError::Offline(e.to_string()),
+    }
+}
+
+/// Why a request got no answer, in words: a TLS failure names the host and the reason.
+fn no_answer(e: &reqwest::Error) -> String {
+    syncline_http::tls_failure(e).map_or_else(|| e.to_string(), |tls| tls.to_string())
 }
 
 fn error_answer(status: u16, body: &[u8]) -> ClientError {
@@ -49,7 +57,7 @@ fn error_answer(status: u16, body: &[u8]) -> ClientError {
 
 impl Transport {
     pub(crate) fn new(base: &str, token: String, timeout: Duration, device: String) -> Transport {
-        let http = reqwest::Client::builder()
+        let http = syncline_http::client_builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(10).min(timeout))
             .build()
@@ -108,7 +116,7 @@ impl Transport {
             // No answer at all: the network or the server is away.
             Err(e) => {
                 return PushVerdict::Retry {
-                    reason: e.to_string(),
+                    reason: no_answer(&e),
                     offline: true,
                 };
             }

@@ -15,6 +15,7 @@ mod connectors;
 mod crypto;
 mod error;
 mod limiter;
+mod ratelimit;
 mod runner;
 mod source;
 

@@ -817,6 +817,15 @@ impl Importer {
                             let reset = match *limit {
                                 RateLimit::After { ms } => now + ms as i64,
                                 RateLimit::At { epoch_ms } => epoch_ms.max(now),
+                                RateLimit::Unsignalled => {
+                                    // Still waiting out an earlier limit, nothing fetched since:
+                                    // twice that wait.
+                                    let previous = state
+                                        .rate_limit_hit_at
+                                        .zip(state.rate_limit_reset_at)
+                                        .map(|(hit, reset)| reset - hit);
+                                    now + crate::ratelimit::backoff_ms(previous) as i64
+                                }
                             };
                             tracing::info!(stream = %state.stream, reset_at = reset, "rate limited");
                             state.rate_limited(reset, Some(0), now);
@@ -828,6 +837,15 @@ impl Importer {
                         }
                         SourceError::Permanent(_) => {
                             state.failed("upstream_failed", e.to_string(), now)
+                        }
+                        SourceError::Private(_) => {
+                            state.failed("profile_private", e.to_string(), now)
+                        }
+                        SourceError::Forbidden(_) => {
+                            state.failed("missing_permission", e.to_string(), now)
+                        }
+                        SourceError::Tls(_) => {
+                            state.failed(syncline_http::TLS_FAILED, e.to_string(), now)
                         }
                     }
                     if !matches!(e, SourceError::RateLimited(_)) {

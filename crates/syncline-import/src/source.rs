@@ -94,22 +94,37 @@ pub enum RateLimit {
     After { ms: u64 },
     /// An absolute reset time (epoch ms), e.g. from `X-RateLimit-Reset`.
     At { epoch_ms: i64 },
+    /// A rate limit that did not say when it ends: the runner backs off exponentially.
+    Unsignalled,
 }
 
 /// A failure of a source, classified.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
-    /// Worth retrying soon (timeouts, 5xx, connection resets).
+    /// Worth retrying soon (timeouts, 5xx, connection resets); code `upstream_unavailable` once retries are
+    /// spent.
     #[error("the source is unavailable: {0}")]
     Transient(String),
     #[error("the source is rate limiting requests")]
     RateLimited(RateLimit),
-    /// The credential is missing, wrong or expired: the user must connect again.
+    /// The credential is missing, wrong or expired: the user must connect again (code `auth_expired`).
     #[error("the source refused the credential: {0}")]
     Auth(String),
+    /// The credential is fine, but the profile's privacy settings hide what was asked for (code
+    /// `profile_private`): Steam's private game details, PlayStation's private trophies.
+    #[error("the profile is private: {0}")]
+    Private(String),
+    /// The credential is fine, but it lacks a scope or permission for what was asked (code
+    /// `missing_permission`): a 403 that is neither a rate limit nor a private profile.
+    #[error("the source refused the request: {0}")]
+    Forbidden(String),
     /// Will not work however often it is tried.
     #[error("the source failed: {0}")]
     Permanent(String),
+    /// The TLS handshake failed (code `tls_failed`); the message names the host and the reason. Not
+    /// retried: a certificate does not change by itself.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A third-party API, walked stream by stream from checkpoints.

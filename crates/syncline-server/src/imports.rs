@@ -47,7 +47,13 @@ impl From<ImportError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_credential", m)
             }
             ImportError::Refused { code, message } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+                // A sign-in service we could not talk to securely is an upstream failure, not bad input.
+                let status = if code == syncline_http::TLS_FAILED {
+                    StatusCode::BAD_GATEWAY
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                ApiError::new(status, code, message)
             }
             ImportError::Unavailable(_) => ApiError::new(
                 StatusCode::BAD_GATEWAY,

@@ -1,9 +1,10 @@
 //! `fake-apis`: the fake Spotify and Steam APIs as a process, for tests written outside Rust (the browser
-//! tests drive a real `syncline serve` against them). Serves both on 127.0.0.1, prints one JSON line with
-//! their base urls, the credentials they accept and a control url, then runs until killed or until its
-//! standard input closes (so a test runner that dies takes it along). Spotify's authorization server is
-//! served too (`spotifyAuth`: consent page and token endpoint for the public client `clientId`, with
-//! PKCE), issuing access tokens the fake Spotify accepts.
+//! tests drive a real `syncline serve` against them). Serves both over HTTPS on 127.0.0.1 with a throwaway
+//! CA, prints one JSON line with their base urls, the credentials they accept, a control url (plain HTTP,
+//! for the test itself) and `caFile`, the CA's PEM file (give it to `syncline serve` as `SSL_CERT_FILE`),
+//! then runs until killed or until its standard input closes (so a test runner that dies takes it along).
+//! Spotify's authorization server is served too (`spotifyAuth`: consent page and token endpoint for the
+//! public client `clientId`, with PKCE), issuing access tokens the fake Spotify accepts.
 //!
 //! Options: `--tracks N` saved Spotify tracks (default 200), `--games N` owned Steam games (default 30),
 //! `--latency-ms N` delay of every answer (default 0).
@@ -123,6 +124,7 @@ fn main() {
             "steam": {"baseUrl": steam.base_url(), "credential": {"api_key": STEAM_KEY, "steam_id": STEAM_ID}},
             "spotifyAuth": {"baseUrl": spotify_auth.base_url(), "clientId": SPOTIFY_CLIENT_ID},
             "control": format!("http://{addr}"),
+            "caFile": syncline_testkit::FakeTls::shared().ca_file(),
         });
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "{line}");

@@ -29,6 +29,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+/// A canned answer: status, headers, JSON body.
+type Canned = (u16, Vec<(String, String)>, Value);
+
 /// Faults and limits shared by every fake.
 #[derive(Debug, Default)]
 pub struct Control {
@@ -42,6 +45,8 @@ pub struct Control {
     /// Access tokens a fake authorization server issued for this API, each with the requests it is still
     /// good for (it "expires" after that many: a short-lived token that runs out mid-walk).
     issued: Mutex<HashMap<String, u64>>,
+    /// Answers given, in order, to the next requests instead of their real ones.
+    canned: Mutex<std::collections::VecDeque<Canned>>,
 }
 
 impl Control {
@@ -71,6 +76,19 @@ impl Control {
         self.retry_after_secs
             .store(retry_after_secs, Ordering::SeqCst);
         self.limit_next.store(n, Ordering::SeqCst);
+    }
+
+    /// The next request gets this answer (queued after earlier ones): a status, headers and a JSON body.
+    /// For the rate-limit signals and refusals each service documents.
+    pub fn answer_next(&self, status: u16, headers: &[(&str, &str)], body: Value) {
+        let headers = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        self.canned
+            .lock()
+            .unwrap()
+            .push_back((status, headers, body));
     }
 
     /// Every request gets 401 (an expired token) while set.
@@ -106,6 +124,23 @@ impl Control {
         let latency = self.latency_ms.load(Ordering::SeqCst);
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        let canned = self.canned.lock().unwrap().pop_front();
+        if let Some((status, headers, body)) = canned {
+            let mut r = (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                axum::Json(body),
+            )
+                .into_response();
+            for (name, value) in headers {
+                if let (Ok(name), Ok(value)) = (
+                    axum::http::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    r.headers_mut().insert(name, value);
+                }
+            }
+            return Some(r);
         }
         if take(&self.fail_next) {
             return Some((StatusCode::SERVICE_UNAVAILABLE, "try later").into_response());
@@ -162,7 +197,7 @@ pub fn iso(secs: u64) -> String {
 #[derive(Debug)]
 pub struct Served {
     pub base_url: String,
-    task: tokio::task::JoinHandle<()>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Served {
@@ -171,20 +206,10 @@ impl Drop for Served {
     }
 }
 
-/// Serves `router` on a loopback port, logging every request's path and query into `control`.
+/// Serves `router` over HTTPS on a loopback port (the shared throwaway CA, [`crate::FakeTls::shared`]), logging every request's path and query into `control`.
 async fn serve(router: Router, control: Arc<Control>) -> Served {
     let router = router.layer(axum::middleware::from_fn_with_state(control, log_request));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a loopback port");
-    let addr = listener.local_addr().expect("bound");
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    Served {
-        base_url: format!("http://{addr}"),
-        task,
-    }
+    crate::serve_https(router).await
 }
 
 async fn log_request(

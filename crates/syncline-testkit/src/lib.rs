@@ -1,10 +1,14 @@
-//! Dev-only test support: a throwaway PostgreSQL cluster started from Debian's `postgresql` package.
+//! Dev-only test support: a throwaway PostgreSQL cluster started from Debian's `postgresql` package, and
+//! (in `fake_apis` and `tls`) fake third-party APIs served over HTTPS with a throwaway CA.
 //!
 //! `initdb` and `pg_ctl` run as the `postgres` user, with data and socket in a temp dir and a free loopback
 //! port. A watchdog process stops the cluster and removes its directory when the test process exits, however
 //! it exits, so no server outlives the tests.
 
 pub mod fake_apis;
+mod tls;
+
+pub use tls::{FakeTls, Validity, serve_https, serve_tls};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -73,7 +73,9 @@ impl Client {
             .clone()
             .unwrap_or_else(|| format!("http://{}", config.server.listen));
         Ok(Client {
-            http: reqwest::Client::new(),
+            http: syncline_http::client_builder()
+                .build()
+                .context("building the HTTP client")?,
             base,
             token,
         })

@@ -48,8 +48,12 @@ impl AuthFailure {
         }
     }
 
-    /// A request that never got an answer. Never names the url: it may carry a secret.
+    /// A request that never got an answer (or whose TLS handshake failed, code `tls_failed`). Never names
+    /// the url: it may carry a secret.
     pub(crate) fn unreachable(what: &str, e: &reqwest::Error) -> AuthFailure {
+        if let Some(tls) = syncline_http::tls_failure(e) {
+            return AuthFailure::refused(syncline_http::TLS_FAILED, format!("{what}: {tls}"));
+        }
         AuthFailure::Unavailable(if e.is_timeout() {
             format!("{what} timed out")
         } else {

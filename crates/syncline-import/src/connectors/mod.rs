@@ -17,7 +17,7 @@ use serde_json::Value;
 use syncline_core::ImportPhase;
 
 use crate::config::{SourceConfig, SourceKind};
-use crate::source::{PageRequest, RateLimit, Source, SourceError};
+use crate::source::{PageRequest, Source, SourceError};
 
 /// Builds the runtime source a configuration names.
 pub fn build_source(config: &SourceConfig) -> Arc<dyn Source> {
@@ -45,11 +45,12 @@ pub fn build_source(config: &SourceConfig) -> Arc<dyn Source> {
     }
 }
 
-/// The HTTP client of a source: a 30-second timeout, a `syncline/VERSION` user agent (some APIs, GitHub's
+/// The HTTP client of a source (from [`syncline_http::client_builder`]: rustls, the OS roots plus
+/// `SSL_CERT_FILE`): a 30-second timeout, a `syncline/VERSION` user agent (some APIs, GitHub's
 /// among them, refuse requests without one), and redirects followed only within the origin of the
 /// request, so a header carrying a credential never goes to another host.
 pub(crate) fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    syncline_http::client_builder()
         .timeout(Duration::from_secs(30))
         .user_agent(concat!("syncline/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::custom(|attempt| {
@@ -64,7 +65,7 @@ pub(crate) fn http_client() -> reqwest::Client {
             }
         }))
         .build()
-        .expect("a plain HTTP client builds")
+        .expect("an HTTP client with the default TLS settings builds")
 }
 
 /// The parsed body of a successful GET, the `X-RateLimit-Remaining` it came with, and its `Link` header.
@@ -80,6 +81,9 @@ pub(crate) async fn get_json(
     ok_statuses: &[StatusCode],
 ) -> Result<Fetched, SourceError> {
     let response = request.send().await.map_err(|e| {
+        if let Some(tls) = syncline_http::tls_failure(&e) {
+            return SourceError::Tls(tls.to_string());
+        }
         SourceError::Transient(if e.is_timeout() {
             "timed out".into()
         } else {
@@ -93,25 +97,32 @@ pub(crate) async fn get_json(
         .get(reqwest::header::LINK)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        return Err(SourceError::RateLimited(rate_limit(response.headers())));
+    if let Some(limit) = crate::ratelimit::rate_limit_of(status.as_u16(), response.headers()) {
+        return Err(SourceError::RateLimited(limit));
     }
-    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+    if status == StatusCode::UNAUTHORIZED {
         return Err(SourceError::Auth(format!(
-            "the API answered {}",
-            status.as_u16()
+            "the API answered 401{}: connect the account again",
+            said(response).await
+        )));
+    }
+    if status == StatusCode::FORBIDDEN {
+        return Err(SourceError::Forbidden(format!(
+            "the API answered 403{}: the connection lacks a scope or permission for this",
+            said(response).await
         )));
     }
     if status.is_server_error() {
         return Err(SourceError::Transient(format!(
-            "the API answered {}",
+            "the API answered {}: the service is down or overloaded",
             status.as_u16()
         )));
     }
     if !status.is_success() && !ok_statuses.contains(&status) {
         return Err(SourceError::Permanent(format!(
-            "the API answered {}",
-            status.as_u16()
+            "the API answered {}{}",
+            status.as_u16(),
+            said(response).await
         )));
     }
     let body = response
@@ -125,21 +136,35 @@ pub(crate) async fn get_json(
     })
 }
 
-fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
-    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+/// What an error answer says, as ` ("…")`: the `message` (or `error_description`, `error`) of a JSON body,
+/// or the first line of a text one, at most 160 characters; empty when it says nothing.
+pub(crate) async fn said(response: reqwest::Response) -> String {
+    let text = response.text().await.unwrap_or_default();
+    let json: Option<Value> = serde_json::from_str(&text).ok();
+    let message = json
+        .as_ref()
+        .and_then(|v| {
+            [
+                "/error/message",
+                "/message",
+                "/error_description",
+                "/error",
+                "/Message",
+            ]
+            .iter()
+            .find_map(|p| v.pointer(p)?.as_str().map(str::to_string))
+        })
+        .unwrap_or_else(|| text.lines().next().unwrap_or("").to_string());
+    let message: String = message.trim().chars().take(160).collect();
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(" (\"{message}\")")
+    }
 }
 
-/// `Retry-After` (seconds) first, then `X-RateLimit-Reset` (epoch seconds); a minute when neither is sent.
-fn rate_limit(headers: &HeaderMap) -> RateLimit {
-    if let Some(secs) = header_u64(headers, "retry-after") {
-        return RateLimit::After { ms: secs * 1000 };
-    }
-    if let Some(epoch) = header_u64(headers, "x-ratelimit-reset") {
-        return RateLimit::At {
-            epoch_ms: epoch as i64 * 1000,
-        };
-    }
-    RateLimit::After { ms: 60_000 }
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// The failure for a stream the source does not offer.

@@ -13,7 +13,9 @@ mod oauth;
 mod parallel;
 mod playstation;
 mod rest;
+mod signals;
 mod steam;
+mod tls;
 mod xbox;
 
 use std::collections::BTreeMap;

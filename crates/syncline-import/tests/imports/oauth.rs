@@ -250,7 +250,7 @@ async fn a_bare_access_token_works_until_it_expires() {
 
 /// Follows a consent url like a person who presses "Agree": the code and state of the redirect back.
 async fn consent(url: &str) -> reqwest::Url {
-    let http = reqwest::Client::builder()
+    let http = syncline_http::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

@@ -8,14 +8,18 @@ use std::path::Path;
 fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
     BTreeMap::from([
         ("syncline-core", &[][..]),
-        ("syncline-testkit", &[][..]),
+        ("syncline-http", &[][..]),
+        ("syncline-testkit", &["syncline-http"][..]),
         ("syncline-store", &["syncline-core"][..]),
-        ("syncline-import", &["syncline-core", "syncline-store"][..]),
+        (
+            "syncline-import",
+            &["syncline-core", "syncline-store", "syncline-http"][..],
+        ),
         (
             "syncline-server",
             &["syncline-core", "syncline-store", "syncline-import"][..],
         ),
-        ("syncline-client", &["syncline-core"][..]),
+        ("syncline-client", &["syncline-core", "syncline-http"][..]),
         (
             "syncline",
             &[
@@ -24,6 +28,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "syncline-import",
                 "syncline-server",
                 "syncline-client",
+                "syncline-http",
                 "syncline-testkit",
             ][..],
         ),
