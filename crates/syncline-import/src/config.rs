@@ -70,6 +70,35 @@ pub struct SourceConfig {
     pub max_retries: u32,
     /// `kind = "rest"`: how to walk the API (`[imports.sources.NAME.rest]`).
     pub rest: Option<RestConfig>,
+    /// Where and how the account is connected and its tokens renewed (Spotify, PlayStation, Xbox).
+    pub auth: AuthConfig,
+}
+
+/// The sign-in endpoints and app credentials of a source, each defaulting to the real service's. Keys of
+/// `[imports.sources.NAME]`.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// The OAuth consent page (Spotify: `https://accounts.spotify.com/authorize`; Xbox:
+    /// `https://login.live.com/oauth20_authorize.srf`).
+    pub auth_url: Option<String>,
+    /// The OAuth token endpoint (Spotify: `https://accounts.spotify.com/api/token`; Xbox:
+    /// `https://login.live.com/oauth20_token.srf`).
+    pub token_url: Option<String>,
+    /// The app's OAuth client id (Spotify, Xbox). Without it, pasted tokens are used until they expire.
+    pub client_id: Option<String>,
+    /// The app's client secret. Spotify: Basic client authentication instead of PKCE.
+    pub client_secret: Option<String>,
+    /// Space-separated scopes asked for at consent; each source has the ones its streams need.
+    pub scope: Option<String>,
+    /// Where the consent page sends the person back; default: this server's
+    /// `/v1/connections/NAME/callback` on the host the dashboard was opened at.
+    pub redirect_uri: Option<String>,
+    /// PlayStation: the prefix of `/authorize` and `/token` (`https://ca.account.sony.com/api/authz/v3/oauth`).
+    pub auth_base_url: Option<String>,
+    /// Xbox: the user token endpoint (`https://user.auth.xboxlive.com/user/authenticate`).
+    pub user_auth_url: Option<String>,
+    /// Xbox: the XSTS endpoint (`https://xsts.auth.xboxlive.com/xsts/authorize`).
+    pub xsts_url: Option<String>,
 }
 
 /// The TOML shape of [`SourceConfig`], before its checks.
@@ -83,6 +112,15 @@ struct SourceToml {
     #[serde(default = "default_retries")]
     max_retries: u32,
     rest: Option<RestConfig>,
+    auth_url: Option<String>,
+    token_url: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    scope: Option<String>,
+    redirect_uri: Option<String>,
+    auth_base_url: Option<String>,
+    user_auth_url: Option<String>,
+    xsts_url: Option<String>,
 }
 
 fn default_retries() -> u32 {
@@ -121,7 +159,67 @@ impl TryFrom<SourceToml> for SourceConfig {
                 ));
             }
         }
+        let auth = AuthConfig {
+            auth_url: raw.auth_url,
+            token_url: raw.token_url,
+            client_id: raw.client_id,
+            client_secret: raw.client_secret,
+            scope: raw.scope,
+            redirect_uri: raw.redirect_uri,
+            auth_base_url: raw.auth_base_url,
+            user_auth_url: raw.user_auth_url,
+            xsts_url: raw.xsts_url,
+        };
+        // Which sign-in keys each kind reads; any other is a mistake worth saying at startup.
+        let allowed: &[&str] = match raw.kind {
+            SourceKind::Spotify => &[
+                "auth_url",
+                "token_url",
+                "client_id",
+                "client_secret",
+                "scope",
+                "redirect_uri",
+            ],
+            SourceKind::Xbox => &[
+                "auth_url",
+                "token_url",
+                "client_id",
+                "client_secret",
+                "scope",
+                "redirect_uri",
+                "user_auth_url",
+                "xsts_url",
+            ],
+            SourceKind::Playstation => &["auth_base_url"],
+            SourceKind::Steam | SourceKind::Rest => &[],
+        };
+        let keys = [
+            ("auth_url", &auth.auth_url),
+            ("token_url", &auth.token_url),
+            ("client_id", &auth.client_id),
+            ("client_secret", &auth.client_secret),
+            ("scope", &auth.scope),
+            ("redirect_uri", &auth.redirect_uri),
+            ("auth_base_url", &auth.auth_base_url),
+            ("user_auth_url", &auth.user_auth_url),
+            ("xsts_url", &auth.xsts_url),
+        ];
+        for (key, value) in keys {
+            let Some(value) = value else { continue };
+            if !allowed.contains(&key) {
+                return Err(format!("source of kind `{kind}` takes no `{key}`"));
+            }
+            if key.ends_with("_url") || key == "redirect_uri" {
+                http_url(value).map_err(|e| format!("source of kind `{kind}`: `{key}` {e}"))?;
+            }
+        }
+        if auth.client_secret.is_some() && auth.client_id.is_none() {
+            return Err(format!(
+                "source of kind `{kind}`: `client_secret` needs `client_id`"
+            ));
+        }
         Ok(SourceConfig {
+            auth,
             kind: raw.kind,
             base_url: raw.base_url,
             streams: raw.streams,

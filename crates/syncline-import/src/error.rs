@@ -15,6 +15,21 @@ pub enum ImportError {
     Sealed,
     #[error("invalid import configuration: {0}")]
     Config(String),
+    /// What was sent to connect an account lacks what the source needs.
+    #[error("{0}")]
+    InvalidCredential(String),
+    /// The service refused to connect the account; `code` begins with `auth`.
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
+    /// The service could not be reached to connect the account.
+    #[error("the service could not be reached to connect the account: {0}")]
+    Unavailable(String),
+    /// The source has no consent (authorization-code) flow configured.
+    #[error("source `{0}` has no consent flow: configure its `client_id`")]
+    NoConsentFlow(String),
+    /// The `state` of a consent callback is missing, forged, for another source or expired.
+    #[error("{0}")]
+    ConsentState(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

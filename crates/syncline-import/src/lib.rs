@@ -9,6 +9,7 @@
 //! Architecture invariant: this crate never logs or returns a credential; credentials are sealed with
 //! [`Sealer`] before they reach the store.
 
+mod auth;
 mod config;
 mod connectors;
 mod crypto;
@@ -18,7 +19,7 @@ mod ratelimit;
 mod runner;
 mod source;
 
-pub use config::{ImportsConfig, RestConfig, RunnerMode, SourceConfig, SourceKind};
+pub use config::{AuthConfig, ImportsConfig, RestConfig, RunnerMode, SourceConfig, SourceKind};
 pub use connectors::build_source;
 pub use crypto::Sealer;
 pub use error::ImportError;

@@ -32,8 +32,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::ImportError;
+use crate::auth::{AuthFailure, ConnectFailure, Session, build_session, pkce_pair};
 use crate::config::{ImportsConfig, RunnerMode};
-use crate::connectors::build_source;
+use crate::connectors::{build_source, http_client};
 use crate::crypto::Sealer;
 use crate::limiter::Limiter;
 use crate::source::{Credential, PageRequest, RateLimit, Source, SourceError};
@@ -87,6 +88,10 @@ struct Configured {
     streams: Vec<(String, String)>,
     per_second: Option<f64>,
     max_retries: u32,
+    /// How the source's accounts are connected and renewed; `None`: credentials are stored as given.
+    session: Option<Arc<dyn Session>>,
+    /// The configured `redirect_uri` of its consent flow.
+    redirect_uri: Option<String>,
 }
 
 /// The import engine of one server.
@@ -189,6 +194,10 @@ impl Importer {
                 source.requests_per_second,
                 source.max_retries,
             )?;
+            if let Some(configured) = importer.sources.get_mut(name) {
+                configured.session = build_session(source, http_client());
+                configured.redirect_uri = source.auth.redirect_uri.clone();
+            }
         }
         Ok(importer)
     }
@@ -227,6 +236,8 @@ impl Importer {
                 streams: ordered,
                 per_second,
                 max_retries,
+                session: None,
+                redirect_uri: None,
             },
         );
         Ok(())
@@ -238,7 +249,26 @@ impl Importer {
 
     /// The string fields a credential for `source` must carry (what a connect form asks for).
     pub fn credential_fields(&self, source: &str) -> Result<Vec<String>, ImportError> {
-        Ok(self.source(source)?.source.credential_fields())
+        let configured = self.source(source)?;
+        Ok(match &configured.session {
+            Some(session) => session.connect_fields(),
+            None => configured.source.credential_fields(),
+        })
+    }
+
+    /// Whether connecting `source` checks what is sent itself (it takes alternatives: an NPSSO or a pasted
+    /// token), so a caller should not insist on [`Importer::credential_fields`].
+    pub fn checks_credentials(&self, source: &str) -> Result<bool, ImportError> {
+        Ok(self.source(source)?.session.is_some())
+    }
+
+    /// Whether `source` offers the dashboard's consent (OAuth authorization-code) flow.
+    pub fn has_consent_flow(&self, source: &str) -> Result<bool, ImportError> {
+        Ok(self
+            .source(source)?
+            .session
+            .as_ref()
+            .is_some_and(|s| s.code_flow().is_some()))
     }
 
     /// The configured source names.
@@ -272,14 +302,129 @@ impl Importer {
             .map_err(ImportError::Store)
     }
 
-    /// Stores `credential` (a JSON object) for the user, sealed.
+    /// Connects the user's account from what they sent (a JSON object): as the source's session says
+    /// (an NPSSO exchanged for tokens, a refresh token renewed at once), or stored as given. Sealed.
     pub async fn connect(
+        &self,
+        user: &str,
+        source: &str,
+        given: Map<String, Value>,
+    ) -> Result<(), ImportError> {
+        let configured = self.source(source)?;
+        let credential = match &configured.session {
+            None => given,
+            Some(session) => session
+                .connect(given, (self.clock)())
+                .await
+                .map_err(|e| match e {
+                    ConnectFailure::Invalid(message) => ImportError::InvalidCredential(message),
+                    ConnectFailure::Auth(failure) => refused(failure),
+                })?,
+        };
+        self.store_credential(user, source, credential).await
+    }
+
+    /// The consent page to send the person to, for the source's OAuth authorization-code flow. Its
+    /// `state` is sealed with the server's key (authenticated encryption, so it cannot be forged or read),
+    /// names the user, expires after ten minutes and carries the PKCE verifier when the client is public.
+    /// `redirect_uri`: where to come back when the source's configuration names none.
+    pub fn authorize(
+        &self,
+        user: &str,
+        source: &str,
+        redirect_uri: &str,
+    ) -> Result<String, ImportError> {
+        let configured = self.source(source)?;
+        let flow = configured
+            .session
+            .as_ref()
+            .and_then(|s| s.code_flow())
+            .ok_or_else(|| ImportError::NoConsentFlow(source.to_string()))?;
+        let redirect_uri = configured.redirect_uri.as_deref().unwrap_or(redirect_uri);
+        let (verifier, challenge) = if flow.uses_pkce() {
+            let (v, c) = pkce_pair();
+            (Some(v), Some(c))
+        } else {
+            (None, None)
+        };
+        let state = serde_json::json!({
+            "u": user,
+            "r": redirect_uri,
+            "v": verifier,
+            "e": (self.clock)() + CONSENT_TTL_MS,
+        });
+        let sealed = self
+            .sealer()?
+            .seal(CONSENT_AAD, source, state.to_string().as_bytes());
+        use base64::Engine;
+        let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed);
+        flow.authorize_url(redirect_uri, &state, challenge.as_deref())
+            .map_err(refused)
+    }
+
+    /// Completes a consent: checks the `state` (sealed by [`Importer::authorize`] for this source, not
+    /// expired), exchanges the code and stores the tokens for the user the state names; that user.
+    pub async fn complete_authorization(
+        &self,
+        source: &str,
+        state: &str,
+        code: &str,
+    ) -> Result<String, ImportError> {
+        let configured = self.source(source)?;
+        let session = configured
+            .session
+            .as_ref()
+            .filter(|s| s.code_flow().is_some())
+            .ok_or_else(|| ImportError::NoConsentFlow(source.to_string()))?;
+        let bad = || {
+            ImportError::ConsentState(
+                "the consent's `state` is not one this server issued for this source: connect again".into(),
+            )
+        };
+        use base64::Engine;
+        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(state.trim())
+            .map_err(|_| bad())?;
+        let plain = self
+            .sealer()?
+            .open(CONSENT_AAD, source, &sealed)
+            .map_err(|_| bad())?;
+        let state: Value = serde_json::from_slice(&plain).map_err(|_| bad())?;
+        let (Some(user), Some(redirect_uri), Some(expires)) = (
+            state["u"].as_str(),
+            state["r"].as_str(),
+            state["e"].as_i64(),
+        ) else {
+            return Err(bad());
+        };
+        let now = (self.clock)();
+        if now > expires {
+            return Err(ImportError::ConsentState(
+                "the consent took longer than ten minutes: connect again".into(),
+            ));
+        }
+        let credential = session
+            .exchange_code(code, redirect_uri, state["v"].as_str(), now)
+            .await
+            .map_err(refused)?;
+        self.store_credential(user, source, credential).await?;
+        Ok(user.to_string())
+    }
+
+    fn sealer(&self) -> Result<&Sealer, ImportError> {
+        self.sealer
+            .as_ref()
+            .ok_or_else(|| ImportError::Config("no `imports.encryption_key`".into()))
+    }
+
+    /// Seals and stores a credential: the connection row holds it whole, so a renewed access token and a
+    /// rotated refresh token are saved together in one write.
+    async fn store_credential(
         &self,
         user: &str,
         source: &str,
         credential: Map<String, Value>,
     ) -> Result<(), ImportError> {
-        self.source(source)?;
         let sealer = self
             .sealer
             .as_ref()
@@ -536,12 +681,19 @@ impl Importer {
             }
             Err(e) => return Err(e),
         };
+        let keeper = Keeper::new(
+            self,
+            user,
+            source,
+            configured.session.as_deref(),
+            credential,
+        );
+        let keeper = &keeper;
         // Streams start in priority order; up to `parallel_streams` of them are walked at once.
-        let credential = &credential;
         let mut walks = Vec::with_capacity(runnable.len());
         for (state, table) in runnable {
             let walk: crate::source::BoxFuture<'_, Result<StepReport, ImportError>> = Box::pin(
-                self.walk_stream(user, source, configured, credential, table, state, deadline),
+                self.walk_stream(user, source, configured, keeper, table, state, deadline),
             );
             walks.push(walk);
         }
@@ -560,7 +712,7 @@ impl Importer {
         user: &str,
         source: &str,
         configured: &Configured,
-        credential: &Credential,
+        keeper: &Keeper<'_>,
         table: &str,
         mut state: ImportState,
         deadline: Instant,
@@ -585,7 +737,7 @@ impl Importer {
                 user,
                 source,
                 configured,
-                credential,
+                keeper,
                 table,
                 &mut state,
                 deadline,
@@ -613,7 +765,7 @@ impl Importer {
         user: &str,
         source: &str,
         configured: &Configured,
-        credential: &Credential,
+        keeper: &Keeper<'_>,
         table: &str,
         state: &mut ImportState,
         deadline: Instant,
@@ -626,7 +778,7 @@ impl Importer {
             if let Some(rps) = configured.per_second
                 && !self
                     .limiter
-                    .until_ready(source, credential.fingerprint(), rps, deadline)
+                    .until_ready(source, keeper.fingerprint, rps, deadline)
                     .await
             {
                 return Ok(StreamEnd::Budget);
@@ -638,7 +790,23 @@ impl Importer {
                 watermark: state.watermark.as_deref(),
                 page_size: self.page_size,
             };
-            let fetched = fetch(configured, credential, request, deadline).await;
+            // A token about to expire is renewed first; one the source refuses is renewed once and the
+            // page asked again.
+            let (credential, generation) = match keeper.fresh().await {
+                Ok(c) => c,
+                Err(halt) => return self.halt(user, state, halt).await,
+            };
+            let mut fetched = fetch(configured, &credential, request, deadline).await;
+            if matches!(fetched, Err(FetchFailure::Source(SourceError::Auth(_))))
+                && keeper.renewable(&credential)
+            {
+                match keeper.renew(generation).await {
+                    Ok((renewed, _)) => {
+                        fetched = fetch(configured, &renewed, request, deadline).await;
+                    }
+                    Err(halt) => return self.halt(user, state, halt).await,
+                }
+            }
             let now = (self.clock)();
             let page = match fetched {
                 Ok(page) => page,
@@ -687,6 +855,7 @@ impl Importer {
                     return Ok(StreamEnd::Halted);
                 }
             };
+            keeper.page_fetched().await;
             let items = page.records.len() as u64;
             let complete = page.next.is_none();
             let mut next = state.clone();
@@ -751,6 +920,19 @@ impl Importer {
                 .map(Ok)
         })
         .await
+    }
+
+    /// Ends a stream's walk in `error` because its credential could not be renewed.
+    async fn halt(
+        &self,
+        user: &str,
+        state: &mut ImportState,
+        halt: Halt,
+    ) -> Result<StreamEnd, ImportError> {
+        tracing::warn!(stream = %state.stream, code = halt.code, "the credential could not be renewed");
+        state.failed(halt.code, halt.message, (self.clock)());
+        self.save_guarded(user, state.clone()).await?;
+        Ok(StreamEnd::Halted)
     }
 
     /// Saves a state unless a stop or reset happened since the step loaded it or the step lost its lease;
@@ -821,6 +1003,172 @@ impl Importer {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+/// The `additional data` of a consent `state`'s sealing: not a user id, so a state never opens as a
+/// credential and a credential never passes as a state.
+const CONSENT_AAD: &str = "\u{0}consent-state";
+/// How long a consent may take.
+const CONSENT_TTL_MS: i64 = 10 * 60 * 1000;
+/// An access token expiring within this long is renewed before the next page.
+const RENEW_MARGIN_MS: i64 = 60_000;
+/// Renewals in a row, with no page fetched in between, after which a step gives up (never a loop).
+const MAX_RENEWALS_IN_A_ROW: u32 = 2;
+
+/// A refusal of the service at connect time, as an import error.
+fn refused(failure: AuthFailure) -> ImportError {
+    match failure {
+        AuthFailure::Refused { code, message } => ImportError::Refused { code, message },
+        AuthFailure::Unavailable(message) => ImportError::Unavailable(message),
+    }
+}
+
+/// Why a walk stopped over its credential: the code and message of its `error` state.
+struct Halt {
+    code: &'static str,
+    message: String,
+}
+
+impl From<AuthFailure> for Halt {
+    fn from(failure: AuthFailure) -> Halt {
+        match failure {
+            AuthFailure::Refused { code, message } => Halt { code, message },
+            AuthFailure::Unavailable(message) => Halt {
+                code: "upstream_unavailable",
+                message: format!("the credential could not be renewed: {message}"),
+            },
+        }
+    }
+}
+
+/// The credential of one step, shared by its streams: renewed before it expires and when the source
+/// refuses it, saved sealed after each renewal, and renewed at most [`MAX_RENEWALS_IN_A_ROW`] times
+/// without a page in between. A refusal is remembered, so parallel streams do not ask again.
+struct Keeper<'a> {
+    importer: &'a Importer,
+    user: &'a str,
+    source: &'a str,
+    session: Option<&'a dyn Session>,
+    /// Of the credential the step started with (the proactive rate limit's key stays put across renewals).
+    fingerprint: u64,
+    held: tokio::sync::Mutex<Held>,
+}
+
+struct Held {
+    credential: Arc<Credential>,
+    /// Moves at each renewal, so a stream refused with an older credential takes the newer one.
+    generation: u64,
+    in_a_row: u32,
+    refused: Option<(&'static str, String)>,
+}
+
+impl<'a> Keeper<'a> {
+    fn new(
+        importer: &'a Importer,
+        user: &'a str,
+        source: &'a str,
+        session: Option<&'a dyn Session>,
+        credential: Credential,
+    ) -> Keeper<'a> {
+        Keeper {
+            importer,
+            user,
+            source,
+            session,
+            fingerprint: credential.fingerprint(),
+            held: tokio::sync::Mutex::new(Held {
+                credential: Arc::new(credential),
+                generation: 0,
+                in_a_row: 0,
+                refused: None,
+            }),
+        }
+    }
+
+    fn renewable(&self, credential: &Credential) -> bool {
+        self.session.is_some_and(|s| s.renewable(credential))
+    }
+
+    /// The credential to use for the next page, renewed first when it expires within the margin (or, once
+    /// renewed in this step, when it has expired).
+    async fn fresh(&self) -> Result<(Arc<Credential>, u64), Halt> {
+        let mut held = self.held.lock().await;
+        let now = (self.importer.clock)();
+        let margin = if held.generation == 0 {
+            RENEW_MARGIN_MS
+        } else {
+            0
+        };
+        let expiring = held
+            .credential
+            .number("expires_at")
+            .is_some_and(|at| at <= now + margin);
+        if expiring && self.renewable(&held.credential) {
+            self.renew_held(&mut held).await?;
+        }
+        Ok((held.credential.clone(), held.generation))
+    }
+
+    /// Renews after the source refused the credential of `generation`; when another stream renewed it
+    /// since, the newer one.
+    async fn renew(&self, generation: u64) -> Result<(Arc<Credential>, u64), Halt> {
+        let mut held = self.held.lock().await;
+        if held.generation == generation {
+            self.renew_held(&mut held).await?;
+        }
+        Ok((held.credential.clone(), held.generation))
+    }
+
+    async fn renew_held(&self, held: &mut Held) -> Result<(), Halt> {
+        if let Some((code, message)) = &held.refused {
+            return Err(Halt {
+                code,
+                message: message.clone(),
+            });
+        }
+        let Some(session) = self.session else {
+            return Ok(());
+        };
+        if held.in_a_row >= MAX_RENEWALS_IN_A_ROW {
+            return Err(Halt {
+                code: "auth_expired",
+                message: "the source refused freshly renewed tokens: connect again".into(),
+            });
+        }
+        held.in_a_row += 1;
+        let now = (self.importer.clock)();
+        match session.renew(&held.credential, now).await {
+            Ok(fields) => {
+                if let Err(e) = self
+                    .importer
+                    .store_credential(self.user, self.source, fields.clone())
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not save the renewed credential");
+                    return Err(Halt {
+                        code: "auth_expired",
+                        message: "the renewed credential could not be saved".into(),
+                    });
+                }
+                tracing::info!(source = self.source, "credential renewed");
+                held.credential = Arc::new(Credential::new(fields));
+                held.generation += 1;
+                Ok(())
+            }
+            Err(failure) => {
+                let halt = Halt::from(failure);
+                if halt.code.starts_with("auth") {
+                    held.refused = Some((halt.code, halt.message.clone()));
+                }
+                Err(halt)
+            }
+        }
+    }
+
+    /// A page arrived: the renewals before it worked.
+    async fn page_fetched(&self) {
+        self.held.lock().await.in_a_row = 0;
     }
 }
 

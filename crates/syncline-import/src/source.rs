@@ -33,6 +33,16 @@ impl Credential {
             .ok_or_else(|| SourceError::Auth(format!("the connection has no `{name}`")))
     }
 
+    /// A number field (`expires_at`), if there is one.
+    pub(crate) fn number(&self, name: &str) -> Option<i64> {
+        self.0.get(name).and_then(Value::as_i64)
+    }
+
+    /// Every field.
+    pub(crate) fn fields(&self) -> &Map<String, Value> {
+        &self.0
+    }
+
     /// Every text field, as (name, value): for keeping the values out of what is stored or shown.
     pub(crate) fn texts(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0

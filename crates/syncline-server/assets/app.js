@@ -328,6 +328,32 @@ function sourceEntry(data) {
   });
   const formError = el("p", { class: "error", role: "alert", id: `${id}-connect-error` });
   const formNotice = el("p", { class: "notice", role: "status" });
+  if (new URLSearchParams(location.search).get("connected") === name) {
+    formNotice.textContent = `Connected to ${name}. Press Start to import.`;
+  }
+  // Sources with a sign-in page (OAuth consent): the person approves there and comes back connected.
+  const consent = data.consent
+    ? el("button", { type: "button", class: "primary consent", dataset: { consent: name } }, `Connect ${name} with its sign-in page`)
+    : null;
+  consent?.addEventListener("click", async () => {
+    formError.textContent = "";
+    try {
+      const body = await api("POST", `/v1/connections/${encodeURIComponent(name)}/authorize`);
+      location.assign(body.url);
+    } catch (e) {
+      formError.textContent = `Could not start connecting ${name}: ${e.message}`;
+    }
+  });
+  const hint =
+    data.kind === "playstation"
+      ? el(
+          "p",
+          { class: "hint" },
+          "Sign in on playstation.com, then open https://ca.account.sony.com/api/v1/ssocookie in the same browser and copy the npsso value it shows.",
+        )
+      : data.kind === "xbox" && !data.consent
+        ? el("p", { class: "hint" }, "Paste a Microsoft account refresh token (scopes Xboxlive.signin Xboxlive.offline_access).")
+        : null;
   const form = el(
     "form",
     { class: "connect-form", noValidate: true, "aria-describedby": formError.id },
@@ -335,6 +361,7 @@ function sourceEntry(data) {
       "fieldset",
       {},
       el("legend", {}, `Credentials for ${name}`),
+      ...(hint ? [hint] : []),
       ...fields.flatMap((f) => [f.label, f.input]),
       el("label", { for: json.id }, "Or paste the credential as JSON"),
       json,
@@ -344,7 +371,13 @@ function sourceEntry(data) {
   );
   const summary = el("summary", {}, "Connect");
   // Open while not connected; the person may close it, and later renders leave it as it is.
-  const details = el("details", { class: "connect", open: !data.connected }, summary, form);
+  const details = el(
+    "details",
+    { class: "connect", open: !data.connected },
+    summary,
+    ...(consent ? [consent, el("p", { class: "hint" }, "Or paste a token:")] : []),
+    form,
+  );
   const buttons = {};
   for (const action of ["start", "stop", "reset"]) {
     buttons[action] = el(

@@ -1,17 +1,19 @@
 //! The import routes: start, status, stop and reset of a user's imports from a third-party source, the list
 //! of every source, and the user's credentials (`/v1/connections/{source}`), which are sealed before they
-//! are stored and never returned or logged.
+//! are stored and never returned or logged; and the consent flow of the sources that have one
+//! (`POST /v1/connections/{source}/authorize` answers the consent page's url, and the service sends the
+//! person back to `GET /v1/connections/{source}/callback`, which checks the sealed `state`, exchanges the
+//! code and stores the tokens).
 
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use syncline_import::{ImportError, RunnerMode};
 
-use crate::app::{ApiPath, AppState, User, blocking, now_ms, parse_json, read_body};
+use crate::app::{ApiPath, ApiQuery, AppState, User, blocking, now_ms, parse_json, read_body};
 use crate::error::ApiError;
 
 /// The import routes, merged into the main router.
@@ -23,6 +25,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/imports/{source}/stop", post(stop))
         .route("/v1/imports/{source}/reset", post(reset))
         .route("/v1/connections/{source}", put(connect).delete(disconnect))
+        .route("/v1/connections/{source}/authorize", post(authorize))
+        .route("/v1/connections/{source}/callback", get(callback))
 }
 
 impl From<ImportError> for ApiError {
@@ -39,6 +43,27 @@ impl From<ImportError> for ApiError {
                 "connection_unreadable",
                 "the stored connection cannot be opened: connect again",
             ),
+            ImportError::InvalidCredential(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_credential", m)
+            }
+            ImportError::Refused { code, message } => {
+                // A sign-in service we could not talk to securely is an upstream failure, not bad input.
+                let status = if code == syncline_http::TLS_FAILED {
+                    StatusCode::BAD_GATEWAY
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                ApiError::new(status, code, message)
+            }
+            ImportError::Unavailable(_) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                e.to_string(),
+            ),
+            ImportError::NoConsentFlow(_) => {
+                ApiError::new(StatusCode::CONFLICT, "no_consent_flow", e.to_string())
+            }
+            ImportError::ConsentState(m) => ApiError::bad_request("invalid_state", m),
             ImportError::Store(e) => e.into(),
             other => {
                 tracing::error!(error = %other, "import error");
@@ -65,6 +90,7 @@ async fn states(state: &AppState, user: &str, source: &str) -> Result<Value, Api
         "source": source,
         "kind": config.map(|c| c.kind.as_str()),
         "fields": state.imports.credential_fields(source)?,
+        "consent": state.imports.has_consent_flow(source)?,
         "tables": config.map(|c| &c.streams),
         "connected": connected,
         "streams": states,
@@ -137,6 +163,14 @@ async fn connect(
         ));
     };
     let fields = state.imports.credential_fields(&source)?;
+    if state.imports.checks_credentials(&source)? {
+        // The source takes alternatives (an NPSSO or a pasted token) and says itself what is missing.
+        state
+            .imports
+            .connect(&user.user, &source, credential)
+            .await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let missing: Vec<&String> = fields
         .iter()
         .filter(|f| {
@@ -162,6 +196,89 @@ async fn connect(
         .connect(&user.user, &source, credential)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Answers `{"url"}`: the consent page to send the person to. The service sends them back to the source's
+/// configured `redirect_uri`, or to this route's `callback` on the host this request came to.
+async fn authorize(
+    State(state): State<AppState>,
+    User(user): User,
+    ApiPath(source): ApiPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b'/'))
+        .unwrap_or("127.0.0.1");
+    let scheme = match headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("https") => "https",
+        _ => "http",
+    };
+    let callback = format!(
+        "{scheme}://{host}/v1/connections/{}/callback",
+        urlencode(&source)
+    );
+    let url = state.imports.authorize(&user.user, &source, &callback)?;
+    Ok(Json(json!({"url": url})).into_response())
+}
+
+/// The consent's answer (RFC 6749 §4.1.2): `code` and `state`, or `error` (the person declined). On
+/// success the person goes back to the dashboard.
+async fn callback(
+    State(state): State<AppState>,
+    ApiPath(source): ApiPath<String>,
+    ApiQuery(query): ApiQuery<std::collections::HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    if let Some(error) = query.get("error") {
+        let code = if error == "access_denied" {
+            "consent_denied"
+        } else {
+            "consent_failed"
+        };
+        return Err(ApiError::bad_request(
+            code,
+            format!(
+                "the service did not grant access ({}): connect again and approve the request",
+                error.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
+    let (Some(code), Some(consent_state)) = (query.get("code"), query.get("state")) else {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the consent callback needs `code` and `state`",
+        ));
+    };
+    state
+        .imports
+        .complete_authorization(&source, consent_state, code)
+        .await?;
+    let location = format!("/?connected={}", urlencode(&source));
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, location),
+            (header::CACHE_CONTROL, "no-store".into()),
+        ],
+    )
+        .into_response())
+}
+
+/// Percent-encodes everything outside `[A-Za-z0-9_.-]`.
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 async fn disconnect(

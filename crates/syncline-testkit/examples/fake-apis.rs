@@ -3,6 +3,8 @@
 //! CA, prints one JSON line with their base urls, the credentials they accept, a control url (plain HTTP,
 //! for the test itself) and `caFile`, the CA's PEM file (give it to `syncline serve` as `SSL_CERT_FILE`),
 //! then runs until killed or until its standard input closes (so a test runner that dies takes it along).
+//! Spotify's authorization server is served too (`spotifyAuth`: consent page and token endpoint for the
+//! public client `clientId`, with PKCE), issuing access tokens the fake Spotify accepts.
 //!
 //! Options: `--tracks N` saved Spotify tracks (default 200), `--games N` owned Steam games (default 30),
 //! `--latency-ms N` delay of every answer (default 0).
@@ -21,11 +23,14 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use syncline_testkit::fake_apis::{Control, FakeSpotify, FakeSteam};
+use syncline_testkit::fake_apis::{
+    Control, FakeAuthServer, FakeSpotify, FakeSteam, OAuthClientStyle,
+};
 
 const SPOTIFY_TOKEN: &str = "spotify-test-token";
 const STEAM_KEY: &str = "steam-test-key";
 const STEAM_ID: &str = "76561190000000001";
+const SPOTIFY_CLIENT_ID: &str = "fake-spotify-client";
 
 fn options() -> Result<HashMap<String, u64>, String> {
     let mut out = HashMap::from([
@@ -92,12 +97,20 @@ fn main() {
     runtime.block_on(async move {
         let spotify = FakeSpotify::start(SPOTIFY_TOKEN, options["tracks"] as usize, 0, 0, 0).await;
         let steam = FakeSteam::start(STEAM_KEY, STEAM_ID, options["games"] as usize, 3).await;
+        let spotify_auth = FakeAuthServer::start(
+            spotify.control.clone(),
+            SPOTIFY_CLIENT_ID,
+            "",
+            OAuthClientStyle::Pkce,
+        )
+        .await;
         let latency = Duration::from_millis(options["latency-ms"]);
         spotify.control.set_latency(latency);
         steam.control.set_latency(latency);
         let controls: Controls = Arc::new(HashMap::from([
             ("spotify", spotify.control.clone()),
             ("steam", steam.control.clone()),
+            ("spotifyAuth", spotify_auth.control.clone()),
         ]));
         let router = Router::new()
             .route("/control/{name}", get(control).post(control))
@@ -109,6 +122,7 @@ fn main() {
         let line = json!({
             "spotify": {"baseUrl": spotify.base_url(), "credential": {"access_token": SPOTIFY_TOKEN}},
             "steam": {"baseUrl": steam.base_url(), "credential": {"api_key": STEAM_KEY, "steam_id": STEAM_ID}},
+            "spotifyAuth": {"baseUrl": spotify_auth.base_url(), "clientId": SPOTIFY_CLIENT_ID},
             "control": format!("http://{addr}"),
             "caFile": syncline_testkit::FakeTls::shared().ca_file(),
         });

@@ -6,9 +6,12 @@
 //! Each fake counts its requests, logs their paths and queries, and lets a test change the upstream data
 //! while it runs.
 
+mod oauth;
 mod playstation;
 mod rest;
 mod xbox;
+
+pub use oauth::{FakeAuthServer, FakeXboxAuth, OAuthClientStyle, PSN_NPSSO};
 
 pub use playstation::{FakePlayStation, PSN_ACCOUNT_ID, PsnLibrary};
 pub use rest::{FakeRest, REST_MAX_PAGE, RestItems};
@@ -39,6 +42,9 @@ pub struct Control {
     retry_after_secs: AtomicU64,
     expired: AtomicBool,
     log: Mutex<Vec<String>>,
+    /// Access tokens a fake authorization server issued for this API, each with the requests it is still
+    /// good for (it "expires" after that many: a short-lived token that runs out mid-walk).
+    issued: Mutex<HashMap<String, u64>>,
     /// Answers given, in order, to the next requests instead of their real ones.
     canned: Mutex<std::collections::VecDeque<Canned>>,
 }
@@ -88,6 +94,28 @@ impl Control {
     /// Every request gets 401 (an expired token) while set.
     pub fn set_expired(&self, expired: bool) {
         self.expired.store(expired, Ordering::SeqCst);
+    }
+
+    /// Accepts `token` for the next `uses` requests (what an authorization server does when it issues one).
+    pub fn issue(&self, token: &str, uses: u64) {
+        self.issued.lock().unwrap().insert(token.to_string(), uses);
+    }
+
+    /// Every issued access token stops working (they all expired).
+    pub fn expire_issued(&self) {
+        self.issued.lock().unwrap().clear();
+    }
+
+    /// Whether `token` was issued and is still good, spending one of its uses.
+    pub fn accepts(&self, token: &str) -> bool {
+        let mut issued = self.issued.lock().unwrap();
+        match issued.get_mut(token) {
+            Some(uses) if *uses > 0 => {
+                *uses -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Counts the request, waits the latency and answers with an injected fault, if any.
@@ -372,8 +400,11 @@ async fn spotify_gate(s: &SpotifyShared, headers: &HeaderMap) -> Option<Response
         return Some(r);
     }
     let expected = format!("Bearer {}", s.token);
-    (headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()))
-        .then(unauthorized)
+    let presented = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let issued = presented
+        .and_then(|p| p.strip_prefix("Bearer "))
+        .is_some_and(|t| s.control.accepts(t));
+    (presented != Some(expected.as_str()) && !issued).then(unauthorized)
 }
 
 /// Offset paging as Spotify does it: `limit` 1–50 (default 20), `offset`, and `next` as a full url.

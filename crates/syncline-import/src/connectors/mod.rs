@@ -49,7 +49,7 @@ pub fn build_source(config: &SourceConfig) -> Arc<dyn Source> {
 /// `SSL_CERT_FILE`): a 30-second timeout, a `syncline/VERSION` user agent (some APIs, GitHub's
 /// among them, refuse requests without one), and redirects followed only within the origin of the
 /// request, so a header carrying a credential never goes to another host.
-fn http_client() -> reqwest::Client {
+pub(crate) fn http_client() -> reqwest::Client {
     syncline_http::client_builder()
         .timeout(Duration::from_secs(30))
         .user_agent(concat!("syncline/", env!("CARGO_PKG_VERSION")))

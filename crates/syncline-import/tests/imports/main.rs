@@ -9,6 +9,7 @@
 mod engine;
 mod examples;
 mod leases;
+mod oauth;
 mod parallel;
 mod playstation;
 mod rest;
@@ -298,21 +299,23 @@ async fn every_new_connector_reports_expired_credentials_and_rate_limits() {
 }
 
 #[tokio::test]
-async fn a_connection_without_the_fields_a_connector_needs_is_auth_expired_naming_the_field() {
+async fn a_connection_without_the_fields_a_connector_needs_is_refused_naming_them() {
     let xbox = FakeXbox::start(XBOX_UHS, XBOX_TOKEN, XBOX_XUID, 1, 1).await;
-    let h = harness(
-        "",
-        &xbox_source(&xbox),
-        &[("xbox", json!({"uhs": XBOX_UHS, "xuid": XBOX_XUID}))],
-    )
-    .await;
-    let states = h.import("xbox", 3).await;
-    assert_eq!(states[0].error_code.as_deref(), Some("auth_expired"));
+    let h = harness("", &xbox_source(&xbox), &[]).await;
+    let err = h
+        .importer
+        .connect(
+            USER,
+            "xbox",
+            serde_json::from_value(json!({"uhs": XBOX_UHS, "xuid": XBOX_XUID})).unwrap(),
+        )
+        .await
+        .unwrap_err();
     assert!(
-        states[0].error.as_deref().unwrap().contains("no `token`"),
-        "{:?}",
-        states[0]
+        matches!(&err, syncline_import::ImportError::InvalidCredential(m) if m.contains("refresh_token")),
+        "{err:?}"
     );
+    assert!(!h.importer.connected(USER, "xbox").await.unwrap());
     assert_eq!(
         xbox.control.requests(),
         0,

@@ -203,7 +203,15 @@ async fn xbox_gate(s: &XboxShared, headers: &HeaderMap, user: &str) -> Option<Re
     if let Some(r) = s.control.gate().await {
         return Some(r);
     }
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&s.authorization) {
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // A token an authorization server issued for this user hash (`XBL3.0 x={uhs};{token}`).
+    let issued = presented.split_once(';').is_some_and(|(uhs, token)| {
+        s.authorization.split(';').next() == Some(uhs) && s.control.accepts(token)
+    });
+    if presented != s.authorization && !issued {
         // Xbox Live answers a bad or expired XSTS token with an empty 401.
         return Some(
             (
