@@ -172,7 +172,8 @@ pub struct ImportState {
     pub updated_at: Option<i64>,
     pub completed_at: Option<i64>,
     pub last_success_at: Option<i64>,
-    /// A stable code for the last failure (`auth_expired`, `permanent`, `transient`).
+    /// A stable code for the last failure (`auth_expired`, `profile_private`, `missing_permission`,
+    /// `tls_failed`, `upstream_unavailable`, `upstream_failed`, `invalid_rows`; docs/protocol.md).
     pub error_code: Option<String>,
     pub error: Option<String>,
     /// Bumped by `start`, `stopped` and `reset`: a step that loaded an older generation must not save.

@@ -136,7 +136,8 @@ pub(crate) async fn get_json(
     })
 }
 
-/// What an error answer says, as ` ("…")`: the `message` (or `error_description`, `error`) of a JSON body,
+/// What an error answer says, as ` ("…")`: the `message` (or Steam's `playerstats.error`,
+/// `error_description`, `error`) of a JSON body,
 /// or the first line of a text one, at most 160 characters; empty when it says nothing.
 pub(crate) async fn said(response: reqwest::Response) -> String {
     let text = response.text().await.unwrap_or_default();
@@ -146,6 +147,7 @@ pub(crate) async fn said(response: reqwest::Response) -> String {
         .and_then(|v| {
             [
                 "/error/message",
+                "/playerstats/error",
                 "/message",
                 "/error_description",
                 "/error",
