@@ -363,7 +363,10 @@ columns = { body = "string" }
     await press("steam", "start");
     await until("the error", async () => (await streamStatus("steam", "owned_games")) === "Error");
     const message = await stream("steam", "owned_games").locator(".message").textContent();
-    assert.match(message, /^Failed \(auth_expired\): the source refused the credential: the API answered 403\. Connect again/);
+    assert.match(
+      message,
+      /^Failed \(auth_expired\): the source refused the credential: Steam refused the Web API key \(403\): check the key and connect again\. The service refused the credential .*connect again/,
+    );
     assert.equal(await steam.locator("h3 .badge").textContent(), "Error");
     await screenshot("import-error");
     // Connecting again with the right key and starting again succeeds.

@@ -818,3 +818,44 @@ async fn devices_name_themselves_and_report_their_outbox_to_the_dashboard() {
     assert_eq!(s.client("tablet", "alice").device(), id);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_syncs_over_https_and_names_a_refused_certificate() {
+    use syncline_testkit::{FakeTls, Validity, tls_proxy};
+    let s = TestServer::start().await;
+    // Trusted: the process's throwaway CA (as SSL_CERT_FILE would name it).
+    let trusted = tls_proxy(FakeTls::shared().server_config(), s.addr).await;
+    let c = s.client_with(
+        "https",
+        ClientConfig::new(&trusted.base_url, s.token("alice")),
+    );
+    let items = c.json_table("items").unwrap();
+    items.insert(&json!({"title": "over TLS", "n": 1})).unwrap();
+    let summary = c.sync_now().await.unwrap();
+    assert_eq!(summary.pushed, 1, "{summary:?}");
+    assert_eq!(s.records("alice").await.len(), 1);
+
+    let untrusted = FakeTls::new();
+    let cases = [
+        (untrusted.server_config(), "unknown issuer"),
+        (
+            FakeTls::shared().server_config_for(&["sync.example.invalid"], Validity::Current),
+            "name mismatch",
+        ),
+    ];
+    for (i, (config, reason)) in cases.into_iter().enumerate() {
+        let proxy = tls_proxy(config, s.addr).await;
+        let c = s.client_with(
+            &format!("refused{i}"),
+            ClientConfig::new(&proxy.base_url, s.token("bob")),
+        );
+        let err = c.sync_now().await.unwrap_err();
+        let text = err.to_string();
+        let host = proxy.base_url.trim_start_matches("https://");
+        assert!(
+            text.contains(host) && text.contains(reason),
+            "{reason}: {text}"
+        );
+    }
+    s.stop().await;
+}

@@ -21,9 +21,16 @@ const STATUS_LABELS = {
   success: "Done",
 };
 
+// Each stable `error_code` of an import, in words (docs/protocol.md, "Imports").
 const ERROR_HINTS = {
-  auth_expired: "Connect again with a valid credential, then press Start.",
-  upstream_unavailable: "The service did not answer; press Start to try again from the checkpoint.",
+  auth_expired: "The service refused the credential (it expired or was revoked): connect again, then press Start.",
+  profile_private:
+    "The profile's privacy settings hide this: make the game details (Steam) or gaming activity (PlayStation) public, then press Start.",
+  missing_permission:
+    "The credential lacks a scope or permission this needs: connect again and grant it, then press Start.",
+  tls_failed:
+    "A secure connection to the service could not be made (its certificate was refused); the message says which host and why.",
+  upstream_unavailable: "The service is down or did not answer; press Start to try again from the checkpoint.",
   upstream_failed: "The service refused the request; press Start to try again, or Reset.",
   invalid_rows: "The service sent rows that do not fit the table.",
 };

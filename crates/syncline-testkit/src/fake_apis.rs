@@ -289,6 +289,7 @@ impl SpotifyLibrary {
             self.artists.push(json!({
                 "id": format!("art{:010}", self.clock), "name": format!("Artist {}", self.clock),
                 "genres": ["indie", "pop"], "popularity": self.clock % 100, "type": "artist",
+                "followers": {"href": null, "total": self.clock * 3},
             }));
         }
     }
@@ -300,6 +301,30 @@ impl SpotifyLibrary {
                 "id": format!("pl{:010}", self.clock), "name": format!("Playlist {}", self.clock),
                 "owner": {"id": "me"}, "snapshot_id": "s1", "tracks": {"total": 12}, "public": false,
             }));
+        }
+    }
+
+    /// Turns the library into what a Development Mode app gets since February 2026
+    /// (developer.spotify.com/documentation/web-api/tutorials/february-2026-migration-guide): a simplified
+    /// playlist's `tracks` summary is renamed `items` (`{"href", "total"}`) and `tracks` is null; artists
+    /// have no `popularity` and no `followers`; tracks and albums no `popularity`.
+    pub fn development_mode_2026(&mut self) {
+        for p in &mut self.playlists {
+            let summary = p["tracks"].take();
+            p["items"] = json!({"href": format!("https://api.spotify.com/v1/playlists/{}/items", p["id"].as_str().unwrap_or("")), "total": summary["total"]});
+        }
+        for a in &mut self.artists {
+            if let Some(a) = a.as_object_mut() {
+                a.remove("popularity");
+                a.remove("followers");
+            }
+        }
+        for item in self.tracks.iter_mut().chain(self.albums.iter_mut()) {
+            for key in ["track", "album"] {
+                if let Some(o) = item[key].as_object_mut() {
+                    o.remove("popularity");
+                }
+            }
         }
     }
 
@@ -506,12 +531,41 @@ async fn spotify_following(
 // Steam
 
 /// The library of one fake Steam user: owned games and, per game, achievements.
+///
+/// Shapes from developer.valvesoftware.com/wiki/Steam_Web_API (GetOwnedGames, GetPlayerAchievements,
+/// ResolveVanityURL) and partner.steamgames.com/doc/webapi/IPlayerService: played free games only with
+/// `include_played_free_games=1`; `has_community_visible_stats` only on games with stats; a private profile
+/// answers `{"response":{}}` to GetOwnedGames and `403 "Profile is not public"` to GetPlayerAchievements.
 #[derive(Debug, Default)]
 pub struct SteamLibrary {
     /// `{appid, name, playtime_forever, ...}` as GetOwnedGames lists them.
     pub games: Vec<Value>,
+    /// Free games the user has played: listed only when asked with `include_played_free_games=1`.
+    pub played_free_games: Vec<Value>,
     /// appid -> `[{apiname, achieved, unlocktime}]`; games without an entry have no stats.
     pub achievements: HashMap<u64, Vec<Value>>,
+    /// The profile's game details are private.
+    pub private: bool,
+    /// The profile's vanity name (`steamcommunity.com/id/NAME`), resolved by ResolveVanityURL.
+    pub vanity: Option<String>,
+}
+
+impl SteamLibrary {
+    /// Adds `n` played free games (appids from 7_000_000), with stats and `achievements` each.
+    pub fn add_played_free_games(&mut self, n: usize, achievements: usize) {
+        for i in 0..n as u64 {
+            let appid = 7_000_000 + i;
+            self.played_free_games.push(json!({
+                "appid": appid, "name": format!("Free {appid}"), "playtime_forever": 30 + i,
+                "img_icon_url": "", "rtime_last_played": 1_600_100_000 + i,
+                "has_community_visible_stats": true,
+            }));
+            let list = (0..achievements)
+                .map(|a| json!({"apiname": format!("FREE_{a}"), "achieved": 1, "unlocktime": 1_650_000_000 + a as u64}))
+                .collect();
+            self.achievements.insert(appid, list);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -544,8 +598,12 @@ impl FakeSteam {
             library.games.push(json!({
                 "appid": appid, "name": format!("Game {appid}"), "playtime_forever": i * 7,
                 "img_icon_url": format!("icon{appid}"), "rtime_last_played": 1_600_000_000 + i,
-                "playtime_windows_forever": 0, "has_community_visible_stats": i % 3 != 0,
+                "playtime_windows_forever": 0,
             }));
+            if i % 3 != 0 {
+                // Steam sends the field only for games that have stats.
+                library.games.last_mut().unwrap()["has_community_visible_stats"] = json!(true);
+            }
             if i % 3 != 0 {
                 let list = (0..achievements_per_game)
                     .map(|a| json!({"apiname": format!("ACH_{a}"), "achieved": (a % 2) as u64, "unlocktime": if a % 2 == 1 { 1_650_000_000 + a as u64 } else { 0 }}))
@@ -565,6 +623,7 @@ impl FakeSteam {
                 "/ISteamUserStats/GetPlayerAchievements/v0001/",
                 get(steam_achievements),
             )
+            .route("/ISteamUser/ResolveVanityURL/v0001/", get(steam_resolve))
             .with_state(shared.clone());
         FakeSteam {
             control: shared.control.clone(),
@@ -598,11 +657,34 @@ async fn steam_owned(
     if let Some(r) = steam_gate(&s, &q).await {
         return r;
     }
-    if q.get("steamid") != Some(&s.steam_id) {
+    let library = s.library.lock().unwrap();
+    if q.get("steamid") != Some(&s.steam_id) || library.private {
         return axum::Json(json!({"response": {}})).into_response();
     }
-    let games = s.library.lock().unwrap().games.clone();
+    let mut games = library.games.clone();
+    if q.get("include_played_free_games").map(String::as_str) == Some("1") {
+        games.extend(library.played_free_games.iter().cloned());
+    }
     axum::Json(json!({"response": {"game_count": games.len(), "games": games}})).into_response()
+}
+
+/// `ISteamUser/ResolveVanityURL/v0001/?key=…&vanityurl=NAME`.
+async fn steam_resolve(
+    State(s): State<Arc<SteamShared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = steam_gate(&s, &q).await {
+        return r;
+    }
+    let library = s.library.lock().unwrap();
+    match (&library.vanity, q.get("vanityurl")) {
+        (Some(name), Some(asked)) if name == asked => {
+            axum::Json(json!({"response": {"steamid": s.steam_id, "success": 1}})).into_response()
+        }
+        _ => {
+            axum::Json(json!({"response": {"success": 42, "message": "No match"}})).into_response()
+        }
+    }
 }
 
 async fn steam_achievements(
@@ -614,6 +696,15 @@ async fn steam_achievements(
     }
     let appid = param(&q, "appid").unwrap_or(0);
     let library = s.library.lock().unwrap();
+    if library.private {
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(
+                json!({"playerstats": {"error": "Profile is not public", "success": false}}),
+            ),
+        )
+            .into_response();
+    }
     match library.achievements.get(&appid) {
         Some(list) => axum::Json(json!({"playerstats": {
             "steamID": s.steam_id, "gameName": format!("Game {appid}"), "achievements": list, "success": true,

@@ -8,7 +8,7 @@
 pub mod fake_apis;
 mod tls;
 
-pub use tls::{FakeTls, Validity, serve_https, serve_tls};
+pub use tls::{FakeTls, Validity, serve_https, serve_tls, tls_proxy};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -219,3 +219,37 @@ pub async fn serve_tls(config: Arc<ServerConfig>, router: Router) -> Served {
         task,
     }
 }
+
+/// A TLS-terminating proxy on a loopback port in front of a plain TCP server at `target` (a Syncline server
+/// under test, which speaks plain HTTP): clients connect to `https://127.0.0.1:PORT` with `config`'s
+/// certificate, and the bytes inside TLS go to `target` unchanged. Dropping it stops it.
+pub async fn tls_proxy(config: Arc<ServerConfig>, target: std::net::SocketAddr) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("bound");
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            while connections.try_join_next().is_some() {}
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            connections.spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+            });
+        }
+    });
+    Served {
+        base_url: format!("https://{addr}"),
+        task,
+    }
+}

@@ -6,12 +6,24 @@
 //! trophies is earned. Both streams take the newest title's time as their watermark, and their incremental
 //! walks stop at the first title not updated since: only changed titles are fetched again.
 //!
-//! `trophy_titles` pages with `limit`/`offset`; its checkpoint is the next offset. `trophies` walks the
-//! same title list: one page fetches up to [`TITLES_PER_PAGE`] titles from the checkpoint, then each
-//! title's trophies (one unpaged request per title). Its checkpoint is the offset of the next title whose
-//! trophies are still to fetch. A title updated during a walk moves to the front of the list, which only
-//! pushes the others back (one title may be fetched twice, none skipped); the moved title itself is newer
-//! than the walk's watermark, so the next incremental walk fetches it.
+//! `trophy_titles` pages with `limit`/`offset`; its checkpoint is the next offset. `trophies` lists the
+//! titles once per walk (pages of [`MAX_LIMIT`], stopping at the watermark in an incremental walk), keeps
+//! what it needs of each (`npCommunicationId`, `npServiceName`, `lastUpdatedDateTime`) between pages, and
+//! then fetches up to [`TITLES_PER_PAGE`] titles' trophies per page (one unpaged request per title). Its
+//! checkpoint is the position in that list; a walk resumed where the list is not held (another instance,
+//! a restart) lists the titles again. A title updated during a walk moves to the front of the list, which
+//! only pushes the others back (one title may be fetched twice, none skipped); the moved title itself is
+//! newer than the walk's watermark, so the next incremental walk fetches it.
+//!
+//! Shapes from psn-api (achievements-app/psn-api, `src/trophy`, `website/docs/api-docs`): the title list
+//! `GET /api/trophy/v1/users/{accountId}/trophyTitles?limit&offset` answers `{trophyTitles, totalItemCount,
+//! nextOffset?}`; each title names its trophy service in `npServiceName`, `"trophy"` for PS3, PS4 and Vita
+//! titles and `"trophy2"` for PS5 ones, which the trophies request must send as `npServiceName`. A profile
+//! whose trophies are hidden by its privacy settings is refused with 403 "Not permitted by access control"
+//! (`profile_private`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -27,6 +39,20 @@ const TITLES_PER_PAGE: usize = 10;
 pub(crate) struct PlayStation {
     http: reqwest::Client,
     base: String,
+    /// The titles of the latest `trophies` walk per credential fingerprint, kept between its pages.
+    lists: Mutex<HashMap<u64, Arc<TitleList>>>,
+}
+
+/// What a `trophies` walk needs of each title, in list order, and the walk it belongs to.
+struct TitleList {
+    watermark: Option<String>,
+    titles: Vec<ListedTitle>,
+}
+
+struct ListedTitle {
+    id: String,
+    service: String,
+    updated: Option<String>,
 }
 
 impl PlayStation {
@@ -34,6 +60,7 @@ impl PlayStation {
         PlayStation {
             http,
             base: base.trim_end_matches('/').to_string(),
+            lists: Mutex::new(HashMap::new()),
         }
     }
 
@@ -52,11 +79,24 @@ impl PlayStation {
             ));
         }
         let url = format!("{}/api/trophy/v1/users/{account}{path}", self.base);
-        get_json(
+        match get_json(
             self.http.get(url).query(query).bearer_auth(token),
             ok_statuses,
         )
         .await
+        {
+            Err(SourceError::Forbidden(message))
+                if message.contains("access control") || message.contains("rivate") =>
+            {
+                Err(SourceError::Private(
+                    "PlayStation Network refused to show the trophies (not permitted by access \
+                     control): the profile's privacy settings hide them; let anyone see the \
+                     profile's games, or connect that account itself"
+                        .into(),
+                ))
+            }
+            other => other,
+        }
     }
 
     async fn titles(
@@ -123,77 +163,126 @@ impl PlayStation {
         credential: &Credential,
         req: PageRequest<'_>,
     ) -> Result<Page, SourceError> {
-        let position: u64 = offset(req.checkpoint)?;
-        let listed = self.titles(credential, position, TITLES_PER_PAGE).await?;
-        let titles = titles_of(&listed.body);
-        let more_titles = listed.body["nextOffset"].as_u64().is_some();
-        let mut remaining = listed.remaining;
+        let position: usize = offset(req.checkpoint)?;
+        let watermark = (req.phase == syncline_core::ImportPhase::Incremental)
+            .then(|| req.watermark.map(str::to_string))
+            .flatten();
+        let fingerprint = credential.fingerprint();
+        let held = self
+            .lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fingerprint)
+            .cloned();
+        let mut remaining = None;
+        let list = match held.filter(|l| position > 0 && l.watermark == watermark) {
+            Some(list) => list,
+            None => {
+                let (list, left) = self.list_titles(credential, &req, watermark).await?;
+                remaining = left;
+                let list = Arc::new(list);
+                self.lists
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(fingerprint, list.clone());
+                list
+            }
+        };
         let mut records = Vec::new();
         let mut at = position;
-        let mut reached_watermark = false;
-        for title in titles {
-            if title_seen_before(&req, title) {
-                reached_watermark = true;
-                break;
-            }
-            if records.len() >= req.page_size.max(1) {
-                break;
-            }
-            let Some(id) = title["npCommunicationId"].as_str() else {
-                at += 1;
-                continue;
-            };
-            if safe_id(id) == id {
-                let fetched = self.title_trophies(credential, title, id).await?;
-                remaining = fetched.remaining.or(remaining);
-                for trophy in fetched.body["trophies"].as_array().into_iter().flatten() {
-                    records.extend(trophy_row(id, trophy));
-                }
-            } else {
-                tracing::warn!("a trophy title with an unusable npCommunicationId was left out");
+        while at < list.titles.len()
+            && at < position + TITLES_PER_PAGE
+            && records.len() < req.page_size.max(1)
+        {
+            let title = &list.titles[at];
+            let fetched = self.title_trophies(credential, title).await?;
+            remaining = fetched.remaining.or(remaining);
+            for trophy in fetched.body["trophies"].as_array().into_iter().flatten() {
+                records.extend(trophy_row(&title.id, trophy));
             }
             at += 1;
         }
-        let stopped_early = at < position + titles.len() as u64;
-        let next = if reached_watermark || titles.is_empty() {
-            None
-        } else if stopped_early || more_titles {
-            Some(at.to_string())
-        } else {
-            None
-        };
         Ok(Page {
             records,
-            next,
+            next: (at < list.titles.len()).then(|| at.to_string()),
             total: None,
-            newest: newest(position, titles),
+            newest: (position == 0)
+                .then(|| list.titles.first().and_then(|t| t.updated.clone()))
+                .flatten(),
             remaining,
         })
     }
 
-    /// Every trophy of one title with the user's progress. PS5 titles live in the `trophy2` service, older
-    /// ones in `trophy`; a title without trophies answers 404.
+    /// The titles a `trophies` walk visits, newest first: every listed title, or in an incremental walk
+    /// those updated after its watermark. Pages of [`MAX_LIMIT`] until the list (or the watermark) ends.
+    async fn list_titles(
+        &self,
+        credential: &Credential,
+        req: &PageRequest<'_>,
+        watermark: Option<String>,
+    ) -> Result<(TitleList, Option<u64>), SourceError> {
+        let mut titles = Vec::new();
+        let mut offset = 0u64;
+        let mut remaining = None;
+        loop {
+            let fetched = self.titles(credential, offset, MAX_LIMIT).await?;
+            remaining = fetched.remaining.or(remaining);
+            let page = titles_of(&fetched.body);
+            for title in page {
+                if title_seen_before(req, title) {
+                    return Ok((TitleList { watermark, titles }, remaining));
+                }
+                let Some(id) = title["npCommunicationId"].as_str() else {
+                    continue;
+                };
+                if safe_id(id) != id {
+                    tracing::warn!(
+                        "a trophy title with an unusable npCommunicationId was left out"
+                    );
+                    continue;
+                }
+                titles.push(ListedTitle {
+                    id: id.to_string(),
+                    service: service_of(title).to_string(),
+                    updated: title["lastUpdatedDateTime"].as_str().map(str::to_string),
+                });
+            }
+            match fetched.body["nextOffset"].as_u64() {
+                Some(next) if next > offset && !page.is_empty() => offset = next,
+                _ => return Ok((TitleList { watermark, titles }, remaining)),
+            }
+        }
+    }
+
+    /// Every trophy of one title with the user's progress, from the title's own trophy service; a title
+    /// without trophies answers 404.
     async fn title_trophies(
         &self,
         credential: &Credential,
-        title: &Value,
-        id: &str,
+        title: &ListedTitle,
     ) -> Result<Fetched, SourceError> {
-        let service = if title["trophyTitlePlatform"]
-            .as_str()
-            .is_some_and(|p| p.contains("PS5"))
-        {
-            "trophy2"
-        } else {
-            "trophy"
-        };
         self.get(
             credential,
-            &format!("/npCommunicationIds/{id}/trophyGroups/all/trophies"),
-            &[("npServiceName", service.to_string())],
+            &format!("/npCommunicationIds/{}/trophyGroups/all/trophies", title.id),
+            &[("npServiceName", title.service.clone())],
             &[StatusCode::NOT_FOUND],
         )
         .await
+    }
+}
+
+/// The title's trophy service, as it names it (`npServiceName`); only when a title leaves it out, guessed
+/// from its platform (`trophy2` for PS5).
+fn service_of(title: &Value) -> &str {
+    match title["npServiceName"].as_str() {
+        Some(service @ ("trophy" | "trophy2")) => service,
+        _ if title["trophyTitlePlatform"]
+            .as_str()
+            .is_some_and(|p| p.contains("PS5")) =>
+        {
+            "trophy2"
+        }
+        _ => "trophy",
     }
 }
 

@@ -97,7 +97,12 @@ fn joined(list: &Value, field: &str) -> Value {
 }
 
 fn track(item: &Value) -> Option<Value> {
-    let t = &item["track"];
+    // A saved track is `{added_at, track}`; accept the February 2026 `item` name too.
+    let t = if item["track"].is_object() {
+        &item["track"]
+    } else {
+        &item["item"]
+    };
     Some(json!({
         "id": t["id"].as_str()?,
         "name": str_at(t, "/name"),
@@ -127,7 +132,12 @@ fn playlist(item: &Value) -> Option<Value> {
         "name": str_at(item, "/name"),
         "owner_id": str_at(item, "/owner/id"),
         "snapshot_id": str_at(item, "/snapshot_id"),
-        "tracks_total": item["tracks"]["total"],
+        // Development Mode apps since February 2026 get the summary as `items`, and `tracks` is null
+        // (developer.spotify.com/documentation/web-api/tutorials/february-2026-migration-guide).
+        "tracks_total": match &item["tracks"]["total"] {
+            Value::Number(n) => Value::Number(n.clone()),
+            _ => item["items"]["total"].clone(),
+        },
     }))
 }
 

@@ -1,7 +1,15 @@
 //! Xbox Live: the user's title history (`titles`, from TitleHub) and achievements (`achievements`, from the
-//! achievements service), both paged with `maxItems` and an opaque `continuationToken`, which is the
-//! checkpoint. Authenticated with an XSTS token: `Authorization: XBL3.0 x={uhs};{token}` and
+//! achievements service). Authenticated with an XSTS token: `Authorization: XBL3.0 x={uhs};{token}` and
 //! `x-xbl-contract-version: 2`; the credential holds `uhs`, `token` and the user's `xuid`.
+//!
+//! TitleHub's title history has **no continuation paging** (OpenXbox/xbox-webapi-python,
+//! `api/provider/titlehub`: `GET /users/xuid({xuid})/titles/titlehistory/decoration/{fields}` with only
+//! `maxItems`, answering `{"xuid", "titles"}`). So `titles` asks once for up to [`MAX_TITLES`] titles,
+//! decorated with `achievement` (the counts and gamerscore per title; without it they are absent) and
+//! `image`, keeps the list between pages, and pages through it locally: its checkpoint is the position in
+//! that list. A walk resumed elsewhere (another instance, a restart) asks for the list again. The
+//! achievements service does page with `maxItems` and an opaque `pagingInfo.continuationToken`, which is
+//! the `achievements` checkpoint (`api/provider/achievements`).
 //!
 //! Title history comes most recently played first, and achievements are asked for by `orderBy=unlockTime`
 //! (most recently unlocked first, locked ones last, with the zero time `0001-01-01T…`). So both streams keep
@@ -12,22 +20,31 @@
 //! With a configured `base_url`, both services are asked there (a fake in tests); otherwise each at its
 //! real host.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use reqwest::header::HeaderValue;
 use serde_json::{Value, json};
 
-use super::{get_json, safe_id, seen_before, str_at, unknown_stream};
+use super::{get_json, offset, safe_id, seen_before, str_at, unknown_stream};
 use crate::source::{BoxFuture, Credential, Page, PageRequest, Source, SourceError};
 
 /// Where an item's time is: when a title was last played, when an achievement was unlocked.
 type TimeOf = fn(&Value) -> Option<&str>;
 
-/// The largest `maxItems` asked for.
+/// The largest `maxItems` asked of the achievements service.
 const MAX_ITEMS: usize = 1000;
+/// The `maxItems` of the one title-history request: more titles than any one person has played.
+const MAX_TITLES: usize = 10_000;
+/// TitleHub's decoration: the achievement counts and the title's images.
+const DECORATION: &str = "achievement,image";
 
 pub(crate) struct Xbox {
     http: reqwest::Client,
     titlehub: String,
     achievements: String,
+    /// The title history of the latest `titles` walk per credential fingerprint, paged locally.
+    titles: Mutex<HashMap<u64, Arc<Vec<Value>>>>,
 }
 
 impl Xbox {
@@ -42,7 +59,77 @@ impl Xbox {
             http,
             titlehub: base("https://titlehub.xboxlive.com"),
             achievements: base("https://achievements.xboxlive.com"),
+            titles: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// One page of `titles`: the title history asked once per walk (at its start, or when this instance
+    /// does not hold it), then paged by position.
+    async fn titles(
+        &self,
+        credential: &Credential,
+        req: PageRequest<'_>,
+        url: String,
+        authorization: HeaderValue,
+    ) -> Result<Page, SourceError> {
+        let position: usize = offset(req.checkpoint)?;
+        let fingerprint = credential.fingerprint();
+        let held = self
+            .titles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fingerprint)
+            .cloned();
+        let mut remaining = None;
+        let titles = match held.filter(|_| position > 0) {
+            Some(titles) => titles,
+            None => {
+                let request = self
+                    .http
+                    .get(format!("{url}/decoration/{DECORATION}"))
+                    .query(&[("maxItems", MAX_TITLES.to_string())])
+                    .header(reqwest::header::AUTHORIZATION, authorization)
+                    .header("x-xbl-contract-version", "2")
+                    .header(reqwest::header::ACCEPT_LANGUAGE, "en-US");
+                let fetched = get_json(request, &[]).await?;
+                remaining = fetched.remaining;
+                let titles = Arc::new(
+                    fetched.body["titles"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default(),
+                );
+                self.titles
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(fingerprint, titles.clone());
+                titles
+            }
+        };
+        let time_at = |t: &Value| {
+            t["titleHistory"]["lastTimePlayed"]
+                .as_str()
+                .map(str::to_string)
+        };
+        let end = (position + req.page_size.max(1)).min(titles.len());
+        let mut records = Vec::new();
+        let mut next = (end < titles.len()).then(|| end.to_string());
+        for title in titles.get(position.min(end)..end).unwrap_or_default() {
+            if seen_before(&req, time_at(title).as_deref()) {
+                next = None;
+                break;
+            }
+            records.extend(title_row(title));
+        }
+        Ok(Page {
+            records,
+            next,
+            total: Some(titles.len() as u64),
+            newest: (position == 0)
+                .then(|| titles.first().and_then(time_at))
+                .flatten(),
+            remaining,
+        })
     }
 
     async fn page(
@@ -64,11 +151,10 @@ impl Xbox {
         .map_err(|_| SourceError::Auth("the connection's `uhs` or `token` is malformed".into()))?;
         authorization.set_sensitive(true);
         let (url, items_key, time_at): (String, &str, TimeOf) = match req.stream {
-            "titles" => (
-                format!("{}/users/xuid({xuid})/titles/titlehistory", self.titlehub),
-                "titles",
-                |t| t["titleHistory"]["lastTimePlayed"].as_str(),
-            ),
+            "titles" => {
+                let url = format!("{}/users/xuid({xuid})/titles/titlehistory", self.titlehub);
+                return self.titles(credential, req, url, authorization).await;
+            }
             "achievements" => (
                 format!("{}/users/xuid({xuid})/achievements", self.achievements),
                 "achievements",
@@ -76,10 +162,10 @@ impl Xbox {
             ),
             other => return Err(unknown_stream(other)),
         };
-        let mut query = vec![("maxItems", req.page_size.clamp(1, MAX_ITEMS).to_string())];
-        if req.stream == "achievements" {
-            query.push(("orderBy", "unlockTime".into()));
-        }
+        let mut query = vec![
+            ("maxItems", req.page_size.clamp(1, MAX_ITEMS).to_string()),
+            ("orderBy", "unlockTime".into()),
+        ];
         if let Some(token) = req.checkpoint {
             query.push(("continuationToken", token.to_string()));
         }
@@ -105,11 +191,7 @@ impl Xbox {
                 next = None;
                 break;
             }
-            records.extend(if req.stream == "titles" {
-                title_row(item)
-            } else {
-                achievement_row(item)
-            });
+            records.extend(achievement_row(item));
         }
         Ok(Page {
             records,

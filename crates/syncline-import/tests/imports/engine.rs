@@ -57,7 +57,7 @@ async fn harness(
             .connect(
                 USER,
                 "steam",
-                object(json!({"api_key": STEAM_KEY, "steam_id": "7656"})),
+                object(json!({"api_key": STEAM_KEY, "steam_id": "76561197960287930"})),
             )
             .await
             .unwrap();
@@ -141,9 +141,52 @@ async fn a_full_import_brings_every_item_of_every_spotify_stream() {
     assert_eq!(fake.control.requests(), 60 + 8 + 25 + 3);
 }
 
+/// Every row of `table` in the store, by id.
+fn pulled(store: &Arc<dyn Store>, table: &str) -> std::collections::BTreeMap<String, Value> {
+    let mut out = Vec::new();
+    let request = serde_json::from_value(json!({})).unwrap();
+    store.pull(USER, &request, &mut out).unwrap();
+    let body: Value = serde_json::from_slice(&out).unwrap();
+    body["changes"][table]["updated"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn spotify_old_and_february_2026_development_mode_shapes_import_alike() {
+    for development_mode in [false, true] {
+        let fake = FakeSpotify::start(TOKEN, 10, 5, 7, 60).await;
+        if development_mode {
+            fake.library.lock().unwrap().development_mode_2026();
+        }
+        let h = harness(Some(&fake), None, "").await;
+        let states = h.import("spotify", 10).await;
+        assert_complete(&states);
+        assert_eq!(h.rows("spotify_playlists"), 60, "{development_mode}");
+        assert_eq!(h.rows("spotify_artists"), 7, "{development_mode}");
+        let playlists = pulled(&h.store, "spotify_playlists");
+        assert!(
+            playlists.values().all(|p| p["tracks_total"] == json!(12)),
+            "{development_mode}: {:?}",
+            playlists.values().next()
+        );
+        let artists = pulled(&h.store, "spotify_artists");
+        let artist = artists.values().next().unwrap();
+        assert_eq!(artist["genres"], json!("indie, pop"));
+        assert_eq!(
+            artist["popularity"].is_null(),
+            development_mode,
+            "{development_mode}: {artist}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_full_steam_import_brings_games_and_their_achievements() {
-    let fake = FakeSteam::start(STEAM_KEY, "7656", 90, 12).await;
+    let fake = FakeSteam::start(STEAM_KEY, "76561197960287930", 90, 12).await;
     let h = harness(None, Some(&fake), "").await;
     let states = h.import("steam", 10).await;
     assert_complete(&states);

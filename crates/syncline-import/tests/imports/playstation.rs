@@ -1,4 +1,5 @@
-//! PlayStation: trophy titles, then each title's trophies.
+//! PlayStation: trophy titles, then each title's trophies from the service its `npServiceName` names,
+//! listing the titles once per walk; a private profile is `profile_private`.
 
 use serde_json::json;
 use syncline_core::{ImportPhase, ImportStatus};
@@ -23,8 +24,19 @@ async fn a_full_playstation_import_brings_every_title_and_every_trophy() {
     assert_eq!(h.rows("psn_titles"), 1_500);
     assert_eq!(h.rows("psn_trophies"), 6_000);
     assert_eq!(states[0].total_estimated, Some(1_500));
-    // Titles: 30 pages of 50. Trophies: 150 pages, each one page of 10 titles and their 10 trophy lists.
-    assert_eq!(fake.control.requests(), 30 + 150 * 11);
+    // Titles: 30 pages of 50. Trophies: the title list once (pages of 800), then one trophy list per title,
+    // never the title list again.
+    assert_eq!(fake.control.requests(), 30 + 2 + 1_500);
+    let log = fake.control.log();
+    let listed = log.iter().filter(|r| r.contains("/trophyTitles")).count();
+    assert_eq!(listed, 30 + 2, "the trophies stream lists the titles once");
+    // The service comes from each title's npServiceName: a PS4 title also listed for PS5 is `trophy`.
+    let cross_gen = log.iter().find(|r| r.contains("NPWR00005_00/")).unwrap();
+    assert!(cross_gen.ends_with("?npServiceName=trophy"), "{cross_gen}");
+    assert!(
+        log.iter()
+            .any(|r| r.contains("NPWR00002_00/") && r.contains("npServiceName=trophy2"))
+    );
     assert!(
         fake.control
             .log()
@@ -125,4 +137,27 @@ async fn the_playstation_incremental_walk_fetches_only_updated_and_new_titles() 
     // Titles: 3 new and 2 changed. Trophies: 15 new and the 2 earned; their siblings did not change.
     assert_eq!(h.sequence(), sequence + 5 + 17);
     assert_eq!(h.table("psn_trophies")["NPWR00010_00-1"]["earned"], true);
+}
+
+#[tokio::test]
+async fn a_private_playstation_profile_is_profile_private() {
+    let fake = FakePlayStation::start(PSN_TOKEN, 5, 2).await;
+    fake.library.lock().unwrap().private = true;
+    let h = harness(
+        "",
+        &playstation_source(&fake),
+        &[("psn", json!({"access_token": PSN_TOKEN}))],
+    )
+    .await;
+    let states = h.import("psn", 5).await;
+    assert_eq!(states.len(), 2);
+    for s in &states {
+        assert_eq!(s.status, ImportStatus::Error, "{s:?}");
+        assert_eq!(s.error_code.as_deref(), Some("profile_private"), "{s:?}");
+        assert!(
+            s.error.as_deref().unwrap().contains("privacy settings"),
+            "{s:?}"
+        );
+    }
+    assert_eq!(h.rows("psn_titles"), 0);
 }

@@ -1,4 +1,5 @@
-//! Xbox: title history, then achievements, with continuation tokens.
+//! Xbox: title history (one TitleHub request with the achievement decoration, paged locally: TitleHub has
+//! no continuation paging), then achievements (continuation tokens).
 
 use serde_json::json;
 use syncline_core::ImportPhase;
@@ -21,12 +22,21 @@ async fn a_full_xbox_import_brings_every_title_and_every_achievement() {
         (states[0].total_estimated, states[1].total_estimated),
         (Some(1_000), Some(5_000))
     );
-    assert_eq!(fake.control.requests(), 20 + 100, "pages of 50");
+    assert_eq!(
+        fake.control.requests(),
+        1 + 100,
+        "the title history once, then achievements in pages of 50"
+    );
     let log = fake.control.log();
     assert!(
-        log[1].contains("continuationToken=ct-00000032"),
+        log[0].contains("/titlehistory/decoration/achievement,image?maxItems=10000"),
         "{}",
-        log[1]
+        log[0]
+    );
+    assert!(
+        log[2].contains("continuationToken=ct-00000032"),
+        "{}",
+        log[2]
     );
 
     let title = &h.table("xbox_titles")["1700000007"];

@@ -1,6 +1,9 @@
-//! A fake PlayStation Network trophy API (the shapes psn-api and PSNAWP document): trophy titles with
-//! `limit`/`offset`/`nextOffset` paging, most recently updated first, and each title's trophies from the
-//! `trophy2` service (PS5) or the `trophy` service (older consoles), 404 from the wrong one.
+//! A fake PlayStation Network trophy API (the shapes psn-api documents: achievements-app/psn-api,
+//! `website/docs/api-docs/user-titles.md`, `title-trophies.md`, `data-models/trophy-title.md`): trophy
+//! titles with `limit`/`offset`/`nextOffset` paging, most recently updated first, and each title's trophies
+//! from the service its `npServiceName` names (`trophy2` for PS5 titles, `trophy` for PS3/PS4/Vita ones,
+//! also when a PS4 title is listed for PS5 too), 404 from the wrong one. A private profile is refused with
+//! 403 "Not permitted by access control".
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +29,8 @@ pub struct PsnLibrary {
     pub titles: Vec<Value>,
     /// npCommunicationId -> the title's trophies, with the user's progress.
     pub trophies: HashMap<String, Vec<Value>>,
+    /// The profile's privacy settings hide its trophies.
+    pub private: bool,
     clock: u64,
     made: u64,
 }
@@ -46,7 +51,8 @@ impl PsnLibrary {
     }
 
     /// Adds `n` titles of `trophies_per_title` trophies (every third one earned), as the most recently
-    /// updated; even ones are PS5 titles. Returns their ids.
+    /// updated; even ones are PS5 titles (`trophy2`), and every fifth odd one a PS4 title listed for PS5 too
+    /// (`"PS4,PS5"`, still `trophy`). Returns their ids.
     pub fn add_titles(&mut self, n: usize, trophies_per_title: usize) -> Vec<String> {
         let mut ids = Vec::with_capacity(n);
         for _ in 0..n {
@@ -72,7 +78,11 @@ impl PsnLibrary {
                 "npCommunicationId": id, "trophySetVersion": "01.00",
                 "trophyTitleName": format!("Game {k}"),
                 "trophyTitleIconUrl": format!("https://image.api.playstation.com/trophy/np/{id}/icon.png"),
-                "trophyTitlePlatform": if ps5 { "PS5" } else { "PS4" },
+                "trophyTitlePlatform": match (ps5, k.is_multiple_of(5)) {
+                    (true, _) => "PS5",
+                    (false, true) => "PS4,PS5",
+                    (false, false) => "PS4",
+                },
                 "hasTrophyGroups": false, "hiddenFlag": false, "lastUpdatedDateTime": at,
             });
             summarize(&mut title, &trophies);
@@ -203,6 +213,13 @@ async fn psn_gate(s: &PsnShared, headers: &HeaderMap, account: &str) -> Option<R
             StatusCode::UNAUTHORIZED,
             2_241_025,
             "Invalid token",
+        ));
+    }
+    if s.library.lock().unwrap().private {
+        return Some(psn_error(
+            StatusCode::FORBIDDEN,
+            2_240_526,
+            "Not permitted by access control",
         ));
     }
     if account != "me" && account != PSN_ACCOUNT_ID {

@@ -1,7 +1,15 @@
 //! A fake Xbox Live: TitleHub's title history (most recently played first) and the achievements service
-//! (`orderBy=unlockTime`: most recently unlocked first, locked ones last), both paged with `maxItems` and an
-//! opaque `continuationToken` in `pagingInfo`. Requests need `Authorization: XBL3.0 x={uhs};{token}` and
-//! `x-xbl-contract-version: 2`.
+//! (`orderBy=unlockTime`: most recently unlocked first, locked ones last). Requests need `Authorization:
+//! XBL3.0 x={uhs};{token}` and `x-xbl-contract-version: 2`.
+//!
+//! Shapes as OpenXbox/xbox-webapi-python reads them (`api/provider/titlehub`, `api/provider/achievements`):
+//! - TitleHub, `GET /users/xuid({xuid})/titles/titlehistory/decoration/{fields}?maxItems=N`, answers
+//!   `{"xuid", "titles": [...]}`: the first `maxItems` titles and **no paging** (no `pagingInfo`, no
+//!   continuation token). Each title's `achievement` counts (`currentAchievements`, `totalAchievements`,
+//!   `currentGamerscore`, `totalGamerscore`, `progressPercentage`) are there only when the decoration names
+//!   `achievement`, and `images` only with `image`.
+//! - Achievements v2, `GET /users/xuid({xuid})/achievements?orderBy=unlockTime&maxItems=N`, pages with an
+//!   opaque `pagingInfo.continuationToken` (null on the last page) and `totalRecords`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -172,7 +180,11 @@ impl FakeXbox {
             xuid: xuid.to_string(),
         });
         let router = Router::new()
-            .route("/users/{user}/titles/titlehistory", get(xbox_titles))
+            .route("/users/{user}/titles/titlehistory", get(xbox_titles_plain))
+            .route(
+                "/users/{user}/titles/titlehistory/decoration/{fields}",
+                get(xbox_titles),
+            )
             .route("/users/{user}/achievements", get(xbox_achievements))
             .with_state(shared.clone());
         FakeXbox {
@@ -254,17 +266,63 @@ fn xbox_page(key: &str, items: &[Value], q: &HashMap<String, String>) -> Respons
     .into_response()
 }
 
-async fn xbox_titles(
+async fn xbox_titles_plain(
     State(s): State<Arc<XboxShared>>,
     Path(user): Path<String>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = xbox_gate(&s, &headers, &user).await {
+    title_history(&s, &user, "", &headers, &q).await
+}
+
+async fn xbox_titles(
+    State(s): State<Arc<XboxShared>>,
+    Path((user, fields)): Path<(String, String)>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    title_history(&s, &user, &fields, &headers, &q).await
+}
+
+/// The first `maxItems` titles, decorated with what `fields` names; no paging, as TitleHub does.
+async fn title_history(
+    s: &XboxShared,
+    user: &str,
+    fields: &str,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Response {
+    if let Some(r) = xbox_gate(s, headers, user).await {
         return r;
     }
-    let titles = s.library.lock().unwrap().titles.clone();
-    xbox_page("titles", &titles, &q)
+    let fields: Vec<String> = fields
+        .split(',')
+        .map(|f| f.trim().to_ascii_lowercase())
+        .collect();
+    let max = param(q, "maxItems").unwrap_or(25) as usize;
+    let titles: Vec<Value> = s
+        .library
+        .lock()
+        .unwrap()
+        .titles
+        .iter()
+        .take(max)
+        .map(|t| {
+            let mut t = t.clone();
+            let fields_of = t.as_object_mut().expect("a title is an object");
+            if !fields.iter().any(|f| f == "achievement") {
+                fields_of.remove("achievement");
+            }
+            if fields.iter().any(|f| f == "image") {
+                fields_of.insert(
+                    "displayImage".into(),
+                    json!("https://store-images.s-microsoft.com/image/x"),
+                );
+            }
+            t
+        })
+        .collect();
+    axum::Json(json!({"xuid": s.xuid, "titles": titles})).into_response()
 }
 
 async fn xbox_achievements(

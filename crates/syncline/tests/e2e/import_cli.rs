@@ -186,6 +186,10 @@ impl LoggedServer {
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", rust_log)
+            .env(
+                "SSL_CERT_FILE",
+                syncline_testkit::FakeTls::shared().ca_file(),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -25,15 +25,25 @@ impl Drop for Server {
     }
 }
 
-/// Starts `syncline serve --config <config>` and waits for its "Syncline listening on" line.
+/// Starts `syncline serve --config <config>` and waits for its "Syncline listening on" line. It trusts the
+/// fakes' throwaway CA through `SSL_CERT_FILE`, the way a user trusts a private CA.
 pub fn serve(config: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_syncline"))
+    serve_trusting(config, Some(syncline_testkit::FakeTls::shared().ca_file()))
+}
+
+/// [`serve`], with `SSL_CERT_FILE` naming `ca_file`, or unset (the OS roots only).
+pub fn serve_trusting(config: &Path, ca_file: Option<&Path>) -> Server {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_syncline"));
+    command
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .env_remove("SSL_CERT_FILE")
+        .stdout(Stdio::piped());
+    if let Some(ca_file) = ca_file {
+        command.env("SSL_CERT_FILE", ca_file);
+    }
+    let mut child = command.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let url = listening_url(&mut lines, |_| {});
     std::thread::spawn(move || lines.for_each(drop));
