@@ -2,15 +2,18 @@
 // `syncline serve` whose Spotify source has only a `client_id` (so PKCE), the fake Spotify authorization
 // server of the `fake-apis` example (its consent page, then its token endpoint), back to our callback route,
 // then an import that succeeds with every track. Everything listens on 127.0.0.1; every process is killed at
-// the end.
+// the end. The fakes serve HTTPS with a throwaway CA: the server trusts it through SSL_CERT_FILE, and
+// Chromium trusts only the fake's own key (--ignore-certificate-errors-spki-list, the key read over a TLS
+// connection that checked the certificate against that CA), so no certificate check is switched off.
 //
 // Run by scripts/test.sh; alone: SYNCLINE_BIN=… FAKE_APIS_BIN=… node --test tests/browser/
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { X509Certificate, createHash, randomBytes } from "node:crypto";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { connect as tlsConnect } from "node:tls";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
@@ -40,8 +43,8 @@ function killAll() {
 process.on("exit", killAll);
 
 /// Starts a process and resolves with the first stdout line `ready` accepts (its value), within 30 s.
-function startProcess(bin, args, ready) {
-  const child = spawn(bin, args, { stdio: ["pipe", "pipe", "inherit"], env: { ...process.env, RUST_LOG: "warn" } });
+function startProcess(bin, args, ready, env = {}) {
+  const child = spawn(bin, args, { stdio: ["pipe", "pipe", "inherit"], env: { ...process.env, RUST_LOG: "warn", ...env } });
   children.push(child);
   return new Promise((resolvePromise, reject) => {
     const timer = setTimeout(() => reject(new Error(`${bin} did not start within 30 s`)), 30_000);
@@ -54,6 +57,20 @@ function startProcess(bin, args, ready) {
         resolvePromise(value);
       }
     });
+  });
+}
+
+/// The base64 SHA-256 of the public key `origin` presents, read over TLS checked against the CA in `caFile`.
+function spkiHash(origin, caFile) {
+  const { hostname, port } = new URL(origin);
+  return new Promise((resolvePromise, reject) => {
+    const socket = tlsConnect({ host: hostname, port: Number(port), ca: readFileSync(caFile), servername: hostname }, () => {
+      const cert = new X509Certificate(socket.getPeerCertificate().raw);
+      const der = cert.publicKey.export({ type: "spki", format: "der" });
+      socket.end();
+      resolvePromise(createHash("sha256").update(der).digest("base64"));
+    });
+    socket.on("error", reject);
   });
 }
 
@@ -102,14 +119,22 @@ streams = { saved_tracks = "tracks" }
 columns = { name = "string", added_at = "string" }
 `,
     );
-    url = await startProcess(SYNCLINE_BIN, ["serve", "--config", config], (line) =>
-      line.startsWith("Syncline listening on ") ? line.slice("Syncline listening on ".length) : undefined,
+    url = await startProcess(
+      SYNCLINE_BIN,
+      ["serve", "--config", config],
+      (line) => (line.startsWith("Syncline listening on ") ? line.slice("Syncline listening on ".length) : undefined),
+      { SSL_CERT_FILE: fakes.caFile },
     );
     const token = execFileSync(SYNCLINE_BIN, ["token", "--config", config, "--user", "alice"], { encoding: "utf8" }).trim();
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
-      args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+      args: [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        `--ignore-certificate-errors-spki-list=${await spkiHash(fakes.spotifyAuth.baseUrl, fakes.caFile)}`,
+      ],
       timeout: 30_000,
     });
     page = await browser.newPage({ viewport: { width: 1200, height: 900 } });

@@ -439,6 +439,33 @@ impl Importer {
             .await
     }
 
+    /// Saves a renewed credential in place of the one it was renewed from, unless the connection changed
+    /// meanwhile (the person disconnected or connected again during the step): whether it was saved.
+    async fn store_renewed(
+        &self,
+        user: &str,
+        source: &str,
+        from: &Credential,
+        renewed: Map<String, Value>,
+    ) -> Result<bool, ImportError> {
+        let sealer = self.sealer()?.clone();
+        let sealed = sealer.seal(user, source, Value::Object(renewed).to_string().as_bytes());
+        let from = Value::Object(from.fields().clone());
+        let (user, source) = (user.to_string(), source.to_string());
+        self.blocking(move |s| {
+            let current = s
+                .get_connection(&user, &source)?
+                .and_then(|stored| sealer.open(&user, &source, &stored).ok())
+                .and_then(|plain| serde_json::from_slice::<Value>(&plain).ok());
+            if current.as_ref() != Some(&from) {
+                return Ok(false);
+            }
+            s.put_connection(&user, &source, &sealed)?;
+            Ok(true)
+        })
+        .await
+    }
+
     /// Forgets the user's credential for a source; whether there was one.
     pub async fn disconnect(&self, user: &str, source: &str) -> Result<bool, ImportError> {
         self.source(source)?;
@@ -1140,16 +1167,26 @@ impl<'a> Keeper<'a> {
         let now = (self.importer.clock)();
         match session.renew(&held.credential, now).await {
             Ok(fields) => {
-                if let Err(e) = self
+                match self
                     .importer
-                    .store_credential(self.user, self.source, fields.clone())
+                    .store_renewed(self.user, self.source, &held.credential, fields.clone())
                     .await
                 {
-                    tracing::warn!(error = %e, "could not save the renewed credential");
-                    return Err(Halt {
-                        code: "auth_expired",
-                        message: "the renewed credential could not be saved".into(),
-                    });
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(Halt {
+                            code: "auth_expired",
+                            message: "the connection changed during the import: start it again"
+                                .into(),
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not save the renewed credential");
+                        return Err(Halt {
+                            code: "auth_expired",
+                            message: "the renewed credential could not be saved".into(),
+                        });
+                    }
                 }
                 tracing::info!(source = self.source, "credential renewed");
                 held.credential = Arc::new(Credential::new(fields));

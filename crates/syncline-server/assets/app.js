@@ -24,6 +24,10 @@ const STATUS_LABELS = {
 // Each stable `error_code` of an import, in words (docs/protocol.md, "Imports").
 const ERROR_HINTS = {
   auth_expired: "The service refused the credential (it expired or was revoked): connect again, then press Start.",
+  auth_revoked: "The service refused to renew access (the consent was revoked or expired): connect again, then press Start.",
+  auth_client_refused: "The service refused this server's app credentials (client_id / client_secret): ask the operator to check them.",
+  auth_no_xbox_account: "This Microsoft account has no Xbox profile: sign in once on xbox.com to create one, then connect again.",
+  auth_child_account: "This is a child account: an adult must add it to a Microsoft family before it can use Xbox Live.",
   profile_private:
     "The profile's privacy settings hide this: make the game details (Steam) or gaming activity (PlayStation) public, then press Start.",
   missing_permission:

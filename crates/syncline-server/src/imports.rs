@@ -48,7 +48,7 @@ impl From<ImportError> for ApiError {
             }
             ImportError::Refused { code, message } => {
                 // A sign-in service we could not talk to securely is an upstream failure, not bad input.
-                let status = if code == syncline_http::TLS_FAILED {
+                let status = if code == "tls_failed" {
                     StatusCode::BAD_GATEWAY
                 } else {
                     StatusCode::UNPROCESSABLE_ENTITY

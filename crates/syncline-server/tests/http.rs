@@ -1365,3 +1365,158 @@ async fn imports_describe_their_connect_form_check_credentials_and_report_progre
     assert_eq!(overview["importsByStatus"]["success"], 1);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn accounts_connect_through_a_consent_page_or_an_npsso_with_clear_refusals() {
+    use syncline_testkit::fake_apis::{
+        FakeAuthServer, FakePlayStation, FakeSpotify, OAuthClientStyle, PSN_NPSSO,
+    };
+    let spotify = FakeSpotify::start("never-pasted", 30, 0, 0, 0).await;
+    let spotify_auth = FakeAuthServer::start(
+        spotify.control.clone(),
+        "client",
+        "secret",
+        OAuthClientStyle::Basic,
+    )
+    .await;
+    let psn = FakePlayStation::start("never-pasted", 2, 1).await;
+    let psn_auth = FakeAuthServer::playstation(psn.control.clone()).await;
+    let key = syncline_import::Sealer::generate_key();
+    let a = spotify_auth.base_url();
+    let server = TestServer::start(&format!(
+        "[imports]\nencryption_key = \"{key}\"\nmode = \"call\"\n\
+         [imports.sources.spotify]\nkind = \"spotify\"\nbase_url = \"{}\"\nauth_url = \"{a}/authorize\"\n\
+         token_url = \"{a}/api/token\"\nclient_id = \"client\"\nclient_secret = \"secret\"\n\
+         streams = {{ saved_tracks = \"spotify_tracks\" }}\n\
+         [imports.sources.psn]\nkind = \"playstation\"\nbase_url = \"{}\"\n\
+         auth_base_url = \"{}/api/authz/v3/oauth\"\nstreams = {{ trophy_titles = \"psn_titles\" }}\n\
+         [tables.spotify_tracks]\ncolumns = {{ name = \"string\" }}\n\
+         [tables.psn_titles]\ncolumns = {{ name = \"string\" }}\n",
+        spotify.base_url(),
+        psn.base_url(),
+        psn_auth.base_url()
+    ))
+    .await;
+    let alice = server.token("alice");
+    let put = |source: &str, body: Value| {
+        server
+            .http
+            .put(format!("{}/v1/connections/{source}", server.url))
+            .bearer_auth(&alice)
+            .body(body.to_string())
+            .send()
+    };
+    // PlayStation: the NPSSO, checked with Sony at once.
+    let refused = put("psn", json!({"npsso": "not-valid"})).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["code"], "auth_npsso_refused");
+    assert!(refused["message"].as_str().unwrap().contains("ssocookie"));
+    let empty: Value = put("psn", json!({})).await.unwrap().json().await.unwrap();
+    assert_eq!(empty["code"], "invalid_credential");
+    assert!(
+        empty["message"].as_str().unwrap().contains("`npsso`"),
+        "{empty}"
+    );
+    let ok = put("psn", json!({"npsso": PSN_NPSSO})).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+    assert_eq!(psn_auth.grants(), ["authorization_code"]);
+    let (_, list) = server.get("/v1/imports", Some(&alice)).await;
+    let by_name = |n: &str| {
+        list["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["source"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        (
+            by_name("psn")["fields"].clone(),
+            by_name("psn")["consent"].clone()
+        ),
+        (json!(["npsso"]), json!(false))
+    );
+    assert_eq!(by_name("spotify")["consent"], true);
+    assert_eq!(by_name("spotify")["connected"], false);
+
+    // Spotify: the consent page, then our callback.
+    let (status, body) = server
+        .post("/v1/connections/spotify/authorize", Some(&alice), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let consent = reqwest::Url::parse(body["url"].as_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = consent.query_pairs().into_owned().collect();
+    assert_eq!(
+        q["redirect_uri"],
+        format!("{}/v1/connections/spotify/callback", server.url)
+    );
+    assert!(!q.contains_key("code_challenge"), "a confidential client");
+    let browser = syncline_http::client_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = browser
+        .get(consent)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let request = page
+        .split("name=\"request\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap();
+    let back = browser
+        .post(format!("{a}/authorize/answer"))
+        .body(format!("request={request}&answer=agree"))
+        .send()
+        .await
+        .unwrap();
+    let back = back.headers()["location"].to_str().unwrap().to_string();
+    assert!(back.starts_with(&server.url), "{back}");
+    let callback = |path: String| browser.get(path).send();
+    let forged = callback(format!(
+        "{}/v1/connections/spotify/callback?code=c&state=forged",
+        server.url
+    ))
+    .await
+    .unwrap();
+    assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        forged.json::<Value>().await.unwrap()["code"],
+        "invalid_state"
+    );
+    let denied = callback(format!(
+        "{}/v1/connections/spotify/callback?error=access_denied&state=x",
+        server.url
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        denied.json::<Value>().await.unwrap()["code"],
+        "consent_denied"
+    );
+    let done = callback(back).await.unwrap();
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert_eq!(done.headers()["location"], "/?connected=spotify");
+    assert_eq!(spotify_auth.grants(), ["authorization_code"]);
+    let (status, started) = server
+        .post("/v1/imports/spotify/start", Some(&alice), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    assert_eq!(started["streams"][0]["status"], "success", "{started}");
+    assert_eq!(started["streams"][0]["processed"], 30);
+    // A source without a consent flow says so.
+    let (status, body) = server
+        .post("/v1/connections/psn/authorize", Some(&alice), "")
+        .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (StatusCode::CONFLICT, json!("no_consent_flow"))
+    );
+    server.stop().await;
+}
