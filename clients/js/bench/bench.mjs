@@ -56,7 +56,8 @@ try {
         // Only the puts and their commits are timed; each chunk's records are made just before it.
         let ms = 0;
         for (let i = 0; i < n; i += chunk) {
-          const entries = rowsOf(i, Math.min(n, i + chunk)).map((row) => ({ table: "items", id: row.id, row }));
+          // Through JSON, as pulled records arrive: flat strings, which the browser clones fastest.
+          const entries = JSON.parse(JSON.stringify(rowsOf(i, Math.min(n, i + chunk)).map((row) => ({ table: "items", id: row.id, row }))));
           const t0 = performance.now();
           const tx = db.transaction("records", "readwrite");
           const store = tx.objectStore("records");
