@@ -38,8 +38,8 @@ try {
   const a = await sdkPage(deviceA, server.url);
 
   // 1. The ceiling: raw IndexedDB puts of the same records, stored as the SDK stores them, each time in a
-  // fresh browser context of its own: at the start, right before the fresh device's pull (1,000 and
-  // 10,000 puts per transaction) and right after it. The best of all is the ceiling.
+  // fresh browser context of its own: at the start, and right before the fresh device's pull (1,000 and
+  // 10,000 puts per transaction). The best of all is the ceiling.
   const ceilings = [];
   const measureCeiling = async (where, chunk) => {
     const context = await sdkContext(browser, server.url);
@@ -53,16 +53,18 @@ try {
           r.onsuccess = () => ok(r.result);
           r.onerror = () => fail(r.error);
         });
-        const chunks = [];
-        for (let i = 0; i < n; i += chunk) chunks.push(rowsOf(i, Math.min(n, i + chunk)).map((row) => ({ table: "items", id: row.id, row })));
-        const t0 = performance.now();
-        for (const entries of chunks) {
+        // Only the puts and their commits are timed; each chunk's records are made just before it.
+        let ms = 0;
+        for (let i = 0; i < n; i += chunk) {
+          // Through JSON, as pulled records arrive: flat strings, which the browser clones fastest.
+          const entries = JSON.parse(JSON.stringify(rowsOf(i, Math.min(n, i + chunk)).map((row) => ({ table: "items", id: row.id, row }))));
+          const t0 = performance.now();
           const tx = db.transaction("records", "readwrite");
           const store = tx.objectStore("records");
           for (const e of entries) store.put(e);
           await new Promise((ok, fail) => ((tx.oncomplete = ok), (tx.onerror = () => fail(tx.error))));
+          ms += performance.now() - t0;
         }
-        const ms = performance.now() - t0;
         db.close();
         return ms;
       },
@@ -103,7 +105,6 @@ try {
   const local = await b.evaluate(async () => (await window.client.table("items").all()).length);
   if (local !== N) throw new Error(`the fresh device holds ${local} records, expected ${N}`);
   await deviceB.close();
-  await measureCeiling("after the pull", 10_000);
 
   // 5. The individual mode, on a smaller count, for another user.
   const deviceC = await sdkContext(browser, server.url);
