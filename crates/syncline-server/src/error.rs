@@ -31,6 +31,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub extra: Option<(&'static str, Value)>,
+    /// Seconds for a `Retry-After` header, when the client should try again later.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -40,6 +42,7 @@ impl ApiError {
             code,
             message: message.into(),
             extra: None,
+            retry_after: None,
         }
     }
 
@@ -102,6 +105,26 @@ impl From<StoreError> for ApiError {
                 "idempotency_key_reused",
                 "this Idempotency-Key was already used for a different request",
             ),
+            StoreError::Busy => {
+                tracing::warn!("every database connection stayed busy for the acquire timeout");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_busy",
+                    "the server is busy (every database connection is in use); nothing was applied, retry later",
+                );
+                e.retry_after = Some(1);
+                e
+            }
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "the database is unavailable");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the database is unavailable (restarting?); retry later",
+                );
+                e.retry_after = Some(5);
+                e
+            }
             other => {
                 tracing::error!(error = %other, "storage error");
                 ApiError::internal()
@@ -116,11 +139,17 @@ impl IntoResponse for ApiError {
         if let Some((key, value)) = self.extra {
             body[key] = value;
         }
-        (
+        let mut response = (
             self.status,
             [(axum::http::header::CONTENT_TYPE, "application/json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

@@ -50,7 +50,11 @@ impl RunningServer {
 /// Opens the store named by `config.storage.url` with `config`'s schema.
 pub fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Schema>), ServerError> {
     let schema = Arc::new(Schema::from_config(&config.tables)?);
-    let store = syncline_store::open(&config.storage.url, schema.clone())?;
+    let store = syncline_store::open_with(
+        &config.storage.url,
+        schema.clone(),
+        &config.storage.options(),
+    )?;
     Ok((store, schema))
 }
 

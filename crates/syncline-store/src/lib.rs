@@ -22,17 +22,36 @@ pub use sqlite::SqliteStore;
 #[non_exhaustive]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error("database error: {0}")]
     Postgres(String),
     #[error("the reader went away before the response was complete")]
     Aborted,
     #[error("the idempotency key was already used for a different request")]
     IdempotencyKeyReused,
+    /// Every database connection of this instance stayed in use for the whole acquire timeout.
+    #[error("every database connection is in use")]
+    Busy,
+    /// The database cannot be reached (restarting, shut down, or the connection dropped).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("unsupported storage url `{0}`: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
     #[error("could not prepare the database: {0}")]
     Setup(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        // Another connection (a backup tool, a second process) held the write lock for the whole busy
+        // timeout: the same answer as a pool with no free connection.
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy
+            }
+            _ => StoreError::Sqlite(e),
+        }
+    }
 }
 
 /// Where pull output goes: chunks of JSON text, in order. An error stops the pull.
@@ -255,15 +274,73 @@ pub(crate) fn state_from_json(text: &str) -> Result<ImportState, StoreError> {
         .map_err(|e| StoreError::Setup(format!("unreadable import state: {e}")))
 }
 
-/// Opens the store a url names: `sqlite://PATH` (embedded) or `postgres://…` / `postgresql://…`.
+/// Opens the store a url names: `sqlite://PATH` (embedded) or `postgres://…` / `postgresql://…`, with the
+/// default [`StoreOptions`].
 pub fn open(
     url: &str,
     schema: std::sync::Arc<syncline_core::Schema>,
 ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    open_with(url, schema, &StoreOptions::default())
+}
+
+/// Opens the store a url names with `options`.
+pub fn open_with(
+    url: &str,
+    schema: std::sync::Arc<syncline_core::Schema>,
+    options: &StoreOptions,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(PostgresStore::open(url, schema)?))
+        Ok(std::sync::Arc::new(PostgresStore::open_with(
+            url, schema, options,
+        )?))
     } else {
-        Ok(std::sync::Arc::new(SqliteStore::open_url(url, schema)?))
+        Ok(std::sync::Arc::new(SqliteStore::open_url_with(
+            url, schema, options,
+        )?))
+    }
+}
+
+/// How a store uses its database. Each backend reads the fields that concern it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// PostgreSQL: the most connections this instance holds open at once.
+    pub max_connections: u32,
+    /// How long a request waits for a free connection (PostgreSQL) or for the database's write lock held by
+    /// another process (SQLite) before it fails with [`StoreError::Busy`].
+    pub acquire_timeout: std::time::Duration,
+    /// SQLite: how hard a commit waits for the disk.
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            max_connections: 16,
+            acquire_timeout: std::time::Duration::from_secs(5),
+            sqlite_synchronous: SqliteSynchronous::Full,
+        }
+    }
+}
+
+/// SQLite's `synchronous` setting for its WAL journal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    /// Every commit reaches the disk before it is acknowledged: an acknowledged write survives power loss
+    /// and OS crashes.
+    #[default]
+    Full,
+    /// Commits reach the disk at WAL checkpoints: survives a crash of the process, but the last
+    /// acknowledged transactions may be lost on power loss or an OS crash. Faster for small writes.
+    Normal,
+}
+
+impl SqliteSynchronous {
+    pub(crate) fn pragma(self) -> &'static str {
+        match self {
+            SqliteSynchronous::Full => "FULL",
+            SqliteSynchronous::Normal => "NORMAL",
+        }
     }
 }
 

@@ -9,6 +9,11 @@
 //! sequence numbers from `meta.seq` and stores the new maximum before it commits. Sequences therefore follow
 //! commit order, and a pull that reads `meta.seq` and the rows in one read transaction (one WAL snapshot)
 //! never misses a change.
+//!
+//! Change sequences are per user on every backend (a cursor means something only for its own user). SQLite
+//! draws every user's sequence from one counter: with one writer connection, writers are serialized anyway,
+//! one counter is a valid order for each user, and `seq` can stay the rowid, so the log stays append-ordered
+//! on disk. So on SQLite writes of different users still take turns; PostgreSQL keeps a counter per user.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,9 +26,9 @@ use crate::apply::{Existing, NewRow, RecordTx, apply};
 use crate::pull::{LogRow, Output, PullPlan, live_rows_filter, write_page};
 use crate::{
     ActivityBucket, DeviceActivity, GcStats, IdempotencyKey, ImportActivity, ImportOutcome, Lease,
-    LeaseHolder, PullSink, PullStats, Store, StoreError, SyncActivity, SyncKind, TableStats,
-    UserActivity, UserStats, WriteOutcome, WriteSummary, activity_bucket, state_from_json,
-    state_json,
+    LeaseHolder, PullSink, PullStats, SqliteSynchronous, Store, StoreError, StoreOptions,
+    SyncActivity, SyncKind, TableStats, UserActivity, UserStats, WriteOutcome, WriteSummary,
+    activity_bucket, state_from_json, state_json,
 };
 
 /// The SQLite store. Cheap to share behind an `Arc`.
@@ -34,6 +39,14 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     /// Table name -> internal table id (stable across restarts, kept in `sync_tables`).
     tids: HashMap<String, i64>,
+    settings: Settings,
+}
+
+/// The connection settings every connection of the store gets.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    synchronous: SqliteSynchronous,
+    busy_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -99,10 +112,10 @@ CREATE TABLE IF NOT EXISTS connections (
 ) WITHOUT ROWID;
 ";
 
-fn configure(conn: &Connection, writer: bool) -> Result<(), rusqlite::Error> {
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+fn configure(conn: &Connection, writer: bool, options: &Settings) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(options.busy_timeout)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "synchronous", options.synchronous.pragma())?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     // The writer gets a real page cache (random-key index inserts live or die by it); readers stream.
     conn.pragma_update(None, "cache_size", if writer { -80_000 } else { -8_000 })?;
@@ -115,22 +128,44 @@ fn configure(conn: &Connection, writer: bool) -> Result<(), rusqlite::Error> {
 impl SqliteStore {
     /// Opens (creating if needed) the database at a `sqlite://PATH` url or a plain path.
     pub fn open_url(url: &str, schema: Arc<Schema>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_url_with(url, schema, &StoreOptions::default())
+    }
+
+    /// [`SqliteStore::open_url`] with `options`.
+    pub fn open_url_with(
+        url: &str,
+        schema: Arc<Schema>,
+        options: &StoreOptions,
+    ) -> Result<SqliteStore, StoreError> {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .ok_or_else(|| StoreError::UnsupportedUrl(url.to_string()))?;
-        SqliteStore::open(Path::new(path), schema)
+        SqliteStore::open_with(Path::new(path), schema, options)
     }
 
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path, schema: Arc<Schema>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, schema, &StoreOptions::default())
+    }
+
+    /// [`SqliteStore::open`] with `options`.
+    pub fn open_with(
+        path: &Path,
+        schema: Arc<Schema>,
+        options: &StoreOptions,
+    ) -> Result<SqliteStore, StoreError> {
+        let settings = Settings {
+            synchronous: options.sqlite_synchronous,
+            busy_timeout: options.acquire_timeout,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Setup(format!("{}: {e}", dir.display())))?;
         }
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "page_size", 8192)?; // only takes effect on a new database
-        configure(&conn, true)?;
+        configure(&conn, true, &settings)?;
         conn.execute_batch(SETUP)?;
         conn.execute_batch(ACTIVITY_SETUP)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -154,6 +189,7 @@ impl SqliteStore {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             tids,
+            settings,
         })
     }
 
@@ -167,7 +203,7 @@ impl SqliteStore {
             Some(c) => c,
             None => {
                 let c = Connection::open(&self.path)?;
-                configure(&c, false)?;
+                configure(&c, false, &self.settings)?;
                 c
             }
         };
@@ -553,7 +589,7 @@ impl Store for SqliteStore {
             .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let (uid, horizon) = user_row.unwrap_or((-1, 0));
-        let plan = PullPlan::new(request, horizon);
+        let plan = PullPlan::new(request, horizon, snapshot);
         let tables: Vec<&Table> = self
             .schema
             .tables()
@@ -578,6 +614,19 @@ impl Store for SqliteStore {
             }
         }
         out.flush(true)?;
+        drop(tx);
+        drop(guard);
+        if plan.ahead {
+            // A cursor from the future (the database was restored from a backup older than the cursor):
+            // the device got a replacement; now move the counter past the cursor, so that no later change
+            // gets a sequence at or below a cursor some device still holds.
+            let cursor = request.last_pulled_at.unwrap_or(0);
+            let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            conn.execute(
+                "UPDATE meta SET value = max(value, ?1) WHERE key = 'seq'",
+                [cursor],
+            )?;
+        }
         Ok(out.stats)
     }
 
