@@ -41,6 +41,16 @@ pub struct Events {
     url: Option<String>,
 }
 
+impl Drop for Events {
+    fn drop(&mut self) {
+        // A `postgres::Client` closes on a runtime of its own when dropped, which panics on a thread that
+        // drives an async runtime: close it elsewhere.
+        if let Some(client) = self.notify.take() {
+            let _ = std::thread::spawn(move || drop(client)).join();
+        }
+    }
+}
+
 impl std::fmt::Debug for Events {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Events")

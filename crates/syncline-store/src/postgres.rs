@@ -3,14 +3,14 @@
 //! Layout mirrors the SQLite store: `syncline_records` keyed by (user, table, id) with a (user, table, seq)
 //! log index, tombstones in place, per-user horizons, idempotency answers.
 //!
-//! Invariant (per user): every write transaction locks its user's row of `syncline_users` (`SELECT … FOR
+//! Invariant (per user): every write transaction locks its user's row of `syncline_sequences` (`SELECT … FOR
 //! UPDATE`) before it reads or writes anything else of that user, takes its sequence numbers after the row's
 //! `seq`, and stores the new maximum there before it commits. Writers of one user, on every instance, therefore
 //! commit in that user's sequence order, and a pull that reads the user's counter and rows in one REPEATABLE
 //! READ snapshot never misses a change (a `now()` or a database sequence would not give this: they follow
 //! start order, not commit order). Writers of different users lock different rows and never wait for each
-//! other. `syncline_meta.seq` is the old global counter, frozen by migration 2: a new user's counter starts
-//! there, so cursors issued before the migration stay valid.
+//! other. `syncline_meta.seq` is the old global counter, frozen by migration 2: a user without a row in
+//! `syncline_sequences` counts from there, so cursors issued before the migration stay valid.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -79,9 +79,20 @@ type Manager = r2d2_postgres::PostgresConnectionManager<NoTls>;
 /// The PostgreSQL store: a bounded pool of connections; any number of instances may share one database.
 pub struct PostgresStore {
     schema: Arc<Schema>,
-    pool: r2d2::Pool<Manager>,
+    /// `None` only while the store is dropped.
+    pool: Option<r2d2::Pool<Manager>>,
     max_connections: u32,
     tids: HashMap<String, i64>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // A `postgres::Client` closes on a runtime of its own when dropped, which panics on a thread that
+        // drives an async runtime (the server's last reference may go there): close the pool elsewhere.
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::spawn(move || drop(pool)).join();
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -179,7 +190,7 @@ impl PostgresStore {
             .build_unchecked(Manager::new(config, NoTls));
         Ok(PostgresStore {
             schema,
-            pool,
+            pool: Some(pool),
             max_connections,
             tids,
         })
@@ -188,10 +199,11 @@ impl PostgresStore {
     /// A pooled connection: waits up to the acquire timeout for one, then fails with
     /// [`StoreError::Busy`] (every connection in use) or [`StoreError::Unavailable`] (none can be opened).
     fn client(&self) -> Result<PooledClient, StoreError> {
-        match self.pool.get() {
+        let pool = self.pool.as_ref().expect("present until drop");
+        match pool.get() {
             Ok(conn) => Ok(PooledClient(conn)),
             Err(e) => {
-                let state = self.pool.state();
+                let state = pool.state();
                 if state.connections >= self.max_connections && state.idle_connections == 0 {
                     Err(StoreError::Busy)
                 } else {
@@ -300,9 +312,9 @@ impl RecordTx for PgRows<'_, '_> {
     }
 }
 
-/// Creates the user's row (its counter starting at the frozen global value) unless it exists.
-const INSERT_USER: &str = "INSERT INTO syncline_users (name, seq)
-     SELECT $1, value FROM syncline_meta WHERE key = 'seq' ON CONFLICT (name) DO NOTHING";
+/// Creates the user's row unless it exists.
+const INSERT_USER: &str =
+    "INSERT INTO syncline_users (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
 
 fn user_id(tx: &mut Transaction<'_>, name: &str) -> Result<i64, StoreError> {
     if let Some(row) = tx.query_opt("SELECT uid FROM syncline_users WHERE name = $1", &[&name])? {
@@ -318,19 +330,17 @@ fn user_id(tx: &mut Transaction<'_>, name: &str) -> Result<i64, StoreError> {
 /// and the counter a new user starts from.
 fn user_counter(tx: &mut Transaction<'_>, user: &str) -> Result<(i64, i64, i64), StoreError> {
     let row = tx.query_one(
-        "SELECT u.uid, u.tombstone_horizon, u.seq FROM (SELECT 1) one
-         LEFT JOIN syncline_users u ON u.name = $1",
+        "SELECT u.uid, u.tombstone_horizon, coalesce(s.seq, m.value)
+         FROM syncline_meta m LEFT JOIN syncline_users u ON u.name = $1
+         LEFT JOIN syncline_sequences s ON s.uid = u.uid
+         WHERE m.key = 'seq'",
         &[&user],
     )?;
-    Ok(match row.get::<_, Option<i64>>(0) {
-        Some(uid) => (uid, row.get(1), row.get(2)),
-        None => {
-            let base: i64 = tx
-                .query_one("SELECT value FROM syncline_meta WHERE key = 'seq'", &[])?
-                .get(0);
-            (-1, 0, base)
-        }
-    })
+    Ok((
+        row.get::<_, Option<i64>>(0).unwrap_or(-1),
+        row.get::<_, Option<i64>>(1).unwrap_or(0),
+        row.get(2),
+    ))
 }
 
 fn save_state(tx: &mut Transaction<'_>, uid: i64, state: &ImportState) -> Result<(), StoreError> {
@@ -359,19 +369,25 @@ fn begin_sequenced<'c>(
     client: &'c mut Client,
     user: &str,
 ) -> Result<(Transaction<'c>, i64, i64), StoreError> {
-    const LOCK: &str = "SELECT uid, seq FROM syncline_users WHERE name = $1 FOR UPDATE";
+    const LOCK: &str = "SELECT seq FROM syncline_sequences WHERE uid = $1 FOR UPDATE";
     let mut tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::ReadCommitted)
         .start()?;
-    let row = match tx.query_opt(LOCK, &[&user])? {
-        Some(row) => row,
+    let uid = user_id(&mut tx, user)?;
+    let seq = match tx.query_opt(LOCK, &[&uid])? {
+        Some(row) => row.get(0),
         None => {
-            tx.execute(INSERT_USER, &[&user])?;
-            tx.query_one(LOCK, &[&user])?
+            // The user's first write since the migration: its counter starts at the frozen global value.
+            tx.execute(
+                "INSERT INTO syncline_sequences (uid, seq)
+                 SELECT $1, value FROM syncline_meta WHERE key = 'seq' ON CONFLICT (uid) DO NOTHING",
+                &[&uid],
+            )?;
+            tx.query_one(LOCK, &[&uid])?.get(0)
         }
     };
-    Ok((tx, row.get(0), row.get(1)))
+    Ok((tx, uid, seq))
 }
 
 impl PostgresStore {
@@ -398,7 +414,7 @@ impl PostgresStore {
         if applied.conflicts.is_empty() {
             // Pushes also stamp the user's last push, in the same update of the row it holds locked.
             tx.execute(
-                "UPDATE syncline_users SET seq = $1, last_push_at = coalesce($3, last_push_at)
+                "UPDATE syncline_sequences SET seq = $1, last_push_at = coalesce($3, last_push_at)
                  WHERE uid = $2",
                 &[&applied.sequence, &uid, &push_at],
             )?;
@@ -663,9 +679,12 @@ impl Store for PostgresStore {
             // the device got a replacement; now move the counter past the cursor, so that no later change
             // gets a sequence at or below a cursor some device still holds.
             let cursor = request.last_pulled_at.unwrap_or(0);
-            pooled.get().execute(
-                "INSERT INTO syncline_users (name, seq) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET seq = greatest(syncline_users.seq, excluded.seq)",
+            let client = pooled.get();
+            client.execute(INSERT_USER, &[&user])?;
+            client.execute(
+                "INSERT INTO syncline_sequences AS s (uid, seq)
+                 SELECT uid, $2 FROM syncline_users WHERE name = $1
+                 ON CONFLICT (uid) DO UPDATE SET seq = greatest(s.seq, excluded.seq)",
                 &[&user, &cursor],
             )?;
         }
@@ -774,7 +793,8 @@ impl Store for PostgresStore {
                 .insert(table.name.clone(), TableStats::default());
         }
         let Some(row) = tx.query_opt(
-            "SELECT uid, last_push_at FROM syncline_users WHERE name = $1",
+            "SELECT u.uid, s.last_push_at FROM syncline_users u
+             LEFT JOIN syncline_sequences s ON s.uid = u.uid WHERE u.name = $1",
             &[&user],
         )?
         else {
@@ -801,6 +821,9 @@ impl Store for PostgresStore {
     fn record_sync(&self, user: &str, a: &SyncActivity<'_>) -> Result<(), StoreError> {
         let mut pooled = self.client()?;
         let mut tx = pooled.get().transaction()?;
+        // Dashboard counters: an OS crash may lose the last few, so this commit need not wait for the disk
+        // (a second flush per push would halve what small pushes get through on a durable cluster).
+        tx.batch_execute("SET LOCAL synchronous_commit = off")?;
         let uid = user_id(&mut tx, user)?;
         let pull = a.kind == SyncKind::Pull;
         let (pull_at, push_at) = if pull {

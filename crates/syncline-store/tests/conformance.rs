@@ -1246,7 +1246,8 @@ fn on_postgres_a_write_waits_only_for_writes_of_its_own_user() {
     let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let mut lock = holder.transaction().unwrap();
     lock.execute(
-        "SELECT 1 FROM syncline_users WHERE name = 'alice' FOR UPDATE",
+        "SELECT 1 FROM syncline_sequences s JOIN syncline_users u ON u.uid = s.uid
+         WHERE u.name = 'alice' FOR UPDATE OF s",
         &[],
     )
     .unwrap();
@@ -1293,7 +1294,7 @@ fn a_postgres_database_of_the_global_counter_layout_migrates_without_missing_a_c
         r#"
         UPDATE syncline_meta SET value = 42 WHERE key = 'seq';
         INSERT INTO syncline_tables (tid, name) VALUES (1, 'projects');
-        INSERT INTO syncline_users (uid, name) VALUES (1, 'alice'), (2, 'bob');
+        INSERT INTO syncline_users (uid, name, last_push_at) VALUES (1, 'alice', 1), (2, 'bob', NULL);
         INSERT INTO syncline_records (uid, tid, id, seq, deleted_at, data) VALUES
             (1, 1, 'a1', 40, NULL, '{"id":"a1","name":"A","user_id":""}'),
             (2, 1, 'b1', 41, NULL, '{"id":"b1","name":"B","user_id":""}'),
@@ -1304,6 +1305,8 @@ fn a_postgres_database_of_the_global_counter_layout_migrates_without_missing_a_c
     .unwrap();
     drop(old);
     let b = Backend::open(&url, None);
+    assert_eq!(b.store.user_stats("alice").unwrap().last_push_at, Some(1));
+    assert_eq!(b.store.user_stats("bob").unwrap().sequence, 42);
     // Every cursor the old server could have answered is at most 42: all stay incremental.
     for user in ["alice", "bob"] {
         let pull = b.pull_since(user, Some(42));
