@@ -47,22 +47,22 @@ impl RunningServer {
     }
 }
 
-/// Opens the store named by `config.storage.url` with `config`'s schema.
-pub fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Schema>), ServerError> {
+/// Opens the store at `url` (parsed once from `config.storage.url`) with `config`'s schema.
+pub fn open_store(
+    config: &Config,
+    url: &syncline_store::StorageUrl,
+) -> Result<(Arc<dyn Store>, Arc<Schema>), ServerError> {
     let schema = Arc::new(Schema::from_config(&config.tables)?);
-    let store = syncline_store::open_with(
-        &config.storage.url,
-        schema.clone(),
-        &config.storage.options(),
-    )?;
+    let store = syncline_store::open_at(url, schema.clone(), &config.storage.options())?;
     Ok((store, schema))
 }
 
 /// Builds the application state from a configuration.
 pub fn build_state(config: Config) -> Result<AppState, ServerError> {
     let auth = Arc::new(Authenticator::from_config(&config.auth)?);
-    let (store, schema) = open_store(&config)?;
-    let events = events::Events::for_storage(&config.storage.url)?;
+    let url: syncline_store::StorageUrl = config.storage.url.parse()?;
+    let (store, schema) = open_store(&config, &url)?;
+    let events = events::Events::for_storage(&url)?;
     // The importer writes through a store that announces its progress and counts what it imported.
     let watched = Arc::new(import_watch::WatchedStore::new(
         store.clone(),

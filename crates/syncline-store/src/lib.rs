@@ -8,12 +8,14 @@
 //! Stores are synchronous; the server calls them from blocking threads.
 
 mod apply;
+mod notify;
 mod postgres;
 mod pull;
 mod sqlite;
 
 use syncline_core::{ImportPhase, ImportState, PullRequest, WriteBatch};
 
+pub use notify::{Deliver, Notifier, notifier};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -289,14 +291,52 @@ pub fn open_with(
     schema: std::sync::Arc<syncline_core::Schema>,
     options: &StoreOptions,
 ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(PostgresStore::open_with(
-            url, schema, options,
-        )?))
-    } else {
-        Ok(std::sync::Arc::new(SqliteStore::open_url_with(
-            url, schema, options,
-        )?))
+    open_at(&url.parse()?, schema, options)
+}
+
+/// Opens the store at a parsed url with `options`.
+pub fn open_at(
+    url: &StorageUrl,
+    schema: std::sync::Arc<syncline_core::Schema>,
+    options: &StoreOptions,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(match url {
+        StorageUrl::Postgres(config) => std::sync::Arc::new(PostgresStore::open_config(
+            (**config).clone(),
+            schema,
+            options,
+        )?),
+        StorageUrl::Sqlite(path) => {
+            std::sync::Arc::new(SqliteStore::open_with(path, schema, options)?)
+        }
+    })
+}
+
+/// Where the store lives, parsed once from the configured url: `sqlite://PATH` (or `sqlite:PATH`), or
+/// `postgres://…` / `postgresql://…` (any connection string the PostgreSQL client accepts).
+#[derive(Debug, Clone)]
+pub enum StorageUrl {
+    Sqlite(std::path::PathBuf),
+    Postgres(Box<::postgres::Config>),
+}
+
+impl std::str::FromStr for StorageUrl {
+    type Err = StoreError;
+
+    fn from_str(url: &str) -> Result<StorageUrl, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let config = url
+                .parse()
+                .map_err(|e| StoreError::Setup(format!("invalid PostgreSQL url: {e}")))?;
+            return Ok(StorageUrl::Postgres(Box::new(config)));
+        }
+        match url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            Some(path) if !path.is_empty() => Ok(StorageUrl::Sqlite(path.into())),
+            _ => Err(StoreError::UnsupportedUrl(url.to_string())),
+        }
     }
 }
 

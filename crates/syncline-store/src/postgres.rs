@@ -153,6 +153,15 @@ impl PostgresStore {
         let config: postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Setup(format!("invalid PostgreSQL url: {e}")))?;
+        PostgresStore::open_config(config, schema, options)
+    }
+
+    /// [`PostgresStore::open_with`] for a parsed connection configuration.
+    pub fn open_config(
+        config: postgres::Config,
+        schema: Arc<Schema>,
+        options: &StoreOptions,
+    ) -> Result<PostgresStore, StoreError> {
         let mut client = config.connect(NoTls)?;
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;

@@ -137,11 +137,10 @@ impl SqliteStore {
         schema: Arc<Schema>,
         options: &StoreOptions,
     ) -> Result<SqliteStore, StoreError> {
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| StoreError::UnsupportedUrl(url.to_string()))?;
-        SqliteStore::open_with(Path::new(path), schema, options)
+        match url.parse()? {
+            crate::StorageUrl::Sqlite(path) => SqliteStore::open_with(&path, schema, options),
+            crate::StorageUrl::Postgres(_) => Err(StoreError::UnsupportedUrl(url.to_string())),
+        }
     }
 
     /// Opens (creating if needed) the database file at `path`.
