@@ -86,3 +86,31 @@ fn the_syncline_binary_is_the_only_binary_so_cargo_run_finds_it() {
     }
     assert_eq!(binaries, ["syncline"]);
 }
+
+/// The server knows nothing of SQL: database clients are the store's business.
+#[test]
+fn only_the_store_talks_to_databases() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sql = [
+        "postgres",
+        "rusqlite",
+        "r2d2",
+        "r2d2_postgres",
+        "tokio-postgres",
+    ];
+    for name in ["syncline-core", "syncline-import", "syncline-server"] {
+        let text = std::fs::read_to_string(crates.join(name).join("Cargo.toml")).unwrap();
+        let doc: toml::Table = toml::from_str(&text).unwrap();
+        let deps = doc
+            .get("dependencies")
+            .and_then(|d| d.as_table())
+            .cloned()
+            .unwrap_or_default();
+        for client in sql {
+            assert!(
+                !deps.contains_key(client),
+                "{name} must not depend on {client}: go through the store"
+            );
+        }
+    }
+}
