@@ -63,15 +63,12 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
     let url: syncline_store::StorageUrl = config.storage.url.parse()?;
     let (store, schema) = open_store(&config, &url)?;
     let events = events::Events::for_storage(&url)?;
-    // The importer writes through a store that announces its progress and counts what it imported.
-    let watched = Arc::new(import_watch::WatchedStore::new(
-        store.clone(),
-        events.clone(),
-    ));
+    // The importer sees only the store's import half; saved states are announced as events.
+    store.observe_imports(Arc::new(import_watch::ImportAnnouncer::new(events.clone())));
     let imports = Arc::new(
         syncline_import::Importer::from_config(
             &config.imports,
-            watched,
+            store.clone(),
             schema.clone(),
             syncline_import::system_clock(),
         )

@@ -147,8 +147,13 @@ pub struct LeaseHolder {
     pub until: i64,
 }
 
-/// A storage backend.
-pub trait Store: Send + Sync + 'static {
+/// A storage backend: every job's half. Implemented for every type that implements all three.
+pub trait Store: SyncStore + ImportStore + ActivityStore {}
+
+impl<T: SyncStore + ImportStore + ActivityStore + ?Sized> Store for T {}
+
+/// The sync half: pulls, writes (push and bulk), tombstone collection, per-user counts.
+pub trait SyncStore: Send + Sync + 'static {
     /// Streams the pull response for `user` into `sink`, from one consistent snapshot.
     fn pull(
         &self,
@@ -178,7 +183,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts for one user.
     fn user_stats(&self, user: &str) -> Result<UserStats, StoreError>;
+}
 
+/// The import half: import states, batches with their checkpoint and lease, leases, credentials. The
+/// importer sees only this.
+pub trait ImportStore: Send + Sync + 'static {
     /// The user's import states, every source (or only `source`), ordered by source, stream and phase.
     fn import_states(
         &self,
@@ -238,6 +247,39 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the user's credential for a source; whether there was one.
     fn delete_connection(&self, user: &str, source: &str) -> Result<bool, StoreError>;
 
+    /// Every user's import states, whatever their status (the admin overview), by user, source and stream.
+    fn all_import_states(&self) -> Result<Vec<(String, ImportState)>, StoreError>;
+
+    /// Registers the hook told of every import state saved from now on (by `save_import_state`, and by
+    /// `write_import` when it applied its batch), after the state committed. One hook per store; a second
+    /// call replaces nothing and returns `false`.
+    fn observe_imports(&self, observer: std::sync::Arc<dyn ImportObserver>) -> bool;
+}
+
+/// Told of import states as they are saved (the server announces them as live events). Called on the
+/// saving thread after the commit; must not block for long and cannot fail the import.
+pub trait ImportObserver: Send + Sync {
+    fn state_saved(&self, user: &str, state: &ImportState);
+}
+
+/// The hook a backend holds for [`ImportStore::observe_imports`].
+#[derive(Default)]
+pub(crate) struct ImportHook(std::sync::OnceLock<std::sync::Arc<dyn ImportObserver>>);
+
+impl ImportHook {
+    pub(crate) fn set(&self, observer: std::sync::Arc<dyn ImportObserver>) -> bool {
+        self.0.set(observer).is_ok()
+    }
+
+    pub(crate) fn saved(&self, user: &str, state: &ImportState) {
+        if let Some(observer) = self.0.get() {
+            observer.state_saved(user, state);
+        }
+    }
+}
+
+/// The activity half: what the dashboard shows about each user's syncs and imports.
+pub trait ActivityStore: Send + Sync + 'static {
     /// Counts one pull or push for the dashboard: the user's and the device's last contact, the request's
     /// records in their time bucket, rejections. A handful of upserts in one transaction, whatever the size
     /// of the request.
@@ -258,9 +300,6 @@ pub trait Store: Send + Sync + 'static {
         user: Option<&str>,
         since_ms: i64,
     ) -> Result<Vec<ActivityBucket>, StoreError>;
-
-    /// Every user's import states, whatever their status (the admin overview), by user, source and stream.
-    fn all_import_states(&self) -> Result<Vec<(String, ImportState)>, StoreError>;
 
     /// Forgets activity buckets older than `before_ms`; how many went.
     fn prune_activity(&self, before_ms: i64) -> Result<u64, StoreError>;
