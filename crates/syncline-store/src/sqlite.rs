@@ -787,63 +787,17 @@ impl ImportStore for SqliteStore {
 impl ActivityStore for SqliteStore {
     fn record_sync(&self, user: &str, a: &SyncActivity<'_>) -> Result<(), StoreError> {
         let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let uid = user_id(&tx, user)?;
-        let pull = a.kind == SyncKind::Pull;
-        let (pull_at, push_at) = if pull {
-            (Some(a.at_ms), None)
-        } else {
-            (None, Some(a.at_ms))
-        };
-        tx.prepare_cached(
-            "INSERT INTO activity_users (uid, last_pull_at, last_push_at, pulls, pushes, records_pulled,
-                 records_pushed, rejected, conflicts, last_rejection, last_rejection_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, CASE WHEN ?10 IS NOT NULL THEN ?11 END)
-             ON CONFLICT (uid) DO UPDATE SET
-                 last_pull_at = CASE WHEN excluded.last_pull_at > ifnull(last_pull_at, 0)
-                                THEN excluded.last_pull_at ELSE last_pull_at END,
-                 last_push_at = CASE WHEN excluded.last_push_at > ifnull(last_push_at, 0)
-                                THEN excluded.last_push_at ELSE last_push_at END,
-                 pulls = pulls + excluded.pulls, pushes = pushes + excluded.pushes,
-                 records_pulled = records_pulled + excluded.records_pulled,
-                 records_pushed = records_pushed + excluded.records_pushed,
-                 rejected = rejected + excluded.rejected, conflicts = conflicts + excluded.conflicts,
-                 last_rejection = ifnull(excluded.last_rejection, last_rejection),
-                 last_rejection_at = ifnull(excluded.last_rejection_at, last_rejection_at)",
-        )?
-        .execute(params![
-            uid,
-            pull_at,
-            push_at,
-            pull as i64,
-            !pull as i64,
-            if pull { a.records } else { 0 },
-            if pull { 0 } else { a.records },
-            a.rejected,
-            a.conflicts,
-            a.rejection,
-            a.at_ms
-        ])?;
-        if let Some(device) = a.device {
-            tx.prepare_cached(
-                "INSERT INTO activity_devices (uid, device, last_seen_at, last_pull_at, last_push_at, outbox_pending)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (uid, device) DO UPDATE SET
-                     last_seen_at = max(last_seen_at, excluded.last_seen_at),
-                     last_pull_at = CASE WHEN excluded.last_pull_at > ifnull(last_pull_at, 0)
-                                    THEN excluded.last_pull_at ELSE last_pull_at END,
-                     last_push_at = CASE WHEN excluded.last_push_at > ifnull(last_push_at, 0)
-                                    THEN excluded.last_push_at ELSE last_push_at END,
-                     outbox_pending = ifnull(excluded.outbox_pending, outbox_pending)",
-            )?
-            .execute(params![uid, device, a.at_ms, pull_at, push_at, a.outbox_pending])?;
+        // Dashboard counters: an OS crash may lose the last few, so this commit need not wait for the disk
+        // (the next durable commit flushes it too). Set per transaction: it is the writer's connection.
+        let durable = self.settings.synchronous != SqliteSynchronous::Normal;
+        if durable {
+            conn.pragma_update(None, "synchronous", SqliteSynchronous::Normal.pragma())?;
         }
-        if a.records > 0 {
-            let (pulled, pushed) = if pull { (a.records, 0) } else { (0, a.records) };
-            add_to_bucket(&tx, uid, a.at_ms, pushed, pulled, 0)?;
+        let result = record_sync_in(&mut conn, user, a);
+        if durable {
+            conn.pragma_update(None, "synchronous", self.settings.synchronous.pragma())?;
         }
-        tx.commit()?;
-        Ok(())
+        result
     }
 
     fn user_activity(
@@ -1172,5 +1126,70 @@ fn count_import(tx: &Transaction<'_>, uid: i64, a: &ImportActivity<'_>) -> Resul
     if rows > 0 {
         add_to_bucket(tx, uid, a.at_ms, 0, 0, rows)?;
     }
+    Ok(())
+}
+
+/// [`ActivityStore::record_sync`]'s transaction on the writer connection.
+fn record_sync_in(
+    conn: &mut Connection,
+    user: &str,
+    a: &SyncActivity<'_>,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let uid = user_id(&tx, user)?;
+    let pull = a.kind == SyncKind::Pull;
+    let (pull_at, push_at) = if pull {
+        (Some(a.at_ms), None)
+    } else {
+        (None, Some(a.at_ms))
+    };
+    tx.prepare_cached(
+        "INSERT INTO activity_users (uid, last_pull_at, last_push_at, pulls, pushes, records_pulled,
+             records_pushed, rejected, conflicts, last_rejection, last_rejection_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, CASE WHEN ?10 IS NOT NULL THEN ?11 END)
+         ON CONFLICT (uid) DO UPDATE SET
+             last_pull_at = CASE WHEN excluded.last_pull_at > ifnull(last_pull_at, 0)
+                            THEN excluded.last_pull_at ELSE last_pull_at END,
+             last_push_at = CASE WHEN excluded.last_push_at > ifnull(last_push_at, 0)
+                            THEN excluded.last_push_at ELSE last_push_at END,
+             pulls = pulls + excluded.pulls, pushes = pushes + excluded.pushes,
+             records_pulled = records_pulled + excluded.records_pulled,
+             records_pushed = records_pushed + excluded.records_pushed,
+             rejected = rejected + excluded.rejected, conflicts = conflicts + excluded.conflicts,
+             last_rejection = ifnull(excluded.last_rejection, last_rejection),
+             last_rejection_at = ifnull(excluded.last_rejection_at, last_rejection_at)",
+    )?
+    .execute(params![
+        uid,
+        pull_at,
+        push_at,
+        pull as i64,
+        !pull as i64,
+        if pull { a.records } else { 0 },
+        if pull { 0 } else { a.records },
+        a.rejected,
+        a.conflicts,
+        a.rejection,
+        a.at_ms
+    ])?;
+    if let Some(device) = a.device {
+        tx.prepare_cached(
+            "INSERT INTO activity_devices (uid, device, last_seen_at, last_pull_at, last_push_at, outbox_pending)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (uid, device) DO UPDATE SET
+                 last_seen_at = max(last_seen_at, excluded.last_seen_at),
+                 last_pull_at = CASE WHEN excluded.last_pull_at > ifnull(last_pull_at, 0)
+                                THEN excluded.last_pull_at ELSE last_pull_at END,
+                 last_push_at = CASE WHEN excluded.last_push_at > ifnull(last_push_at, 0)
+                                THEN excluded.last_push_at ELSE last_push_at END,
+                 outbox_pending = ifnull(excluded.outbox_pending, outbox_pending)",
+        )?
+        .execute(params![uid, device, a.at_ms, pull_at, push_at, a.outbox_pending])?;
+    }
+    if a.records > 0 {
+        let (pulled, pushed) = if pull { (a.records, 0) } else { (0, a.records) };
+        add_to_bucket(&tx, uid, a.at_ms, pushed, pulled, 0)?;
+    }
+    tx.commit()?;
     Ok(())
 }
