@@ -2,7 +2,7 @@
 //!
 //! A [`Source`] fetches one page of one stream from a checkpoint and classifies its failures. The
 //! [`Importer`] walks the streams of a source in their priority order, in steps bounded by a time budget:
-//! each page becomes a bulk upsert applied by [`syncline_store::Store::write_import`] together with the
+//! each page becomes a bulk upsert applied by [`syncline_store::ImportStore::write_import`] together with the
 //! checkpoint after it, so a crash loses at most the page in flight and never applies one twice. The pure
 //! state transitions live in [`syncline_core::ImportState`]; this crate does the I/O around them.
 //!

@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 use syncline_core::{
     BulkRequest, ImportPhase, ImportState, ImportStatus, Schema, WriteBatch, plan_bulk,
 };
-use syncline_store::{Lease, Store, StoreError, WriteSummary};
+use syncline_store::{ImportStore, Lease, StoreError, WriteSummary};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -96,7 +96,7 @@ struct Configured {
 
 /// The import engine of one server.
 pub struct Importer {
-    store: Arc<dyn Store>,
+    store: Arc<dyn ImportStore>,
     schema: Arc<Schema>,
     sources: BTreeMap<String, Configured>,
     sealer: Option<Sealer>,
@@ -153,7 +153,7 @@ impl Importer {
     /// Builds the engine from `[imports]`, checking every source's streams and tables against the schema.
     pub fn from_config(
         config: &ImportsConfig,
-        store: Arc<dyn Store>,
+        store: Arc<dyn ImportStore>,
         schema: Arc<Schema>,
         clock: Clock,
     ) -> Result<Importer, ImportError> {
@@ -293,7 +293,7 @@ impl Importer {
 
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&dyn ImportStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ImportError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || f(&*store))

@@ -100,12 +100,34 @@ impl ServerSection {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSection {
     pub url: String,
+    /// PostgreSQL: the most connections this instance holds open.
+    pub max_connections: u32,
+    /// PostgreSQL: how long a request waits for a free connection before it answers 503 `storage_busy`.
+    pub acquire_timeout_ms: u64,
+    /// SQLite: `full` (default; an acknowledged write survives power loss) or `normal` (survives a process
+    /// crash only; faster small writes).
+    pub sqlite_synchronous: syncline_store::SqliteSynchronous,
 }
 
 impl Default for StorageSection {
     fn default() -> Self {
+        let options = syncline_store::StoreOptions::default();
         StorageSection {
             url: "sqlite://./syncline-data/syncline.db".into(),
+            max_connections: options.max_connections,
+            acquire_timeout_ms: options.acquire_timeout.as_millis() as u64,
+            sqlite_synchronous: options.sqlite_synchronous,
+        }
+    }
+}
+
+impl StorageSection {
+    /// How the store should use its database.
+    pub fn options(&self) -> syncline_store::StoreOptions {
+        syncline_store::StoreOptions {
+            max_connections: self.max_connections,
+            acquire_timeout: std::time::Duration::from_millis(self.acquire_timeout_ms),
+            sqlite_synchronous: self.sqlite_synchronous,
         }
     }
 }

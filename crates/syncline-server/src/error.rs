@@ -120,6 +120,26 @@ impl From<StoreError> for ApiError {
                 "idempotency_key_reused",
                 "this Idempotency-Key was already used for a different request",
             ),
+            StoreError::Busy => {
+                tracing::warn!("every database connection stayed busy for the acquire timeout");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_busy",
+                    "the server is busy (every database connection is in use); nothing was applied, retry later",
+                );
+                e.retry_after = Some(1);
+                e
+            }
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "the database is unavailable");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the database is unavailable (restarting?); retry later",
+                );
+                e.retry_after = Some(5);
+                e
+            }
             other => {
                 tracing::error!(error = %other, "storage error");
                 ApiError::internal()

@@ -2,24 +2,22 @@
 //! over Server-Sent Events at `GET /v1/events`.
 //!
 //! On SQLite (one process) events go through an in-process broadcast channel. On PostgreSQL they go through
-//! `NOTIFY syncline_events` and every instance `LISTEN`s, so a client connected to any instance hears about a
-//! push that reached another one. An event is a hint to pull, never data: a missed one costs a delay until
+//! the store's notifier (`syncline_store::Notifier`: `NOTIFY`/`LISTEN`, which this module never sees), so a
+//! client connected to any instance hears about a push that reached another one. An event is a hint to pull, never data: a missed one costs a delay until
 //! the next periodic pull, nothing more.
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
-use postgres::fallible_iterator::FallibleIterator;
 use serde::{Deserialize, Serialize};
+use syncline_store::{Notifier, StorageUrl};
 use tokio::sync::broadcast;
 
 use crate::app::{AppState, User};
-
-const CHANNEL: &str = "syncline_events";
 
 /// One notification for one user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,101 +34,47 @@ pub struct Events {
     local: broadcast::Sender<Event>,
     /// Set when the server stops: open event streams end, so a graceful shutdown does not wait on them.
     closed: tokio::sync::watch::Sender<bool>,
-    /// PostgreSQL: the connection `NOTIFY` goes through (events come back through the listener).
-    notify: Option<Mutex<postgres::Client>>,
-    url: Option<String>,
+    /// Shared storage (PostgreSQL): events go to every instance through the store's notifier, and come
+    /// back, this instance's included, into `local`.
+    notifier: Option<Arc<dyn Notifier>>,
 }
 
 impl std::fmt::Debug for Events {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Events")
-            .field("shared", &self.notify.is_some())
+            .field("shared", &self.notifier.is_some())
             .finish()
     }
 }
 
 impl Events {
-    /// Events for a store url: shared through PostgreSQL for `postgres://` urls, in-process otherwise.
-    /// Call from a blocking context (it may connect to PostgreSQL).
-    pub fn for_storage(url: &str) -> Result<Arc<Events>, crate::ServerError> {
+    /// Events for the store at `url`: shared between instances when the store has a notifier, in-process
+    /// otherwise. Call from a blocking context (it may connect to the database).
+    pub fn for_storage(url: &StorageUrl) -> Result<Arc<Events>, crate::ServerError> {
         let (local, _) = broadcast::channel(1024);
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Ok(Arc::new(Events {
-                local,
-                closed: tokio::sync::watch::Sender::new(false),
-                notify: None,
-                url: None,
-            }));
-        }
-        let client = postgres::Client::connect(url, postgres::NoTls)
-            .map_err(|e| crate::ServerError::Config(format!("events connection: {e}")))?;
-        let events = Arc::new(Events {
+        let relay = local.clone();
+        let notifier = syncline_store::notifier(
+            url,
+            Box::new(move |payload| {
+                if let Ok(event) = serde_json::from_str::<Event>(payload) {
+                    let _ = relay.send(event);
+                }
+            }),
+        )?;
+        Ok(Arc::new(Events {
             local,
             closed: tokio::sync::watch::Sender::new(false),
-            notify: Some(Mutex::new(client)),
-            url: Some(url.to_string()),
-        });
-        events.clone().spawn_listener()?;
-        Ok(events)
+            notifier,
+        }))
     }
 
-    fn spawn_listener(self: Arc<Events>) -> Result<(), crate::ServerError> {
-        let url = self.url.clone().expect("only for PostgreSQL");
-        let mut client = postgres::Client::connect(&url, postgres::NoTls)
-            .map_err(|e| crate::ServerError::Config(format!("events listener: {e}")))?;
-        client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
-            .map_err(|e| crate::ServerError::Config(format!("events listener: {e}")))?;
-        let weak = Arc::downgrade(&self);
-        std::thread::Builder::new()
-            .name("syncline-events".into())
-            .spawn(move || {
-                loop {
-                    let Some(events) = weak.upgrade() else { return };
-                    let mut batch = client.notifications();
-                    let mut iter = batch.timeout_iter(Duration::from_secs(1));
-                    loop {
-                        match iter.next() {
-                            Ok(Some(n)) => {
-                                if let Ok(event) = serde_json::from_str::<Event>(n.payload()) {
-                                    let _ = events.local.send(event);
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "events listener lost its connection");
-                                drop(iter);
-                                drop(batch);
-                                std::thread::sleep(Duration::from_secs(1));
-                                match postgres::Client::connect(&url, postgres::NoTls)
-                                    .and_then(|mut c| c.batch_execute(&format!("LISTEN {CHANNEL}")).map(|_| c))
-                                {
-                                    Ok(c) => client = c,
-                                    Err(e) => tracing::warn!(error = %e, "events listener cannot reconnect yet"),
-                                }
-                                break;
-                            }
-                        }
-                    }
-                }
-            })
-            .map_err(|e| crate::ServerError::Config(format!("events listener thread: {e}")))?;
-        Ok(())
-    }
-
-    /// Publishes an event to every instance. Blocking on PostgreSQL: call from a blocking thread.
+    /// Publishes an event to every instance. Blocking with a shared store: call from a blocking thread.
     pub fn publish(&self, event: Event) {
-        match &self.notify {
-            Some(client) => {
+        match &self.notifier {
+            Some(notifier) => {
                 let payload = serde_json::to_string(&event).expect("events serialise");
-                let mut client = client.lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(e) = client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]) {
+                if let Err(e) = notifier.publish(&payload) {
                     tracing::warn!(error = %e, "could not publish an event");
-                    if let Some(url) = &self.url
-                        && let Ok(fresh) = postgres::Client::connect(url, postgres::NoTls)
-                    {
-                        *client = fresh;
-                    }
                 }
             }
             None => {

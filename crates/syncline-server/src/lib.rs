@@ -49,10 +49,13 @@ impl RunningServer {
     }
 }
 
-/// Opens the store named by `config.storage.url` with `config`'s schema.
-pub fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Schema>), ServerError> {
+/// Opens the store at `url` (parsed once from `config.storage.url`) with `config`'s schema.
+pub fn open_store(
+    config: &Config,
+    url: &syncline_store::StorageUrl,
+) -> Result<(Arc<dyn Store>, Arc<Schema>), ServerError> {
     let schema = Arc::new(Schema::from_config(&config.tables)?);
-    let store = syncline_store::open(&config.storage.url, schema.clone())?;
+    let store = syncline_store::open_at(url, schema.clone(), &config.storage.options())?;
     Ok((store, schema))
 }
 
@@ -60,17 +63,15 @@ pub fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Schema>), Serv
 pub fn build_state(config: Config) -> Result<AppState, ServerError> {
     config.server.check()?;
     let auth = Arc::new(Authenticator::from_config(&config.auth)?);
-    let (store, schema) = open_store(&config)?;
-    let events = events::Events::for_storage(&config.storage.url)?;
-    // The importer writes through a store that announces its progress and counts what it imported.
-    let watched = Arc::new(import_watch::WatchedStore::new(
-        store.clone(),
-        events.clone(),
-    ));
+    let url: syncline_store::StorageUrl = config.storage.url.parse()?;
+    let (store, schema) = open_store(&config, &url)?;
+    let events = events::Events::for_storage(&url)?;
+    // The importer sees only the store's import half; saved states are announced as events.
+    store.observe_imports(Arc::new(import_watch::ImportAnnouncer::new(events.clone())));
     let imports = Arc::new(
         syncline_import::Importer::from_config(
             &config.imports,
-            watched,
+            store.clone(),
             schema.clone(),
             syncline_import::system_clock(),
         )

@@ -27,17 +27,16 @@ struct TestServer {
 
 impl TestServer {
     async fn start(extra: &str) -> TestServer {
-        TestServer::start_on(None, extra).await
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        TestServer::start_on(&url, "", extra, dir).await
     }
 
-    /// A server on `storage` (a `postgres://` url), or on a fresh SQLite file when `None`. `extra` holds
-    /// settings of the `[server]` section (and may open further sections).
-    async fn start_on(storage: Option<String>, extra: &str) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let storage =
-            storage.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("t.db").display()));
+    /// A server on the storage at `url` (a `sqlite://` or `postgres://` url), with `storage` added to its
+    /// `[storage]` section. `extra` holds settings of the `[server]` section (and may open further sections).
+    async fn start_on(url: &str, storage: &str, extra: &str, dir: tempfile::TempDir) -> TestServer {
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{extra}\n[storage]\nurl = \"{storage}\"\n[auth]\njwt_secret = \"{SECRET}\"\n{SCHEMA}"
+            "[server]\nlisten = \"127.0.0.1:0\"\n{extra}\n[storage]\nurl = \"{url}\"\n{storage}\n[auth]\njwt_secret = \"{SECRET}\"\n{SCHEMA}"
         );
         let config = Config::from_toml(&text, []).unwrap();
         let server = syncline_server::start(config).await.unwrap();
@@ -1519,4 +1518,97 @@ async fn accounts_connect_through_a_consent_page_or_an_npsso_with_clear_refusals
         (StatusCode::CONFLICT, json!("no_consent_flow"))
     );
     server.stop().await;
+}
+
+/// PostgreSQL restarts while devices push: requests that meet the outage answer 503 `storage_unavailable`
+/// with `Retry-After` (never a 500), requests after it succeed on fresh connections, and every push that was
+/// acknowledged is there afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_answers_503_meanwhile_and_loses_nothing_acknowledged() {
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(syncline_testkit::TempPostgres::start)
+            .await
+            .unwrap(),
+    );
+    let url = tokio::task::spawn_blocking({
+        let cluster = cluster.clone();
+        move || cluster.fresh_database()
+    })
+    .await
+    .unwrap();
+    let s = Arc::new(
+        TestServer::start_on(
+            &url,
+            "acquire_timeout_ms = 500",
+            "",
+            tempfile::tempdir().unwrap(),
+        )
+        .await,
+    );
+    let restarted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut pushers = Vec::new();
+    for w in 0..4 {
+        let (s, restarted) = (s.clone(), restarted.clone());
+        pushers.push(tokio::spawn(async move {
+            let (mut acknowledged, mut unavailable, mut after) = (Vec::new(), 0, 0);
+            let token = s.token("alice");
+            for i in 0.. {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the server never recovered"
+                );
+                let id = format!("w{w}-{i}");
+                let body = json!({"lastPulledAt": 0, "changes": projects(&[(&id, "x")])});
+                let response = s
+                    .http
+                    .post(format!("{}/v1/sync/push", s.url))
+                    .bearer_auth(&token)
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let retry_after = response.headers().get("retry-after").cloned();
+                let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+                if status == StatusCode::OK {
+                    acknowledged.push(id);
+                    if restarted.load(std::sync::atomic::Ordering::SeqCst) {
+                        after += 1;
+                        if after == 20 {
+                            return (acknowledged, unavailable);
+                        }
+                    }
+                } else {
+                    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+                    assert_eq!(body["code"], "storage_unavailable", "{body}");
+                    assert!(retry_after.is_some(), "503 without Retry-After");
+                    unavailable += 1;
+                }
+            }
+            unreachable!()
+        }));
+    }
+    // Let the pushers get going, then restart the cluster under them, down for a second.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tokio::task::spawn_blocking({
+        let cluster = cluster.clone();
+        move || cluster.restart(|| std::thread::sleep(std::time::Duration::from_secs(1)))
+    })
+    .await
+    .unwrap();
+    restarted.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut acknowledged = HashSet::new();
+    let mut unavailable = 0;
+    for p in pushers {
+        let (acks, n) = p.await.unwrap();
+        acknowledged.extend(acks);
+        unavailable += n;
+    }
+    assert!(unavailable > 0, "no request met the outage");
+    let seen: HashSet<String> = ids(&s.pull("alice", None).await, "projects")
+        .into_iter()
+        .collect();
+    let lost: Vec<_> = acknowledged.difference(&seen).collect();
+    assert!(lost.is_empty(), "acknowledged pushes lost: {lost:?}");
 }

@@ -8,12 +8,14 @@
 //! Stores are synchronous; the server calls them from blocking threads.
 
 mod apply;
+mod notify;
 mod postgres;
 mod pull;
 mod sqlite;
 
 use syncline_core::{ImportPhase, ImportState, PullRequest, WriteBatch};
 
+pub use notify::{Deliver, Notifier, notifier};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -22,17 +24,36 @@ pub use sqlite::SqliteStore;
 #[non_exhaustive]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error("database error: {0}")]
     Postgres(String),
     #[error("the reader went away before the response was complete")]
     Aborted,
     #[error("the idempotency key was already used for a different request")]
     IdempotencyKeyReused,
+    /// Every database connection of this instance stayed in use for the whole acquire timeout.
+    #[error("every database connection is in use")]
+    Busy,
+    /// The database cannot be reached (restarting, shut down, or the connection dropped).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("unsupported storage url `{0}`: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
     #[error("could not prepare the database: {0}")]
     Setup(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        // Another connection (a backup tool, a second process) held the write lock for the whole busy
+        // timeout: the same answer as a pool with no free connection.
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy
+            }
+            _ => StoreError::Sqlite(e),
+        }
+    }
 }
 
 /// Where pull output goes: chunks of JSON text, in order. An error stops the pull.
@@ -126,8 +147,13 @@ pub struct LeaseHolder {
     pub until: i64,
 }
 
-/// A storage backend.
-pub trait Store: Send + Sync + 'static {
+/// A storage backend: every job's half. Implemented for every type that implements all three.
+pub trait Store: SyncStore + ImportStore + ActivityStore {}
+
+impl<T: SyncStore + ImportStore + ActivityStore + ?Sized> Store for T {}
+
+/// The sync half: pulls, writes (push and bulk), tombstone collection, per-user counts.
+pub trait SyncStore: Send + Sync + 'static {
     /// Streams the pull response for `user` into `sink`, from one consistent snapshot.
     fn pull(
         &self,
@@ -157,7 +183,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts for one user.
     fn user_stats(&self, user: &str) -> Result<UserStats, StoreError>;
+}
 
+/// The import half: import states, batches with their checkpoint and lease, leases, credentials. The
+/// importer sees only this.
+pub trait ImportStore: Send + Sync + 'static {
     /// The user's import states, every source (or only `source`), ordered by source, stream and phase.
     fn import_states(
         &self,
@@ -217,6 +247,39 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the user's credential for a source; whether there was one.
     fn delete_connection(&self, user: &str, source: &str) -> Result<bool, StoreError>;
 
+    /// Every user's import states, whatever their status (the admin overview), by user, source and stream.
+    fn all_import_states(&self) -> Result<Vec<(String, ImportState)>, StoreError>;
+
+    /// Registers the hook told of every import state saved from now on (by `save_import_state`, and by
+    /// `write_import` when it applied its batch), after the state committed. One hook per store; a second
+    /// call replaces nothing and returns `false`.
+    fn observe_imports(&self, observer: std::sync::Arc<dyn ImportObserver>) -> bool;
+}
+
+/// Told of import states as they are saved (the server announces them as live events). Called on the
+/// saving thread after the commit; must not block for long and cannot fail the import.
+pub trait ImportObserver: Send + Sync {
+    fn state_saved(&self, user: &str, state: &ImportState);
+}
+
+/// The hook a backend holds for [`ImportStore::observe_imports`].
+#[derive(Default)]
+pub(crate) struct ImportHook(std::sync::OnceLock<std::sync::Arc<dyn ImportObserver>>);
+
+impl ImportHook {
+    pub(crate) fn set(&self, observer: std::sync::Arc<dyn ImportObserver>) -> bool {
+        self.0.set(observer).is_ok()
+    }
+
+    pub(crate) fn saved(&self, user: &str, state: &ImportState) {
+        if let Some(observer) = self.0.get() {
+            observer.state_saved(user, state);
+        }
+    }
+}
+
+/// The activity half: what the dashboard shows about each user's syncs and imports.
+pub trait ActivityStore: Send + Sync + 'static {
     /// Counts one pull or push for the dashboard: the user's and the device's last contact, the request's
     /// records in their time bucket, rejections. A handful of upserts in one transaction, whatever the size
     /// of the request.
@@ -238,9 +301,6 @@ pub trait Store: Send + Sync + 'static {
         since_ms: i64,
     ) -> Result<Vec<ActivityBucket>, StoreError>;
 
-    /// Every user's import states, whatever their status (the admin overview), by user, source and stream.
-    fn all_import_states(&self) -> Result<Vec<(String, ImportState)>, StoreError>;
-
     /// Forgets activity buckets older than `before_ms`; how many went.
     fn prune_activity(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
@@ -255,15 +315,111 @@ pub(crate) fn state_from_json(text: &str) -> Result<ImportState, StoreError> {
         .map_err(|e| StoreError::Setup(format!("unreadable import state: {e}")))
 }
 
-/// Opens the store a url names: `sqlite://PATH` (embedded) or `postgres://…` / `postgresql://…`.
+/// Opens the store a url names: `sqlite://PATH` (embedded) or `postgres://…` / `postgresql://…`, with the
+/// default [`StoreOptions`].
 pub fn open(
     url: &str,
     schema: std::sync::Arc<syncline_core::Schema>,
 ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(PostgresStore::open(url, schema)?))
-    } else {
-        Ok(std::sync::Arc::new(SqliteStore::open_url(url, schema)?))
+    open_with(url, schema, &StoreOptions::default())
+}
+
+/// Opens the store a url names with `options`.
+pub fn open_with(
+    url: &str,
+    schema: std::sync::Arc<syncline_core::Schema>,
+    options: &StoreOptions,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    open_at(&url.parse()?, schema, options)
+}
+
+/// Opens the store at a parsed url with `options`.
+pub fn open_at(
+    url: &StorageUrl,
+    schema: std::sync::Arc<syncline_core::Schema>,
+    options: &StoreOptions,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(match url {
+        StorageUrl::Postgres(config) => std::sync::Arc::new(PostgresStore::open_config(
+            (**config).clone(),
+            schema,
+            options,
+        )?),
+        StorageUrl::Sqlite(path) => {
+            std::sync::Arc::new(SqliteStore::open_with(path, schema, options)?)
+        }
+    })
+}
+
+/// Where the store lives, parsed once from the configured url: `sqlite://PATH` (or `sqlite:PATH`), or
+/// `postgres://…` / `postgresql://…` (any connection string the PostgreSQL client accepts).
+#[derive(Debug, Clone)]
+pub enum StorageUrl {
+    Sqlite(std::path::PathBuf),
+    Postgres(Box<::postgres::Config>),
+}
+
+impl std::str::FromStr for StorageUrl {
+    type Err = StoreError;
+
+    fn from_str(url: &str) -> Result<StorageUrl, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let config = url
+                .parse()
+                .map_err(|e| StoreError::Setup(format!("invalid PostgreSQL url: {e}")))?;
+            return Ok(StorageUrl::Postgres(Box::new(config)));
+        }
+        match url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            Some(path) if !path.is_empty() => Ok(StorageUrl::Sqlite(path.into())),
+            _ => Err(StoreError::UnsupportedUrl(url.to_string())),
+        }
+    }
+}
+
+/// How a store uses its database. Each backend reads the fields that concern it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// PostgreSQL: the most connections this instance holds open at once.
+    pub max_connections: u32,
+    /// How long a request waits for a free connection (PostgreSQL) or for the database's write lock held by
+    /// another process (SQLite) before it fails with [`StoreError::Busy`].
+    pub acquire_timeout: std::time::Duration,
+    /// SQLite: how hard a commit waits for the disk.
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            max_connections: 16,
+            acquire_timeout: std::time::Duration::from_secs(5),
+            sqlite_synchronous: SqliteSynchronous::Full,
+        }
+    }
+}
+
+/// SQLite's `synchronous` setting for its WAL journal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    /// Every commit reaches the disk before it is acknowledged: an acknowledged write survives power loss
+    /// and OS crashes.
+    #[default]
+    Full,
+    /// Commits reach the disk at WAL checkpoints: survives a crash of the process, but the last
+    /// acknowledged transactions may be lost on power loss or an OS crash. Faster for small writes.
+    Normal,
+}
+
+impl SqliteSynchronous {
+    pub(crate) fn pragma(self) -> &'static str {
+        match self {
+            SqliteSynchronous::Full => "FULL",
+            SqliteSynchronous::Normal => "NORMAL",
+        }
     }
 }
 

@@ -3,14 +3,17 @@
 //! Layout mirrors the SQLite store: `syncline_records` keyed by (user, table, id) with a (user, table, seq)
 //! log index, tombstones in place, per-user horizons, idempotency answers.
 //!
-//! Invariant: every write transaction locks the `seq` row of `syncline_meta` (`SELECT … FOR UPDATE`) before it
-//! reads or writes anything else, takes its sequence numbers after that value, and stores the new maximum
-//! before it commits. Writers on every instance therefore commit in sequence order, and a pull that reads the
-//! counter and the rows in one REPEATABLE READ snapshot never misses a change (a `now()` or a database
-//! sequence would not give this: they follow start order, not commit order).
+//! Invariant (per user): every write transaction locks its user's row of `syncline_sequences` (`SELECT … FOR
+//! UPDATE`) before it reads or writes anything else of that user, takes its sequence numbers after the row's
+//! `seq`, and stores the new maximum there before it commits. Writers of one user, on every instance, therefore
+//! commit in that user's sequence order, and a pull that reads the user's counter and rows in one REPEATABLE
+//! READ snapshot never misses a change (a `now()` or a database sequence would not give this: they follow
+//! start order, not commit order). Writers of different users lock different rows and never wait for each
+//! other. `syncline_meta.seq` is the old global counter, frozen by migration 2: a user without a row in
+//! `syncline_sequences` counts from there, so cursors issued before the migration stay valid.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use postgres::{Client, IsolationLevel, NoTls, Transaction};
 use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
@@ -18,10 +21,10 @@ use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
 use crate::apply::{Existing, NewRow, RecordTx, apply};
 use crate::pull::{LogRow, Output, PullPlan, live_rows_filter, write_page};
 use crate::{
-    ActivityBucket, DeviceActivity, GcStats, IdempotencyKey, ImportActivity, ImportOutcome, Lease,
-    LeaseHolder, PullSink, PullStats, Store, StoreError, SyncActivity, SyncKind, TableStats,
-    UserActivity, UserStats, WriteOutcome, WriteSummary, activity_bucket, state_from_json,
-    state_json,
+    ActivityBucket, ActivityStore, DeviceActivity, GcStats, IdempotencyKey, ImportActivity,
+    ImportOutcome, ImportStore, Lease, LeaseHolder, PullSink, PullStats, StoreError, StoreOptions,
+    SyncActivity, SyncKind, SyncStore, TableStats, UserActivity, UserStats, WriteOutcome,
+    WriteSummary, activity_bucket, state_from_json, state_json,
 };
 
 /// Rows fetched per round trip when a pull streams a table.
@@ -30,68 +33,67 @@ const FETCH_ROWS: i32 = 5_000;
 /// An arbitrary constant: the advisory lock that serialises migrations of concurrently starting instances.
 const MIGRATION_LOCK: i64 = 0x5359_4e43_4c49_4e45;
 
-const MIGRATIONS: &str = "
-CREATE TABLE IF NOT EXISTS syncline_meta (key text PRIMARY KEY, value bigint NOT NULL);
-INSERT INTO syncline_meta (key, value) VALUES ('seq', 1), ('layout_version', 1) ON CONFLICT (key) DO NOTHING;
-CREATE TABLE IF NOT EXISTS syncline_users (
-    uid bigserial PRIMARY KEY,
-    name text NOT NULL UNIQUE,
-    tombstone_horizon bigint NOT NULL DEFAULT 0,
-    last_push_at bigint
-);
-CREATE TABLE IF NOT EXISTS syncline_tables (tid serial PRIMARY KEY, name text NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS syncline_records (
-    uid bigint NOT NULL,
-    tid integer NOT NULL,
-    id text NOT NULL,
-    seq bigint NOT NULL,
-    deleted_at bigint,
-    data text,
-    PRIMARY KEY (uid, tid, id)
-);
-CREATE INDEX IF NOT EXISTS syncline_records_log ON syncline_records (uid, tid, seq);
-CREATE INDEX IF NOT EXISTS syncline_records_tombstones ON syncline_records (deleted_at) WHERE deleted_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS syncline_idempotency (
-    uid bigint NOT NULL,
-    key text NOT NULL,
-    request_hash bytea NOT NULL,
-    response text NOT NULL,
-    created_at bigint NOT NULL,
-    PRIMARY KEY (uid, key)
-);
-CREATE TABLE IF NOT EXISTS syncline_import_states (
-    uid bigint NOT NULL,
-    source text NOT NULL,
-    stream text NOT NULL,
-    phase text NOT NULL,
-    status text NOT NULL,
-    generation bigint NOT NULL,
-    state text NOT NULL,
-    PRIMARY KEY (uid, source, stream, phase)
-);
-ALTER TABLE syncline_import_states DROP COLUMN IF EXISTS lease_owner, DROP COLUMN IF EXISTS lease_until;
-CREATE TABLE IF NOT EXISTS syncline_import_leases (
-    uid bigint NOT NULL,
-    source text NOT NULL,
-    owner text NOT NULL,
-    until bigint NOT NULL,
-    PRIMARY KEY (uid, source)
-);
-CREATE INDEX IF NOT EXISTS syncline_import_states_status ON syncline_import_states (status);
-CREATE TABLE IF NOT EXISTS syncline_connections (
-    uid bigint NOT NULL,
-    source text NOT NULL,
-    sealed bytea NOT NULL,
-    PRIMARY KEY (uid, source)
-);
-";
+/// The migrations, in the order they are applied; each is applied once and recorded in
+/// `syncline_migrations` with its version.
+const MIGRATIONS: [(i32, &str, &str); 2] = [
+    (
+        1,
+        "initial",
+        include_str!("../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "per_user_sequence",
+        include_str!("../migrations/postgres/0002_per_user_sequence.sql"),
+    ),
+];
 
-/// The PostgreSQL store: a small pool of connections; any number of instances may share one database.
+/// Applies the migrations not recorded yet, in order, each in the caller's transaction (which holds the
+/// migration lock).
+fn migrate(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS syncline_migrations (
+             version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+    )?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM syncline_migrations", &[])?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(&version) {
+            continue;
+        }
+        tx.batch_execute(sql)
+            .map_err(|e| StoreError::Setup(format!("migration {version} ({name}): {e}")))?;
+        tx.execute(
+            "INSERT INTO syncline_migrations (version, name) VALUES ($1, $2)",
+            &[&version, &name],
+        )?;
+    }
+    Ok(())
+}
+
+type Manager = r2d2_postgres::PostgresConnectionManager<NoTls>;
+
+/// The PostgreSQL store: a bounded pool of connections; any number of instances may share one database.
 pub struct PostgresStore {
-    url: String,
     schema: Arc<Schema>,
-    pool: Mutex<Vec<Client>>,
+    /// `None` only while the store is dropped.
+    pool: Option<r2d2::Pool<Manager>>,
+    max_connections: u32,
     tids: HashMap<String, i64>,
+    import_hook: crate::ImportHook,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // A `postgres::Client` closes on a runtime of its own when dropped, which panics on a thread that
+        // drives an async runtime (the server's last reference may go there): close the pool elsewhere.
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::spawn(move || drop(pool)).join();
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -102,18 +104,69 @@ impl std::fmt::Debug for PostgresStore {
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> StoreError {
-        StoreError::Postgres(e.to_string())
+        if lost_connection(&e) {
+            return StoreError::Unavailable(e.to_string());
+        }
+        match e.as_db_error() {
+            Some(db) => StoreError::Postgres(format!("{} ({})", db.message(), db.code().code())),
+            None => StoreError::Postgres(e.to_string()),
+        }
+    }
+}
+
+/// Whether `e` says the database went away (restart, shutdown, network) rather than refused a statement.
+fn lost_connection(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.as_db_error() {
+        // Class 08: connection exception; 57P0x: the server is shutting down, crashed, or is starting up.
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || code.starts_with("57P")
+        }
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
+
+/// Logs what the pool meets while it opens connections in the background (it retries by itself).
+#[derive(Debug)]
+struct LogPoolErrors;
+
+impl r2d2::HandleError<postgres::Error> for LogPoolErrors {
+    fn handle_error(&self, error: postgres::Error) {
+        tracing::warn!(%error, "opening a PostgreSQL connection failed");
     }
 }
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://…`), applies the migrations and registers the schema's tables.
     pub fn open(url: &str, schema: Arc<Schema>) -> Result<PostgresStore, StoreError> {
-        let mut client = Client::connect(url, NoTls)?;
+        PostgresStore::open_with(url, schema, &StoreOptions::default())
+    }
+
+    /// [`PostgresStore::open`] with `options` (the pool's size and acquire timeout).
+    pub fn open_with(
+        url: &str,
+        schema: Arc<Schema>,
+        options: &StoreOptions,
+    ) -> Result<PostgresStore, StoreError> {
+        let config: postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Setup(format!("invalid PostgreSQL url: {e}")))?;
+        PostgresStore::open_config(config, schema, options)
+    }
+
+    /// [`PostgresStore::open_with`] for a parsed connection configuration.
+    pub fn open_config(
+        config: postgres::Config,
+        schema: Arc<Schema>,
+        options: &StoreOptions,
+    ) -> Result<PostgresStore, StoreError> {
+        let mut client = config.connect(NoTls)?;
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-        tx.batch_execute(MIGRATIONS)?;
-        tx.batch_execute(ACTIVITY_MIGRATIONS)?;
+        migrate(&mut tx)?;
         let mut tids = HashMap::new();
         for table in schema.tables() {
             tx.execute(
@@ -129,24 +182,46 @@ impl PostgresStore {
             tids.insert(table.name.clone(), tid as i64);
         }
         tx.commit()?;
+        drop(client);
+        let max_connections = options.max_connections.max(1);
+        // Connections are checked (an empty query) as they leave the pool, so one that died with a database
+        // restart is replaced before a request uses it; broken ones are dropped when they come back.
+        let pool = r2d2::Pool::builder()
+            .max_size(max_connections)
+            .min_idle(Some(0))
+            .connection_timeout(
+                options
+                    .acquire_timeout
+                    .max(std::time::Duration::from_millis(1)),
+            )
+            .idle_timeout(Some(std::time::Duration::from_secs(300)))
+            .test_on_check_out(true)
+            .error_handler(Box::new(LogPoolErrors))
+            .build_unchecked(Manager::new(config, NoTls));
         Ok(PostgresStore {
-            url: url.to_string(),
             schema,
-            pool: Mutex::new(vec![client]),
+            pool: Some(pool),
+            max_connections,
             tids,
+            import_hook: crate::ImportHook::default(),
         })
     }
 
-    fn client(&self) -> Result<PooledClient<'_>, StoreError> {
-        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let client = match pooled {
-            Some(c) if !c.is_closed() => c,
-            _ => Client::connect(&self.url, NoTls)?,
-        };
-        Ok(PooledClient {
-            store: self,
-            client: Some(client),
-        })
+    /// A pooled connection: waits up to the acquire timeout for one, then fails with
+    /// [`StoreError::Busy`] (every connection in use) or [`StoreError::Unavailable`] (none can be opened).
+    fn client(&self) -> Result<PooledClient, StoreError> {
+        let pool = self.pool.as_ref().expect("present until drop");
+        match pool.get() {
+            Ok(conn) => Ok(PooledClient(conn)),
+            Err(e) => {
+                let state = pool.state();
+                if state.connections >= self.max_connections && state.idle_connections == 0 {
+                    Err(StoreError::Busy)
+                } else {
+                    Err(StoreError::Unavailable(e.to_string()))
+                }
+            }
+        }
     }
 
     fn tid(&self, table: &str) -> i64 {
@@ -154,27 +229,11 @@ impl PostgresStore {
     }
 }
 
-struct PooledClient<'a> {
-    store: &'a PostgresStore,
-    client: Option<Client>,
-}
+struct PooledClient(r2d2::PooledConnection<Manager>);
 
-impl PooledClient<'_> {
+impl PooledClient {
     fn get(&mut self) -> &mut Client {
-        self.client.as_mut().expect("present until drop")
-    }
-}
-
-impl Drop for PooledClient<'_> {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take()
-            && !client.is_closed()
-        {
-            let mut pool = self.store.pool.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.len() < 16 {
-                pool.push(client);
-            }
-        }
+        &mut self.0
     }
 }
 
@@ -264,17 +323,35 @@ impl RecordTx for PgRows<'_, '_> {
     }
 }
 
+/// Creates the user's row unless it exists.
+const INSERT_USER: &str =
+    "INSERT INTO syncline_users (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
+
 fn user_id(tx: &mut Transaction<'_>, name: &str) -> Result<i64, StoreError> {
     if let Some(row) = tx.query_opt("SELECT uid FROM syncline_users WHERE name = $1", &[&name])? {
         return Ok(row.get(0));
     }
-    tx.execute(
-        "INSERT INTO syncline_users (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-        &[&name],
-    )?;
+    tx.execute(INSERT_USER, &[&name])?;
     Ok(tx
         .query_one("SELECT uid FROM syncline_users WHERE name = $1", &[&name])?
         .get(0))
+}
+
+/// The user's uid, tombstone horizon and change counter; for a user without a row, no uid (-1), no horizon
+/// and the counter a new user starts from.
+fn user_counter(tx: &mut Transaction<'_>, user: &str) -> Result<(i64, i64, i64), StoreError> {
+    let row = tx.query_one(
+        "SELECT u.uid, u.tombstone_horizon, coalesce(s.seq, m.value)
+         FROM syncline_meta m LEFT JOIN syncline_users u ON u.name = $1
+         LEFT JOIN syncline_sequences s ON s.uid = u.uid
+         WHERE m.key = 'seq'",
+        &[&user],
+    )?;
+    Ok((
+        row.get::<_, Option<i64>>(0).unwrap_or(-1),
+        row.get::<_, Option<i64>>(1).unwrap_or(0),
+        row.get(2),
+    ))
 }
 
 fn save_state(tx: &mut Transaction<'_>, uid: i64, state: &ImportState) -> Result<(), StoreError> {
@@ -296,25 +373,37 @@ fn save_state(tx: &mut Transaction<'_>, uid: i64, state: &ImportState) -> Result
     Ok(())
 }
 
-/// Starts a write transaction holding the counter row lock until commit: writers of every instance then
-/// commit in sequence order. Returns the transaction and the sequence before it.
-fn begin_sequenced(client: &mut Client) -> Result<(Transaction<'_>, i64), StoreError> {
+/// Starts a write transaction for `user` holding the lock on the user's counter row until commit: the user's
+/// writers on every instance then commit in sequence order, and other users' writers are not held up.
+/// Returns the transaction, the user's uid and the user's sequence before the write.
+fn begin_sequenced<'c>(
+    client: &'c mut Client,
+    user: &str,
+) -> Result<(Transaction<'c>, i64, i64), StoreError> {
+    const LOCK: &str = "SELECT seq FROM syncline_sequences WHERE uid = $1 FOR UPDATE";
     let mut tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::ReadCommitted)
         .start()?;
-    let start: i64 = tx
-        .query_one(
-            "SELECT value FROM syncline_meta WHERE key = 'seq' FOR UPDATE",
-            &[],
-        )?
-        .get(0);
-    Ok((tx, start))
+    let uid = user_id(&mut tx, user)?;
+    let seq = match tx.query_opt(LOCK, &[&uid])? {
+        Some(row) => row.get(0),
+        None => {
+            // The user's first write since the migration: its counter starts at the frozen global value.
+            tx.execute(
+                "INSERT INTO syncline_sequences (uid, seq)
+                 SELECT $1, value FROM syncline_meta WHERE key = 'seq' ON CONFLICT (uid) DO NOTHING",
+                &[&uid],
+            )?;
+            tx.query_one(LOCK, &[&uid])?.get(0)
+        }
+    };
+    Ok((tx, uid, seq))
 }
 
 impl PostgresStore {
-    /// Applies `batch` after `start` and stores the new maximum in the counter, inside a transaction from
-    /// [`begin_sequenced`]. A batch with conflicts leaves the counter alone (the caller rolls back).
+    /// Applies `batch` after `start` and stores the new maximum in the user's counter, inside a transaction
+    /// from [`begin_sequenced`]. A batch with conflicts leaves the counter alone (the caller rolls back).
     fn apply_sequenced(
         &self,
         tx: &mut Transaction<'_>,
@@ -322,6 +411,7 @@ impl PostgresStore {
         start: i64,
         now_ms: i64,
         batch: &WriteBatch<'_>,
+        push_at: Option<i64>,
     ) -> Result<crate::apply::Applied, StoreError> {
         let applied = apply(
             &mut PgRows { tx },
@@ -333,16 +423,221 @@ impl PostgresStore {
             batch,
         )?;
         if applied.conflicts.is_empty() {
+            // Pushes also stamp the user's last push, in the same update of the row it holds locked.
             tx.execute(
-                "UPDATE syncline_meta SET value = $1 WHERE key = 'seq'",
-                &[&applied.sequence],
+                "UPDATE syncline_sequences SET seq = $1, last_push_at = coalesce($3, last_push_at)
+                 WHERE uid = $2",
+                &[&applied.sequence, &uid, &push_at],
             )?;
         }
         Ok(applied)
     }
 }
 
-impl Store for PostgresStore {
+impl SyncStore for PostgresStore {
+    fn pull(
+        &self,
+        user: &str,
+        request: &PullRequest,
+        sink: &mut dyn PullSink,
+    ) -> Result<PullStats, StoreError> {
+        let mut pooled = self.client()?;
+        let mut tx = pooled
+            .get()
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        // The first statement fixes the snapshot: the counter and every row below come from the same one.
+        let (uid, horizon, snapshot) = user_counter(&mut tx, user)?;
+        let plan = PullPlan::new(request, horizon, snapshot);
+        let tables: Vec<&Table> = self
+            .schema
+            .tables()
+            .filter(|t| t.visible_at(request.schema_version))
+            .collect();
+        let mut out = Output::new(sink, plan.replacement);
+        match plan.limit {
+            Some(limit) => {
+                let sql = if plan.first {
+                    "SELECT seq, id, data FROM syncline_records WHERE uid = $1 AND tid = $2 AND seq > $3 AND deleted_at IS NULL ORDER BY seq LIMIT $4"
+                } else {
+                    "SELECT seq, id, data FROM syncline_records WHERE uid = $1 AND tid = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+                };
+                let mut cursors: Vec<Box<dyn Iterator<Item = Result<LogRow, StoreError>>>> =
+                    Vec::new();
+                for table in &tables {
+                    let tid = self.tid(&table.name) as i32;
+                    let rows = tx.query(sql, &[&uid, &tid, &plan.since, &((limit + 1) as i64)])?;
+                    let rows: Vec<LogRow> = rows
+                        .iter()
+                        .map(|r| (r.get(0), r.get(1), r.get(2)))
+                        .collect();
+                    cursors.push(Box::new(rows.into_iter().map(Ok)));
+                }
+                let has_more = write_page(&tables, cursors, limit, &mut out)?;
+                out.writer.finish(
+                    has_more.unwrap_or(snapshot),
+                    Some(has_more.is_some()),
+                    false,
+                );
+            }
+            None => {
+                for table in &tables {
+                    self.pull_table(&mut tx, uid, table, plan, request, &mut out)?;
+                }
+                out.writer
+                    .finish(snapshot, request.limit.map(|_| false), plan.replacement);
+            }
+        }
+        out.flush(true)?;
+        tx.commit()?;
+        if plan.ahead {
+            // A cursor from the future (the database was restored from a backup older than the cursor):
+            // the device got a replacement; now move the counter past the cursor, so that no later change
+            // gets a sequence at or below a cursor some device still holds.
+            let cursor = request.last_pulled_at.unwrap_or(0);
+            let client = pooled.get();
+            client.execute(INSERT_USER, &[&user])?;
+            client.execute(
+                "INSERT INTO syncline_sequences AS s (uid, seq)
+                 SELECT uid, $2 FROM syncline_users WHERE name = $1
+                 ON CONFLICT (uid) DO UPDATE SET seq = greatest(s.seq, excluded.seq)",
+                &[&user, &cursor],
+            )?;
+        }
+        Ok(out.stats)
+    }
+
+    fn write(
+        &self,
+        user: &str,
+        batch: &WriteBatch<'_>,
+        idempotency: Option<&IdempotencyKey>,
+        now_ms: i64,
+        respond: &dyn Fn(&WriteSummary) -> String,
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut pooled = self.client()?;
+        let (mut tx, uid, start) = begin_sequenced(pooled.get(), user)?;
+        if let Some(key) = idempotency {
+            let seen = tx.query_opt(
+                "SELECT request_hash, response FROM syncline_idempotency WHERE uid = $1 AND key = $2",
+                &[&uid, &key.key],
+            )?;
+            if let Some(row) = seen {
+                let hash: Vec<u8> = row.get(0);
+                return if hash == key.request_hash {
+                    Ok(WriteOutcome::Replayed {
+                        response: row.get(1),
+                    })
+                } else {
+                    Err(StoreError::IdempotencyKeyReused)
+                };
+            }
+        }
+        let applied = self.apply_sequenced(&mut tx, uid, start, now_ms, batch, Some(now_ms))?;
+        if !applied.conflicts.is_empty() {
+            tx.rollback()?;
+            return Ok(WriteOutcome::Conflict {
+                conflicts: applied.conflicts,
+            });
+        }
+        let summary = WriteSummary {
+            counts: applied.counts,
+            sequence: applied.sequence,
+        };
+        let response = respond(&summary);
+        if let Some(key) = idempotency {
+            tx.execute(
+                "INSERT INTO syncline_idempotency (uid, key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5)",
+                &[&uid, &key.key, &&key.request_hash[..], &response, &now_ms],
+            )?;
+        }
+        tx.commit()?;
+        Ok(WriteOutcome::Applied { summary, response })
+    }
+
+    fn collect_garbage(
+        &self,
+        tombstone_cutoff_ms: i64,
+        idempotency_cutoff_ms: i64,
+    ) -> Result<GcStats, StoreError> {
+        let mut pooled = self.client()?;
+        let mut tx = pooled.get().transaction()?;
+        // One statement removes the tombstones and raises each user's horizon to the highest sequence it
+        // removed, so no pull can see one without the other. It locks only the rows of users who had
+        // tombstones to collect, never a global row.
+        let tombstones: i64 = tx
+            .query_one(
+                "WITH gone AS (
+                     DELETE FROM syncline_records WHERE deleted_at IS NOT NULL AND deleted_at < $1
+                     RETURNING uid, seq),
+                 raised AS (
+                     UPDATE syncline_users u SET tombstone_horizon = greatest(u.tombstone_horizon, h.horizon)
+                     FROM (SELECT uid, max(seq) AS horizon FROM gone GROUP BY uid) h
+                     WHERE u.uid = h.uid RETURNING 1)
+                 SELECT count(*) FROM gone",
+                &[&tombstone_cutoff_ms],
+            )?
+            .get(0);
+        let tombstones = tombstones as u64;
+        let idempotency_keys = tx.execute(
+            "DELETE FROM syncline_idempotency WHERE created_at < $1",
+            &[&idempotency_cutoff_ms],
+        )?;
+        tx.commit()?;
+        Ok(GcStats {
+            tombstones,
+            idempotency_keys,
+        })
+    }
+
+    fn user_stats(&self, user: &str) -> Result<UserStats, StoreError> {
+        let mut pooled = self.client()?;
+        let mut tx = pooled
+            .get()
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let (_, _, sequence) = user_counter(&mut tx, user)?;
+        let mut stats = UserStats {
+            sequence,
+            ..Default::default()
+        };
+        for table in self.schema.tables() {
+            stats
+                .tables
+                .insert(table.name.clone(), TableStats::default());
+        }
+        let Some(row) = tx.query_opt(
+            "SELECT u.uid, s.last_push_at FROM syncline_users u
+             LEFT JOIN syncline_sequences s ON s.uid = u.uid WHERE u.name = $1",
+            &[&user],
+        )?
+        else {
+            return Ok(stats);
+        };
+        let uid: i64 = row.get(0);
+        stats.last_push_at = row.get(1);
+        let names: HashMap<i64, &str> = self.tids.iter().map(|(n, t)| (*t, n.as_str())).collect();
+        for r in tx.query(
+            "SELECT tid, count(*) FILTER (WHERE deleted_at IS NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL)
+             FROM syncline_records WHERE uid = $1 GROUP BY tid",
+            &[&uid],
+        )? {
+            let tid: i32 = r.get(0);
+            if let Some(name) = names.get(&(tid as i64)) {
+                let (live, dead): (i64, i64) = (r.get(1), r.get(2));
+                stats.tables.insert(name.to_string(), TableStats { records: live as u64, tombstones: dead as u64 });
+            }
+        }
+        tx.commit()?;
+        Ok(stats)
+    }
+}
+
+impl ImportStore for PostgresStore {
     fn import_states(
         &self,
         user: &str,
@@ -371,6 +666,17 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    fn save_import_state(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {
+        let mut pooled = self.client()?;
+        let mut tx = pooled.get().transaction()?;
+        let uid = user_id(&mut tx, user)?;
+        save_state(&mut tx, uid, state)?;
+        tx.commit()?;
+        drop(pooled);
+        self.import_hook.saved(user, state);
+        Ok(())
+    }
+
     fn write_import(
         &self,
         user: &str,
@@ -380,8 +686,7 @@ impl Store for PostgresStore {
         now_ms: i64,
     ) -> Result<Option<WriteSummary>, StoreError> {
         let mut pooled = self.client()?;
-        let (mut tx, start) = begin_sequenced(pooled.get())?;
-        let uid = user_id(&mut tx, user)?;
+        let (mut tx, uid, start) = begin_sequenced(pooled.get(), user)?;
         let renewed = tx.execute(
             "UPDATE syncline_import_leases SET until = $4 WHERE uid = $1 AND source = $2 AND owner = $3",
             &[&uid, &state.source, &lease.owner, &(now_ms + lease.ttl_ms)],
@@ -399,7 +704,7 @@ impl Store for PostgresStore {
             tx.rollback()?;
             return Ok(None);
         }
-        let applied = self.apply_sequenced(&mut tx, uid, start, now_ms, batch)?;
+        let applied = self.apply_sequenced(&mut tx, uid, start, now_ms, batch, None)?;
         save_state(&mut tx, uid, state)?;
         if !batch.tables.is_empty() {
             count_import(
@@ -409,6 +714,8 @@ impl Store for PostgresStore {
             )?;
         }
         tx.commit()?;
+        drop(pooled);
+        self.import_hook.saved(user, state);
         Ok(Some(WriteSummary {
             counts: applied.counts,
             sequence: applied.sequence,
@@ -494,15 +801,6 @@ impl Store for PostgresStore {
             }))
     }
 
-    fn save_import_state(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {
-        let mut pooled = self.client()?;
-        let mut tx = pooled.get().transaction()?;
-        let uid = user_id(&mut tx, user)?;
-        save_state(&mut tx, uid, state)?;
-        tx.commit()?;
-        Ok(())
-    }
-
     fn put_connection(&self, user: &str, source: &str, sealed: &[u8]) -> Result<(), StoreError> {
         let mut pooled = self.client()?;
         let mut tx = pooled.get().transaction()?;
@@ -537,207 +835,30 @@ impl Store for PostgresStore {
         )? > 0)
     }
 
-    fn pull(
-        &self,
-        user: &str,
-        request: &PullRequest,
-        sink: &mut dyn PullSink,
-    ) -> Result<PullStats, StoreError> {
+    fn all_import_states(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
         let mut pooled = self.client()?;
-        let mut tx = pooled
-            .get()
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()?;
-        // The first statement fixes the snapshot: the counter and every row below come from the same one.
-        let snapshot: i64 = tx
-            .query_one("SELECT value FROM syncline_meta WHERE key = 'seq'", &[])?
-            .get(0);
-        let user_row = tx.query_opt(
-            "SELECT uid, tombstone_horizon FROM syncline_users WHERE name = $1",
-            &[&user],
-        )?;
-        let (uid, horizon): (i64, i64) = user_row.map(|r| (r.get(0), r.get(1))).unwrap_or((-1, 0));
-        let plan = PullPlan::new(request, horizon);
-        let tables: Vec<&Table> = self
-            .schema
-            .tables()
-            .filter(|t| t.visible_at(request.schema_version))
-            .collect();
-        let mut out = Output::new(sink, plan.replacement);
-        match plan.limit {
-            Some(limit) => {
-                let sql = if plan.first {
-                    "SELECT seq, id, data FROM syncline_records WHERE uid = $1 AND tid = $2 AND seq > $3 AND deleted_at IS NULL ORDER BY seq LIMIT $4"
-                } else {
-                    "SELECT seq, id, data FROM syncline_records WHERE uid = $1 AND tid = $2 AND seq > $3 ORDER BY seq LIMIT $4"
-                };
-                let mut cursors: Vec<Box<dyn Iterator<Item = Result<LogRow, StoreError>>>> =
-                    Vec::new();
-                for table in &tables {
-                    let tid = self.tid(&table.name) as i32;
-                    let rows = tx.query(sql, &[&uid, &tid, &plan.since, &((limit + 1) as i64)])?;
-                    let rows: Vec<LogRow> = rows
-                        .iter()
-                        .map(|r| (r.get(0), r.get(1), r.get(2)))
-                        .collect();
-                    cursors.push(Box::new(rows.into_iter().map(Ok)));
-                }
-                let has_more = write_page(&tables, cursors, limit, &mut out)?;
-                out.writer.finish(
-                    has_more.unwrap_or(snapshot),
-                    Some(has_more.is_some()),
-                    false,
-                );
-            }
-            None => {
-                for table in &tables {
-                    self.pull_table(&mut tx, uid, table, plan, request, &mut out)?;
-                }
-                out.writer
-                    .finish(snapshot, request.limit.map(|_| false), plan.replacement);
-            }
-        }
-        out.flush(true)?;
-        tx.commit()?;
-        Ok(out.stats)
-    }
-
-    fn write(
-        &self,
-        user: &str,
-        batch: &WriteBatch<'_>,
-        idempotency: Option<&IdempotencyKey>,
-        now_ms: i64,
-        respond: &dyn Fn(&WriteSummary) -> String,
-    ) -> Result<WriteOutcome, StoreError> {
-        let mut pooled = self.client()?;
-        let (mut tx, start) = begin_sequenced(pooled.get())?;
-        let uid = user_id(&mut tx, user)?;
-        if let Some(key) = idempotency {
-            let seen = tx.query_opt(
-                "SELECT request_hash, response FROM syncline_idempotency WHERE uid = $1 AND key = $2",
-                &[&uid, &key.key],
-            )?;
-            if let Some(row) = seen {
-                let hash: Vec<u8> = row.get(0);
-                return if hash == key.request_hash {
-                    Ok(WriteOutcome::Replayed {
-                        response: row.get(1),
-                    })
-                } else {
-                    Err(StoreError::IdempotencyKeyReused)
-                };
-            }
-        }
-        let applied = self.apply_sequenced(&mut tx, uid, start, now_ms, batch)?;
-        if !applied.conflicts.is_empty() {
-            tx.rollback()?;
-            return Ok(WriteOutcome::Conflict {
-                conflicts: applied.conflicts,
-            });
-        }
-        let summary = WriteSummary {
-            counts: applied.counts,
-            sequence: applied.sequence,
-        };
-        tx.execute(
-            "UPDATE syncline_users SET last_push_at = $1 WHERE uid = $2",
-            &[&now_ms, &uid],
-        )?;
-        let response = respond(&summary);
-        if let Some(key) = idempotency {
-            tx.execute(
-                "INSERT INTO syncline_idempotency (uid, key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5)",
-                &[&uid, &key.key, &&key.request_hash[..], &response, &now_ms],
-            )?;
-        }
-        tx.commit()?;
-        Ok(WriteOutcome::Applied { summary, response })
-    }
-
-    fn collect_garbage(
-        &self,
-        tombstone_cutoff_ms: i64,
-        idempotency_cutoff_ms: i64,
-    ) -> Result<GcStats, StoreError> {
-        let mut pooled = self.client()?;
-        let mut tx = pooled.get().transaction()?;
-        tx.execute(
-            "SELECT value FROM syncline_meta WHERE key = 'seq' FOR UPDATE",
+        let rows = pooled.get().query(
+            "SELECT u.name, s.state FROM syncline_import_states s JOIN syncline_users u ON u.uid = s.uid
+             ORDER BY u.name, s.source, s.stream, s.phase = 'incremental'",
             &[],
         )?;
-        tx.execute(
-            "UPDATE syncline_users u SET tombstone_horizon = greatest(u.tombstone_horizon, h.horizon)
-             FROM (SELECT uid, max(seq) AS horizon FROM syncline_records
-                   WHERE deleted_at IS NOT NULL AND deleted_at < $1 GROUP BY uid) h
-             WHERE u.uid = h.uid",
-            &[&tombstone_cutoff_ms],
-        )?;
-        let tombstones = tx.execute(
-            "DELETE FROM syncline_records WHERE deleted_at IS NOT NULL AND deleted_at < $1",
-            &[&tombstone_cutoff_ms],
-        )?;
-        let idempotency_keys = tx.execute(
-            "DELETE FROM syncline_idempotency WHERE created_at < $1",
-            &[&idempotency_cutoff_ms],
-        )?;
-        tx.commit()?;
-        Ok(GcStats {
-            tombstones,
-            idempotency_keys,
-        })
+        rows.iter()
+            .map(|r| Ok((r.get(0), state_from_json(r.get(1))?)))
+            .collect()
     }
 
-    fn user_stats(&self, user: &str) -> Result<UserStats, StoreError> {
-        let mut pooled = self.client()?;
-        let mut tx = pooled
-            .get()
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()?;
-        let sequence: i64 = tx
-            .query_one("SELECT value FROM syncline_meta WHERE key = 'seq'", &[])?
-            .get(0);
-        let mut stats = UserStats {
-            sequence,
-            ..Default::default()
-        };
-        for table in self.schema.tables() {
-            stats
-                .tables
-                .insert(table.name.clone(), TableStats::default());
-        }
-        let Some(row) = tx.query_opt(
-            "SELECT uid, last_push_at FROM syncline_users WHERE name = $1",
-            &[&user],
-        )?
-        else {
-            return Ok(stats);
-        };
-        let uid: i64 = row.get(0);
-        stats.last_push_at = row.get(1);
-        let names: HashMap<i64, &str> = self.tids.iter().map(|(n, t)| (*t, n.as_str())).collect();
-        for r in tx.query(
-            "SELECT tid, count(*) FILTER (WHERE deleted_at IS NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL)
-             FROM syncline_records WHERE uid = $1 GROUP BY tid",
-            &[&uid],
-        )? {
-            let tid: i32 = r.get(0);
-            if let Some(name) = names.get(&(tid as i64)) {
-                let (live, dead): (i64, i64) = (r.get(1), r.get(2));
-                stats.tables.insert(name.to_string(), TableStats { records: live as u64, tombstones: dead as u64 });
-            }
-        }
-        tx.commit()?;
-        Ok(stats)
+    fn observe_imports(&self, observer: Arc<dyn crate::ImportObserver>) -> bool {
+        self.import_hook.set(observer)
     }
+}
 
+impl ActivityStore for PostgresStore {
     fn record_sync(&self, user: &str, a: &SyncActivity<'_>) -> Result<(), StoreError> {
         let mut pooled = self.client()?;
         let mut tx = pooled.get().transaction()?;
+        // Dashboard counters: an OS crash may lose the last few, so this commit need not wait for the disk
+        // (a second flush per push would halve what small pushes get through on a durable cluster).
+        tx.batch_execute("SET LOCAL synchronous_commit = off")?;
         let uid = user_id(&mut tx, user)?;
         let pull = a.kind == SyncKind::Pull;
         let (pull_at, push_at) = if pull {
@@ -926,18 +1047,6 @@ impl Store for PostgresStore {
             .collect())
     }
 
-    fn all_import_states(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
-        let mut pooled = self.client()?;
-        let rows = pooled.get().query(
-            "SELECT u.name, s.state FROM syncline_import_states s JOIN syncline_users u ON u.uid = s.uid
-             ORDER BY u.name, s.source, s.stream, s.phase = 'incremental'",
-            &[],
-        )?;
-        rows.iter()
-            .map(|r| Ok((r.get(0), state_from_json(r.get(1))?)))
-            .collect()
-    }
-
     fn prune_activity(&self, before_ms: i64) -> Result<u64, StoreError> {
         let mut pooled = self.client()?;
         Ok(pooled.get().execute(
@@ -998,54 +1107,6 @@ impl PostgresStore {
         Ok(())
     }
 }
-
-/// The dashboard's activity tables: per user, per device, per time bucket, and per import walk.
-const ACTIVITY_MIGRATIONS: &str = "
-CREATE TABLE IF NOT EXISTS syncline_activity_users (
-    uid bigint PRIMARY KEY,
-    last_pull_at bigint,
-    last_push_at bigint,
-    pulls bigint NOT NULL,
-    pushes bigint NOT NULL,
-    records_pulled bigint NOT NULL,
-    records_pushed bigint NOT NULL,
-    rejected bigint NOT NULL,
-    conflicts bigint NOT NULL,
-    last_rejection text,
-    last_rejection_at bigint
-);
-CREATE TABLE IF NOT EXISTS syncline_activity_devices (
-    uid bigint NOT NULL,
-    device text NOT NULL,
-    last_seen_at bigint NOT NULL,
-    last_pull_at bigint,
-    last_push_at bigint,
-    outbox_pending bigint,
-    PRIMARY KEY (uid, device)
-);
-CREATE TABLE IF NOT EXISTS syncline_activity_buckets (
-    uid bigint NOT NULL,
-    bucket bigint NOT NULL,
-    pushed bigint NOT NULL,
-    pulled bigint NOT NULL,
-    imported bigint NOT NULL,
-    PRIMARY KEY (uid, bucket)
-);
-CREATE INDEX IF NOT EXISTS syncline_activity_buckets_time ON syncline_activity_buckets (bucket);
-CREATE TABLE IF NOT EXISTS syncline_import_outcomes (
-    uid bigint NOT NULL,
-    source text NOT NULL,
-    stream text NOT NULL,
-    phase text NOT NULL,
-    walk_started_at bigint NOT NULL,
-    last_batch_at bigint NOT NULL,
-    batches bigint NOT NULL,
-    upserted bigint NOT NULL,
-    unchanged bigint NOT NULL,
-    deleted bigint NOT NULL,
-    PRIMARY KEY (uid, source, stream, phase)
-);
-";
 
 /// Adds records to the user's bucket of `at_ms`.
 fn add_to_bucket(

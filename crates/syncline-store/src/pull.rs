@@ -17,16 +17,22 @@ pub(crate) struct PullPlan {
     pub since: i64,
     /// A first (or replacement) pull: every live record, no tombstones.
     pub first: bool,
-    /// The cursor is older than the tombstone horizon: send everything with the replacement strategy.
+    /// The cursor is older than the tombstone horizon, or newer than the user's counter: send everything
+    /// with the replacement strategy.
     pub replacement: bool,
+    /// The cursor is newer than the user's counter (the database was restored from an older backup): the
+    /// backend moves the counter past the cursor once the pull is done.
+    pub ahead: bool,
     /// Page size, when the pull is paged (never for migration and replacement pulls).
     pub limit: Option<usize>,
 }
 
 impl PullPlan {
-    pub fn new(request: &PullRequest, horizon: i64) -> PullPlan {
+    /// The plan for `request`, given the user's tombstone horizon and change counter in the pull's snapshot.
+    pub fn new(request: &PullRequest, horizon: i64, counter: i64) -> PullPlan {
         let cursor = request.last_pulled_at.unwrap_or(0).max(0);
-        let replacement = cursor > 0 && cursor < horizon;
+        let ahead = cursor > counter;
+        let replacement = cursor > 0 && (cursor < horizon || ahead);
         let first = cursor == 0 || replacement;
         let limit = request
             .limit
@@ -36,6 +42,7 @@ impl PullPlan {
             since: if first { 0 } else { cursor },
             first,
             replacement,
+            ahead,
             limit,
         }
     }

@@ -9,6 +9,11 @@
 //! sequence numbers from `meta.seq` and stores the new maximum before it commits. Sequences therefore follow
 //! commit order, and a pull that reads `meta.seq` and the rows in one read transaction (one WAL snapshot)
 //! never misses a change.
+//!
+//! Change sequences are per user on every backend (a cursor means something only for its own user). SQLite
+//! draws every user's sequence from one counter: with one writer connection, writers are serialized anyway,
+//! one counter is a valid order for each user, and `seq` can stay the rowid, so the log stays append-ordered
+//! on disk. So on SQLite writes of different users still take turns; PostgreSQL keeps a counter per user.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,10 +25,10 @@ use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
 use crate::apply::{Existing, NewRow, RecordTx, apply};
 use crate::pull::{LogRow, Output, PullPlan, live_rows_filter, write_page};
 use crate::{
-    ActivityBucket, DeviceActivity, GcStats, IdempotencyKey, ImportActivity, ImportOutcome, Lease,
-    LeaseHolder, PullSink, PullStats, Store, StoreError, SyncActivity, SyncKind, TableStats,
-    UserActivity, UserStats, WriteOutcome, WriteSummary, activity_bucket, state_from_json,
-    state_json,
+    ActivityBucket, ActivityStore, DeviceActivity, GcStats, IdempotencyKey, ImportActivity,
+    ImportOutcome, ImportStore, Lease, LeaseHolder, PullSink, PullStats, SqliteSynchronous,
+    StoreError, StoreOptions, SyncActivity, SyncKind, SyncStore, TableStats, UserActivity,
+    UserStats, WriteOutcome, WriteSummary, activity_bucket, state_from_json, state_json,
 };
 
 /// The SQLite store. Cheap to share behind an `Arc`.
@@ -34,6 +39,15 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     /// Table name -> internal table id (stable across restarts, kept in `sync_tables`).
     tids: HashMap<String, i64>,
+    settings: Settings,
+    import_hook: crate::ImportHook,
+}
+
+/// The connection settings every connection of the store gets.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    synchronous: SqliteSynchronous,
+    busy_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -99,10 +113,10 @@ CREATE TABLE IF NOT EXISTS connections (
 ) WITHOUT ROWID;
 ";
 
-fn configure(conn: &Connection, writer: bool) -> Result<(), rusqlite::Error> {
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+fn configure(conn: &Connection, writer: bool, options: &Settings) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(options.busy_timeout)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "synchronous", options.synchronous.pragma())?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     // The writer gets a real page cache (random-key index inserts live or die by it); readers stream.
     conn.pragma_update(None, "cache_size", if writer { -80_000 } else { -8_000 })?;
@@ -115,22 +129,43 @@ fn configure(conn: &Connection, writer: bool) -> Result<(), rusqlite::Error> {
 impl SqliteStore {
     /// Opens (creating if needed) the database at a `sqlite://PATH` url or a plain path.
     pub fn open_url(url: &str, schema: Arc<Schema>) -> Result<SqliteStore, StoreError> {
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| StoreError::UnsupportedUrl(url.to_string()))?;
-        SqliteStore::open(Path::new(path), schema)
+        SqliteStore::open_url_with(url, schema, &StoreOptions::default())
+    }
+
+    /// [`SqliteStore::open_url`] with `options`.
+    pub fn open_url_with(
+        url: &str,
+        schema: Arc<Schema>,
+        options: &StoreOptions,
+    ) -> Result<SqliteStore, StoreError> {
+        match url.parse()? {
+            crate::StorageUrl::Sqlite(path) => SqliteStore::open_with(&path, schema, options),
+            crate::StorageUrl::Postgres(_) => Err(StoreError::UnsupportedUrl(url.to_string())),
+        }
     }
 
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path, schema: Arc<Schema>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, schema, &StoreOptions::default())
+    }
+
+    /// [`SqliteStore::open`] with `options`.
+    pub fn open_with(
+        path: &Path,
+        schema: Arc<Schema>,
+        options: &StoreOptions,
+    ) -> Result<SqliteStore, StoreError> {
+        let settings = Settings {
+            synchronous: options.sqlite_synchronous,
+            busy_timeout: options.acquire_timeout,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Setup(format!("{}: {e}", dir.display())))?;
         }
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "page_size", 8192)?; // only takes effect on a new database
-        configure(&conn, true)?;
+        configure(&conn, true, &settings)?;
         conn.execute_batch(SETUP)?;
         conn.execute_batch(ACTIVITY_SETUP)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -154,6 +189,8 @@ impl SqliteStore {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             tids,
+            settings,
+            import_hook: crate::ImportHook::default(),
         })
     }
 
@@ -167,7 +204,7 @@ impl SqliteStore {
             Some(c) => c,
             None => {
                 let c = Connection::open(&self.path)?;
-                configure(&c, false)?;
+                configure(&c, false, &self.settings)?;
                 c
             }
         };
@@ -351,191 +388,7 @@ impl SqliteStore {
     }
 }
 
-impl Store for SqliteStore {
-    fn import_states(
-        &self,
-        user: &str,
-        source: Option<&str>,
-    ) -> Result<Vec<ImportState>, StoreError> {
-        let mut guard = self.reader()?;
-        let conn = guard.conn.as_mut().expect("present until drop");
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let Some(uid) = existing_user(&tx, user)? else {
-            return Ok(Vec::new());
-        };
-        let mut stmt = tx.prepare_cached(
-            "SELECT state FROM import_states WHERE uid = ?1 AND (?2 IS NULL OR source = ?2)
-             ORDER BY source, stream, phase = 'incremental'",
-        )?;
-        let texts: Vec<String> = stmt
-            .query_map(params![uid, source], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        texts.iter().map(|t| state_from_json(t)).collect()
-    }
-
-    fn active_imports(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
-        let mut guard = self.reader()?;
-        let conn = guard.conn.as_mut().expect("present until drop");
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let mut stmt = tx.prepare_cached(
-            "SELECT u.name, s.state FROM import_states s JOIN users u ON u.uid = s.uid
-             WHERE s.status IN ('pending', 'running', 'rate_limited')
-             ORDER BY u.name, s.source, s.stream, s.phase = 'incremental'",
-        )?;
-        let rows: Vec<(String, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        rows.into_iter()
-            .map(|(u, t)| Ok((u, state_from_json(&t)?)))
-            .collect()
-    }
-
-    fn write_import(
-        &self,
-        user: &str,
-        batch: &WriteBatch<'_>,
-        state: &ImportState,
-        lease: Lease<'_>,
-        now_ms: i64,
-    ) -> Result<Option<WriteSummary>, StoreError> {
-        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let uid = user_id(&tx, user)?;
-        let renewed = tx
-            .prepare_cached(
-                "UPDATE import_leases SET until = ?4 WHERE uid = ?1 AND source = ?2 AND owner = ?3",
-            )?
-            .execute(params![
-                uid,
-                state.source,
-                lease.owner,
-                now_ms + lease.ttl_ms
-            ])?;
-        if renewed == 0 {
-            return Ok(None);
-        }
-        let stored: Option<i64> = tx
-            .prepare_cached(
-                "SELECT generation FROM import_states WHERE uid = ?1 AND source = ?2 AND stream = ?3 AND phase = ?4",
-            )?
-            .query_row(
-                params![uid, state.source, state.stream, state.phase.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if stored.is_some_and(|g| g != state.generation) {
-            return Ok(None);
-        }
-        let applied = self.apply_sequenced(&tx, uid, now_ms, batch)?;
-        save_state(&tx, uid, state)?;
-        if !batch.tables.is_empty() {
-            count_import(
-                &tx,
-                uid,
-                &ImportActivity::of_batch(state, &applied.counts, now_ms),
-            )?;
-        }
-        tx.commit()?;
-        Ok(Some(WriteSummary {
-            counts: applied.counts,
-            sequence: applied.sequence,
-        }))
-    }
-
-    fn claim_import(
-        &self,
-        user: &str,
-        source: &str,
-        lease: Lease<'_>,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let uid = user_id(&tx, user)?;
-        let claimed = tx
-            .prepare_cached(
-                "INSERT INTO import_leases (uid, source, owner, until) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (uid, source) DO UPDATE SET owner = excluded.owner, until = excluded.until
-                 WHERE import_leases.owner = excluded.owner OR import_leases.until <= ?5",
-            )?
-            .execute(params![uid, source, lease.owner, now_ms + lease.ttl_ms, now_ms])?;
-        tx.commit()?;
-        Ok(claimed > 0)
-    }
-
-    fn release_import(&self, user: &str, source: &str, owner: &str) -> Result<(), StoreError> {
-        let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        conn.execute(
-            "DELETE FROM import_leases WHERE source = ?2 AND owner = ?3
-             AND uid = (SELECT uid FROM users WHERE name = ?1)",
-            params![user, source, owner],
-        )?;
-        Ok(())
-    }
-
-    fn import_lease(
-        &self,
-        user: &str,
-        source: &str,
-        now_ms: i64,
-    ) -> Result<Option<LeaseHolder>, StoreError> {
-        let mut guard = self.reader()?;
-        let conn = guard.conn.as_mut().expect("present until drop");
-        Ok(conn
-            .prepare_cached(
-                "SELECT l.owner, l.until FROM import_leases l JOIN users u ON u.uid = l.uid
-                 WHERE u.name = ?1 AND l.source = ?2 AND l.until > ?3",
-            )?
-            .query_row(params![user, source, now_ms], |r| {
-                Ok(LeaseHolder {
-                    owner: r.get(0)?,
-                    until: r.get(1)?,
-                })
-            })
-            .optional()?)
-    }
-
-    fn save_import_state(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {
-        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let uid = user_id(&tx, user)?;
-        save_state(&tx, uid, state)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn put_connection(&self, user: &str, source: &str, sealed: &[u8]) -> Result<(), StoreError> {
-        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let uid = user_id(&tx, user)?;
-        tx.execute(
-            "INSERT INTO connections (uid, source, sealed) VALUES (?1, ?2, ?3)
-             ON CONFLICT (uid, source) DO UPDATE SET sealed = excluded.sealed",
-            params![uid, source, sealed],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn get_connection(&self, user: &str, source: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut guard = self.reader()?;
-        let conn = guard.conn.as_mut().expect("present until drop");
-        Ok(conn
-            .prepare_cached(
-                "SELECT c.sealed FROM connections c JOIN users u ON u.uid = c.uid WHERE u.name = ?1 AND c.source = ?2",
-            )?
-            .query_row(params![user, source], |r| r.get(0))
-            .optional()?)
-    }
-
-    fn delete_connection(&self, user: &str, source: &str) -> Result<bool, StoreError> {
-        let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(conn.execute(
-            "DELETE FROM connections WHERE source = ?2 AND uid = (SELECT uid FROM users WHERE name = ?1)",
-            params![user, source],
-        )? > 0)
-    }
-
+impl SyncStore for SqliteStore {
     fn pull(
         &self,
         user: &str,
@@ -553,7 +406,7 @@ impl Store for SqliteStore {
             .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let (uid, horizon) = user_row.unwrap_or((-1, 0));
-        let plan = PullPlan::new(request, horizon);
+        let plan = PullPlan::new(request, horizon, snapshot);
         let tables: Vec<&Table> = self
             .schema
             .tables()
@@ -578,6 +431,19 @@ impl Store for SqliteStore {
             }
         }
         out.flush(true)?;
+        drop(tx);
+        drop(guard);
+        if plan.ahead {
+            // A cursor from the future (the database was restored from a backup older than the cursor):
+            // the device got a replacement; now move the counter past the cursor, so that no later change
+            // gets a sequence at or below a cursor some device still holds.
+            let cursor = request.last_pulled_at.unwrap_or(0);
+            let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            conn.execute(
+                "UPDATE meta SET value = max(value, ?1) WHERE key = 'seq'",
+                [cursor],
+            )?;
+        }
         Ok(out.stats)
     }
 
@@ -707,66 +573,231 @@ impl Store for SqliteStore {
         }
         Ok(stats)
     }
+}
 
-    fn record_sync(&self, user: &str, a: &SyncActivity<'_>) -> Result<(), StoreError> {
+impl ImportStore for SqliteStore {
+    fn import_states(
+        &self,
+        user: &str,
+        source: Option<&str>,
+    ) -> Result<Vec<ImportState>, StoreError> {
+        let mut guard = self.reader()?;
+        let conn = guard.conn.as_mut().expect("present until drop");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let Some(uid) = existing_user(&tx, user)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = tx.prepare_cached(
+            "SELECT state FROM import_states WHERE uid = ?1 AND (?2 IS NULL OR source = ?2)
+             ORDER BY source, stream, phase = 'incremental'",
+        )?;
+        let texts: Vec<String> = stmt
+            .query_map(params![uid, source], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        texts.iter().map(|t| state_from_json(t)).collect()
+    }
+
+    fn active_imports(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
+        let mut guard = self.reader()?;
+        let conn = guard.conn.as_mut().expect("present until drop");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT u.name, s.state FROM import_states s JOIN users u ON u.uid = s.uid
+             WHERE s.status IN ('pending', 'running', 'rate_limited')
+             ORDER BY u.name, s.source, s.stream, s.phase = 'incremental'",
+        )?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(u, t)| Ok((u, state_from_json(&t)?)))
+            .collect()
+    }
+
+    fn save_import_state(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {
         let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let uid = user_id(&tx, user)?;
-        let pull = a.kind == SyncKind::Pull;
-        let (pull_at, push_at) = if pull {
-            (Some(a.at_ms), None)
-        } else {
-            (None, Some(a.at_ms))
-        };
-        tx.prepare_cached(
-            "INSERT INTO activity_users (uid, last_pull_at, last_push_at, pulls, pushes, records_pulled,
-                 records_pushed, rejected, conflicts, last_rejection, last_rejection_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, CASE WHEN ?10 IS NOT NULL THEN ?11 END)
-             ON CONFLICT (uid) DO UPDATE SET
-                 last_pull_at = CASE WHEN excluded.last_pull_at > ifnull(last_pull_at, 0)
-                                THEN excluded.last_pull_at ELSE last_pull_at END,
-                 last_push_at = CASE WHEN excluded.last_push_at > ifnull(last_push_at, 0)
-                                THEN excluded.last_push_at ELSE last_push_at END,
-                 pulls = pulls + excluded.pulls, pushes = pushes + excluded.pushes,
-                 records_pulled = records_pulled + excluded.records_pulled,
-                 records_pushed = records_pushed + excluded.records_pushed,
-                 rejected = rejected + excluded.rejected, conflicts = conflicts + excluded.conflicts,
-                 last_rejection = ifnull(excluded.last_rejection, last_rejection),
-                 last_rejection_at = ifnull(excluded.last_rejection_at, last_rejection_at)",
-        )?
-        .execute(params![
-            uid,
-            pull_at,
-            push_at,
-            pull as i64,
-            !pull as i64,
-            if pull { a.records } else { 0 },
-            if pull { 0 } else { a.records },
-            a.rejected,
-            a.conflicts,
-            a.rejection,
-            a.at_ms
-        ])?;
-        if let Some(device) = a.device {
-            tx.prepare_cached(
-                "INSERT INTO activity_devices (uid, device, last_seen_at, last_pull_at, last_push_at, outbox_pending)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (uid, device) DO UPDATE SET
-                     last_seen_at = max(last_seen_at, excluded.last_seen_at),
-                     last_pull_at = CASE WHEN excluded.last_pull_at > ifnull(last_pull_at, 0)
-                                    THEN excluded.last_pull_at ELSE last_pull_at END,
-                     last_push_at = CASE WHEN excluded.last_push_at > ifnull(last_push_at, 0)
-                                    THEN excluded.last_push_at ELSE last_push_at END,
-                     outbox_pending = ifnull(excluded.outbox_pending, outbox_pending)",
+        save_state(&tx, uid, state)?;
+        tx.commit()?;
+        drop(conn);
+        self.import_hook.saved(user, state);
+        Ok(())
+    }
+
+    fn write_import(
+        &self,
+        user: &str,
+        batch: &WriteBatch<'_>,
+        state: &ImportState,
+        lease: Lease<'_>,
+        now_ms: i64,
+    ) -> Result<Option<WriteSummary>, StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let uid = user_id(&tx, user)?;
+        let renewed = tx
+            .prepare_cached(
+                "UPDATE import_leases SET until = ?4 WHERE uid = ?1 AND source = ?2 AND owner = ?3",
             )?
-            .execute(params![uid, device, a.at_ms, pull_at, push_at, a.outbox_pending])?;
+            .execute(params![
+                uid,
+                state.source,
+                lease.owner,
+                now_ms + lease.ttl_ms
+            ])?;
+        if renewed == 0 {
+            return Ok(None);
         }
-        if a.records > 0 {
-            let (pulled, pushed) = if pull { (a.records, 0) } else { (0, a.records) };
-            add_to_bucket(&tx, uid, a.at_ms, pushed, pulled, 0)?;
+        let stored: Option<i64> = tx
+            .prepare_cached(
+                "SELECT generation FROM import_states WHERE uid = ?1 AND source = ?2 AND stream = ?3 AND phase = ?4",
+            )?
+            .query_row(
+                params![uid, state.source, state.stream, state.phase.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if stored.is_some_and(|g| g != state.generation) {
+            return Ok(None);
+        }
+        let applied = self.apply_sequenced(&tx, uid, now_ms, batch)?;
+        save_state(&tx, uid, state)?;
+        if !batch.tables.is_empty() {
+            count_import(
+                &tx,
+                uid,
+                &ImportActivity::of_batch(state, &applied.counts, now_ms),
+            )?;
         }
         tx.commit()?;
+        drop(conn);
+        self.import_hook.saved(user, state);
+        Ok(Some(WriteSummary {
+            counts: applied.counts,
+            sequence: applied.sequence,
+        }))
+    }
+
+    fn claim_import(
+        &self,
+        user: &str,
+        source: &str,
+        lease: Lease<'_>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let uid = user_id(&tx, user)?;
+        let claimed = tx
+            .prepare_cached(
+                "INSERT INTO import_leases (uid, source, owner, until) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (uid, source) DO UPDATE SET owner = excluded.owner, until = excluded.until
+                 WHERE import_leases.owner = excluded.owner OR import_leases.until <= ?5",
+            )?
+            .execute(params![uid, source, lease.owner, now_ms + lease.ttl_ms, now_ms])?;
+        tx.commit()?;
+        Ok(claimed > 0)
+    }
+
+    fn release_import(&self, user: &str, source: &str, owner: &str) -> Result<(), StoreError> {
+        let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute(
+            "DELETE FROM import_leases WHERE source = ?2 AND owner = ?3
+             AND uid = (SELECT uid FROM users WHERE name = ?1)",
+            params![user, source, owner],
+        )?;
         Ok(())
+    }
+
+    fn import_lease(
+        &self,
+        user: &str,
+        source: &str,
+        now_ms: i64,
+    ) -> Result<Option<LeaseHolder>, StoreError> {
+        let mut guard = self.reader()?;
+        let conn = guard.conn.as_mut().expect("present until drop");
+        Ok(conn
+            .prepare_cached(
+                "SELECT l.owner, l.until FROM import_leases l JOIN users u ON u.uid = l.uid
+                 WHERE u.name = ?1 AND l.source = ?2 AND l.until > ?3",
+            )?
+            .query_row(params![user, source, now_ms], |r| {
+                Ok(LeaseHolder {
+                    owner: r.get(0)?,
+                    until: r.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn put_connection(&self, user: &str, source: &str, sealed: &[u8]) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let uid = user_id(&tx, user)?;
+        tx.execute(
+            "INSERT INTO connections (uid, source, sealed) VALUES (?1, ?2, ?3)
+             ON CONFLICT (uid, source) DO UPDATE SET sealed = excluded.sealed",
+            params![uid, source, sealed],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get_connection(&self, user: &str, source: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut guard = self.reader()?;
+        let conn = guard.conn.as_mut().expect("present until drop");
+        Ok(conn
+            .prepare_cached(
+                "SELECT c.sealed FROM connections c JOIN users u ON u.uid = c.uid WHERE u.name = ?1 AND c.source = ?2",
+            )?
+            .query_row(params![user, source], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn delete_connection(&self, user: &str, source: &str) -> Result<bool, StoreError> {
+        let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(conn.execute(
+            "DELETE FROM connections WHERE source = ?2 AND uid = (SELECT uid FROM users WHERE name = ?1)",
+            params![user, source],
+        )? > 0)
+    }
+
+    fn all_import_states(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
+        let mut guard = self.reader()?;
+        let conn = guard.conn.as_mut().expect("present until drop");
+        let rows: Vec<(String, String)> = conn
+            .prepare_cached(
+                "SELECT u.name, s.state FROM import_states s JOIN users u ON u.uid = s.uid
+                 ORDER BY u.name, s.source, s.stream, s.phase = 'incremental'",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(u, t)| Ok((u, state_from_json(&t)?)))
+            .collect()
+    }
+
+    fn observe_imports(&self, observer: Arc<dyn crate::ImportObserver>) -> bool {
+        self.import_hook.set(observer)
+    }
+}
+
+impl ActivityStore for SqliteStore {
+    fn record_sync(&self, user: &str, a: &SyncActivity<'_>) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // Dashboard counters: an OS crash may lose the last few, so this commit need not wait for the disk
+        // (the next durable commit flushes it too). Set per transaction: it is the writer's connection.
+        let durable = self.settings.synchronous != SqliteSynchronous::Normal;
+        if durable {
+            conn.pragma_update(None, "synchronous", SqliteSynchronous::Normal.pragma())?;
+        }
+        let result = record_sync_in(&mut conn, user, a);
+        if durable {
+            conn.pragma_update(None, "synchronous", self.settings.synchronous.pragma())?;
+        }
+        result
     }
 
     fn user_activity(
@@ -879,21 +910,6 @@ impl Store for SqliteStore {
                 })
             })?
             .collect::<Result<_, _>>()?)
-    }
-
-    fn all_import_states(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
-        let mut guard = self.reader()?;
-        let conn = guard.conn.as_mut().expect("present until drop");
-        let rows: Vec<(String, String)> = conn
-            .prepare_cached(
-                "SELECT u.name, s.state FROM import_states s JOIN users u ON u.uid = s.uid
-                 ORDER BY u.name, s.source, s.stream, s.phase = 'incremental'",
-            )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        rows.into_iter()
-            .map(|(u, t)| Ok((u, state_from_json(&t)?)))
-            .collect()
     }
 
     fn prune_activity(&self, before_ms: i64) -> Result<u64, StoreError> {
@@ -1110,5 +1126,70 @@ fn count_import(tx: &Transaction<'_>, uid: i64, a: &ImportActivity<'_>) -> Resul
     if rows > 0 {
         add_to_bucket(tx, uid, a.at_ms, 0, 0, rows)?;
     }
+    Ok(())
+}
+
+/// [`ActivityStore::record_sync`]'s transaction on the writer connection.
+fn record_sync_in(
+    conn: &mut Connection,
+    user: &str,
+    a: &SyncActivity<'_>,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let uid = user_id(&tx, user)?;
+    let pull = a.kind == SyncKind::Pull;
+    let (pull_at, push_at) = if pull {
+        (Some(a.at_ms), None)
+    } else {
+        (None, Some(a.at_ms))
+    };
+    tx.prepare_cached(
+        "INSERT INTO activity_users (uid, last_pull_at, last_push_at, pulls, pushes, records_pulled,
+             records_pushed, rejected, conflicts, last_rejection, last_rejection_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, CASE WHEN ?10 IS NOT NULL THEN ?11 END)
+         ON CONFLICT (uid) DO UPDATE SET
+             last_pull_at = CASE WHEN excluded.last_pull_at > ifnull(last_pull_at, 0)
+                            THEN excluded.last_pull_at ELSE last_pull_at END,
+             last_push_at = CASE WHEN excluded.last_push_at > ifnull(last_push_at, 0)
+                            THEN excluded.last_push_at ELSE last_push_at END,
+             pulls = pulls + excluded.pulls, pushes = pushes + excluded.pushes,
+             records_pulled = records_pulled + excluded.records_pulled,
+             records_pushed = records_pushed + excluded.records_pushed,
+             rejected = rejected + excluded.rejected, conflicts = conflicts + excluded.conflicts,
+             last_rejection = ifnull(excluded.last_rejection, last_rejection),
+             last_rejection_at = ifnull(excluded.last_rejection_at, last_rejection_at)",
+    )?
+    .execute(params![
+        uid,
+        pull_at,
+        push_at,
+        pull as i64,
+        !pull as i64,
+        if pull { a.records } else { 0 },
+        if pull { 0 } else { a.records },
+        a.rejected,
+        a.conflicts,
+        a.rejection,
+        a.at_ms
+    ])?;
+    if let Some(device) = a.device {
+        tx.prepare_cached(
+            "INSERT INTO activity_devices (uid, device, last_seen_at, last_pull_at, last_push_at, outbox_pending)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (uid, device) DO UPDATE SET
+                 last_seen_at = max(last_seen_at, excluded.last_seen_at),
+                 last_pull_at = CASE WHEN excluded.last_pull_at > ifnull(last_pull_at, 0)
+                                THEN excluded.last_pull_at ELSE last_pull_at END,
+                 last_push_at = CASE WHEN excluded.last_push_at > ifnull(last_push_at, 0)
+                                THEN excluded.last_push_at ELSE last_push_at END,
+                 outbox_pending = ifnull(excluded.outbox_pending, outbox_pending)",
+        )?
+        .execute(params![uid, device, a.at_ms, pull_at, push_at, a.outbox_pending])?;
+    }
+    if a.records > 0 {
+        let (pulled, pushed) = if pull { (a.records, 0) } else { (0, a.records) };
+        add_to_bucket(&tx, uid, a.at_ms, pushed, pulled, 0)?;
+    }
+    tx.commit()?;
     Ok(())
 }

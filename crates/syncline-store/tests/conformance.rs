@@ -10,8 +10,8 @@ use syncline_core::{
     WriteBatch, plan_bulk, plan_push,
 };
 use syncline_store::{
-    ACTIVITY_BUCKET_MS, ActivityBucket, IdempotencyKey, Lease, LeaseHolder, Store, StoreError,
-    SyncActivity, SyncKind, WriteOutcome, WriteSummary, activity_bucket,
+    ACTIVITY_BUCKET_MS, ActivityBucket, IdempotencyKey, Lease, LeaseHolder, PullSink, Store,
+    StoreError, StoreOptions, SyncActivity, SyncKind, WriteOutcome, WriteSummary, activity_bucket,
 };
 
 fn schema() -> Arc<Schema> {
@@ -55,9 +55,13 @@ fn backends() -> Vec<Backend> {
 
 impl Backend {
     fn open(url: &str, dir: Option<tempfile::TempDir>) -> Backend {
+        Backend::open_with(url, dir, &StoreOptions::default())
+    }
+
+    fn open_with(url: &str, dir: Option<tempfile::TempDir>, options: &StoreOptions) -> Backend {
         let schema = schema();
-        let store =
-            syncline_store::open(url, schema.clone()).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let store = syncline_store::open_with(url, schema.clone(), options)
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
         Backend {
             store,
             schema,
@@ -1130,5 +1134,323 @@ fn every_users_import_states_are_listed_for_the_admin() {
             .map(|a| a.user)
             .collect();
         assert_eq!(users, ["alice", "bob"], "{}", b.url);
+    }
+}
+
+/// After a restore from an older backup, a device can hold a cursor above its user's counter. It gets a
+/// replacement (everything the server still has), and every later change gets a sequence above the cursor,
+/// so a device that still holds it misses nothing.
+#[test]
+fn a_cursor_from_the_future_gets_a_replacement_and_later_changes_land_above_it() {
+    for b in backends() {
+        let t = sequence(&b.push(
+            "alice",
+            0,
+            json!({"projects": {"created": [project("p1", "A")], "updated": [], "deleted": []}}),
+        ));
+        let future = t + 1_000;
+        let pull = b.pull_since("alice", Some(future));
+        assert_eq!(pull["experimentalStrategy"], "replacement", "{}", b.url);
+        assert_eq!(ids(&pull, "projects", "updated"), ["p1"]);
+        // The answer's cursor is the server's, never the device's.
+        assert!(pull["timestamp"].as_i64().unwrap() <= future);
+        // The counter moved past that cursor; a paged pull from further ahead is answered the same way.
+        let paged = b.pull("alice", json!({"lastPulledAt": future + 1, "limit": 10}));
+        assert_eq!(paged["experimentalStrategy"], "replacement");
+        let t2 = sequence(&b.push(
+            "alice",
+            0,
+            json!({"projects": {"created": [project("p2", "B")], "updated": [], "deleted": []}}),
+        ));
+        assert!(t2 > future, "{}: {t2} is not above {future}", b.url);
+        let later = b.pull_since("alice", Some(future));
+        assert!(later.get("experimentalStrategy").is_none());
+        assert_eq!(ids(&later, "projects", "updated"), ["p2"]);
+        // A user who never wrote and holds a cursor from the future is answered the same way.
+        let nobody = b.pull_since("carol", Some(t2 + 5_000));
+        assert_eq!(nobody["experimentalStrategy"], "replacement");
+    }
+}
+
+/// Several users write at once from several store handles: each user's pullers, following only their
+/// timestamps, see every change of their own user and nothing of the others'.
+#[test]
+fn concurrent_writers_of_many_users_each_keep_their_users_order() {
+    for b in backends() {
+        let users = ["u0", "u1", "u2", "u3"];
+        let handles: Vec<Backend> = (0..4).map(|_| Backend::open(&b.url, None)).collect();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let pullers: Vec<_> = users
+                .iter()
+                .map(|&user| {
+                    let (h, done) = (&handles[0], &done);
+                    scope.spawn(move || {
+                        let mut seen = std::collections::HashSet::new();
+                        let mut cursor: Option<i64> = None;
+                        loop {
+                            let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                            let page = h.pull(user, json!({"lastPulledAt": cursor, "limit": 4}));
+                            seen.extend(ids(&page, "projects", "updated"));
+                            cursor = Some(page["timestamp"].as_i64().unwrap());
+                            if finished && !page["hasMore"].as_bool().unwrap() {
+                                return seen;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let writers: Vec<_> = users
+                .iter()
+                .enumerate()
+                .map(|(w, &user)| {
+                    let h = &handles[w];
+                    scope.spawn(move || {
+                        let mut last = 0;
+                        for i in 0..20 {
+                            let id = format!("{user}-{i}");
+                            let t = sequence(&h.push(user, 0, json!({"projects": {"created": [project(&id, "x")], "updated": [], "deleted": []}})));
+                            assert!(t > last, "a user's sequence only grows");
+                            last = t;
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            for (user, p) in users.iter().zip(pullers) {
+                let seen = p.join().unwrap();
+                let expected: std::collections::HashSet<String> =
+                    (0..20).map(|i| format!("{user}-{i}")).collect();
+                assert_eq!(seen, expected, "{}: {user}'s puller", b.url);
+            }
+        });
+    }
+}
+
+/// On PostgreSQL a write locks only its user's counter: while another session holds alice's row locked (as
+/// a long write of alice would), bob's writes go through, and alice's wait for the lock.
+#[test]
+fn on_postgres_a_write_waits_only_for_writes_of_its_own_user() {
+    let url = syncline_testkit::TempPostgres::shared().fresh_database();
+    let b = Backend::open(&url, None);
+    for user in ["alice", "bob"] {
+        sequence(&b.push(
+            user,
+            0,
+            json!({"projects": {"created": [project("p0", "A")], "updated": [], "deleted": []}}),
+        ));
+    }
+    let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut lock = holder.transaction().unwrap();
+    lock.execute(
+        "SELECT 1 FROM syncline_sequences s JOIN syncline_users u ON u.uid = s.uid
+         WHERE u.name = 'alice' FOR UPDATE OF s",
+        &[],
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        for user in ["alice", "bob"] {
+            let (b, tx) = (&b, tx.clone());
+            scope.spawn(move || {
+                b.push(
+                    user,
+                    0,
+                    json!({"projects": {"created": [project("p1", "B")], "updated": [], "deleted": []}}),
+                );
+                tx.send(user).unwrap();
+            });
+        }
+        let first = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("bob's write is not held up by alice's lock");
+        assert_eq!(first, "bob");
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(500))
+                .is_err(),
+            "alice's write waits for her lock"
+        );
+        lock.rollback().unwrap();
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap(),
+            "alice"
+        );
+    });
+}
+
+/// A database created by Syncline 0.1 (one global counter) migrates in place: every user's counter starts at
+/// the old global value, so a device holding any cursor the old server answered misses no later change.
+#[test]
+fn a_postgres_database_of_the_global_counter_layout_migrates_without_missing_a_change() {
+    let url = syncline_testkit::TempPostgres::shared().fresh_database();
+    let mut old = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    // The layout and rows as Syncline 0.1 left them: alice wrote at 40, bob at 41 and 42.
+    old.batch_execute(include_str!("../migrations/postgres/0001_initial.sql"))
+        .unwrap();
+    old.batch_execute(
+        r#"
+        UPDATE syncline_meta SET value = 42 WHERE key = 'seq';
+        INSERT INTO syncline_tables (tid, name) VALUES (1, 'projects');
+        INSERT INTO syncline_users (uid, name, last_push_at) VALUES (1, 'alice', 1), (2, 'bob', NULL);
+        INSERT INTO syncline_records (uid, tid, id, seq, deleted_at, data) VALUES
+            (1, 1, 'a1', 40, NULL, '{"id":"a1","name":"A","user_id":""}'),
+            (2, 1, 'b1', 41, NULL, '{"id":"b1","name":"B","user_id":""}'),
+            (2, 1, 'b2', 42, NULL, '{"id":"b2","name":"C","user_id":""}');
+        SELECT setval('syncline_users_uid_seq', 2), setval('syncline_tables_tid_seq', 1);
+        "#,
+    )
+    .unwrap();
+    drop(old);
+    let b = Backend::open(&url, None);
+    assert_eq!(b.store.user_stats("alice").unwrap().last_push_at, Some(1));
+    assert_eq!(b.store.user_stats("bob").unwrap().sequence, 42);
+    // Every cursor the old server could have answered is at most 42: all stay incremental.
+    for user in ["alice", "bob"] {
+        let pull = b.pull_since(user, Some(42));
+        assert!(pull.get("experimentalStrategy").is_none(), "{user}");
+        assert!(ids(&pull, "projects", "updated").is_empty());
+        assert!(pull["timestamp"].as_i64().unwrap() >= 42);
+    }
+    assert_eq!(
+        ids(&b.pull_since("alice", Some(39)), "projects", "updated"),
+        ["a1"]
+    );
+    assert_eq!(
+        ids(&b.pull_since("bob", Some(40)), "projects", "updated"),
+        ["b1", "b2"]
+    );
+    // Later changes of every user, and of a user new since the migration, land above every old cursor.
+    for user in ["alice", "bob", "carol"] {
+        let t = sequence(&b.push(
+            user,
+            0,
+            json!({"projects": {"created": [project("n1", "N")], "updated": [], "deleted": []}}),
+        ));
+        assert!(t > 42, "{user}: {t}");
+        assert_eq!(
+            ids(&b.pull_since(user, Some(42)), "projects", "updated"),
+            ["n1"]
+        );
+    }
+    // The migration is recorded and not applied again: the counters keep their values over a restart.
+    let before = b.store.user_stats("alice").unwrap().sequence;
+    let b = b.reopen();
+    assert_eq!(b.store.user_stats("alice").unwrap().sequence, before);
+    let mut check = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let versions: Vec<i32> = check
+        .query(
+            "SELECT version FROM syncline_migrations ORDER BY version",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1, 2]);
+}
+
+/// A pull sink that stops at its first chunk until `go` is dropped or sent to: the pull keeps its database
+/// connection and snapshot meanwhile, as a client that stops reading would.
+struct StalledSink {
+    stalled: std::sync::mpsc::Sender<()>,
+    go: std::sync::mpsc::Receiver<()>,
+}
+
+impl PullSink for StalledSink {
+    fn write(&mut self, _chunk: Vec<u8>) -> Result<(), StoreError> {
+        let _ = self.stalled.send(());
+        let _ = self.go.recv();
+        Ok(())
+    }
+}
+
+/// When every connection stays busy (PostgreSQL: every pooled connection held by a stalled pull; SQLite:
+/// the write lock held by another process), a write waits the acquire timeout, then fails with `Busy`,
+/// applying nothing; once the connections free up, writes go through again.
+#[test]
+fn a_store_out_of_connections_answers_busy_after_the_acquire_timeout_then_recovers() {
+    let timeout = std::time::Duration::from_millis(400);
+    let options = StoreOptions {
+        max_connections: 2,
+        acquire_timeout: timeout,
+        ..StoreOptions::default()
+    };
+    for plain in backends() {
+        let b = Backend::open_with(&plain.url, None, &options);
+        sequence(&b.push(
+            "alice",
+            0,
+            json!({"projects": {"created": [project("p1", "A")], "updated": [], "deleted": []}}),
+        ));
+        let sqlite_path = plain.url.strip_prefix("sqlite://").map(str::to_string);
+        let (stalled_tx, stalled) = std::sync::mpsc::channel();
+        let mut releases = Vec::new();
+        std::thread::scope(|scope| {
+            let mut lock = None;
+            match &sqlite_path {
+                Some(path) => {
+                    let conn = rusqlite::Connection::open(path).unwrap();
+                    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                    lock = Some(conn);
+                }
+                None => {
+                    for _ in 0..2 {
+                        let (go_tx, go) = std::sync::mpsc::channel();
+                        releases.push(go_tx);
+                        let stalled_tx = stalled_tx.clone();
+                        let store = &b.store;
+                        scope.spawn(move || {
+                            let request: PullRequest = serde_json::from_value(json!({})).unwrap();
+                            let mut sink = StalledSink {
+                                stalled: stalled_tx,
+                                go,
+                            };
+                            store.pull("alice", &request, &mut sink).unwrap();
+                        });
+                        stalled
+                            .recv_timeout(std::time::Duration::from_secs(10))
+                            .expect("the pull started");
+                    }
+                }
+            }
+            let started = std::time::Instant::now();
+            let body = json!({"lastPulledAt": 0, "changes": {"projects": {"created": [project("p2", "B")], "updated": [], "deleted": []}}}).to_string();
+            let request: PushRequest = serde_json::from_str(&body).unwrap();
+            let (batch, _) = plan_push(&b.schema, &request, "alice").unwrap();
+            let busy = b
+                .store
+                .write("alice", &batch, None, NOW, &|s| s.sequence.to_string());
+            let waited = started.elapsed();
+            assert!(
+                matches!(busy, Err(StoreError::Busy)),
+                "{}: {busy:?}",
+                plain.url
+            );
+            assert!(
+                waited >= timeout - std::time::Duration::from_millis(50)
+                    && waited < std::time::Duration::from_secs(5),
+                "{}: waited {waited:?}",
+                plain.url
+            );
+            drop(lock);
+            releases.clear();
+        });
+        // Nothing of the refused write was applied; the same write now goes through.
+        assert_eq!(
+            ids(&b.pull_since("alice", None), "projects", "updated"),
+            ["p1"]
+        );
+        sequence(&b.push(
+            "alice",
+            0,
+            json!({"projects": {"created": [project("p2", "B")], "updated": [], "deleted": []}}),
+        ));
+        assert_eq!(
+            ids(&b.pull_since("alice", None), "projects", "updated"),
+            ["p1", "p2"]
+        );
     }
 }

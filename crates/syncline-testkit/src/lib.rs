@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub struct TempPostgres {
     port: u16,
     bin: PathBuf,
+    data: PathBuf,
+    options: String,
     _dir: PathBuf,
     /// Outlives this process on purpose: it stops the cluster once the process is gone.
     _watchdog: std::process::Child,
@@ -52,6 +54,29 @@ fn as_postgres(bin: &Path, tool: &str, args: &[&str]) -> Command {
     cmd
 }
 
+fn pg_ctl_start(bin: &Path, data: &Path, dir: &Path, options: &str) {
+    let log = dir.join("log");
+    run(
+        as_postgres(
+            bin,
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().expect("utf-8 path"),
+                "-o",
+                options,
+                "-l",
+                log.to_str().expect("utf-8 path"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        ),
+        "pg_ctl start",
+    );
+}
+
 fn run(mut cmd: Command, what: &str) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
@@ -62,9 +87,23 @@ fn run(mut cmd: Command, what: &str) {
     );
 }
 
+/// Whether a throwaway cluster waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `fsync`, `synchronous_commit` and `full_page_writes` off: fast, for tests.
+    Off,
+    /// PostgreSQL's defaults: every commit is flushed before it is acknowledged, as in production.
+    On,
+}
+
 impl TempPostgres {
-    /// Starts a new cluster (a few seconds).
+    /// Starts a new cluster (a few seconds) that does not wait for the disk.
     pub fn start() -> TempPostgres {
+        TempPostgres::start_with(Durability::Off)
+    }
+
+    /// Starts a new cluster (a few seconds).
+    pub fn start_with(durability: Durability) -> TempPostgres {
         let bin = pg_bin();
         let dir = tempfile::Builder::new()
             .prefix("syncline-pg-")
@@ -98,30 +137,15 @@ impl TempPostgres {
             ),
             "initdb",
         );
+        let speed = match durability {
+            Durability::Off => " -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            Durability::On => " -c fsync=on -c synchronous_commit=on -c full_page_writes=on",
+        };
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1{speed} -c max_connections=200",
             dir.display()
         );
-        let log = dir.join("log");
-        run(
-            as_postgres(
-                &bin,
-                "pg_ctl",
-                &[
-                    "-D",
-                    data_s,
-                    "-o",
-                    &options,
-                    "-l",
-                    log.to_str().unwrap(),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-            ),
-            "pg_ctl start",
-        );
+        pg_ctl_start(&bin, &data, &dir, &options);
         // Stop and remove the cluster once this process is gone.
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; runuser -u postgres -- {pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
@@ -140,9 +164,33 @@ impl TempPostgres {
         TempPostgres {
             port,
             bin,
+            data,
+            options,
             _dir: dir,
             _watchdog: watchdog,
         }
+    }
+
+    /// Stops the cluster (a fast shutdown: open connections are cut, committed data stays) and starts it
+    /// again on the same port, as a database restart in production would. `down` runs while it is stopped.
+    pub fn restart(&self, down: impl FnOnce()) {
+        run(
+            as_postgres(
+                &self.bin,
+                "pg_ctl",
+                &[
+                    "-D",
+                    self.data.to_str().unwrap(),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "stop",
+                ],
+            ),
+            "pg_ctl stop",
+        );
+        down();
+        pg_ctl_start(&self.bin, &self.data, &self._dir, &self.options);
     }
 
     /// The cluster shared by every test of this process.

@@ -98,17 +98,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         }
     };
 
-    let config = dir.join("bench.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmax_records_per_request = {}\nmax_pulls_per_user = {STALLED_PULLS}\nwrite_timeout_secs = {STALL_TIMEOUT_SECS}\n[storage]\nurl = \"{}\"\n[auth]\njwt_secret = \"{SECRET}\"\n[sync]\nmax_pull_limit = {}\n{}",
-            args.batch.max(1000),
-            storage_url,
-            args.page.max(1),
-            include_str!("demo.toml")
-        ),
-    )?;
+    let config = write_config(dir, "bench.toml", args, &storage_url, "")?;
     let mut server = ServerProcess::spawn(&config)?;
     let auth = syncline_server::Authenticator::from_config(&syncline_server::AuthSection {
         jwt_secret: Some(SECRET.into()),
@@ -119,6 +109,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let mut normal_push_secs = None;
     let (push_secs, pull_secs, pulled, stream_secs, streamed) = runtime.block_on(async {
         let client = reqwest::Client::new();
         let bodies: Vec<String> = records
@@ -142,8 +133,31 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
             bodies.len()
         );
         let started = Instant::now();
-        push_all(&client, &server.url, &token, bodies, args.concurrency).await?;
+        push_all(
+            &client,
+            &server.url,
+            &token,
+            bodies.clone(),
+            args.concurrency,
+        )
+        .await?;
         let push_secs = started.elapsed().as_secs_f64();
+        if cluster.is_none() {
+            // The same push into a fresh database with SQLite's faster, less durable setting.
+            let url = format!("sqlite://{}", dir.join("normal.db").display());
+            let config = write_config(
+                dir,
+                "normal.toml",
+                args,
+                &url,
+                "sqlite_synchronous = \"normal\"",
+            )?;
+            let fast = ServerProcess::spawn(&config)?;
+            eprintln!("pushing the same records with synchronous=normal ...");
+            let started = Instant::now();
+            push_all(&client, &fast.url, &token, bodies, args.concurrency).await?;
+            normal_push_secs = Some(started.elapsed().as_secs_f64());
+        }
         eprintln!("pulling into a fresh cursor ...");
         let started = Instant::now();
         let pulled = pull_all(&client, &server.url, &token, args.page).await?;
@@ -186,11 +200,22 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         "  {backend} upsert ceiling (same records, same disk, {} per txn): {:>10.0} records/s",
         args.batch, ceiling
     );
+    let durable = if args.postgres {
+        ""
+    } else {
+        " (synchronous=full)"
+    };
     println!(
-        "  push over HTTP:                  {:>10.0} records/s  ({:.0}% of ceiling; {push_goal})",
+        "  push over HTTP{durable:<19} {:>10.0} records/s  ({:.0}% of ceiling; {push_goal})",
         push_rate,
         100.0 * push_rate / ceiling
     );
+    if let Some(secs) = normal_push_secs {
+        println!(
+            "  push over HTTP (synchronous=normal): {:>6.0} records/s  (survives a process crash, not power loss)",
+            n / secs
+        );
+    }
     println!(
         "  pull into a fresh cursor:        {:>10.0} records/s  ({pull_goal})",
         pull_rate
@@ -204,7 +229,146 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         peak_rss_mb
     );
     stalled.print();
+    drop(cluster);
+    small_pushes(args, dir, &runtime)?;
     Ok(())
+}
+
+/// Writes a server configuration for `storage_url` (with `storage` lines added to its section).
+fn write_config(
+    dir: &Path,
+    name: &str,
+    args: &BenchArgs,
+    storage_url: &str,
+    storage: &str,
+) -> Result<PathBuf> {
+    let config = dir.join(name);
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_records_per_request = {}\nmax_pulls_per_user = {STALLED_PULLS}\nwrite_timeout_secs = {STALL_TIMEOUT_SECS}\n[storage]\nurl = \"{}\"\n{storage}\n[auth]\njwt_secret = \"{SECRET}\"\n[sync]\nmax_pull_limit = {}\n{}",
+            args.batch.max(1000),
+            storage_url,
+            args.page.max(1),
+            include_str!("demo.toml")
+        ),
+    )?;
+    Ok(config)
+}
+
+/// Pushes in flight at once in the small-push section, and the users they come from in its second half.
+const SMALL_PUSHERS: usize = 16;
+/// Records per push in the small-push section.
+const SMALL_PUSH_RECORDS: usize = 10;
+
+/// Small pushes, as devices make them: 10-record pushes, 16 in flight at once through one server, first all
+/// from one user, then one from each of 16 users. Every commit waits for the disk (PostgreSQL: a cluster
+/// with `fsync` and `synchronous_commit` on; SQLite: `synchronous=full`, then `normal` for the trade-off).
+/// Writes of one user take turns on its counter; writes of different users should not wait for each other.
+fn small_pushes(args: &BenchArgs, dir: &Path, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let secs = 5.0;
+    let mut runs: Vec<(String, String, &str)> = Vec::new();
+    let cluster = args
+        .postgres
+        .then(|| syncline_testkit::TempPostgres::start_with(syncline_testkit::Durability::On));
+    match &cluster {
+        Some(pg) => runs.push((
+            "PostgreSQL, fsync and synchronous_commit on".into(),
+            pg.fresh_database(),
+            "",
+        )),
+        None => {
+            for (mode, line) in [
+                ("full", "sqlite_synchronous = \"full\""),
+                ("normal", "sqlite_synchronous = \"normal\""),
+            ] {
+                runs.push((
+                    format!("SQLite, synchronous={mode}"),
+                    format!(
+                        "sqlite://{}",
+                        dir.join(format!("small-{mode}.db")).display()
+                    ),
+                    line,
+                ));
+            }
+        }
+    }
+    let auth = syncline_server::Authenticator::from_config(&syncline_server::AuthSection {
+        jwt_secret: Some(SECRET.into()),
+        ..Default::default()
+    })?;
+    println!(
+        "Small pushes: {SMALL_PUSH_RECORDS}-record pushes, {SMALL_PUSHERS} in flight through one server, {secs:.0} s each"
+    );
+    for (i, (label, url, storage)) in runs.iter().enumerate() {
+        let config = write_config(dir, &format!("small-{i}.toml"), args, url, storage)?;
+        let server = ServerProcess::spawn(&config)?;
+        let one_user: Vec<String> = (0..SMALL_PUSHERS)
+            .map(|_| auth.mint("solo", 3600, false, crate::now_secs()))
+            .collect::<Result<_, _>>()?;
+        let many_users: Vec<String> = (0..SMALL_PUSHERS)
+            .map(|u| auth.mint(&format!("user{u}"), 3600, false, crate::now_secs()))
+            .collect::<Result<_, _>>()?;
+        let (one, many) = runtime.block_on(async {
+            let one = push_for(&server.url, one_user, secs).await?;
+            let many = push_for(&server.url, many_users, secs).await?;
+            Ok::<_, anyhow::Error>((one, many))
+        })?;
+        println!("  {label}:");
+        println!("    1 user:    {one:>8.0} pushes/s");
+        println!(
+            "    16 users:  {many:>8.0} pushes/s  ({:.1}x of 1 user; goal >= 5x on PostgreSQL, where writes of different users never wait for each other; SQLite has one writer)",
+            many / one
+        );
+    }
+    Ok(())
+}
+
+/// Pushes 10-record batches of new records for `secs` seconds, one pusher per token, all at once; pushes/s.
+async fn push_for(url: &str, tokens: Vec<String>, secs: f64) -> Result<f64> {
+    let client = reqwest::Client::new();
+    let until = Instant::now() + std::time::Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for token in tokens {
+        let (client, url) = (client.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut pushes = 0u64;
+            while Instant::now() < until {
+                let records: Vec<String> = {
+                    let mut rng = rand::rng();
+                    (0..SMALL_PUSH_RECORDS)
+                        .map(|_| record(&mut rng).1)
+                        .collect()
+                };
+                let body = format!(
+                    r#"{{"lastPulledAt":0,"changes":{{"tasks":{{"created":[{}],"updated":[],"deleted":[]}}}}}}"#,
+                    records.join(",")
+                );
+                let response = client
+                    .post(format!("{url}/v1/sync/push"))
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                if !response.status().is_success() {
+                    bail!(
+                        "push failed: {} {}",
+                        response.status(),
+                        response.text().await.unwrap_or_default()
+                    );
+                }
+                pushes += 1;
+            }
+            Ok::<_, anyhow::Error>(pushes)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Pulls opened by the stalled-reader measurement (also the bench server's `max_pulls_per_user`).

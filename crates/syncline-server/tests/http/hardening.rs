@@ -144,7 +144,7 @@ async fn values_no_reader_can_read_back_are_refused_on_postgres() {
         tokio::task::spawn_blocking(|| syncline_testkit::TempPostgres::shared().fresh_database())
             .await
             .unwrap();
-    let s = TestServer::start_on(Some(url), NOTES).await;
+    let s = TestServer::start_on(&url, "", NOTES, tempfile::tempdir().unwrap()).await;
     value_cases(&s).await;
     shape_cases(&s).await;
     // A project delete still cascades and answers on PostgreSQL afterwards (no stored value breaks a cast).

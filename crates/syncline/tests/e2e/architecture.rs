@@ -91,3 +91,94 @@ fn the_syncline_binary_is_the_only_binary_so_cargo_run_finds_it() {
     }
     assert_eq!(binaries, ["syncline"]);
 }
+
+/// The server knows nothing of SQL: database clients are the store's business.
+#[test]
+fn only_the_store_talks_to_databases() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sql = [
+        "postgres",
+        "rusqlite",
+        "r2d2",
+        "r2d2_postgres",
+        "tokio-postgres",
+    ];
+    for name in ["syncline-core", "syncline-import", "syncline-server"] {
+        let text = std::fs::read_to_string(crates.join(name).join("Cargo.toml")).unwrap();
+        let doc: toml::Table = toml::from_str(&text).unwrap();
+        let deps = doc
+            .get("dependencies")
+            .and_then(|d| d.as_table())
+            .cloned()
+            .unwrap_or_default();
+        for client in sql {
+            assert!(
+                !deps.contains_key(client),
+                "{name} must not depend on {client}: go through the store"
+            );
+        }
+    }
+}
+
+/// Every Rust file of the workspace, tests and examples included.
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if path.is_dir() {
+            if name != "target" && name != "node_modules" && !name.starts_with('.') {
+                rust_files(&path, out);
+            }
+        } else if name.ends_with(".rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Tidy, in rust-analyzer's way: every file says what it is for in a `//!` line first, and no test is
+/// switched off.
+#[test]
+fn every_rust_file_opens_with_a_doc_line_and_no_test_is_ignored() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    rust_files(&crates, &mut files);
+    assert!(files.len() > 20, "found {} files", files.len());
+    let ignore = ["#[", "ignore]"].concat();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            text.starts_with("//!"),
+            "{} does not open with a `//!` line",
+            file.display()
+        );
+        assert!(
+            !text.contains(&ignore),
+            "{} switches a test off",
+            file.display()
+        );
+    }
+}
+
+/// Every crate takes its `rust-version` from the workspace, and the toolchain is pinned.
+#[test]
+fn every_crate_inherits_the_rust_version_and_the_toolchain_is_pinned() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for entry in std::fs::read_dir(&crates).unwrap() {
+        let manifest = entry.unwrap().path().join("Cargo.toml");
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            continue;
+        };
+        let doc: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(
+            doc["package"]
+                .get("rust-version")
+                .and_then(|v| v.get("workspace")),
+            Some(&toml::Value::Boolean(true)),
+            "{}: rust-version.workspace = true",
+            manifest.display()
+        );
+    }
+    let toolchain = std::fs::read_to_string(crates.join("../rust-toolchain.toml")).unwrap();
+    let doc: toml::Table = toml::from_str(&toolchain).unwrap();
+    assert!(doc["toolchain"]["channel"].as_str().is_some());
+}
