@@ -1,7 +1,9 @@
 //! Live notifications: "new changes are available" (and, later, import progress) for each user, delivered
 //! over Server-Sent Events at `GET /v1/events`.
 //!
-//! On SQLite (one process) events go through an in-process broadcast channel. On PostgreSQL they go through
+//! On SQLite (one process) events go through the in-process fan-out (`fanout.rs`: a small channel per user
+//! with a stream open, so an idle stream costs little and a change wakes only its user's streams). On
+//! PostgreSQL they go through
 //! `NOTIFY syncline_events` and every instance `LISTEN`s, so a client connected to any instance hears about a
 //! push that reached another one. An event is a hint to pull, never data: a missed one costs a delay until
 //! the next periodic pull, nothing more.
@@ -11,13 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, Sse};
 use futures_util::Stream;
 use postgres::fallible_iterator::FallibleIterator;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 
 use crate::app::{AppState, User};
+use crate::fanout::{Hub, Next};
 
 const CHANNEL: &str = "syncline_events";
 
@@ -33,9 +35,9 @@ pub struct Event {
 
 /// The event hub of one server instance.
 pub struct Events {
-    local: broadcast::Sender<Event>,
-    /// Set when the server stops: open event streams end, so a graceful shutdown does not wait on them.
-    closed: tokio::sync::watch::Sender<bool>,
+    /// This instance's open streams. [`Events::close`] ends them, so a graceful shutdown does not wait on
+    /// them.
+    local: Arc<Hub>,
     /// PostgreSQL: the connection `NOTIFY` goes through (events come back through the listener).
     notify: Option<Mutex<postgres::Client>>,
     url: Option<String>,
@@ -53,11 +55,10 @@ impl Events {
     /// Events for a store url: shared through PostgreSQL for `postgres://` urls, in-process otherwise.
     /// Call from a blocking context (it may connect to PostgreSQL).
     pub fn for_storage(url: &str) -> Result<Arc<Events>, crate::ServerError> {
-        let (local, _) = broadcast::channel(1024);
+        let local = Hub::new();
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Ok(Arc::new(Events {
                 local,
-                closed: tokio::sync::watch::Sender::new(false),
                 notify: None,
                 url: None,
             }));
@@ -66,7 +67,6 @@ impl Events {
             .map_err(|e| crate::ServerError::Config(format!("events connection: {e}")))?;
         let events = Arc::new(Events {
             local,
-            closed: tokio::sync::watch::Sender::new(false),
             notify: Some(Mutex::new(client)),
             url: Some(url.to_string()),
         });
@@ -93,7 +93,7 @@ impl Events {
                         match iter.next() {
                             Ok(Some(n)) => {
                                 if let Ok(event) = serde_json::from_str::<Event>(n.payload()) {
-                                    let _ = events.local.send(event);
+                                    events.local.send(event);
                                 }
                             }
                             Ok(None) => break,
@@ -133,9 +133,7 @@ impl Events {
                     }
                 }
             }
-            None => {
-                let _ = self.local.send(event);
-            }
+            None => self.local.send(event),
         }
     }
 
@@ -148,54 +146,32 @@ impl Events {
         });
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.local.subscribe()
-    }
-
     /// Ends every open event stream (the server is stopping).
     pub fn close(&self) {
-        self.closed.send_replace(true);
+        self.local.close();
     }
 }
 
 /// `GET /v1/events`: the caller's events as Server-Sent Events (admins get everyone's), with keep-alives.
+/// A stream holds its subscription and a shared pulse, nothing else: no timer, no buffer of its own.
 pub async fn stream(
     State(state): State<AppState>,
     User(user): User,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let receiver = state.events.subscribe();
+    let subscription = state.events.local.subscribe(&user.user, user.admin);
     let ready = SseEvent::default()
         .event("ready")
         .data(format!("{{\"user\":{}}}", serde_json::json!(user.user)));
-    let closed = state.events.closed.subscribe();
-    let updates = futures_util::stream::unfold(
-        (receiver, user, closed),
-        |(mut receiver, user, mut closed)| async move {
-            loop {
-                if *closed.borrow() {
-                    return None;
-                }
-                let received = tokio::select! {
-                    _ = closed.changed() => return None,
-                    received = receiver.recv() => received,
-                };
-                match received {
-                    Ok(e) if user.admin || e.user == user.user => {
-                        let out = SseEvent::default().event(e.kind).data(e.data);
-                        return Some((Ok(out), (receiver, user, closed)));
-                    }
-                    Ok(_) => continue,
-                    // Fell behind: tell the client to pull, which catches up on everything.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let out = SseEvent::default().event("changes").data("{}");
-                        return Some((Ok(out), (receiver, user, closed)));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        },
-    );
+    let updates = futures_util::stream::unfold(subscription, |mut subscription| async move {
+        let out = match subscription.next().await {
+            Next::Event(e) => SseEvent::default().event(&e.kind).data(&e.data),
+            // Fell behind: tell the client to pull, which catches up on everything.
+            Next::Lagged => SseEvent::default().event("changes").data("{}"),
+            Next::KeepAlive => SseEvent::default().comment("keep-alive"),
+            Next::Closed => return None,
+        };
+        Some((Ok(out), subscription))
+    });
     use futures_util::StreamExt;
-    let stream = futures_util::stream::iter([Ok(ready)]).chain(updates);
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Sse::new(futures_util::stream::iter([Ok(ready)]).chain(updates))
 }

@@ -10,6 +10,7 @@ mod auth;
 mod config;
 mod error;
 mod events;
+mod fanout;
 mod import_watch;
 mod imports;
 mod metrics;
@@ -112,6 +113,14 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     .then(|| tokio::spawn(state.imports.clone().run()));
     let app = router(state);
     let task = tokio::spawn(async move {
+        // No Nagle: a response written in several pieces (a streamed pull) would otherwise wait for the
+        // client's delayed ACK, about 40 ms on Linux.
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         let served = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stopped.await;
             events.close(); // open event streams would otherwise hold the shutdown forever

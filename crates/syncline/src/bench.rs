@@ -35,6 +35,9 @@ pub struct BenchArgs {
     /// package and root), with the raw PostgreSQL upsert ceiling measured on the same cluster.
     #[arg(long)]
     postgres: bool,
+    /// The live sections: write-to-other-device latency and many idle event streams.
+    #[command(flatten)]
+    live: crate::bench_live::LiveArgs,
 }
 
 pub(crate) const SECRET: &str = "bench-secret-bench-secret-bench";
@@ -160,6 +163,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         ))
     })?;
     let peak_rss_mb = server.peak_rss_kb()? as f64 / 1024.0;
+    let live = crate::bench_live::measure(&args.live, dir, &server.url)?;
     server.stop();
     if pulled != records.len() || streamed != records.len() {
         bail!(
@@ -202,6 +206,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         "  server peak RSS:                 {:>10.1} MB         (goal <= 200 MB)",
         peak_rss_mb
     );
+    live.print();
     Ok(())
 }
 
