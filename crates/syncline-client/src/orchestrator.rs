@@ -102,8 +102,8 @@ impl AutoSync {
         }
         if let Some(listener) = self.listener.take() {
             let _ = listener.await;
+            self.shared.progress.send_modify(|p| p.live = false);
         }
-        self.shared.progress.send_modify(|p| p.live = false);
     }
 
     fn shutdown(&mut self) {
@@ -113,6 +113,7 @@ impl AutoSync {
         }
         if let Some(listener) = &self.listener {
             listener.abort();
+            self.shared.progress.send_modify(|p| p.live = false);
         }
     }
 }
