@@ -5,7 +5,8 @@
 //!   hears `changes` and pulls from its cursor. Timed from A's request to B's parsed pull answer, over
 //!   `--latency-writes` writes one after the other, on the server the throughput figures were measured on.
 //! - **SSE** (`bench`): `--sse-streams` streams opened over raw TCP to a fresh server process, one per user
-//!   (the server's resident memory per idle stream); then as many to another fresh process, all on one
+//!   (the server's resident memory per idle stream, next to that of as many idle keep-alive HTTP
+//!   connections on another fresh process); then as many to another fresh process, all on one
 //!   user, whose pushes are fanned out to every stream (time from the push request to each stream reading its `changes` event).
 //! - **SDK latency** (`bench-client`): two SDK clients of one user with automatic, live sync; a local write
 //!   on A until the record is applied in B's local database.
@@ -88,6 +89,8 @@ struct Latency {
 }
 
 struct SseFigures {
+    /// Server memory per idle keep-alive HTTP connection (no stream), for comparison.
+    idle_http_kb: f64,
     streams: usize,
     base_mb: f64,
     distinct_mb: f64,
@@ -169,6 +172,10 @@ impl LiveReport {
             println!(
                 "    server RSS, one user per stream:  {:>7.1} MB total, {:.1} MB before  ({per_stream_kb:.1} KB per stream; goal < 400 MB total)",
                 s.distinct_mb, s.base_mb
+            );
+            println!(
+                "    for comparison, an idle keep-alive HTTP connection (one GET /healthz, no stream): {:.1} KB",
+                s.idle_http_kb
             );
             println!(
                 "    server RSS, all on one user, after the fan-out: {:>7.1} MB total  (another fresh process; goal < 400 MB)",
@@ -316,32 +323,58 @@ async fn latency(url: &str, token: &str, writes: usize) -> Result<Latency> {
 
 /// One idle stream over raw TCP: the request, then everything up to `ready`. Small on the bench's side too.
 async fn open_stream(addr: &str, token: &str) -> Result<tokio::net::TcpStream> {
+    let request = format!(
+        "GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    open_connection(addr, &request, b"event: ready").await
+}
+
+/// A raw HTTP/1.1 connection that sent `request` and read its answer up to `until`; kept open.
+async fn open_connection(addr: &str, request: &str, until: &[u8]) -> Result<tokio::net::TcpStream> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    stream
-        .write_all(
-            format!(
-                "GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await?;
+    stream.write_all(request.as_bytes()).await?;
     let mut seen = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
-    while !contains(&seen, b"event: ready") {
+    while !contains(&seen, until) {
         let n = stream.read(&mut buf).await?;
         if n == 0 || seen.len() > 16 * 1024 {
-            bail!(
-                "the event stream did not open: {}",
-                String::from_utf8_lossy(&seen)
-            );
+            bail!("no answer: {}", String::from_utf8_lossy(&seen));
         }
         seen.extend_from_slice(&buf[..n]);
     }
     if !seen.starts_with(b"HTTP/1.1 200") {
-        bail!("GET /v1/events: {}", String::from_utf8_lossy(&seen));
+        bail!("{}", String::from_utf8_lossy(&seen));
     }
     Ok(stream)
+}
+
+/// The server's memory per idle keep-alive HTTP connection that served one `GET /healthz`: what any open
+/// connection costs before it is an event stream. Returns (RSS before, RSS after) in MB.
+async fn idle_connections(server: &ServerProcess, n: usize) -> Result<(f64, f64)> {
+    let addr = server
+        .url
+        .strip_prefix("http://")
+        .context("server url")?
+        .to_string();
+    reqwest::get(format!("{}/healthz", server.url)).await?;
+    let before = server.peak_rss_kb()? as f64 / 1024.0;
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let connecting = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (addr, request, connecting) = (addr.clone(), request.clone(), connecting.clone());
+        tasks.spawn(async move {
+            let _permit = connecting.acquire_owned().await;
+            open_connection(&addr, &request, b"\r\n\r\n").await
+        });
+    }
+    let mut held = Vec::with_capacity(n);
+    while let Some(joined) = tasks.join_next().await {
+        held.push(joined??);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok((before, server.peak_rss_kb()? as f64 / 1024.0))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -409,6 +442,11 @@ async fn sse(
             .to_string())
     };
 
+    let server = spawn("sse-idle-http")?;
+    eprintln!("SSE: opening {n} idle keep-alive HTTP connections, for comparison ...");
+    let (idle_before, idle_after) = idle_connections(&server, n).await?;
+    drop(server);
+
     let server = spawn("sse-users")?;
     // One request first, so the baseline includes a served connection.
     pull(&reqwest::Client::new(), &server.url, &fan_user, 0).await?;
@@ -451,6 +489,7 @@ async fn sse(
     let one_user_mb = server.peak_rss_kb()? as f64 / 1024.0;
     streams.tasks.abort_all();
     Ok(SseFigures {
+        idle_http_kb: (idle_after - idle_before) * 1024.0 / n as f64,
         streams: n,
         base_mb,
         distinct_mb,
