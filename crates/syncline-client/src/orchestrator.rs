@@ -1,8 +1,9 @@
 //! The automatic-sync task: feeds triggers (startup, local writes, `network_available`, `sync_now`, the
-//! server's `changes` events, the periodic timer) and sync outcomes to the pure [`Scheduler`](crate::schedule::Scheduler), and does what it
-//! answers: start a sync now, or sleep until a time or the next trigger. Triggers are flags plus one
-//! `Notify`, so a burst of a million local writes costs a million atomic stores, not a million messages.
-//! While it runs, `live.rs` keeps the server's event stream open next to it.
+//! server's `changes` events, the periodic timer) and sync outcomes to the pure
+//! [`Scheduler`](crate::schedule::Scheduler), and does what it answers: start a sync now, or sleep until a
+//! time or the next trigger. Triggers are flags plus one `Notify`, so a burst of a million local writes
+//! costs a million atomic stores, not a million messages. While it runs, `live.rs` keeps the server's event
+//! stream open next to it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};

@@ -3,9 +3,8 @@
 //!
 //! On SQLite (one process) events go through the in-process fan-out (`fanout.rs`: a small channel per user
 //! with a stream open, so an idle stream costs little and a change wakes only its user's streams). On
-//! PostgreSQL they go through
-//! `NOTIFY syncline_events` and every instance `LISTEN`s, so a client connected to any instance hears about a
-//! push that reached another one. An event is a hint to pull, never data: a missed one costs a delay until
+//! PostgreSQL they go through `NOTIFY syncline_events` and every instance `LISTEN`s and relays what it hears
+//! to its own fan-out, so a client connected to any instance hears about a push that reached another one. An event is a hint to pull, never data: a missed one costs a delay until
 //! the next periodic pull, nothing more.
 
 use std::convert::Infallible;
