@@ -127,6 +127,7 @@ impl Client {
         let conn = store::open(path.as_ref())?;
         let last_synced_at = store::meta_i64(&conn, "last_synced_at")?;
         let last_error = store::meta_text(&conn, "last_error")?;
+        let cursor = store::cursor(&conn)?;
         let device = match (&config.device, store::meta_text(&conn, "device_id")?) {
             (Some(name), _) => name.clone(),
             (None, Some(id)) => id,
@@ -160,6 +161,7 @@ impl Client {
                 finished,
                 triggers: Triggers::default(),
                 retry_failed_now: Default::default(),
+                cursor: cursor.into(),
             }),
         })
     }
@@ -231,8 +233,10 @@ impl Client {
     }
 
     /// Starts syncing automatically (needs a Tokio runtime): on start, after local writes (debounced), on
-    /// [`network_available`](Client::network_available), every `policy.interval`, and on
-    /// [`sync_now`](Client::sync_now). Runs until the returned handle is stopped or dropped.
+    /// [`network_available`](Client::network_available), every `policy.interval`, on
+    /// [`sync_now`](Client::sync_now), and, with `policy.live`, as soon as the server announces changes
+    /// made elsewhere (one `GET /v1/events` stream stays open; [`SyncProgress::live`] says whether it is
+    /// connected). Runs until the returned handle is stopped or dropped.
     pub fn start_auto_sync(&self, policy: AutoSyncPolicy) -> AutoSync {
         AutoSync::start(self.shared.clone(), policy)
     }

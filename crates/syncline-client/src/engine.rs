@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub triggers: crate::orchestrator::Triggers,
     /// The network is back: failed batches are due at once instead of after their backoff.
     pub retry_failed_now: std::sync::atomic::AtomicBool,
+    /// The pull cursor as last saved, for deciding without the database whether an announced change is new.
+    pub cursor: std::sync::atomic::AtomicI64,
 }
 
 /// Runs `f` on the local database on a blocking thread.
@@ -431,6 +433,7 @@ async fn pull_phase(shared: &Arc<Shared>, summary: &mut SyncSummary) -> Result<(
         let (applied, timestamp) = match applied.and_then(|r| r) {
             Ok(a) => {
                 cursor = a.1;
+                shared.cursor.store(cursor, Ordering::SeqCst);
                 a
             }
             Err(e) => {

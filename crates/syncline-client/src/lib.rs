@@ -39,7 +39,8 @@
 //! println!("{summary}"); // "2 items updated from cloud, 3 changes sent"
 //!
 //! // ...or let the orchestrator do it: on start, after writes (debounced), when the network is back,
-//! // every few minutes, and on sync_now().
+//! // as soon as another device's changes reach the server (over `/v1/events`), every few minutes, and on
+//! // sync_now().
 //! let auto = client.start_auto_sync(AutoSyncPolicy::default());
 //! let mut progress = client.progress();
 //! progress.changed().await.ok();
@@ -65,6 +66,10 @@
 //! - **Pull.** Pages of [`ClientConfig::pull_page_size`] changes, each applied in one transaction with the
 //!   new cursor, so an interrupted first sync resumes from its last page. A pulled record is merged with
 //!   the local operations still waiting: local changed columns win.
+//! - **Live.** While automatic sync runs, one `GET /v1/events` stream stays open. A `changes` event the
+//!   local cursor does not cover yet asks the orchestrator for a sync (so the echo of this device's own push
+//!   costs nothing), and every (re)connection is followed by one, so changes announced while the stream
+//!   was down are pulled too. A dropped stream reconnects with backoff.
 //! - **Decisions apart from I/O.** Coalescing, batching, retry schedules, merging, progress arithmetic
 //!   and the orchestrator's timing are pure functions (modules `coalesce`, `batch`, `merge`, `progress`,
 //!   `schedule`); SQLite, HTTP and timers stay at the edges (`store`, `transport`, `engine`,
@@ -78,10 +83,12 @@ mod coalesce;
 mod engine;
 mod error;
 mod ids;
+mod live;
 mod merge;
 mod orchestrator;
 mod progress;
 mod schedule;
+mod sse;
 mod store;
 mod transport;
 

@@ -163,6 +163,8 @@ pub struct SyncProgress {
     pub offline: bool,
     /// The summary of the last finished sync.
     pub last_summary: Option<SyncSummary>,
+    /// The server's event stream is connected: changes made on other devices are pulled within moments.
+    pub live: bool,
 }
 
 impl SyncProgress {

@@ -1,11 +1,12 @@
 //! When to sync: the orchestrator's decisions as a pure state machine. It takes triggers (startup, network
-//! back, a local write, a manual request, the periodic timer) and the outcome of each sync, all stamped with
+//! back, a local write, a manual request, changes announced by the server, the periodic timer) and the outcome of each sync, all stamped with
 //! a time the caller passes in (milliseconds on any monotonic clock), and answers whether to start a sync
 //! now or how long to wait. No timers, no tasks: the async shell in `orchestrator.rs` does the waiting, and
 //! the tests here run whole days of triggers without sleeping.
 //!
 //! The rules: local writes are debounced (each write pushes the start out by `debounce`, but a burst never
-//! waits more than `max_debounce`); triggers that arrive during a sync coalesce into at most one follow-up;
+//! waits more than `max_debounce`); changes announced by the server are wanted at once (they come one per
+//! server write, not per keystroke); triggers that arrive during a sync coalesce into exactly one follow-up;
 //! two syncs never start less than `min_interval` apart; after a failure, and while the server cannot be
 //! reached, syncs wait out an exponential backoff, which a manual request or `network_available` cuts short.
 
@@ -28,6 +29,9 @@ pub struct AutoSyncPolicy {
     pub backoff_base: Duration,
     /// The longest wait after failures.
     pub backoff_max: Duration,
+    /// Keep the server's event stream (`GET /v1/events`) open and sync as soon as it announces changes
+    /// made elsewhere.
+    pub live: bool,
 }
 
 impl Default for AutoSyncPolicy {
@@ -40,6 +44,7 @@ impl Default for AutoSyncPolicy {
             on_start: true,
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
+            live: true,
         }
     }
 }
@@ -51,6 +56,8 @@ pub enum Trigger {
     NetworkAvailable,
     LocalWrite,
     Manual,
+    /// The server announced changes this device has not pulled yet (or a reconnection to its event stream).
+    RemoteChanges,
 }
 
 /// How a sync ended, for scheduling.
@@ -117,8 +124,12 @@ impl Scheduler {
 
     pub fn trigger(&mut self, trigger: Trigger, now: u64) {
         match trigger {
-            Trigger::Startup | Trigger::NetworkAvailable | Trigger::Manual => {
-                if trigger != Trigger::Startup {
+            Trigger::Startup
+            | Trigger::NetworkAvailable
+            | Trigger::Manual
+            | Trigger::RemoteChanges => {
+                // Only the user (or the network coming back) cuts a failure backoff short.
+                if matches!(trigger, Trigger::NetworkAvailable | Trigger::Manual) {
                     self.blocked_until = None;
                 }
                 self.want = Some(self.want.map_or(now, |w| w.min(now)));
@@ -230,6 +241,7 @@ mod tests {
             on_start: false,
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(60),
+            live: true,
         }
     }
 
@@ -295,6 +307,40 @@ mod tests {
                 Poll(1500, Action::Start),
                 Finish(1600, Finished::Ok),
                 Poll(1600, Action::WaitUntil(300_000)),
+            ],
+        );
+    }
+
+    #[test]
+    fn announced_changes_sync_at_once_and_during_a_sync_make_exactly_one_more() {
+        check(
+            policy(),
+            &[
+                Fire(5000, T::RemoteChanges),
+                Poll(5000, Action::Start),
+                Fire(5010, T::RemoteChanges),
+                Fire(5020, T::RemoteChanges),
+                Fire(5030, T::RemoteChanges),
+                Poll(5040, Action::WaitUntil(300_000)),
+                Finish(5100, Finished::Ok),
+                Poll(6000, Action::Start),
+                Finish(6050, Finished::Ok),
+                Poll(6050, Action::WaitUntil(300_000)),
+            ],
+        );
+    }
+
+    #[test]
+    fn announced_changes_do_not_cut_a_failure_backoff_short() {
+        check(
+            policy(),
+            &[
+                Fire(0, T::Manual),
+                Poll(0, Action::Start),
+                Finish(10, Finished::Failed { retry_after: None }),
+                Fire(100, T::RemoteChanges),
+                Poll(100, Action::WaitUntil(2010)),
+                Poll(2010, Action::Start),
             ],
         );
     }

@@ -1,7 +1,8 @@
 //! HTTP to the Syncline server: push with an `Idempotency-Key`, paged pull, and the server's sequence for
 //! progress. Every push and pull names the device (`Syncline-Device`) and, once known, how many operations
 //! wait in its outbox (`Syncline-Outbox-Pending`), for the server's dashboard. Turns network failures and
-//! error answers into verdicts and errors; decides nothing else.
+//! error answers into verdicts and errors; decides nothing else. The `/v1/events` stream has its own HTTP
+//! client: it stays open for hours, so it has no overall time limit, only a connect timeout.
 
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,8 @@ use crate::batch::{PushVerdict, classify_push};
 #[derive(Debug)]
 pub(crate) struct Transport {
     http: reqwest::Client,
+    /// For the long-lived event stream.
+    events_http: reqwest::Client,
     base: String,
     token: RwLock<String>,
     device: String,
@@ -62,8 +65,14 @@ impl Transport {
             .connect_timeout(Duration::from_secs(10).min(timeout))
             .build()
             .unwrap_or_default();
+        let events_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10).min(timeout))
+            .tcp_keepalive(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
         Transport {
             http,
+            events_http,
             base: base.trim_end_matches('/').to_string(),
             token: RwLock::new(token),
             device,
@@ -150,6 +159,25 @@ impl Transport {
         } else {
             Err(error_answer(status, &body))
         }
+    }
+
+    /// Opens `GET /v1/events` (Server-Sent Events). The answer's body is the stream.
+    pub(crate) async fn events(&self) -> Result<reqwest::Response, ClientError> {
+        let response = self
+            .events_http
+            .get(format!("{}/v1/events", self.base))
+            .bearer_auth(self.token())
+            .header("accept", "text/event-stream")
+            .header("syncline-device", &self.device)
+            .send()
+            .await
+            .map_err(|e| network(&e))?;
+        let status = response.status().as_u16();
+        if status == 200 {
+            return Ok(response);
+        }
+        let body = response.bytes().await.map_err(|e| network(&e))?;
+        Err(error_answer(status, &body))
     }
 
     /// The server's current change sequence (from `GET /v1/me`), the target a pull is heading for.

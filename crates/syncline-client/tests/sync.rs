@@ -1,7 +1,11 @@
 //! Real clients against a real server over HTTP on 127.0.0.1, each with its own SQLite file: convergence of
 //! two devices, batching and chunking (requests counted at the server's `/metrics`), rejected rows, deletes,
 //! a lost answer resent with the same idempotency key, a first sync resumed after an interruption, offline
-//! detection, the orchestrator's debounce, and seed 001's backup import.
+//! detection, the orchestrator's debounce, and seed 001's backup import; `sync/live.rs`: live devices over
+//! the server's event stream.
+
+#[path = "sync/live.rs"]
+mod live;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

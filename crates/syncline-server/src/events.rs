@@ -1,23 +1,25 @@
-//! Live notifications: "new changes are available" (and, later, import progress) for each user, delivered
-//! over Server-Sent Events at `GET /v1/events`.
+//! Live notifications: "new changes are available" (and import progress) for each user, delivered over
+//! Server-Sent Events at `GET /v1/events`.
 //!
-//! On SQLite (one process) events go through an in-process broadcast channel. On PostgreSQL they go through
-//! the store's notifier (`syncline_store::Notifier`: `NOTIFY`/`LISTEN`, which this module never sees), so a
-//! client connected to any instance hears about a push that reached another one. An event is a hint to pull, never data: a missed one costs a delay until
-//! the next periodic pull, nothing more.
+//! Every instance delivers events to its own open streams through the in-process fan-out (`fanout.rs`: a
+//! small channel per user with a stream open, so an idle stream costs little and a change wakes only its
+//! user's streams). On PostgreSQL, events travel between instances through the store's notifier
+//! (`syncline_store::Notifier`: `NOTIFY`/`LISTEN`, which this module never sees), and every instance relays
+//! what it hears to its own fan-out, so a client connected to any instance hears about a push that reached
+//! another one. An event is a hint to pull, never data: a missed one costs a delay until the next pull,
+//! nothing more.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, Sse};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use syncline_store::{Notifier, StorageUrl};
-use tokio::sync::broadcast;
 
 use crate::app::{AppState, User};
+use crate::fanout::{Hub, Next};
 
 /// One notification for one user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,9 +33,9 @@ pub struct Event {
 
 /// The event hub of one server instance.
 pub struct Events {
-    local: broadcast::Sender<Event>,
-    /// Set when the server stops: open event streams end, so a graceful shutdown does not wait on them.
-    closed: tokio::sync::watch::Sender<bool>,
+    /// This instance's open streams. [`Events::close`] ends them, so a graceful shutdown does not wait on
+    /// them.
+    local: Arc<Hub>,
     /// Shared storage (PostgreSQL): events go to every instance through the store's notifier, and come
     /// back, this instance's included, into `local`.
     notifier: Option<Arc<dyn Notifier>>,
@@ -51,21 +53,17 @@ impl Events {
     /// Events for the store at `url`: shared between instances when the store has a notifier, in-process
     /// otherwise. Call from a blocking context (it may connect to the database).
     pub fn for_storage(url: &StorageUrl) -> Result<Arc<Events>, crate::ServerError> {
-        let (local, _) = broadcast::channel(1024);
+        let local = Hub::new();
         let relay = local.clone();
         let notifier = syncline_store::notifier(
             url,
             Box::new(move |payload| {
                 if let Ok(event) = serde_json::from_str::<Event>(payload) {
-                    let _ = relay.send(event);
+                    relay.send(event);
                 }
             }),
         )?;
-        Ok(Arc::new(Events {
-            local,
-            closed: tokio::sync::watch::Sender::new(false),
-            notifier,
-        }))
+        Ok(Arc::new(Events { local, notifier }))
     }
 
     /// Publishes an event to every instance. Blocking with a shared store: call from a blocking thread.
@@ -77,9 +75,7 @@ impl Events {
                     tracing::warn!(error = %e, "could not publish an event");
                 }
             }
-            None => {
-                let _ = self.local.send(event);
-            }
+            None => self.local.send(event),
         }
     }
 
@@ -92,54 +88,32 @@ impl Events {
         });
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.local.subscribe()
-    }
-
     /// Ends every open event stream (the server is stopping).
     pub fn close(&self) {
-        self.closed.send_replace(true);
+        self.local.close();
     }
 }
 
 /// `GET /v1/events`: the caller's events as Server-Sent Events (admins get everyone's), with keep-alives.
+/// A stream holds its subscription and a shared pulse, nothing else: no timer, no buffer of its own.
 pub async fn stream(
     State(state): State<AppState>,
     User(user): User,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let receiver = state.events.subscribe();
+    let subscription = state.events.local.subscribe(&user.user, user.admin);
     let ready = SseEvent::default()
         .event("ready")
         .data(format!("{{\"user\":{}}}", serde_json::json!(user.user)));
-    let closed = state.events.closed.subscribe();
-    let updates = futures_util::stream::unfold(
-        (receiver, user, closed),
-        |(mut receiver, user, mut closed)| async move {
-            loop {
-                if *closed.borrow() {
-                    return None;
-                }
-                let received = tokio::select! {
-                    _ = closed.changed() => return None,
-                    received = receiver.recv() => received,
-                };
-                match received {
-                    Ok(e) if user.admin || e.user == user.user => {
-                        let out = SseEvent::default().event(e.kind).data(e.data);
-                        return Some((Ok(out), (receiver, user, closed)));
-                    }
-                    Ok(_) => continue,
-                    // Fell behind: tell the client to pull, which catches up on everything.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let out = SseEvent::default().event("changes").data("{}");
-                        return Some((Ok(out), (receiver, user, closed)));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        },
-    );
+    let updates = futures_util::stream::unfold(subscription, |mut subscription| async move {
+        let out = match subscription.next().await {
+            Next::Event(e) => SseEvent::default().event(&e.kind).data(&e.data),
+            // Fell behind: tell the client to pull, which catches up on everything.
+            Next::Lagged => SseEvent::default().event("changes").data("{}"),
+            Next::KeepAlive => SseEvent::default().comment("keep-alive"),
+            Next::Closed => return None,
+        };
+        Some((Ok(out), subscription))
+    });
     use futures_util::StreamExt;
-    let stream = futures_util::stream::iter([Ok(ready)]).chain(updates);
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Sse::new(futures_util::stream::iter([Ok(ready)]).chain(updates))
 }

@@ -10,6 +10,7 @@ mod auth;
 mod config;
 mod error;
 mod events;
+mod fanout;
 mod import_watch;
 mod imports;
 mod metrics;

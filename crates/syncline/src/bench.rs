@@ -35,6 +35,9 @@ pub struct BenchArgs {
     /// package and root), with the raw PostgreSQL upsert ceiling measured on the same cluster.
     #[arg(long)]
     postgres: bool,
+    /// The live sections: write-to-other-device latency and many idle event streams.
+    #[command(flatten)]
+    live: crate::bench_live::LiveArgs,
 }
 
 pub(crate) const SECRET: &str = "bench-secret-bench-secret-bench";
@@ -175,6 +178,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
     })?;
     let peak_rss_mb = server.peak_rss_kb()? as f64 / 1024.0;
     let stalled = runtime.block_on(stalled_pulls(&server, &token))?;
+    let live = crate::bench_live::measure(&args.live, dir, &server.url)?;
     server.stop();
     if pulled != records.len() || streamed != records.len() {
         bail!(
@@ -229,6 +233,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         peak_rss_mb
     );
     stalled.print();
+    live.print();
     drop(cluster);
     small_pushes(args, dir, &runtime)?;
     Ok(())

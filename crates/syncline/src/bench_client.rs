@@ -35,6 +35,8 @@ pub struct BenchClientArgs {
     /// Where the databases go (default: a fresh directory under the current one, removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
+    #[command(flatten)]
+    live: crate::bench_live::ClientLatencyArgs,
 }
 
 /// What `syncline sync --json` prints.
@@ -182,6 +184,15 @@ fn run_in(args: &BenchClientArgs, dir: &Path) -> Result<()> {
     write_local(&c_db, args.individual_records)?;
     let c = sync_process(&url, &token("individual")?, &c_db, &["--individual"])?;
     let server_rss = server.peak_rss_kb()? as f64 / 1024.0;
+    let latency = (args.live.latency_writes > 0)
+        .then(|| {
+            eprintln!(
+                "latency: {} writes from SDK client A to SDK client B ...",
+                args.live.latency_writes
+            );
+            crate::bench_live::client_latency(&url, &token("live")?, dir, args.live.latency_writes)
+        })
+        .transpose()?;
     drop(server);
 
     if a.pushed != args.records as u64 || b.pulled != args.records as u64 {
@@ -228,6 +239,9 @@ fn run_in(args: &BenchClientArgs, dir: &Path) -> Result<()> {
         push / individual
     );
     println!("  server peak RSS:                     {server_rss:>7.1} MB");
+    if let Some(samples) = &latency {
+        crate::bench_live::print_client_latency(samples);
+    }
     if !sweep.is_empty() {
         println!(
             "  batch-size sweep, {} records each (push records/s, requests):",

@@ -1,13 +1,16 @@
 //! `syncline sync` and `syncline outbox`: the client SDK from the command line. `sync` runs one sync of a
-//! local database with a progress bar and prints its summary; `outbox` shows what waits to be pushed. Thin:
-//! all the work is `syncline_client`'s.
+//! local database with a progress bar and prints its summary; `sync --watch` keeps syncing automatically,
+//! live over the server's event stream, and prints a line per sync until Ctrl-C; `outbox` shows what waits
+//! to be pushed. Thin: all the work is `syncline_client`'s.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use syncline_client::{Client, ClientConfig, DEFAULT_BATCH_SIZE, OpState, Phase, PushMode};
+use syncline_client::{
+    AutoSyncPolicy, Client, ClientConfig, DEFAULT_BATCH_SIZE, OpState, Phase, PushMode,
+};
 
 #[derive(clap::Args)]
 pub struct SyncArgs {
@@ -32,6 +35,13 @@ pub struct SyncArgs {
     /// Also print the figures as one JSON line (timings, counts, this process's peak RSS).
     #[arg(long)]
     json: bool,
+    /// Keep syncing until Ctrl-C: live over the server's event stream (another device's write arrives
+    /// within moments), after a periodic check, and printing a line per sync.
+    #[arg(long, conflicts_with = "json")]
+    watch: bool,
+    /// With --watch: seconds between periodic syncs besides the live ones (0: none).
+    #[arg(long, default_value_t = 300, requires = "watch")]
+    interval: u64,
 }
 
 #[derive(clap::Args)]
@@ -57,6 +67,9 @@ pub fn sync(args: SyncArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if args.watch {
+        return runtime.block_on(watch(&client, args.interval));
+    }
     let summary = runtime.block_on(async {
         let bar = ProgressBar::new(1000);
         bar.set_style(
@@ -118,6 +131,71 @@ pub fn sync(args: SyncArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `sync --watch`: automatic, live sync until Ctrl-C, one line per sync and per change of the stream.
+async fn watch(client: &Client, interval: u64) -> Result<()> {
+    let auto = client.start_auto_sync(AutoSyncPolicy {
+        interval: (interval > 0).then(|| Duration::from_secs(interval)),
+        ..AutoSyncPolicy::default()
+    });
+    println!(
+        "Watching {} (device {}); Ctrl-C to stop.",
+        client.cursor().map(|c| format!("from sequence {c}"))?,
+        client.device()
+    );
+    let mut progress = client.progress();
+    let (mut live, mut last) = (false, None);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            changed = progress.changed() => if changed.is_err() { break },
+        }
+        let p = progress.borrow_and_update().clone();
+        if p.live != live {
+            live = p.live;
+            println!(
+                "{} live: {}",
+                clock(),
+                if live {
+                    "connected to the event stream"
+                } else {
+                    "event stream down, reconnecting"
+                }
+            );
+        }
+        if p.state != syncline_client::SyncState::Syncing && p.last_summary != last {
+            last = p.last_summary.clone();
+            match (&p.last_error, &last) {
+                (Some(e), _) => println!("{} sync failed: {e}", clock()),
+                (None, Some(s)) => println!(
+                    "{} synced: {s} ({} ms, cursor {})",
+                    clock(),
+                    s.duration_ms,
+                    client.cursor()?
+                ),
+                (None, None) => {}
+            }
+        }
+    }
+    auto.stop().await;
+    Ok(())
+}
+
+/// The time of day (UTC) for `--watch` lines.
+fn clock() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let secs = (ms / 1000) % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        ms % 1000
+    )
 }
 
 /// This process's peak resident set (VmHWM), in KiB; 0 where /proc is not available.

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_client;
+mod bench_live;
 mod client_cli;
 mod import_cli;
 
@@ -68,6 +69,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    raise_fd_limit();
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Token {
@@ -86,6 +88,16 @@ fn main() -> Result<()> {
         Command::Outbox(args) => client_cli::outbox(args),
         Command::BenchClient(args) => bench_client::run(args),
         Command::Import(args) => import_cli::run(args),
+    }
+}
+
+/// Raises the open-file soft limit to the hard limit: every live device holds one connection (one file
+/// descriptor) open on the server, and the benchmarks open thousands. Where the OS refuses, the limit
+/// stays and the server still runs (README, "Many live connections").
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
 }
 
