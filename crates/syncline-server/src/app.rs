@@ -590,8 +590,6 @@ async fn pull(
         let mut sink = ChannelSink(tx);
         match st.store.pull(&user.user, &request, &mut sink) {
             Ok(stats) => {
-                // The response is complete: end it before the dashboard's bookkeeping.
-                drop(sink);
                 Metrics::add(&st.metrics.records_pulled, stats.records);
                 Metrics::add(&st.metrics.tombstones_pulled, stats.deleted);
                 report.pulled(&st, &user.user, stats.records + stats.deleted);

@@ -62,13 +62,15 @@ async fn an_import_killed_mid_walk_resumes_from_its_checkpoint_and_applies_every
     )
     .await;
     assert_eq!(ids(&pull, "spotify_tracks").len() as u64, TRACKS);
-    // The restarted server went on from the checkpoint: no page before it was fetched again.
+    // The restarted server went on from the checkpoint: no page before it was fetched again. Pages fetched
+    // but not committed before the kill (how many depends on how fast the disk commits) are fetched again;
+    // on top, as before the kill, at most two requests that are not pages (the page in flight, a retry).
     let pages = TRACKS / 50;
+    let committed_pages = mid["processed"].as_u64().unwrap() / 50;
+    let after_restart = fake.control.requests() - requests_at_kill;
     assert!(
-        fake.control.requests() <= pages + 2,
-        "{} requests for {pages} pages ({requests_at_kill} before the kill): {:?}",
-        fake.control.requests(),
-        fake.control.log()
+        after_restart <= pages - committed_pages + 2,
+        "{after_restart} requests after the restart for {pages} pages, {committed_pages} committed before the kill"
     );
 }
 
