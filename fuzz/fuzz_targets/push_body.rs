@@ -17,7 +17,11 @@ fuzz_target!(|data: &[u8]| {
         for writes in &batch.tables {
             let table = schema.table(&writes.table).expect("planned tables exist");
             for upsert in &writes.upserts {
-                syncline_fuzz::assert_strictly_readable(&render_record(table, &upsert.record, None));
+                syncline_fuzz::assert_strictly_readable(&render_record(
+                    table,
+                    &upsert.record,
+                    None,
+                ));
             }
         }
     }

@@ -57,7 +57,10 @@ pub fn assert_strictly_readable(canonical: &str) {
             Value::String(s) => !s.contains('\0'),
             Value::Array(items) => depth < MAX_DEPTH && items.iter().all(|i| holds(i, depth + 1)),
             Value::Object(map) => {
-                depth < MAX_DEPTH && map.iter().all(|(k, v)| !k.contains('\0') && holds(v, depth + 1))
+                depth < MAX_DEPTH
+                    && map
+                        .iter()
+                        .all(|(k, v)| !k.contains('\0') && holds(v, depth + 1))
             }
             _ => true,
         }
