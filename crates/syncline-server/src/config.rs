@@ -66,7 +66,7 @@ impl Default for ServerSection {
             keep_alive_timeout_secs: 30.0,
             write_timeout_secs: 30.0,
             max_connections: 512,
-            max_pulls_per_user: 4,
+            max_pulls_per_user: 16,
         }
     }
 }
