@@ -487,3 +487,103 @@ async fn a_stalled_pull_is_closed_and_releases_its_snapshot_and_its_slot() {
     assert!(closed_within(&mut stalled, Duration::from_secs(5)).await);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_stalled_pull_is_closed_and_releases_its_transaction_and_its_slot() {
+    let url =
+        tokio::task::spawn_blocking(|| syncline_testkit::TempPostgres::shared().fresh_database())
+            .await
+            .unwrap();
+    let s = TestServer::start_on(
+        &url,
+        "",
+        // A longer write deadline than DEADLINES: the probe and the push must happen while it stalls.
+        "header_read_timeout_secs = 1\nbody_read_timeout_secs = 1\nkeep_alive_timeout_secs = 1\n\
+         write_timeout_secs = 3\nmax_pulls_per_user = 1",
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    // The stalled pull's snapshot is an open transaction of another session on this database.
+    stalled_pull_case(&s, move || {
+        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let open: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND pid <> pg_backend_pid() AND xact_start IS NOT NULL",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        open > 0
+    })
+    .await;
+    s.stop().await;
+}
+
+/// PostgreSQL's half of the stalled-pull case (SQLite's is above): about 4 MB of records, then a reader with a small receive buffer that asks for everything and reads
+/// nothing: while it stalls, the user's one pull slot is taken (429 with Retry-After) and `pinned` says its
+/// snapshot is held; within the write deadline the server gives up on it, closes the connection and lets the
+/// snapshot go, and the data is intact.
+async fn stalled_pull_case(s: &TestServer, pinned: impl Fn() -> bool + Clone + Send + 'static) {
+    let name = "n".repeat(1000);
+    for batch in 0..4 {
+        let records: Vec<(String, String)> = (0..1000)
+            .map(|i| (format!("p{batch}-{i}"), name.clone()))
+            .collect();
+        let refs: Vec<(&str, &str)> = records
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let (status, _) = s.push("alice", 0, projects(&refs)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let before = full_pull(s, "alice").await;
+    let addr = s.server.as_ref().unwrap().addr;
+    let probe = || {
+        let pinned = pinned.clone();
+        async move { tokio::task::spawn_blocking(pinned).await.unwrap() }
+    };
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "POST /v1/sync/pull HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 2\r\n\r\n{{}}",
+        s.token("alice")
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let response = s
+        .http
+        .post(format!("{}/v1/sync/pull", s.url))
+        .bearer_auth(s.token("alice"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "too_many_pulls"
+    );
+    s.push("alice", 0, projects(&[("later", "x")])).await;
+    assert!(probe().await, "the stalled pull pins its snapshot");
+
+    // Within the write deadline (plus scheduling), the server gives up on it and closes the connection.
+    let started = Instant::now();
+    let mut released = false;
+    while started.elapsed() < Duration::from_secs(8) {
+        if !probe().await {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "the snapshot was released");
+    let after = full_pull(s, "alice").await;
+    assert!(after.len() > before.len() && after.contains("\"later\""));
+    // The stalled connection was closed: reading drains what the kernel held, then ends.
+    assert!(closed_within(&mut stalled, Duration::from_secs(5)).await);
+}
