@@ -119,6 +119,14 @@ async fn spotify(tracks: usize) -> (FakeSpotify, FakeAuthServer) {
     (api, auth)
 }
 
+/// Connects USER's Spotify account with the credential fields `given`, as `PUT /v1/connections` would.
+async fn connect_spotify(e: &Engine, given: Value) {
+    e.importer
+        .connect(USER, "spotify", object(given))
+        .await
+        .unwrap();
+}
+
 fn only(states: &[ImportState]) -> &ImportState {
     assert_eq!(states.len(), 1, "{states:?}");
     &states[0]
@@ -131,14 +139,11 @@ async fn an_access_token_that_expires_mid_walk_is_renewed_and_the_walk_completes
     // Good for two pages of the three.
     api.control.issue("first-access", 2);
     let refresh = auth.mint_refresh_token();
-    e.importer
-        .connect(
-            USER,
-            "spotify",
-            object(json!({"access_token": "first-access", "refresh_token": refresh})),
-        )
-        .await
-        .unwrap();
+    connect_spotify(
+        &e,
+        json!({"access_token": "first-access", "refresh_token": refresh}),
+    )
+    .await;
     let states = import(&e.importer, "spotify").await;
     let s = only(&states);
     assert_eq!(s.status, ImportStatus::Success, "{s:?}");
@@ -154,14 +159,11 @@ async fn a_token_about_to_expire_is_renewed_before_it_is_used() {
     let e = engine(&spotify_source(&api, &auth, true));
     api.control.issue("expiring-access", 100);
     let refresh = auth.mint_refresh_token();
-    e.importer
-        .connect(
-            USER,
-            "spotify",
-            object(json!({"access_token": "expiring-access", "refresh_token": refresh, "expires_in": 20})),
-        )
-        .await
-        .unwrap();
+    connect_spotify(
+        &e,
+        json!({"access_token": "expiring-access", "refresh_token": refresh, "expires_in": 20}),
+    )
+    .await;
     let states = import(&e.importer, "spotify").await;
     assert_eq!(only(&states).status, ImportStatus::Success);
     assert_eq!(e.rows("spotify_tracks"), 120);
@@ -175,14 +177,11 @@ async fn a_refused_renewal_ends_in_error_asking_to_connect_again_without_looping
     let e = engine(&spotify_source(&api, &auth, true));
     api.control.issue("first-access", 1);
     let refresh = auth.mint_refresh_token();
-    e.importer
-        .connect(
-            USER,
-            "spotify",
-            object(json!({"access_token": "first-access", "refresh_token": refresh})),
-        )
-        .await
-        .unwrap();
+    connect_spotify(
+        &e,
+        json!({"access_token": "first-access", "refresh_token": refresh}),
+    )
+    .await;
     auth.revoke();
     let states = import(&e.importer, "spotify").await;
     let s = only(&states);
@@ -206,14 +205,11 @@ async fn a_rotated_refresh_token_is_saved_and_used_after_a_restart() {
     let e = engine(&spotify_source(&api, &auth, true));
     api.control.issue("first-access", 1);
     let refresh = auth.mint_refresh_token();
-    e.importer
-        .connect(
-            USER,
-            "spotify",
-            object(json!({"access_token": "first-access", "refresh_token": refresh})),
-        )
-        .await
-        .unwrap();
+    connect_spotify(
+        &e,
+        json!({"access_token": "first-access", "refresh_token": refresh}),
+    )
+    .await;
     let states = import(&e.importer, "spotify").await;
     assert_eq!(only(&states).status, ImportStatus::Success);
     assert_eq!(auth.token_calls(), 1);
@@ -233,14 +229,7 @@ async fn a_bare_access_token_works_until_it_expires() {
     let (api, auth) = spotify(120).await;
     let e = engine(&spotify_source(&api, &auth, true));
     api.control.issue("pasted-access", 2);
-    e.importer
-        .connect(
-            USER,
-            "spotify",
-            object(json!({"access_token": "pasted-access"})),
-        )
-        .await
-        .unwrap();
+    connect_spotify(&e, json!({"access_token": "pasted-access"})).await;
     let states = import(&e.importer, "spotify").await;
     let s = only(&states);
     assert_eq!(e.rows("spotify_tracks"), 100, "two pages");
