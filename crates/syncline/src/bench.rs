@@ -14,6 +14,8 @@ use rand::distr::Alphanumeric;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::bench_pg::{Cluster, Durability};
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Records to push and pull.
@@ -31,13 +33,33 @@ pub struct BenchArgs {
     /// Where the databases go (default: a fresh directory under the current one, removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Run the server on PostgreSQL: a throwaway cluster started for the run (needs the `postgresql`
-    /// package and root), with the raw PostgreSQL upsert ceiling measured on the same cluster.
+    /// Run the server on PostgreSQL: a throwaway cluster started for the run (only in a build with
+    /// `--features bench-postgres`; needs the `postgresql` package and root), with the raw PostgreSQL upsert
+    /// ceiling measured on the same cluster.
     #[arg(long)]
     postgres: bool,
+    /// Run the server on this PostgreSQL cluster instead (a role that may create databases: the bench
+    /// creates one per measurement and drops them at the end). Its durability settings are printed.
+    #[arg(long, value_name = "URL", conflicts_with = "postgres")]
+    postgres_url: Option<String>,
     /// The live sections: write-to-other-device latency and many idle event streams.
     #[command(flatten)]
     live: crate::bench_live::LiveArgs,
+}
+
+impl BenchArgs {
+    fn on_postgres(&self) -> bool {
+        self.postgres || self.postgres_url.is_some()
+    }
+
+    /// The cluster a PostgreSQL section runs on: the given one, or a throwaway one with `durability`.
+    fn cluster(&self, durability: Durability) -> Result<Option<Cluster>> {
+        match (&self.postgres_url, self.postgres) {
+            (Some(url), _) => Ok(Some(Cluster::given(url)?)),
+            (None, true) => Ok(Some(Cluster::throwaway(durability)?)),
+            (None, false) => Ok(None),
+        }
+    }
 }
 
 pub(crate) const SECRET: &str = "bench-secret-bench-secret-bench";
@@ -83,12 +105,12 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
     let records: Vec<(String, String)> = (0..args.records).map(|_| record(&mut rng)).collect();
     let avg = records.iter().map(|r| r.1.len()).sum::<usize>() / records.len().max(1);
 
-    let cluster = args.postgres.then(syncline_testkit::TempPostgres::start);
+    let cluster = args.cluster(Durability::Off)?;
     let (backend, storage_url, ceiling) = match &cluster {
         Some(pg) => {
             eprintln!("measuring the raw PostgreSQL upsert ceiling ...");
-            let ceiling = postgres_ceiling(&pg.fresh_database(), &records, args.batch)?;
-            ("PostgreSQL", pg.fresh_database(), ceiling)
+            let ceiling = postgres_ceiling(&pg.fresh_database()?, &records, args.batch)?;
+            ("PostgreSQL", pg.fresh_database()?, ceiling)
         }
         None => {
             eprintln!("measuring the raw SQLite upsert ceiling ...");
@@ -187,7 +209,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         );
     }
     let n = records.len() as f64;
-    let (push_goal, pull_goal) = if args.postgres {
+    let (push_goal, pull_goal) = if args.on_postgres() {
         ("goal >= 50000/s, about 60%", "no goal set for PostgreSQL")
     } else {
         ("goal >= 100000/s and >= 50%", "goal >= 500000/s")
@@ -204,7 +226,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         "  {backend} upsert ceiling (same records, same disk, {} per txn): {:>10.0} records/s",
         args.batch, ceiling
     );
-    let durable = if args.postgres {
+    let durable = if args.on_postgres() {
         ""
     } else {
         " (synchronous=full)"
@@ -273,15 +295,13 @@ const SMALL_PUSH_RECORDS: usize = 10;
 fn small_pushes(args: &BenchArgs, dir: &Path, runtime: &tokio::runtime::Runtime) -> Result<()> {
     let secs = 5.0;
     let mut runs: Vec<(String, String, &str)> = Vec::new();
-    let cluster = args
-        .postgres
-        .then(|| syncline_testkit::TempPostgres::start_with(syncline_testkit::Durability::On));
+    let cluster = args.cluster(Durability::On)?;
     match &cluster {
-        Some(pg) => runs.push((
-            "PostgreSQL, fsync and synchronous_commit on".into(),
-            pg.fresh_database(),
-            "",
-        )),
+        Some(pg) => {
+            let url = pg.fresh_database()?;
+            let settings = pg.durability_settings(&url)?;
+            runs.push((format!("PostgreSQL, {settings}"), url, ""));
+        }
         None => {
             for (mode, line) in [
                 ("full", "sqlite_synchronous = \"full\""),

@@ -66,6 +66,54 @@ fn crates_depend_only_in_the_allowed_direction() {
     assert!(checked >= 5, "found {checked} crates");
 }
 
+/// The release binary carries no test-support code: the testkit is only an optional dependency of the binary,
+/// behind the `bench-postgres` feature, which no default feature turns on.
+#[test]
+fn the_default_release_binary_does_not_depend_on_the_testkit() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let doc: toml::Table = toml::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+    let testkit = &doc["dependencies"]["syncline-testkit"];
+    assert_eq!(
+        testkit.get("optional"),
+        Some(&toml::Value::Boolean(true)),
+        "syncline-testkit must be optional in the binary's [dependencies]"
+    );
+    let features = doc["features"].as_table().unwrap();
+    assert_eq!(
+        features["bench-postgres"].as_array().unwrap(),
+        &[toml::Value::from("dep:syncline-testkit")]
+    );
+    let defaults = features
+        .get("default")
+        .and_then(|d| d.as_array())
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !defaults
+            .iter()
+            .any(|f| f.as_str() == Some("bench-postgres")),
+        "the default features must not pull in the testkit"
+    );
+    // And no other crate the binary depends on brings it in as a normal dependency.
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for entry in std::fs::read_dir(&crates).unwrap() {
+        let dir = entry.unwrap().path();
+        if dir.ends_with("syncline") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
+            continue;
+        };
+        let doc: toml::Table = toml::from_str(&text).unwrap();
+        let deps = doc.get("dependencies").and_then(|d| d.as_table());
+        assert!(
+            !deps.is_some_and(|d| d.contains_key("syncline-testkit")),
+            "{} depends on the testkit outside its dev-dependencies",
+            dir.display()
+        );
+    }
+}
+
 /// README's first command is `cargo run --release -- serve`: that works only while the `syncline` binary is
 /// the workspace's one binary target. Tools for tests are examples.
 #[test]
