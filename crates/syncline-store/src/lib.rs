@@ -12,6 +12,7 @@ mod notify;
 mod postgres;
 mod pull;
 mod sqlite;
+mod write;
 
 use syncline_core::{ImportPhase, ImportState, PullRequest, WriteBatch};
 
@@ -171,6 +172,22 @@ pub trait SyncStore: Send + Sync + 'static {
         idempotency: Option<&IdempotencyKey>,
         now_ms: i64,
         respond: &dyn Fn(&WriteSummary) -> String,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.write_counted(user, batch, idempotency, now_ms, respond, None)
+    }
+
+    /// [`SyncStore::write`] that also counts the request for the dashboard (as
+    /// [`ActivityStore::record_sync`] would) when the batch is applied, inside the write's own transaction,
+    /// so a push commits once. `activity.records` is replaced by what the write applied (upserted and
+    /// deleted). A replayed or conflicting write counts nothing: its caller records that itself.
+    fn write_counted(
+        &self,
+        user: &str,
+        batch: &WriteBatch<'_>,
+        idempotency: Option<&IdempotencyKey>,
+        now_ms: i64,
+        respond: &dyn Fn(&WriteSummary) -> String,
+        activity: Option<&SyncActivity<'_>>,
     ) -> Result<WriteOutcome, StoreError>;
 
     /// Removes tombstones deleted before `tombstone_cutoff_ms` (raising each user's horizon, so older cursors

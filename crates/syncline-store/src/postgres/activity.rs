@@ -56,69 +56,7 @@ impl ActivityStore for PostgresStore {
         // (a second flush per push would halve what small pushes get through on a durable cluster).
         tx.batch_execute("SET LOCAL synchronous_commit = off")?;
         let uid = user_id(&mut tx, user)?;
-        let pull = a.kind == SyncKind::Pull;
-        let (pull_at, push_at) = if pull {
-            (Some(a.at_ms), None)
-        } else {
-            (None, Some(a.at_ms))
-        };
-        let (pulled, pushed) = if pull {
-            (a.records as i64, 0)
-        } else {
-            (0, a.records as i64)
-        };
-        // greatest() skips NULLs: a pull leaves the last push time alone and the other way round.
-        tx.execute(
-            "INSERT INTO syncline_activity_users AS t (uid, last_pull_at, last_push_at, pulls, pushes,
-                 records_pulled, records_pushed, rejected, conflicts, last_rejection, last_rejection_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text,
-                     CASE WHEN $10::text IS NOT NULL THEN $11::bigint END)
-             ON CONFLICT (uid) DO UPDATE SET
-                 last_pull_at = greatest(t.last_pull_at, excluded.last_pull_at),
-                 last_push_at = greatest(t.last_push_at, excluded.last_push_at),
-                 pulls = t.pulls + excluded.pulls, pushes = t.pushes + excluded.pushes,
-                 records_pulled = t.records_pulled + excluded.records_pulled,
-                 records_pushed = t.records_pushed + excluded.records_pushed,
-                 rejected = t.rejected + excluded.rejected, conflicts = t.conflicts + excluded.conflicts,
-                 last_rejection = coalesce(excluded.last_rejection, t.last_rejection),
-                 last_rejection_at = coalesce(excluded.last_rejection_at, t.last_rejection_at)",
-            &[
-                &uid,
-                &pull_at,
-                &push_at,
-                &(pull as i64),
-                &(!pull as i64),
-                &pulled,
-                &pushed,
-                &(a.rejected as i64),
-                &(a.conflicts as i64),
-                &a.rejection,
-                &a.at_ms,
-            ],
-        )?;
-        if let Some(device) = a.device {
-            tx.execute(
-                "INSERT INTO syncline_activity_devices AS t
-                     (uid, device, last_seen_at, last_pull_at, last_push_at, outbox_pending)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (uid, device) DO UPDATE SET
-                     last_seen_at = greatest(t.last_seen_at, excluded.last_seen_at),
-                     last_pull_at = greatest(t.last_pull_at, excluded.last_pull_at),
-                     last_push_at = greatest(t.last_push_at, excluded.last_push_at),
-                     outbox_pending = coalesce(excluded.outbox_pending, t.outbox_pending)",
-                &[
-                    &uid,
-                    &device,
-                    &a.at_ms,
-                    &pull_at,
-                    &push_at,
-                    &a.outbox_pending.map(|n| n as i64),
-                ],
-            )?;
-        }
-        if a.records > 0 {
-            add_to_bucket(&mut tx, uid, a.at_ms, pushed, pulled, 0)?;
-        }
+        count_sync(&mut tx, uid, a)?;
         tx.commit()?;
         Ok(())
     }
@@ -252,16 +190,88 @@ impl ActivityStore for PostgresStore {
     }
 }
 
+/// Counts one pull or push of user `uid` in the caller's transaction (also a push's own write transaction).
+pub(super) fn count_sync(
+    tx: &mut impl Exec,
+    uid: i64,
+    a: &SyncActivity<'_>,
+) -> Result<(), StoreError> {
+    let pull = a.kind == SyncKind::Pull;
+    let (pull_at, push_at) = if pull {
+        (Some(a.at_ms), None)
+    } else {
+        (None, Some(a.at_ms))
+    };
+    let (pulled, pushed) = if pull {
+        (a.records as i64, 0)
+    } else {
+        (0, a.records as i64)
+    };
+    // greatest() skips NULLs: a pull leaves the last push time alone and the other way round.
+    tx.exec(
+        "INSERT INTO syncline_activity_users AS t (uid, last_pull_at, last_push_at, pulls, pushes,
+             records_pulled, records_pushed, rejected, conflicts, last_rejection, last_rejection_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text,
+                 CASE WHEN $10::text IS NOT NULL THEN $11::bigint END)
+         ON CONFLICT (uid) DO UPDATE SET
+             last_pull_at = greatest(t.last_pull_at, excluded.last_pull_at),
+             last_push_at = greatest(t.last_push_at, excluded.last_push_at),
+             pulls = t.pulls + excluded.pulls, pushes = t.pushes + excluded.pushes,
+             records_pulled = t.records_pulled + excluded.records_pulled,
+             records_pushed = t.records_pushed + excluded.records_pushed,
+             rejected = t.rejected + excluded.rejected, conflicts = t.conflicts + excluded.conflicts,
+             last_rejection = coalesce(excluded.last_rejection, t.last_rejection),
+             last_rejection_at = coalesce(excluded.last_rejection_at, t.last_rejection_at)",
+        &[
+            &uid,
+            &pull_at,
+            &push_at,
+            &(pull as i64),
+            &(!pull as i64),
+            &pulled,
+            &pushed,
+            &(a.rejected as i64),
+            &(a.conflicts as i64),
+            &a.rejection,
+            &a.at_ms,
+        ],
+    )?;
+    if let Some(device) = a.device {
+        tx.exec(
+            "INSERT INTO syncline_activity_devices AS t
+                 (uid, device, last_seen_at, last_pull_at, last_push_at, outbox_pending)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (uid, device) DO UPDATE SET
+                 last_seen_at = greatest(t.last_seen_at, excluded.last_seen_at),
+                 last_pull_at = greatest(t.last_pull_at, excluded.last_pull_at),
+                 last_push_at = greatest(t.last_push_at, excluded.last_push_at),
+                 outbox_pending = coalesce(excluded.outbox_pending, t.outbox_pending)",
+            &[
+                &uid,
+                &device,
+                &a.at_ms,
+                &pull_at,
+                &push_at,
+                &a.outbox_pending.map(|n| n as i64),
+            ],
+        )?;
+    }
+    if a.records > 0 {
+        add_to_bucket(tx, uid, a.at_ms, pushed, pulled, 0)?;
+    }
+    Ok(())
+}
+
 /// Adds records to the user's bucket of `at_ms`.
 fn add_to_bucket(
-    tx: &mut Transaction<'_>,
+    tx: &mut impl Exec,
     uid: i64,
     at_ms: i64,
     pushed: i64,
     pulled: i64,
     imported: i64,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO syncline_activity_buckets AS t (uid, bucket, pushed, pulled, imported)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (uid, bucket) DO UPDATE SET pushed = t.pushed + excluded.pushed,
@@ -274,12 +284,12 @@ fn add_to_bucket(
 /// Counts one applied import batch for the dashboard, inside the batch's transaction: what the walk wrote so
 /// far, and its rows in their time bucket.
 pub(super) fn count_import(
-    tx: &mut Transaction<'_>,
+    tx: &mut impl Exec,
     uid: i64,
     a: &ImportActivity<'_>,
 ) -> Result<(), StoreError> {
     // Assignments read the old row: a batch of a new walk starts the counts again.
-    tx.execute(
+    tx.exec(
         "INSERT INTO syncline_import_outcomes AS t (uid, source, stream, phase, walk_started_at,
              last_batch_at, batches, upserted, unchanged, deleted)
          VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, $9)

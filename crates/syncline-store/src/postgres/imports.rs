@@ -3,11 +3,11 @@
 use super::*;
 
 pub(super) fn save_state(
-    tx: &mut Transaction<'_>,
+    tx: &mut impl Exec,
     uid: i64,
     state: &ImportState,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO syncline_import_states (uid, source, stream, phase, status, generation, state)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (uid, source, stream, phase)
@@ -73,7 +73,7 @@ impl ImportStore for PostgresStore {
         lease: Lease<'_>,
         now_ms: i64,
     ) -> Result<Option<WriteSummary>, StoreError> {
-        self.write_import_batch(user, batch, state, lease, now_ms)
+        crate::write::write_import(self, user, batch, state, lease, now_ms)
     }
 
     fn claim_import(

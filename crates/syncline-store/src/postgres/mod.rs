@@ -20,10 +20,11 @@ mod write;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, NoTls, Transaction};
 use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
 
-use crate::apply::{Existing, NewRow, RecordTx, apply};
+use crate::apply::{Existing, NewRow, RecordTx};
 use crate::pull::{LogRow, Output, PullPlan, live_rows_filter, write_page};
 use crate::{
     ActivityBucket, ActivityStore, DeviceActivity, GcStats, IdempotencyKey, ImportActivity,
@@ -79,7 +80,35 @@ fn migrate(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
-type Manager = r2d2_postgres::PostgresConnectionManager<NoTls>;
+/// One pooled connection and the statements prepared on it so far: each is parsed and planned once per
+/// connection, so running it again costs one round trip instead of two.
+pub(super) struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, postgres::Statement>,
+}
+
+/// Opens the pool's connections.
+struct Manager(postgres::Config);
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<Conn, postgres::Error> {
+        Ok(Conn {
+            client: self.0.connect(NoTls)?,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
+        conn.client.simple_query("").map(|_| ())
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.client.is_closed()
+    }
+}
 
 /// The PostgreSQL store: a bounded pool of connections; any number of instances may share one database.
 pub struct PostgresStore {
@@ -202,7 +231,7 @@ impl PostgresStore {
             .idle_timeout(Some(std::time::Duration::from_secs(300)))
             .test_on_check_out(true)
             .error_handler(Box::new(LogPoolErrors))
-            .build_unchecked(Manager::new(config, NoTls));
+            .build_unchecked(Manager(config));
         Ok(PostgresStore {
             schema,
             pool: Some(pool),
@@ -234,11 +263,52 @@ impl PostgresStore {
     }
 }
 
-struct PooledClient(r2d2::PooledConnection<Manager>);
+pub(super) struct PooledClient(r2d2::PooledConnection<Manager>);
 
 impl PooledClient {
     fn get(&mut self) -> &mut Client {
-        &mut self.0
+        &mut self.0.client
+    }
+
+    /// `sql`, prepared on this connection the first time it is run here.
+    fn prepared(&mut self, sql: &'static str) -> Result<postgres::Statement, StoreError> {
+        let conn = &mut *self.0;
+        if let Some(statement) = conn.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = conn.client.prepare(sql)?;
+        conn.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
+/// Runs statements: inside a [`Transaction`] as they are, on a [`PooledClient`] prepared once per connection.
+pub(super) trait Exec {
+    fn exec(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError>;
+}
+
+impl Exec for Transaction<'_> {
+    fn exec(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        Ok(self.execute(sql, params)?)
+    }
+}
+
+impl Exec for PooledClient {
+    fn exec(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let statement = self.prepared(sql)?;
+        Ok(self.get().execute(&statement, params)?)
     }
 }
 
@@ -283,15 +353,16 @@ impl SyncStore for PostgresStore {
         self.pull_changes(user, request, sink)
     }
 
-    fn write(
+    fn write_counted(
         &self,
         user: &str,
         batch: &WriteBatch<'_>,
         idempotency: Option<&IdempotencyKey>,
         now_ms: i64,
         respond: &dyn Fn(&WriteSummary) -> String,
+        activity: Option<&SyncActivity<'_>>,
     ) -> Result<WriteOutcome, StoreError> {
-        self.write_changes(user, batch, idempotency, now_ms, respond)
+        crate::write::write(self, user, batch, idempotency, now_ms, respond, activity)
     }
 
     fn collect_garbage(

@@ -1,17 +1,194 @@
-//! PostgreSQL writes: the row operations of a write transaction, the per-user counter lock, pushes and bulk writes, import batches with their checkpoint and lease, and garbage collection.
+//! PostgreSQL writes: the SQL of a write transaction holding its user's counter row (rows, counter,
+//! idempotency, lease, checkpoint; the flow is [`crate::write`]), and garbage collection.
 
-use super::activity::count_import;
+use super::activity::{count_import, count_sync};
 use super::imports::save_state;
 use super::*;
+use crate::write::{WriteBackend, WriteTx};
 
-/// The row operations of one PostgreSQL write transaction.
-struct PgRows<'a, 't> {
-    tx: &'a mut Transaction<'t>,
+/// The user's uid and counter, locked until commit: the first statement of every write transaction.
+const LOCK: &str =
+    "SELECT s.uid, s.seq FROM syncline_users u JOIN syncline_sequences s ON s.uid = u.uid
+     WHERE u.name = $1 FOR UPDATE OF s";
+
+/// One write transaction of one user on a pooled connection, holding the user's counter row locked from
+/// [`WriteBackend::begin`] until commit: the user's writers on every instance then commit in sequence order,
+/// and other users' writers are not held up. Statements are prepared once per connection.
+pub(crate) struct PgWrite {
+    conn: PooledClient,
+    uid: i64,
+    start: i64,
+    open: bool,
 }
 
-impl RecordTx for PgRows<'_, '_> {
+impl Drop for PgWrite {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.conn.get().batch_execute("ROLLBACK");
+        }
+    }
+}
+
+impl PgWrite {
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, StoreError> {
+        let statement = self.conn.prepared(sql)?;
+        Ok(self.conn.get().query(&statement, params)?)
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<postgres::Row>, StoreError> {
+        let statement = self.conn.prepared(sql)?;
+        Ok(self.conn.get().query_opt(&statement, params)?)
+    }
+
+    fn exec(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        self.conn.exec(sql, params)
+    }
+}
+
+impl WriteBackend for PostgresStore {
+    type Tx<'a> = PgWrite;
+
+    fn begin(&self, user: &str) -> Result<PgWrite, StoreError> {
+        let mut conn = self.client()?;
+        conn.get()
+            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")?;
+        let mut tx = PgWrite {
+            conn,
+            uid: -1,
+            start: 0,
+            open: true,
+        };
+        let row = match tx.query_opt(LOCK, &[&user])? {
+            Some(row) => row,
+            None => {
+                // The user's first write (since the migration): create the user, and a counter starting at
+                // the frozen global value.
+                tx.exec(INSERT_USER, &[&user])?;
+                tx.exec(
+                    "INSERT INTO syncline_sequences (uid, seq)
+                     SELECT u.uid, m.value FROM syncline_users u, syncline_meta m
+                     WHERE u.name = $1 AND m.key = 'seq' ON CONFLICT (uid) DO NOTHING",
+                    &[&user],
+                )?;
+                tx.query_opt(LOCK, &[&user])?
+                    .ok_or_else(|| StoreError::Postgres("the user's counter row vanished".into()))?
+            }
+        };
+        tx.uid = row.get(0);
+        tx.start = row.get(1);
+        Ok(tx)
+    }
+
+    fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    fn tids(&self) -> &HashMap<String, i64> {
+        &self.tids
+    }
+
+    fn import_hook(&self) -> &crate::ImportHook {
+        &self.import_hook
+    }
+}
+
+impl WriteTx for PgWrite {
+    fn uid(&self) -> i64 {
+        self.uid
+    }
+
+    fn start(&self) -> i64 {
+        self.start
+    }
+
+    fn remembered(&mut self, key: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
+        let uid = self.uid;
+        Ok(self
+            .query_opt(
+                "SELECT request_hash, response FROM syncline_idempotency WHERE uid = $1 AND key = $2",
+                &[&uid, &key],
+            )?
+            .map(|row| (row.get(0), row.get(1))))
+    }
+
+    fn advance(&mut self, sequence: i64, push_at: Option<i64>) -> Result<(), StoreError> {
+        // Pushes also stamp the user's last push, in the same update of the row it holds locked.
+        let uid = self.uid;
+        self.exec(
+            "UPDATE syncline_sequences SET seq = $1, last_push_at = coalesce($3, last_push_at)
+             WHERE uid = $2",
+            &[&sequence, &uid, &push_at],
+        )?;
+        Ok(())
+    }
+
+    fn remember(
+        &mut self,
+        key: &IdempotencyKey,
+        response: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let uid = self.uid;
+        self.exec(
+            "INSERT INTO syncline_idempotency (uid, key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&uid, &key.key, &&key.request_hash[..], &response, &now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn count_sync(&mut self, activity: &SyncActivity<'_>) -> Result<(), StoreError> {
+        count_sync(&mut self.conn, self.uid, activity)
+    }
+
+    fn renew_lease(&mut self, source: &str, owner: &str, until: i64) -> Result<bool, StoreError> {
+        let uid = self.uid;
+        Ok(self.exec(
+            "UPDATE syncline_import_leases SET until = $4 WHERE uid = $1 AND source = $2 AND owner = $3",
+            &[&uid, &source, &owner, &until],
+        )? > 0)
+    }
+
+    fn stored_generation(&mut self, state: &ImportState) -> Result<Option<i64>, StoreError> {
+        let uid = self.uid;
+        Ok(self
+            .query_opt(
+                "SELECT generation FROM syncline_import_states
+                 WHERE uid = $1 AND source = $2 AND stream = $3 AND phase = $4 FOR UPDATE",
+                &[&uid, &state.source, &state.stream, &state.phase.as_str()],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn save_state(&mut self, state: &ImportState) -> Result<(), StoreError> {
+        save_state(&mut self.conn, self.uid, state)
+    }
+
+    fn count_import(&mut self, activity: &ImportActivity<'_>) -> Result<(), StoreError> {
+        count_import(&mut self.conn, self.uid, activity)
+    }
+
+    fn commit(mut self) -> Result<(), StoreError> {
+        self.conn.get().batch_execute("COMMIT")?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl RecordTx for PgWrite {
     fn find(&mut self, uid: i64, tid: i64, id: &str) -> Result<Option<Existing>, StoreError> {
-        let row = self.tx.query_opt(
+        let row = self.query_opt(
             "SELECT seq, deleted_at IS NOT NULL, data FROM syncline_records WHERE uid = $1 AND tid = $2 AND id = $3",
             &[&uid, &(tid as i32), &id],
         )?;
@@ -32,7 +209,7 @@ impl RecordTx for PgRows<'_, '_> {
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
         let data: Vec<&str> = rows.iter().map(|r| r.data).collect();
         // One statement for the whole batch (array `unnest`): the fast path measured in PERF.md.
-        let inserted = self.tx.query(
+        let inserted = self.query(
             "INSERT INTO syncline_records (uid, tid, id, seq, deleted_at, data)
              SELECT $1, $2, r.id, r.seq, NULL, r.data FROM unnest($3::text[], $4::int8[], $5::text[]) AS r (id, seq, data)
              ON CONFLICT (uid, tid, id) DO NOTHING
@@ -54,7 +231,7 @@ impl RecordTx for PgRows<'_, '_> {
         data: Option<&str>,
         deleted_at: i64,
     ) -> Result<(), StoreError> {
-        self.tx.execute(
+        self.exec(
             "UPDATE syncline_records SET seq = $4, deleted_at = $5, data = $6 WHERE uid = $1 AND tid = $2 AND seq = $3",
             &[&uid, &(tid as i32), &old_seq, &seq, &data.is_none().then_some(deleted_at), &data],
         )?;
@@ -67,7 +244,7 @@ impl RecordTx for PgRows<'_, '_> {
         tid: i64,
         keep: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let rows = self.tx.query(
+        let rows = self.query(
             "SELECT id FROM syncline_records WHERE uid = $1 AND tid = $2 AND deleted_at IS NULL AND id <> $3",
             &[&uid, &(tid as i32), &keep],
         )?;
@@ -81,7 +258,7 @@ impl RecordTx for PgRows<'_, '_> {
         column: &str,
         parents: &[&str],
     ) -> Result<Vec<String>, StoreError> {
-        let rows = self.tx.query(
+        let rows = self.query(
             "SELECT id FROM syncline_records WHERE uid = $1 AND tid = $2 AND deleted_at IS NULL
              AND (data::jsonb ->> $3) = ANY($4)",
             &[&uid, &(tid as i32), &column, &parents],
@@ -90,116 +267,7 @@ impl RecordTx for PgRows<'_, '_> {
     }
 }
 
-/// Starts a write transaction for `user` holding the lock on the user's counter row until commit: the user's
-/// writers on every instance then commit in sequence order, and other users' writers are not held up.
-/// Returns the transaction, the user's uid and the user's sequence before the write.
-fn begin_sequenced<'c>(
-    client: &'c mut Client,
-    user: &str,
-) -> Result<(Transaction<'c>, i64, i64), StoreError> {
-    const LOCK: &str = "SELECT seq FROM syncline_sequences WHERE uid = $1 FOR UPDATE";
-    let mut tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::ReadCommitted)
-        .start()?;
-    let uid = user_id(&mut tx, user)?;
-    let seq = match tx.query_opt(LOCK, &[&uid])? {
-        Some(row) => row.get(0),
-        None => {
-            // The user's first write since the migration: its counter starts at the frozen global value.
-            tx.execute(
-                "INSERT INTO syncline_sequences (uid, seq)
-                 SELECT $1, value FROM syncline_meta WHERE key = 'seq' ON CONFLICT (uid) DO NOTHING",
-                &[&uid],
-            )?;
-            tx.query_one(LOCK, &[&uid])?.get(0)
-        }
-    };
-    Ok((tx, uid, seq))
-}
-
 impl PostgresStore {
-    /// Applies `batch` after `start` and stores the new maximum in the user's counter, inside a transaction
-    /// from [`begin_sequenced`]. A batch with conflicts leaves the counter alone (the caller rolls back).
-    fn apply_sequenced(
-        &self,
-        tx: &mut Transaction<'_>,
-        uid: i64,
-        start: i64,
-        now_ms: i64,
-        batch: &WriteBatch<'_>,
-        push_at: Option<i64>,
-    ) -> Result<crate::apply::Applied, StoreError> {
-        let applied = apply(
-            &mut PgRows { tx },
-            &self.schema,
-            &self.tids,
-            uid,
-            start,
-            now_ms,
-            batch,
-        )?;
-        if applied.conflicts.is_empty() {
-            // Pushes also stamp the user's last push, in the same update of the row it holds locked.
-            tx.execute(
-                "UPDATE syncline_sequences SET seq = $1, last_push_at = coalesce($3, last_push_at)
-                 WHERE uid = $2",
-                &[&applied.sequence, &uid, &push_at],
-            )?;
-        }
-        Ok(applied)
-    }
-}
-
-impl PostgresStore {
-    pub(super) fn write_changes(
-        &self,
-        user: &str,
-        batch: &WriteBatch<'_>,
-        idempotency: Option<&IdempotencyKey>,
-        now_ms: i64,
-        respond: &dyn Fn(&WriteSummary) -> String,
-    ) -> Result<WriteOutcome, StoreError> {
-        let mut pooled = self.client()?;
-        let (mut tx, uid, start) = begin_sequenced(pooled.get(), user)?;
-        if let Some(key) = idempotency {
-            let seen = tx.query_opt(
-                "SELECT request_hash, response FROM syncline_idempotency WHERE uid = $1 AND key = $2",
-                &[&uid, &key.key],
-            )?;
-            if let Some(row) = seen {
-                let hash: Vec<u8> = row.get(0);
-                return if hash == key.request_hash {
-                    Ok(WriteOutcome::Replayed {
-                        response: row.get(1),
-                    })
-                } else {
-                    Err(StoreError::IdempotencyKeyReused)
-                };
-            }
-        }
-        let applied = self.apply_sequenced(&mut tx, uid, start, now_ms, batch, Some(now_ms))?;
-        if !applied.conflicts.is_empty() {
-            tx.rollback()?;
-            return Ok(WriteOutcome::Conflict {
-                conflicts: applied.conflicts,
-            });
-        }
-        let summary = WriteSummary {
-            counts: applied.counts,
-            sequence: applied.sequence,
-        };
-        let response = respond(&summary);
-        if let Some(key) = idempotency {
-            tx.execute(
-                "INSERT INTO syncline_idempotency (uid, key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5)",
-                &[&uid, &key.key, &&key.request_hash[..], &response, &now_ms],
-            )?;
-        }
-        tx.commit()?;
-        Ok(WriteOutcome::Applied { summary, response })
-    }
-
     pub(super) fn collect(
         &self,
         tombstone_cutoff_ms: i64,
@@ -233,52 +301,5 @@ impl PostgresStore {
             tombstones,
             idempotency_keys,
         })
-    }
-}
-
-impl PostgresStore {
-    pub(super) fn write_import_batch(
-        &self,
-        user: &str,
-        batch: &WriteBatch<'_>,
-        state: &ImportState,
-        lease: Lease<'_>,
-        now_ms: i64,
-    ) -> Result<Option<WriteSummary>, StoreError> {
-        let mut pooled = self.client()?;
-        let (mut tx, uid, start) = begin_sequenced(pooled.get(), user)?;
-        let renewed = tx.execute(
-            "UPDATE syncline_import_leases SET until = $4 WHERE uid = $1 AND source = $2 AND owner = $3",
-            &[&uid, &state.source, &lease.owner, &(now_ms + lease.ttl_ms)],
-        )?;
-        if renewed == 0 {
-            tx.rollback()?;
-            return Ok(None);
-        }
-        let stored = tx.query_opt(
-            "SELECT generation FROM syncline_import_states
-             WHERE uid = $1 AND source = $2 AND stream = $3 AND phase = $4 FOR UPDATE",
-            &[&uid, &state.source, &state.stream, &state.phase.as_str()],
-        )?;
-        if stored.is_some_and(|r| r.get::<_, i64>(0) != state.generation) {
-            tx.rollback()?;
-            return Ok(None);
-        }
-        let applied = self.apply_sequenced(&mut tx, uid, start, now_ms, batch, None)?;
-        save_state(&mut tx, uid, state)?;
-        if !batch.tables.is_empty() {
-            count_import(
-                &mut tx,
-                uid,
-                &ImportActivity::of_batch(state, &applied.counts, now_ms),
-            )?;
-        }
-        tx.commit()?;
-        drop(pooled);
-        self.import_hook.saved(user, state);
-        Ok(Some(WriteSummary {
-            counts: applied.counts,
-            sequence: applied.sequence,
-        }))
     }
 }

@@ -237,7 +237,7 @@ CREATE TABLE IF NOT EXISTS import_outcomes (
 
 /// Adds records to the user's bucket of `at_ms`.
 fn add_to_bucket(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     uid: i64,
     at_ms: i64,
     pushed: u64,
@@ -256,7 +256,7 @@ fn add_to_bucket(
 /// Counts one applied import batch for the dashboard, inside the batch's transaction: what the walk wrote so
 /// far, and its rows in their time bucket.
 pub(super) fn count_import(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     uid: i64,
     a: &ImportActivity<'_>,
 ) -> Result<(), StoreError> {
@@ -302,6 +302,17 @@ fn record_sync_in(
 ) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let uid = user_id(&tx, user)?;
+    count_sync(&tx, uid, a)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Counts one pull or push of user `uid` in the caller's write transaction (also a push's own).
+pub(super) fn count_sync(
+    tx: &Connection,
+    uid: i64,
+    a: &SyncActivity<'_>,
+) -> Result<(), StoreError> {
     let pull = a.kind == SyncKind::Pull;
     let (pull_at, push_at) = if pull {
         (Some(a.at_ms), None)
@@ -353,8 +364,7 @@ fn record_sync_in(
     }
     if a.records > 0 {
         let (pulled, pushed) = if pull { (a.records, 0) } else { (0, a.records) };
-        add_to_bucket(&tx, uid, a.at_ms, pushed, pulled, 0)?;
+        add_to_bucket(tx, uid, a.at_ms, pushed, pulled, 0)?;
     }
-    tx.commit()?;
     Ok(())
 }

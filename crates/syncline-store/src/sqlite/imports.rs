@@ -60,7 +60,7 @@ impl ImportStore for SqliteStore {
         lease: Lease<'_>,
         now_ms: i64,
     ) -> Result<Option<WriteSummary>, StoreError> {
-        self.write_import_batch(user, batch, state, lease, now_ms)
+        crate::write::write_import(self, user, batch, state, lease, now_ms)
     }
 
     fn claim_import(
@@ -168,11 +168,7 @@ impl ImportStore for SqliteStore {
     }
 }
 
-pub(super) fn save_state(
-    tx: &Transaction<'_>,
-    uid: i64,
-    state: &ImportState,
-) -> Result<(), StoreError> {
+pub(super) fn save_state(tx: &Connection, uid: i64, state: &ImportState) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO import_states (uid, source, stream, phase, status, generation, state)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)

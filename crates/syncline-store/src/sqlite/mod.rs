@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
 
-use crate::apply::{Existing, NewRow, RecordTx, apply};
+use crate::apply::{Existing, NewRow, RecordTx};
 use crate::pull::{LogRow, Output, PullPlan, live_rows_filter, write_page};
 use crate::{
     ActivityBucket, ActivityStore, DeviceActivity, GcStats, IdempotencyKey, ImportActivity,
@@ -241,7 +241,7 @@ impl Drop for ReaderGuard<'_> {
     }
 }
 
-fn user_id(tx: &Transaction<'_>, name: &str) -> Result<i64, rusqlite::Error> {
+fn user_id(tx: &Connection, name: &str) -> Result<i64, rusqlite::Error> {
     if let Some(uid) = tx
         .prepare_cached("SELECT uid FROM users WHERE name = ?1")?
         .query_row([name], |r| r.get(0))
@@ -263,15 +263,16 @@ impl SyncStore for SqliteStore {
         self.pull_changes(user, request, sink)
     }
 
-    fn write(
+    fn write_counted(
         &self,
         user: &str,
         batch: &WriteBatch<'_>,
         idempotency: Option<&IdempotencyKey>,
         now_ms: i64,
         respond: &dyn Fn(&WriteSummary) -> String,
+        activity: Option<&SyncActivity<'_>>,
     ) -> Result<WriteOutcome, StoreError> {
-        self.write_changes(user, batch, idempotency, now_ms, respond)
+        crate::write::write(self, user, batch, idempotency, now_ms, respond, activity)
     }
 
     fn collect_garbage(

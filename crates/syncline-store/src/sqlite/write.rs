@@ -1,27 +1,149 @@
-//! SQLite writes: the row operations of a write transaction, pushes and bulk writes, import batches with their checkpoint and lease, and garbage collection.
+//! SQLite writes: the SQL of a write transaction on the single writer connection (rows, counter,
+//! idempotency, lease, checkpoint; the flow is [`crate::write`]) and garbage collection.
 
-use super::activity::count_import;
+use super::activity::{count_import, count_sync};
 use super::imports::save_state;
 use super::*;
+use crate::write::{WriteBackend, WriteTx};
 
-/// The row operations of one SQLite write transaction.
-struct SqliteRows<'t> {
-    tx: &'t Transaction<'t>,
-    /// Prepared once per transaction: it runs once per new record.
-    insert: rusqlite::CachedStatement<'t>,
+/// One write transaction on the single writer connection, which it holds until commit or drop: the one
+/// place the commit-order invariant is kept (the sequence is read after `BEGIN IMMEDIATE` and stored again
+/// before the commit).
+pub(crate) struct SqliteWrite<'s> {
+    tx: std::sync::MutexGuard<'s, Connection>,
+    uid: i64,
+    start: i64,
+    open: bool,
 }
 
-impl<'t> SqliteRows<'t> {
-    fn new(tx: &'t Transaction<'t>) -> Result<SqliteRows<'t>, rusqlite::Error> {
-        let insert = tx.prepare_cached(
-            "INSERT INTO records (seq, uid, tid, id, deleted_at, data) VALUES (?1, ?2, ?3, ?4, NULL, ?5)
-             ON CONFLICT (uid, tid, id) DO NOTHING",
-        )?;
-        Ok(SqliteRows { tx, insert })
+impl Drop for SqliteWrite<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.tx.execute_batch("ROLLBACK");
+        }
     }
 }
 
-impl RecordTx for SqliteRows<'_> {
+impl WriteBackend for SqliteStore {
+    type Tx<'a> = SqliteWrite<'a>;
+
+    fn begin(&self, user: &str) -> Result<SqliteWrite<'_>, StoreError> {
+        let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let mut tx = SqliteWrite {
+            tx: conn,
+            uid: -1,
+            start: 0,
+            open: true,
+        };
+        tx.uid = user_id(&tx.tx, user)?;
+        tx.start = tx
+            .tx
+            .prepare_cached("SELECT value FROM meta WHERE key = 'seq'")?
+            .query_row([], |r| r.get(0))?;
+        Ok(tx)
+    }
+
+    fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    fn tids(&self) -> &HashMap<String, i64> {
+        &self.tids
+    }
+
+    fn import_hook(&self) -> &crate::ImportHook {
+        &self.import_hook
+    }
+}
+
+impl WriteTx for SqliteWrite<'_> {
+    fn uid(&self) -> i64 {
+        self.uid
+    }
+
+    fn start(&self) -> i64 {
+        self.start
+    }
+
+    fn remembered(&mut self, key: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT request_hash, response FROM idempotency WHERE uid = ?1 AND key = ?2",
+            )?
+            .query_row(params![self.uid, key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    fn advance(&mut self, sequence: i64, push_at: Option<i64>) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'seq'")?
+            .execute([sequence])?;
+        if let Some(at) = push_at {
+            self.tx
+                .prepare_cached("UPDATE users SET last_push_at = ?1 WHERE uid = ?2")?
+                .execute(params![at, self.uid])?;
+        }
+        Ok(())
+    }
+
+    fn remember(
+        &mut self,
+        key: &IdempotencyKey,
+        response: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO idempotency (uid, key, request_hash, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![self.uid, key.key, &key.request_hash[..], response, now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn count_sync(&mut self, activity: &SyncActivity<'_>) -> Result<(), StoreError> {
+        count_sync(&self.tx, self.uid, activity)
+    }
+
+    fn renew_lease(&mut self, source: &str, owner: &str, until: i64) -> Result<bool, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "UPDATE import_leases SET until = ?4 WHERE uid = ?1 AND source = ?2 AND owner = ?3",
+            )?
+            .execute(params![self.uid, source, owner, until])?
+            > 0)
+    }
+
+    fn stored_generation(&mut self, state: &ImportState) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT generation FROM import_states WHERE uid = ?1 AND source = ?2 AND stream = ?3 AND phase = ?4",
+            )?
+            .query_row(
+                params![self.uid, state.source, state.stream, state.phase.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn save_state(&mut self, state: &ImportState) -> Result<(), StoreError> {
+        save_state(&self.tx, self.uid, state)
+    }
+
+    fn count_import(&mut self, activity: &ImportActivity<'_>) -> Result<(), StoreError> {
+        count_import(&self.tx, self.uid, activity)
+    }
+
+    fn commit(mut self) -> Result<(), StoreError> {
+        self.tx.execute_batch("COMMIT")?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl RecordTx for SqliteWrite<'_> {
     fn find(&mut self, uid: i64, tid: i64, id: &str) -> Result<Option<Existing>, StoreError> {
         Ok(self
             .tx
@@ -40,13 +162,13 @@ impl RecordTx for SqliteRows<'_> {
         tid: i64,
         rows: &[NewRow<'_>],
     ) -> Result<Vec<bool>, StoreError> {
+        let mut insert = self.tx.prepare_cached(
+            "INSERT INTO records (seq, uid, tid, id, deleted_at, data) VALUES (?1, ?2, ?3, ?4, NULL, ?5)
+             ON CONFLICT (uid, tid, id) DO NOTHING",
+        )?;
         let mut inserted = Vec::with_capacity(rows.len());
         for row in rows {
-            inserted.push(
-                self.insert
-                    .execute(params![row.seq, uid, tid, row.id, row.data])?
-                    == 1,
-            );
+            inserted.push(insert.execute(params![row.seq, uid, tid, row.id, row.data])? == 1);
         }
         Ok(inserted)
     }
@@ -111,93 +233,6 @@ impl RecordTx for SqliteRows<'_> {
 }
 
 impl SqliteStore {
-    /// Applies `batch` after the current sequence and stores the new maximum, inside the caller's write
-    /// transaction on the single writer connection: the one place the commit-order invariant is kept.
-    /// A batch with conflicts leaves the counter alone (the caller rolls back).
-    fn apply_sequenced(
-        &self,
-        tx: &Transaction<'_>,
-        uid: i64,
-        now_ms: i64,
-        batch: &WriteBatch<'_>,
-    ) -> Result<crate::apply::Applied, StoreError> {
-        let start: i64 =
-            tx.query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))?;
-        let applied = {
-            let mut rows = SqliteRows::new(tx)?;
-            apply(
-                &mut rows,
-                &self.schema,
-                &self.tids,
-                uid,
-                start,
-                now_ms,
-                batch,
-            )?
-        };
-        if applied.conflicts.is_empty() {
-            tx.execute(
-                "UPDATE meta SET value = ?1 WHERE key = 'seq'",
-                [applied.sequence],
-            )?;
-        }
-        Ok(applied)
-    }
-}
-
-impl SqliteStore {
-    pub(super) fn write_changes(
-        &self,
-        user: &str,
-        batch: &WriteBatch<'_>,
-        idempotency: Option<&IdempotencyKey>,
-        now_ms: i64,
-        respond: &dyn Fn(&WriteSummary) -> String,
-    ) -> Result<WriteOutcome, StoreError> {
-        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let uid = user_id(&tx, user)?;
-        if let Some(key) = idempotency {
-            let seen: Option<(Vec<u8>, String)> = tx
-                .prepare_cached(
-                    "SELECT request_hash, response FROM idempotency WHERE uid = ?1 AND key = ?2",
-                )?
-                .query_row(params![uid, key.key], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            if let Some((hash, response)) = seen {
-                return if hash == key.request_hash {
-                    Ok(WriteOutcome::Replayed { response })
-                } else {
-                    Err(StoreError::IdempotencyKeyReused)
-                };
-            }
-        }
-        let applied = self.apply_sequenced(&tx, uid, now_ms, batch)?;
-        if !applied.conflicts.is_empty() {
-            // Dropping `tx` rolls back whatever was written.
-            return Ok(WriteOutcome::Conflict {
-                conflicts: applied.conflicts,
-            });
-        }
-        let summary = WriteSummary {
-            counts: applied.counts,
-            sequence: applied.sequence,
-        };
-        tx.execute(
-            "UPDATE users SET last_push_at = ?1 WHERE uid = ?2",
-            params![now_ms, uid],
-        )?;
-        let response = respond(&summary);
-        if let Some(key) = idempotency {
-            tx.execute(
-                "INSERT INTO idempotency (uid, key, request_hash, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![uid, key.key, &key.request_hash[..], response, now_ms],
-            )?;
-        }
-        tx.commit()?;
-        Ok(WriteOutcome::Applied { summary, response })
-    }
-
     pub(super) fn collect(
         &self,
         tombstone_cutoff_ms: i64,
@@ -225,61 +260,5 @@ impl SqliteStore {
             tombstones: tombstones as u64,
             idempotency_keys: idempotency_keys as u64,
         })
-    }
-}
-
-impl SqliteStore {
-    pub(super) fn write_import_batch(
-        &self,
-        user: &str,
-        batch: &WriteBatch<'_>,
-        state: &ImportState,
-        lease: Lease<'_>,
-        now_ms: i64,
-    ) -> Result<Option<WriteSummary>, StoreError> {
-        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let uid = user_id(&tx, user)?;
-        let renewed = tx
-            .prepare_cached(
-                "UPDATE import_leases SET until = ?4 WHERE uid = ?1 AND source = ?2 AND owner = ?3",
-            )?
-            .execute(params![
-                uid,
-                state.source,
-                lease.owner,
-                now_ms + lease.ttl_ms
-            ])?;
-        if renewed == 0 {
-            return Ok(None);
-        }
-        let stored: Option<i64> = tx
-            .prepare_cached(
-                "SELECT generation FROM import_states WHERE uid = ?1 AND source = ?2 AND stream = ?3 AND phase = ?4",
-            )?
-            .query_row(
-                params![uid, state.source, state.stream, state.phase.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if stored.is_some_and(|g| g != state.generation) {
-            return Ok(None);
-        }
-        let applied = self.apply_sequenced(&tx, uid, now_ms, batch)?;
-        save_state(&tx, uid, state)?;
-        if !batch.tables.is_empty() {
-            count_import(
-                &tx,
-                uid,
-                &ImportActivity::of_batch(state, &applied.counts, now_ms),
-            )?;
-        }
-        tx.commit()?;
-        drop(conn);
-        self.import_hook.saved(user, state);
-        Ok(Some(WriteSummary {
-            counts: applied.counts,
-            sequence: applied.sequence,
-        }))
     }
 }

@@ -1,0 +1,186 @@
+//! The write flow, once for every backend: a push or bulk write (idempotency lookup, apply, advance the
+//! user's counter, remember the answer, count the request for the dashboard, commit) and an import batch
+//! (lease check and renewal, generation check, apply, advance, checkpoint, count, commit). A backend only
+//! opens a [`WriteTx`] holding whatever orders its user's writes (PostgreSQL: the user's counter row;
+//! SQLite: the single writer) and supplies its SQL; the records themselves go through [`crate::apply`].
+
+use std::collections::HashMap;
+
+use syncline_core::{ImportState, Schema, WriteBatch};
+
+use crate::apply::{Applied, RecordTx, apply};
+use crate::{
+    IdempotencyKey, ImportActivity, ImportHook, Lease, StoreError, SyncActivity, WriteOutcome,
+    WriteSummary,
+};
+
+/// A backend that opens write transactions.
+pub(crate) trait WriteBackend {
+    type Tx<'a>: WriteTx
+    where
+        Self: 'a;
+
+    /// Opens a write transaction for `user` (creating the user on its first write) holding, until commit or
+    /// drop, what makes the user's writers commit in sequence order.
+    fn begin(&self, user: &str) -> Result<Self::Tx<'_>, StoreError>;
+
+    fn schema(&self) -> &Schema;
+
+    /// Table name -> the backend's table id.
+    fn tids(&self) -> &HashMap<String, i64>;
+
+    fn import_hook(&self) -> &ImportHook;
+}
+
+/// One open write transaction of one user. Dropping it without [`WriteTx::commit`] rolls it back.
+pub(crate) trait WriteTx: RecordTx {
+    /// The user's internal id.
+    fn uid(&self) -> i64;
+
+    /// The user's sequence before this transaction; its changes take the numbers after it.
+    fn start(&self) -> i64;
+
+    /// The request hash and response remembered for idempotency key `key`, if any.
+    fn remembered(&mut self, key: &str) -> Result<Option<(Vec<u8>, String)>, StoreError>;
+
+    /// Stores `sequence` as the user's new counter and, for a push or bulk write, `push_at` as its last push.
+    fn advance(&mut self, sequence: i64, push_at: Option<i64>) -> Result<(), StoreError>;
+
+    /// Remembers `response` for `key`.
+    fn remember(
+        &mut self,
+        key: &IdempotencyKey,
+        response: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Counts an applied push or bulk write for the dashboard.
+    fn count_sync(&mut self, activity: &SyncActivity<'_>) -> Result<(), StoreError>;
+
+    /// Extends the user's import lease from `source` to `until` if `owner` holds it; whether it did.
+    fn renew_lease(&mut self, source: &str, owner: &str, until: i64) -> Result<bool, StoreError>;
+
+    /// The generation of the stored import state with `state`'s key, if there is one (locked until commit
+    /// where the backend has row locks).
+    fn stored_generation(&mut self, state: &ImportState) -> Result<Option<i64>, StoreError>;
+
+    /// Saves `state` (the batch's checkpoint).
+    fn save_state(&mut self, state: &ImportState) -> Result<(), StoreError>;
+
+    /// Counts an applied import batch for the dashboard.
+    fn count_import(&mut self, activity: &ImportActivity<'_>) -> Result<(), StoreError>;
+
+    fn commit(self) -> Result<(), StoreError>;
+}
+
+/// Applies `batch` in `tx` after its start sequence, and advances the counter unless the batch conflicts
+/// (then the caller drops the transaction).
+fn apply_in<T: WriteTx>(
+    tx: &mut T,
+    schema: &Schema,
+    tids: &HashMap<String, i64>,
+    now_ms: i64,
+    batch: &WriteBatch<'_>,
+    push_at: Option<i64>,
+) -> Result<Applied, StoreError> {
+    let (uid, start) = (tx.uid(), tx.start());
+    let applied = apply(tx, schema, tids, uid, start, now_ms, batch)?;
+    if applied.conflicts.is_empty() {
+        tx.advance(applied.sequence, push_at)?;
+    }
+    Ok(applied)
+}
+
+/// A push or bulk write: [`crate::SyncStore::write_counted`].
+pub(crate) fn write<B: WriteBackend>(
+    backend: &B,
+    user: &str,
+    batch: &WriteBatch<'_>,
+    idempotency: Option<&IdempotencyKey>,
+    now_ms: i64,
+    respond: &dyn Fn(&WriteSummary) -> String,
+    activity: Option<&SyncActivity<'_>>,
+) -> Result<WriteOutcome, StoreError> {
+    let mut tx = backend.begin(user)?;
+    if let Some(key) = idempotency
+        && let Some((hash, response)) = tx.remembered(&key.key)?
+    {
+        return if hash == key.request_hash {
+            Ok(WriteOutcome::Replayed { response })
+        } else {
+            Err(StoreError::IdempotencyKeyReused)
+        };
+    }
+    let applied = apply_in(
+        &mut tx,
+        backend.schema(),
+        backend.tids(),
+        now_ms,
+        batch,
+        Some(now_ms),
+    )?;
+    if !applied.conflicts.is_empty() {
+        return Ok(WriteOutcome::Conflict {
+            conflicts: applied.conflicts,
+        });
+    }
+    let summary = WriteSummary {
+        counts: applied.counts,
+        sequence: applied.sequence,
+    };
+    let response = respond(&summary);
+    if let Some(key) = idempotency {
+        tx.remember(key, &response, now_ms)?;
+    }
+    if let Some(activity) = activity {
+        // One commit per push: the dashboard's counters ride in the write's own transaction.
+        let mut counted = *activity;
+        counted.records = summary
+            .counts
+            .values()
+            .map(|c| c.upserted + c.deleted)
+            .sum();
+        tx.count_sync(&counted)?;
+    }
+    tx.commit()?;
+    Ok(WriteOutcome::Applied { summary, response })
+}
+
+/// An import batch with its checkpoint and lease: [`crate::ImportStore::write_import`].
+pub(crate) fn write_import<B: WriteBackend>(
+    backend: &B,
+    user: &str,
+    batch: &WriteBatch<'_>,
+    state: &ImportState,
+    lease: Lease<'_>,
+    now_ms: i64,
+) -> Result<Option<WriteSummary>, StoreError> {
+    let mut tx = backend.begin(user)?;
+    if !tx.renew_lease(&state.source, lease.owner, now_ms + lease.ttl_ms)? {
+        return Ok(None);
+    }
+    if tx
+        .stored_generation(state)?
+        .is_some_and(|g| g != state.generation)
+    {
+        return Ok(None);
+    }
+    let applied = apply_in(
+        &mut tx,
+        backend.schema(),
+        backend.tids(),
+        now_ms,
+        batch,
+        None,
+    )?;
+    tx.save_state(state)?;
+    if !batch.tables.is_empty() {
+        tx.count_import(&ImportActivity::of_batch(state, &applied.counts, now_ms))?;
+    }
+    tx.commit()?;
+    backend.import_hook().saved(user, state);
+    Ok(Some(WriteSummary {
+        counts: applied.counts,
+        sequence: applied.sequence,
+    }))
+}
