@@ -95,7 +95,22 @@ impl ClientReport {
         record(state, user, &self.activity(SyncKind::Pull, records));
     }
 
-    /// Records a push or bulk write: what it applied, the invalid records it left out (`rejected`, with a
+    /// What an applied push or bulk write counts: the invalid records it left out (`rejected`, with
+    /// `message` about them). The store adds what the write applied and counts it in the write's own
+    /// transaction ([`syncline_store::SyncStore::write_counted`]).
+    pub(crate) fn applied<'a>(
+        &'a self,
+        rejected: u64,
+        message: Option<&'a str>,
+    ) -> SyncActivity<'a> {
+        let mut activity = self.activity(SyncKind::Push, 0);
+        activity.rejected = rejected;
+        activity.rejection = message;
+        activity
+    }
+
+    /// Records a push or bulk write that the store did not count itself (replayed or refused for conflicts;
+    /// see [`ClientReport::applied`]): what it applied, the invalid records it left out (`rejected`, with a
     /// message about the first), or the conflicts that refused it. Call from a blocking thread.
     pub(crate) fn pushed(
         &self,
@@ -111,9 +126,7 @@ impl ClientReport {
             WriteOutcome::Applied { summary, .. } => {
                 activity.records = crate::app::applied_count(summary);
                 activity.rejected = rejected;
-                message = first_rejection.map(|first| {
-                    format!("{rejected} record(s) rejected as invalid; first: {first}")
-                });
+                message = rejection_message(rejected, first_rejection);
             }
             WriteOutcome::Replayed { .. } => message = None,
             WriteOutcome::Conflict { conflicts } => {
@@ -139,6 +152,11 @@ impl ClientReport {
         activity.rejection = Some(&message);
         record(state, user, &activity);
     }
+}
+
+/// What a person reads about a push that left out invalid records.
+pub(crate) fn rejection_message(rejected: u64, first: Option<String>) -> Option<String> {
+    first.map(|first| format!("{rejected} record(s) rejected as invalid; first: {first}"))
 }
 
 fn record(state: &AppState, user: &str, activity: &SyncActivity<'_>) {

@@ -380,7 +380,8 @@ fn check_count(state: &AppState, n: usize) -> Result<(), ApiError> {
     ))
 }
 
-/// Applies a planned batch in one store transaction, then tells the user's other devices (on any
+/// Applies a planned batch in one store transaction (counting it for the dashboard there when it applies),
+/// then tells the user's other devices (on any
 /// instance) when something changed.
 fn write_and_announce(
     state: &AppState,
@@ -388,8 +389,11 @@ fn write_and_announce(
     batch: &syncline_core::WriteBatch<'_>,
     key: Option<&IdempotencyKey>,
     respond: &dyn Fn(&syncline_store::WriteSummary) -> String,
+    activity: &syncline_store::SyncActivity<'_>,
 ) -> Result<WriteOutcome, ApiError> {
-    let outcome = state.store.write(user, batch, key, now_ms(), respond)?;
+    let outcome = state
+        .store
+        .write_counted(user, batch, key, now_ms(), respond, Some(activity))?;
     announce(state, user, &outcome);
     Ok(outcome)
 }
@@ -479,11 +483,17 @@ async fn push(
             })
             .unwrap_or_default()
         };
-        let outcome = write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond)?;
         let first = rejected
             .first()
             .map(|r| format!("{}/{}: {}", r.table, r.id, r.message));
-        report.pushed(&st, &user.user, &outcome, rejected.len() as u64, first);
+        let n = rejected.len() as u64;
+        let message = crate::activity::rejection_message(n, first.clone());
+        let activity = report.applied(n, message.as_deref());
+        let outcome =
+            write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond, &activity)?;
+        if !matches!(outcome, WriteOutcome::Applied { .. }) {
+            report.pushed(&st, &user.user, &outcome, n, first);
+        }
         Ok(outcome)
     })
     .await?;
@@ -523,8 +533,12 @@ async fn bulk(
             })
             .unwrap_or_default()
         };
-        let outcome = write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond)?;
-        report.pushed(&st, &user.user, &outcome, 0, None);
+        let activity = report.applied(0, None);
+        let outcome =
+            write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond, &activity)?;
+        if !matches!(outcome, WriteOutcome::Applied { .. }) {
+            report.pushed(&st, &user.user, &outcome, 0, None);
+        }
         Ok(outcome)
     })
     .await?;

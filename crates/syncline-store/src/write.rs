@@ -21,54 +21,64 @@ pub(crate) trait WriteBackend {
         Self: 'a;
 
     /// Opens a write transaction for `user` (creating the user on its first write) holding, until commit or
-    /// drop, what makes the user's writers commit in sequence order.
-    fn begin(&self, user: &str) -> Result<Self::Tx<'_>, StoreError>;
+    /// drop, what makes the user's writers commit in sequence order. Returns it with the user's internal id
+    /// and the user's sequence before it: its changes take the numbers after that.
+    fn begin(&self, user: &str) -> Result<(Self::Tx<'_>, i64, i64), StoreError>;
 
-    fn schema(&self) -> &Schema;
-
-    /// Table name -> the backend's table id.
-    fn tids(&self) -> &HashMap<String, i64>;
-
-    fn import_hook(&self) -> &ImportHook;
+    fn context(&self) -> WriteContext<'_>;
 }
 
-/// One open write transaction of one user. Dropping it without [`WriteTx::commit`] rolls it back.
+/// What the flow needs of a backend besides its transactions.
+pub(crate) struct WriteContext<'a> {
+    pub schema: &'a Schema,
+    /// Table name -> the backend's table id.
+    pub tids: &'a HashMap<String, i64>,
+    pub import_hook: &'a ImportHook,
+}
+
+/// One open write transaction of one user (`uid`, as [`WriteBackend::begin`] returned it). Dropping it
+/// without [`WriteTx::commit`] rolls it back.
 pub(crate) trait WriteTx: RecordTx {
-    /// The user's internal id.
-    fn uid(&self) -> i64;
-
-    /// The user's sequence before this transaction; its changes take the numbers after it.
-    fn start(&self) -> i64;
-
     /// The request hash and response remembered for idempotency key `key`, if any.
-    fn remembered(&mut self, key: &str) -> Result<Option<(Vec<u8>, String)>, StoreError>;
+    fn remembered(&mut self, uid: i64, key: &str) -> Result<Option<(Vec<u8>, String)>, StoreError>;
 
     /// Stores `sequence` as the user's new counter and, for a push or bulk write, `push_at` as its last push.
-    fn advance(&mut self, sequence: i64, push_at: Option<i64>) -> Result<(), StoreError>;
+    fn advance(&mut self, uid: i64, sequence: i64, push_at: Option<i64>) -> Result<(), StoreError>;
 
     /// Remembers `response` for `key`.
     fn remember(
         &mut self,
+        uid: i64,
         key: &IdempotencyKey,
         response: &str,
         now_ms: i64,
     ) -> Result<(), StoreError>;
 
     /// Counts an applied push or bulk write for the dashboard.
-    fn count_sync(&mut self, activity: &SyncActivity<'_>) -> Result<(), StoreError>;
+    fn count_sync(&mut self, uid: i64, activity: &SyncActivity<'_>) -> Result<(), StoreError>;
 
     /// Extends the user's import lease from `source` to `until` if `owner` holds it; whether it did.
-    fn renew_lease(&mut self, source: &str, owner: &str, until: i64) -> Result<bool, StoreError>;
+    fn renew_lease(
+        &mut self,
+        uid: i64,
+        source: &str,
+        owner: &str,
+        until: i64,
+    ) -> Result<bool, StoreError>;
 
     /// The generation of the stored import state with `state`'s key, if there is one (locked until commit
     /// where the backend has row locks).
-    fn stored_generation(&mut self, state: &ImportState) -> Result<Option<i64>, StoreError>;
+    fn stored_generation(
+        &mut self,
+        uid: i64,
+        state: &ImportState,
+    ) -> Result<Option<i64>, StoreError>;
 
     /// Saves `state` (the batch's checkpoint).
-    fn save_state(&mut self, state: &ImportState) -> Result<(), StoreError>;
+    fn save_state(&mut self, uid: i64, state: &ImportState) -> Result<(), StoreError>;
 
     /// Counts an applied import batch for the dashboard.
-    fn count_import(&mut self, activity: &ImportActivity<'_>) -> Result<(), StoreError>;
+    fn count_import(&mut self, uid: i64, activity: &ImportActivity<'_>) -> Result<(), StoreError>;
 
     fn commit(self) -> Result<(), StoreError>;
 }
@@ -77,16 +87,15 @@ pub(crate) trait WriteTx: RecordTx {
 /// (then the caller drops the transaction).
 fn apply_in<T: WriteTx>(
     tx: &mut T,
-    schema: &Schema,
-    tids: &HashMap<String, i64>,
+    context: &WriteContext<'_>,
+    (uid, start): (i64, i64),
     now_ms: i64,
     batch: &WriteBatch<'_>,
     push_at: Option<i64>,
 ) -> Result<Applied, StoreError> {
-    let (uid, start) = (tx.uid(), tx.start());
-    let applied = apply(tx, schema, tids, uid, start, now_ms, batch)?;
+    let applied = apply(tx, context.schema, context.tids, uid, start, now_ms, batch)?;
     if applied.conflicts.is_empty() {
-        tx.advance(applied.sequence, push_at)?;
+        tx.advance(uid, applied.sequence, push_at)?;
     }
     Ok(applied)
 }
@@ -101,9 +110,9 @@ pub(crate) fn write<B: WriteBackend>(
     respond: &dyn Fn(&WriteSummary) -> String,
     activity: Option<&SyncActivity<'_>>,
 ) -> Result<WriteOutcome, StoreError> {
-    let mut tx = backend.begin(user)?;
+    let (mut tx, uid, start) = backend.begin(user)?;
     if let Some(key) = idempotency
-        && let Some((hash, response)) = tx.remembered(&key.key)?
+        && let Some((hash, response)) = tx.remembered(uid, &key.key)?
     {
         return if hash == key.request_hash {
             Ok(WriteOutcome::Replayed { response })
@@ -111,14 +120,8 @@ pub(crate) fn write<B: WriteBackend>(
             Err(StoreError::IdempotencyKeyReused)
         };
     }
-    let applied = apply_in(
-        &mut tx,
-        backend.schema(),
-        backend.tids(),
-        now_ms,
-        batch,
-        Some(now_ms),
-    )?;
+    let context = backend.context();
+    let applied = apply_in(&mut tx, &context, (uid, start), now_ms, batch, Some(now_ms))?;
     if !applied.conflicts.is_empty() {
         return Ok(WriteOutcome::Conflict {
             conflicts: applied.conflicts,
@@ -130,7 +133,7 @@ pub(crate) fn write<B: WriteBackend>(
     };
     let response = respond(&summary);
     if let Some(key) = idempotency {
-        tx.remember(key, &response, now_ms)?;
+        tx.remember(uid, key, &response, now_ms)?;
     }
     if let Some(activity) = activity {
         // One commit per push: the dashboard's counters ride in the write's own transaction.
@@ -140,7 +143,7 @@ pub(crate) fn write<B: WriteBackend>(
             .values()
             .map(|c| c.upserted + c.deleted)
             .sum();
-        tx.count_sync(&counted)?;
+        tx.count_sync(uid, &counted)?;
     }
     tx.commit()?;
     Ok(WriteOutcome::Applied { summary, response })
@@ -155,30 +158,27 @@ pub(crate) fn write_import<B: WriteBackend>(
     lease: Lease<'_>,
     now_ms: i64,
 ) -> Result<Option<WriteSummary>, StoreError> {
-    let mut tx = backend.begin(user)?;
-    if !tx.renew_lease(&state.source, lease.owner, now_ms + lease.ttl_ms)? {
+    let (mut tx, uid, start) = backend.begin(user)?;
+    if !tx.renew_lease(uid, &state.source, lease.owner, now_ms + lease.ttl_ms)? {
         return Ok(None);
     }
     if tx
-        .stored_generation(state)?
+        .stored_generation(uid, state)?
         .is_some_and(|g| g != state.generation)
     {
         return Ok(None);
     }
-    let applied = apply_in(
-        &mut tx,
-        backend.schema(),
-        backend.tids(),
-        now_ms,
-        batch,
-        None,
-    )?;
-    tx.save_state(state)?;
+    let context = backend.context();
+    let applied = apply_in(&mut tx, &context, (uid, start), now_ms, batch, None)?;
+    tx.save_state(uid, state)?;
     if !batch.tables.is_empty() {
-        tx.count_import(&ImportActivity::of_batch(state, &applied.counts, now_ms))?;
+        tx.count_import(
+            uid,
+            &ImportActivity::of_batch(state, &applied.counts, now_ms),
+        )?;
     }
     tx.commit()?;
-    backend.import_hook().saved(user, state);
+    context.import_hook.saved(user, state);
     Ok(Some(WriteSummary {
         counts: applied.counts,
         sequence: applied.sequence,

@@ -4,7 +4,7 @@
 use super::activity::{count_import, count_sync};
 use super::imports::save_state;
 use super::*;
-use crate::write::{WriteBackend, WriteTx};
+use crate::write::{WriteBackend, WriteContext, WriteTx};
 
 /// The user's uid and counter, locked until commit: the first statement of every write transaction.
 const LOCK: &str =
@@ -16,8 +16,6 @@ const LOCK: &str =
 /// and other users' writers are not held up. Statements are prepared once per connection.
 pub(crate) struct PgWrite {
     conn: PooledClient,
-    uid: i64,
-    start: i64,
     open: bool,
 }
 
@@ -60,16 +58,11 @@ impl PgWrite {
 impl WriteBackend for PostgresStore {
     type Tx<'a> = PgWrite;
 
-    fn begin(&self, user: &str) -> Result<PgWrite, StoreError> {
+    fn begin(&self, user: &str) -> Result<(PgWrite, i64, i64), StoreError> {
         let mut conn = self.client()?;
         conn.get()
             .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")?;
-        let mut tx = PgWrite {
-            conn,
-            uid: -1,
-            start: 0,
-            open: true,
-        };
+        let mut tx = PgWrite { conn, open: true };
         let row = match tx.query_opt(LOCK, &[&user])? {
             Some(row) => row,
             None => {
@@ -86,35 +79,20 @@ impl WriteBackend for PostgresStore {
                     .ok_or_else(|| StoreError::Postgres("the user's counter row vanished".into()))?
             }
         };
-        tx.uid = row.get(0);
-        tx.start = row.get(1);
-        Ok(tx)
+        Ok((tx, row.get(0), row.get(1)))
     }
 
-    fn schema(&self) -> &Schema {
-        &self.schema
-    }
-
-    fn tids(&self) -> &HashMap<String, i64> {
-        &self.tids
-    }
-
-    fn import_hook(&self) -> &crate::ImportHook {
-        &self.import_hook
+    fn context(&self) -> WriteContext<'_> {
+        WriteContext {
+            schema: &self.schema,
+            tids: &self.tids,
+            import_hook: &self.import_hook,
+        }
     }
 }
 
 impl WriteTx for PgWrite {
-    fn uid(&self) -> i64 {
-        self.uid
-    }
-
-    fn start(&self) -> i64 {
-        self.start
-    }
-
-    fn remembered(&mut self, key: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
-        let uid = self.uid;
+    fn remembered(&mut self, uid: i64, key: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
         Ok(self
             .query_opt(
                 "SELECT request_hash, response FROM syncline_idempotency WHERE uid = $1 AND key = $2",
@@ -123,9 +101,8 @@ impl WriteTx for PgWrite {
             .map(|row| (row.get(0), row.get(1))))
     }
 
-    fn advance(&mut self, sequence: i64, push_at: Option<i64>) -> Result<(), StoreError> {
+    fn advance(&mut self, uid: i64, sequence: i64, push_at: Option<i64>) -> Result<(), StoreError> {
         // Pushes also stamp the user's last push, in the same update of the row it holds locked.
-        let uid = self.uid;
         self.exec(
             "UPDATE syncline_sequences SET seq = $1, last_push_at = coalesce($3, last_push_at)
              WHERE uid = $2",
@@ -136,11 +113,11 @@ impl WriteTx for PgWrite {
 
     fn remember(
         &mut self,
+        uid: i64,
         key: &IdempotencyKey,
         response: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let uid = self.uid;
         self.exec(
             "INSERT INTO syncline_idempotency (uid, key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5)",
             &[&uid, &key.key, &&key.request_hash[..], &response, &now_ms],
@@ -148,20 +125,28 @@ impl WriteTx for PgWrite {
         Ok(())
     }
 
-    fn count_sync(&mut self, activity: &SyncActivity<'_>) -> Result<(), StoreError> {
-        count_sync(&mut self.conn, self.uid, activity)
+    fn count_sync(&mut self, uid: i64, activity: &SyncActivity<'_>) -> Result<(), StoreError> {
+        count_sync(&mut self.conn, uid, activity)
     }
 
-    fn renew_lease(&mut self, source: &str, owner: &str, until: i64) -> Result<bool, StoreError> {
-        let uid = self.uid;
+    fn renew_lease(
+        &mut self,
+        uid: i64,
+        source: &str,
+        owner: &str,
+        until: i64,
+    ) -> Result<bool, StoreError> {
         Ok(self.exec(
             "UPDATE syncline_import_leases SET until = $4 WHERE uid = $1 AND source = $2 AND owner = $3",
             &[&uid, &source, &owner, &until],
         )? > 0)
     }
 
-    fn stored_generation(&mut self, state: &ImportState) -> Result<Option<i64>, StoreError> {
-        let uid = self.uid;
+    fn stored_generation(
+        &mut self,
+        uid: i64,
+        state: &ImportState,
+    ) -> Result<Option<i64>, StoreError> {
         Ok(self
             .query_opt(
                 "SELECT generation FROM syncline_import_states
@@ -171,12 +156,12 @@ impl WriteTx for PgWrite {
             .map(|r| r.get(0)))
     }
 
-    fn save_state(&mut self, state: &ImportState) -> Result<(), StoreError> {
-        save_state(&mut self.conn, self.uid, state)
+    fn save_state(&mut self, uid: i64, state: &ImportState) -> Result<(), StoreError> {
+        save_state(&mut self.conn, uid, state)
     }
 
-    fn count_import(&mut self, activity: &ImportActivity<'_>) -> Result<(), StoreError> {
-        count_import(&mut self.conn, self.uid, activity)
+    fn count_import(&mut self, uid: i64, activity: &ImportActivity<'_>) -> Result<(), StoreError> {
+        count_import(&mut self.conn, uid, activity)
     }
 
     fn commit(mut self) -> Result<(), StoreError> {

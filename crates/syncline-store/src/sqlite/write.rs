@@ -4,15 +4,13 @@
 use super::activity::{count_import, count_sync};
 use super::imports::save_state;
 use super::*;
-use crate::write::{WriteBackend, WriteTx};
+use crate::write::{WriteBackend, WriteContext, WriteTx};
 
 /// One write transaction on the single writer connection, which it holds until commit or drop: the one
 /// place the commit-order invariant is kept (the sequence is read after `BEGIN IMMEDIATE` and stored again
 /// before the commit).
 pub(crate) struct SqliteWrite<'s> {
     tx: std::sync::MutexGuard<'s, Connection>,
-    uid: i64,
-    start: i64,
     open: bool,
 }
 
@@ -27,113 +25,110 @@ impl Drop for SqliteWrite<'_> {
 impl WriteBackend for SqliteStore {
     type Tx<'a> = SqliteWrite<'a>;
 
-    fn begin(&self, user: &str) -> Result<SqliteWrite<'_>, StoreError> {
+    fn begin(&self, user: &str) -> Result<(SqliteWrite<'_>, i64, i64), StoreError> {
         let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        let mut tx = SqliteWrite {
+        let tx = SqliteWrite {
             tx: conn,
-            uid: -1,
-            start: 0,
             open: true,
         };
-        tx.uid = user_id(&tx.tx, user)?;
-        tx.start = tx
+        let uid = user_id(&tx.tx, user)?;
+        let start = tx
             .tx
             .prepare_cached("SELECT value FROM meta WHERE key = 'seq'")?
             .query_row([], |r| r.get(0))?;
-        Ok(tx)
+        Ok((tx, uid, start))
     }
 
-    fn schema(&self) -> &Schema {
-        &self.schema
-    }
-
-    fn tids(&self) -> &HashMap<String, i64> {
-        &self.tids
-    }
-
-    fn import_hook(&self) -> &crate::ImportHook {
-        &self.import_hook
+    fn context(&self) -> WriteContext<'_> {
+        WriteContext {
+            schema: &self.schema,
+            tids: &self.tids,
+            import_hook: &self.import_hook,
+        }
     }
 }
 
 impl WriteTx for SqliteWrite<'_> {
-    fn uid(&self) -> i64 {
-        self.uid
-    }
-
-    fn start(&self) -> i64 {
-        self.start
-    }
-
-    fn remembered(&mut self, key: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
+    fn remembered(&mut self, uid: i64, key: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
         Ok(self
             .tx
             .prepare_cached(
                 "SELECT request_hash, response FROM idempotency WHERE uid = ?1 AND key = ?2",
             )?
-            .query_row(params![self.uid, key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(params![uid, key], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
     }
 
-    fn advance(&mut self, sequence: i64, push_at: Option<i64>) -> Result<(), StoreError> {
+    fn advance(&mut self, uid: i64, sequence: i64, push_at: Option<i64>) -> Result<(), StoreError> {
         self.tx
             .prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'seq'")?
             .execute([sequence])?;
         if let Some(at) = push_at {
             self.tx
                 .prepare_cached("UPDATE users SET last_push_at = ?1 WHERE uid = ?2")?
-                .execute(params![at, self.uid])?;
+                .execute(params![at, uid])?;
         }
         Ok(())
     }
 
     fn remember(
         &mut self,
+        uid: i64,
         key: &IdempotencyKey,
         response: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         self.tx.execute(
             "INSERT INTO idempotency (uid, key, request_hash, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![self.uid, key.key, &key.request_hash[..], response, now_ms],
+            params![uid, key.key, &key.request_hash[..], response, now_ms],
         )?;
         Ok(())
     }
 
-    fn count_sync(&mut self, activity: &SyncActivity<'_>) -> Result<(), StoreError> {
-        count_sync(&self.tx, self.uid, activity)
+    fn count_sync(&mut self, uid: i64, activity: &SyncActivity<'_>) -> Result<(), StoreError> {
+        count_sync(&self.tx, uid, activity)
     }
 
-    fn renew_lease(&mut self, source: &str, owner: &str, until: i64) -> Result<bool, StoreError> {
+    fn renew_lease(
+        &mut self,
+        uid: i64,
+        source: &str,
+        owner: &str,
+        until: i64,
+    ) -> Result<bool, StoreError> {
         Ok(self
             .tx
             .prepare_cached(
                 "UPDATE import_leases SET until = ?4 WHERE uid = ?1 AND source = ?2 AND owner = ?3",
             )?
-            .execute(params![self.uid, source, owner, until])?
+            .execute(params![uid, source, owner, until])?
             > 0)
     }
 
-    fn stored_generation(&mut self, state: &ImportState) -> Result<Option<i64>, StoreError> {
+    fn stored_generation(
+        &mut self,
+        uid: i64,
+        state: &ImportState,
+    ) -> Result<Option<i64>, StoreError> {
         Ok(self
             .tx
             .prepare_cached(
                 "SELECT generation FROM import_states WHERE uid = ?1 AND source = ?2 AND stream = ?3 AND phase = ?4",
             )?
             .query_row(
-                params![self.uid, state.source, state.stream, state.phase.as_str()],
+                params![uid, state.source, state.stream, state.phase.as_str()],
                 |r| r.get(0),
             )
             .optional()?)
     }
 
-    fn save_state(&mut self, state: &ImportState) -> Result<(), StoreError> {
-        save_state(&self.tx, self.uid, state)
+    fn save_state(&mut self, uid: i64, state: &ImportState) -> Result<(), StoreError> {
+        save_state(&self.tx, uid, state)
     }
 
-    fn count_import(&mut self, activity: &ImportActivity<'_>) -> Result<(), StoreError> {
-        count_import(&self.tx, self.uid, activity)
+    fn count_import(&mut self, uid: i64, activity: &ImportActivity<'_>) -> Result<(), StoreError> {
+        count_import(&self.tx, uid, activity)
     }
 
     fn commit(mut self) -> Result<(), StoreError> {
