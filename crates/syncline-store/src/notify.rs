@@ -3,10 +3,14 @@
 //! go through `NOTIFY syncline_events` and a `LISTEN`ing connection per instance; SQLite has one process, so
 //! it needs no notifier.
 //!
+//! Publishing only queues the message: one publisher thread per instance sends whatever is queued in one
+//! statement on its own connection, whose commits do not wait for the disk (they hold no data). So a write's
+//! request never waits for a notification, and writes of different users never take turns on one.
+//!
 //! A message is a hint, never data: one lost while a connection is down costs a delay, nothing more. This
 //! module must never hold a lock or a connection that a write needs.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
@@ -42,17 +46,22 @@ pub fn notifier(
     }
 }
 
+/// Messages waiting for the publisher thread at most; past that, new ones are dropped (they are hints).
+const QUEUE: usize = 10_000;
+
+/// Messages the publisher sends in one statement (and one transaction) at most.
+const BATCH: usize = 1_000;
+
 struct PgNotifier {
-    config: postgres::Config,
-    /// The connection `NOTIFY` goes through; `None` only while dropped or after it broke.
-    client: Mutex<Option<Client>>,
-    /// The listener thread runs while this is alive.
+    /// To the publisher thread, which owns the publishing connection. `publish` never waits for the
+    /// database: a write's request only hands its message over.
+    queue: std::sync::mpsc::SyncSender<String>,
     _alive: Arc<()>,
 }
 
 impl PgNotifier {
     fn start(config: &postgres::Config, deliver: Deliver) -> Result<PgNotifier, StoreError> {
-        let client = config.connect(NoTls)?;
+        let publisher = publishing_connection(config)?;
         let listener = listen(config)?;
         let alive = Arc::new(());
         let weak = Arc::downgrade(&alive);
@@ -61,11 +70,64 @@ impl PgNotifier {
             .name("syncline-notify".into())
             .spawn(move || run_listener(listener, config2, weak, deliver))
             .map_err(|e| StoreError::Setup(format!("notification listener thread: {e}")))?;
+        let (queue, messages) = std::sync::mpsc::sync_channel(QUEUE);
+        let config = config.clone();
+        std::thread::Builder::new()
+            .name("syncline-publish".into())
+            .spawn(move || run_publisher(publisher, config, messages))
+            .map_err(|e| StoreError::Setup(format!("notification publisher thread: {e}")))?;
         Ok(PgNotifier {
-            config: config.clone(),
-            client: Mutex::new(Some(client)),
+            queue,
             _alive: alive,
         })
+    }
+}
+
+/// The publisher's connection. Its transactions write no data, only queue notifications (which PostgreSQL
+/// does not keep across a crash anyway), so their commits need not wait for the disk; every data commit
+/// still does.
+fn publishing_connection(config: &postgres::Config) -> Result<Client, StoreError> {
+    let mut client = config.connect(NoTls)?;
+    client.batch_execute("SET synchronous_commit = off")?;
+    Ok(client)
+}
+
+/// Sends what the writers queued, as it comes: everything queued meanwhile goes in one statement, so any
+/// number of concurrent writers cost one round trip and one commit here, and none of them waits for it.
+/// Ends when the notifier is dropped (the queue closes).
+fn run_publisher(
+    client: Client,
+    config: postgres::Config,
+    messages: std::sync::mpsc::Receiver<String>,
+) {
+    let mut client = Some(client);
+    while let Ok(first) = messages.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match messages.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = publishing_connection(&config)
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "the notification publisher cannot connect yet"),
+                )
+                .ok();
+        }
+        let Some(conn) = client.as_mut() else {
+            // The database is away: these hints are lost, the devices catch up at their next pull.
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        if let Err(e) = conn.execute(
+            "SELECT pg_notify($1, m) FROM unnest($2::text[]) AS m",
+            &[&CHANNEL, &batch],
+        ) {
+            tracing::warn!(error = %e, "could not publish events");
+            client = None;
+        }
     }
 }
 
@@ -106,35 +168,15 @@ fn run_listener(mut client: Client, config: postgres::Config, alive: Weak<()>, d
 
 impl Notifier for PgNotifier {
     fn publish(&self, payload: &str) -> Result<(), StoreError> {
-        let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(self.config.connect(NoTls)?);
-        }
-        let client = slot.as_mut().expect("just connected");
-        match client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]) {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                // Reconnect on the next message.
-                if let Some(old) = slot.take() {
-                    close_elsewhere(old);
-                }
-                Err(e.into())
+        match self.queue.try_send(payload.to_string()) {
+            Ok(()) => Ok(()),
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                tracing::warn!("the notification queue is full: an event was dropped");
+                Ok(())
             }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(StoreError::Unavailable(
+                "the notification publisher has stopped".into(),
+            )),
         }
     }
-}
-
-impl Drop for PgNotifier {
-    fn drop(&mut self) {
-        let slot = self.client.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = slot.take() {
-            close_elsewhere(client);
-        }
-    }
-}
-
-/// A `postgres::Client` closes on a runtime of its own when dropped, which panics on a thread that drives an
-/// async runtime: close it on a plain thread.
-fn close_elsewhere(client: Client) {
-    let _ = std::thread::spawn(move || drop(client)).join();
 }

@@ -85,7 +85,14 @@ fn migrate(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
 pub(super) struct Conn {
     client: Client,
     statements: HashMap<&'static str, postgres::Statement>,
+    /// When the connection last came back to the pool.
+    returned: Option<std::time::Instant>,
 }
+
+/// A connection back in the pool for less than this is handed out again without a check (a round trip):
+/// one that died in the meantime (a database restart) fails its request with `storage_unavailable` and is
+/// dropped. Older idle connections are checked first.
+const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Opens the pool's connections.
 struct Manager(postgres::Config);
@@ -98,14 +105,20 @@ impl r2d2::ManageConnection for Manager {
         Ok(Conn {
             client: self.0.connect(NoTls)?,
             statements: HashMap::new(),
+            returned: None,
         })
     }
 
     fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
+        if conn.returned.is_some_and(|at| at.elapsed() < FRESH) && !conn.client.is_closed() {
+            return Ok(());
+        }
         conn.client.simple_query("").map(|_| ())
     }
 
+    /// Called as a connection comes back to the pool.
     fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.returned = Some(std::time::Instant::now());
         conn.client.is_closed()
     }
 }
@@ -218,8 +231,9 @@ impl PostgresStore {
         tx.commit()?;
         drop(client);
         let max_connections = options.max_connections.max(1);
-        // Connections are checked (an empty query) as they leave the pool, so one that died with a database
-        // restart is replaced before a request uses it; broken ones are dropped when they come back.
+        // Connections idle for a while are checked (an empty query) as they leave the pool, so one that died
+        // with a database restart is replaced before a request uses it; broken ones are dropped when they
+        // come back.
         let pool = r2d2::Pool::builder()
             .max_size(max_connections)
             .min_idle(Some(0))
