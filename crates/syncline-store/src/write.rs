@@ -42,8 +42,15 @@ pub(crate) trait WriteTx: RecordTx {
     /// The request hash and response remembered for idempotency key `key`, if any.
     fn remembered(&mut self, uid: i64, key: &str) -> Result<Option<(Vec<u8>, String)>, StoreError>;
 
-    /// Stores `sequence` as the user's new counter and, for a push or bulk write, `push_at` as its last push.
-    fn advance(&mut self, uid: i64, sequence: i64, push_at: Option<i64>) -> Result<(), StoreError>;
+    /// Stores `sequence` as the user's new counter and, for a push or bulk write, `push_at` as its last push,
+    /// and counts `activity` (an applied push or bulk write) for the dashboard.
+    fn advance(
+        &mut self,
+        uid: i64,
+        sequence: i64,
+        push_at: Option<i64>,
+        activity: Option<&SyncActivity<'_>>,
+    ) -> Result<(), StoreError>;
 
     /// Remembers `response` for `key`.
     fn remember(
@@ -53,9 +60,6 @@ pub(crate) trait WriteTx: RecordTx {
         response: &str,
         now_ms: i64,
     ) -> Result<(), StoreError>;
-
-    /// Counts an applied push or bulk write for the dashboard.
-    fn count_sync(&mut self, uid: i64, activity: &SyncActivity<'_>) -> Result<(), StoreError>;
 
     /// Extends the user's import lease from `source` to `until` if `owner` holds it; whether it did.
     fn renew_lease(
@@ -83,21 +87,15 @@ pub(crate) trait WriteTx: RecordTx {
     fn commit(self) -> Result<(), StoreError>;
 }
 
-/// Applies `batch` in `tx` after its start sequence, and advances the counter unless the batch conflicts
-/// (then the caller drops the transaction).
+/// Applies `batch` in `tx` after its start sequence.
 fn apply_in<T: WriteTx>(
     tx: &mut T,
     context: &WriteContext<'_>,
     (uid, start): (i64, i64),
     now_ms: i64,
     batch: &WriteBatch<'_>,
-    push_at: Option<i64>,
 ) -> Result<Applied, StoreError> {
-    let applied = apply(tx, context.schema, context.tids, uid, start, now_ms, batch)?;
-    if applied.conflicts.is_empty() {
-        tx.advance(uid, applied.sequence, push_at)?;
-    }
-    Ok(applied)
+    apply(tx, context.schema, context.tids, uid, start, now_ms, batch)
 }
 
 /// A push or bulk write: [`crate::SyncStore::write_counted`].
@@ -121,7 +119,7 @@ pub(crate) fn write<B: WriteBackend>(
         };
     }
     let context = backend.context();
-    let applied = apply_in(&mut tx, &context, (uid, start), now_ms, batch, Some(now_ms))?;
+    let applied = apply_in(&mut tx, &context, (uid, start), now_ms, batch)?;
     if !applied.conflicts.is_empty() {
         return Ok(WriteOutcome::Conflict {
             conflicts: applied.conflicts,
@@ -135,16 +133,16 @@ pub(crate) fn write<B: WriteBackend>(
     if let Some(key) = idempotency {
         tx.remember(uid, key, &response, now_ms)?;
     }
-    if let Some(activity) = activity {
-        // One commit per push: the dashboard's counters ride in the write's own transaction.
-        let mut counted = *activity;
-        counted.records = summary
+    // One commit per push: the dashboard's counters ride in the write's own transaction.
+    let counted = activity.map(|a| SyncActivity {
+        records: summary
             .counts
             .values()
             .map(|c| c.upserted + c.deleted)
-            .sum();
-        tx.count_sync(uid, &counted)?;
-    }
+            .sum(),
+        ..*a
+    });
+    tx.advance(uid, summary.sequence, Some(now_ms), counted.as_ref())?;
     tx.commit()?;
     Ok(WriteOutcome::Applied { summary, response })
 }
@@ -169,7 +167,10 @@ pub(crate) fn write_import<B: WriteBackend>(
         return Ok(None);
     }
     let context = backend.context();
-    let applied = apply_in(&mut tx, &context, (uid, start), now_ms, batch, None)?;
+    let applied = apply_in(&mut tx, &context, (uid, start), now_ms, batch)?;
+    if applied.conflicts.is_empty() {
+        tx.advance(uid, applied.sequence, None, None)?;
+    }
     tx.save_state(uid, state)?;
     if !batch.tables.is_empty() {
         tx.count_import(

@@ -1030,6 +1030,71 @@ fn sync_activity_keeps_last_contacts_counts_and_rejections_per_user_and_device()
 }
 
 #[test]
+fn a_counted_push_is_applied_and_counted_in_one_write_and_a_refused_one_counts_nothing() {
+    for b in backends() {
+        let t0 = activity_bucket(NOW);
+        let push = |changes: Value, last_pulled_at: i64| {
+            let body = json!({"lastPulledAt": last_pulled_at, "changes": changes}).to_string();
+            let request: PushRequest = serde_json::from_str(&body).unwrap();
+            let (batch, _) = plan_push(&b.schema, &request, "alice").unwrap();
+            let activity = SyncActivity {
+                kind: SyncKind::Push,
+                records: 99, // replaced by what the write applied
+                rejected: 1,
+                rejection: Some("1 record(s) rejected as invalid"),
+                ..pull_by(Some("phone"), t0 + 7, 0)
+            };
+            b.store
+                .write_counted(
+                    "alice",
+                    &batch,
+                    None,
+                    NOW,
+                    &|s| s.sequence.to_string(),
+                    Some(&activity),
+                )
+                .unwrap()
+        };
+        let first = push(
+            json!({"projects": {"created": [project("p1", "a"), project("p2", "b")]}}),
+            0,
+        );
+        let at = sequence(&first);
+        // p1 changes after the cursor `at - 2`: a push from that cursor conflicts and applies nothing.
+        push(json!({"projects": {"updated": [project("p1", "c")]}}), at);
+        let refused = push(
+            json!({"projects": {"updated": [project("p1", "d")]}}),
+            at - 2,
+        );
+        assert!(
+            matches!(refused, WriteOutcome::Conflict { .. }),
+            "{}",
+            b.url
+        );
+
+        let a = &b.store.user_activity(Some("alice"), 1).unwrap()[0];
+        assert_eq!(
+            (a.pushes, a.records_pushed, a.rejected, a.conflicts),
+            (2, 3, 2, 0),
+            "{}",
+            b.url
+        );
+        assert_eq!(a.last_push_at, Some(t0 + 7), "{}", b.url);
+        assert_eq!(a.devices.len(), 1, "{}", b.url);
+        let buckets = b.store.activity_series(Some("alice"), t0).unwrap();
+        assert_eq!(
+            buckets.iter().map(|x| x.pushed).sum::<u64>(),
+            3,
+            "{}",
+            b.url
+        );
+        let stats = b.store.user_stats("alice").unwrap();
+        assert_eq!(stats.last_push_at, Some(NOW), "{}", b.url);
+        assert_eq!(stats.tables["projects"].records, 2, "{}", b.url);
+    }
+}
+
+#[test]
 fn activity_is_counted_in_time_buckets_per_user_and_for_everyone() {
     for b in backends() {
         let minute = ACTIVITY_BUCKET_MS;

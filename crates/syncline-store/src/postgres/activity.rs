@@ -56,7 +56,7 @@ impl ActivityStore for PostgresStore {
         // (a second flush per push would halve what small pushes get through on a durable cluster).
         tx.batch_execute("SET LOCAL synchronous_commit = off")?;
         let uid = user_id(&mut tx, user)?;
-        count_sync(&mut tx, uid, a)?;
+        count_sync(&mut tx, uid, a, None)?;
         tx.commit()?;
         Ok(())
     }
@@ -190,11 +190,14 @@ impl ActivityStore for PostgresStore {
     }
 }
 
-/// Counts one pull or push of user `uid` in the caller's transaction (also a push's own write transaction).
+/// Counts one pull or push of user `uid` in the caller's transaction, in one statement. In a push's own
+/// write transaction, `advance` also stores the user's new counter and last push time (the row the
+/// transaction holds locked), so the push's bookkeeping is a single round trip.
 pub(super) fn count_sync(
     tx: &mut impl Exec,
     uid: i64,
     a: &SyncActivity<'_>,
+    advance: Option<(i64, i64)>,
 ) -> Result<(), StoreError> {
     let pull = a.kind == SyncKind::Pull;
     let (pull_at, push_at) = if pull {
@@ -207,21 +210,40 @@ pub(super) fn count_sync(
     } else {
         (0, a.records as i64)
     };
-    // greatest() skips NULLs: a pull leaves the last push time alone and the other way round.
+    let (sequence, last_push_at) = advance.unzip();
+    // Every data-modifying CTE runs whether or not it is referenced; the ones with nothing to do select no
+    // row. greatest() skips NULLs: a pull leaves the last push time alone and the other way round.
     tx.exec(
-        "INSERT INTO syncline_activity_users AS t (uid, last_pull_at, last_push_at, pulls, pushes,
-             records_pulled, records_pushed, rejected, conflicts, last_rejection, last_rejection_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text,
-                 CASE WHEN $10::text IS NOT NULL THEN $11::bigint END)
-         ON CONFLICT (uid) DO UPDATE SET
-             last_pull_at = greatest(t.last_pull_at, excluded.last_pull_at),
-             last_push_at = greatest(t.last_push_at, excluded.last_push_at),
-             pulls = t.pulls + excluded.pulls, pushes = t.pushes + excluded.pushes,
-             records_pulled = t.records_pulled + excluded.records_pulled,
-             records_pushed = t.records_pushed + excluded.records_pushed,
-             rejected = t.rejected + excluded.rejected, conflicts = t.conflicts + excluded.conflicts,
-             last_rejection = coalesce(excluded.last_rejection, t.last_rejection),
-             last_rejection_at = coalesce(excluded.last_rejection_at, t.last_rejection_at)",
+        "WITH counter AS (
+             UPDATE syncline_sequences SET seq = $12::bigint, last_push_at = $13::bigint
+             WHERE uid = $1 AND $12::bigint IS NOT NULL),
+         users AS (
+             INSERT INTO syncline_activity_users AS t (uid, last_pull_at, last_push_at, pulls, pushes,
+                 records_pulled, records_pushed, rejected, conflicts, last_rejection, last_rejection_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text,
+                     CASE WHEN $10::text IS NOT NULL THEN $11::bigint END)
+             ON CONFLICT (uid) DO UPDATE SET
+                 last_pull_at = greatest(t.last_pull_at, excluded.last_pull_at),
+                 last_push_at = greatest(t.last_push_at, excluded.last_push_at),
+                 pulls = t.pulls + excluded.pulls, pushes = t.pushes + excluded.pushes,
+                 records_pulled = t.records_pulled + excluded.records_pulled,
+                 records_pushed = t.records_pushed + excluded.records_pushed,
+                 rejected = t.rejected + excluded.rejected, conflicts = t.conflicts + excluded.conflicts,
+                 last_rejection = coalesce(excluded.last_rejection, t.last_rejection),
+                 last_rejection_at = coalesce(excluded.last_rejection_at, t.last_rejection_at)),
+         devices AS (
+             INSERT INTO syncline_activity_devices AS t
+                 (uid, device, last_seen_at, last_pull_at, last_push_at, outbox_pending)
+             SELECT $1, $14::text, $11::bigint, $2, $3, $15::bigint WHERE $14::text IS NOT NULL
+             ON CONFLICT (uid, device) DO UPDATE SET
+                 last_seen_at = greatest(t.last_seen_at, excluded.last_seen_at),
+                 last_pull_at = greatest(t.last_pull_at, excluded.last_pull_at),
+                 last_push_at = greatest(t.last_push_at, excluded.last_push_at),
+                 outbox_pending = coalesce(excluded.outbox_pending, t.outbox_pending))
+         INSERT INTO syncline_activity_buckets AS t (uid, bucket, pushed, pulled, imported)
+         SELECT $1, $16::bigint, $7, $6, 0 WHERE $6::bigint + $7::bigint > 0
+         ON CONFLICT (uid, bucket) DO UPDATE SET pushed = t.pushed + excluded.pushed,
+             pulled = t.pulled + excluded.pulled, imported = t.imported + excluded.imported",
         &[
             &uid,
             &pull_at,
@@ -234,31 +256,13 @@ pub(super) fn count_sync(
             &(a.conflicts as i64),
             &a.rejection,
             &a.at_ms,
+            &sequence,
+            &last_push_at,
+            &a.device,
+            &a.outbox_pending.map(|n| n as i64),
+            &activity_bucket(a.at_ms),
         ],
     )?;
-    if let Some(device) = a.device {
-        tx.exec(
-            "INSERT INTO syncline_activity_devices AS t
-                 (uid, device, last_seen_at, last_pull_at, last_push_at, outbox_pending)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (uid, device) DO UPDATE SET
-                 last_seen_at = greatest(t.last_seen_at, excluded.last_seen_at),
-                 last_pull_at = greatest(t.last_pull_at, excluded.last_pull_at),
-                 last_push_at = greatest(t.last_push_at, excluded.last_push_at),
-                 outbox_pending = coalesce(excluded.outbox_pending, t.outbox_pending)",
-            &[
-                &uid,
-                &device,
-                &a.at_ms,
-                &pull_at,
-                &push_at,
-                &a.outbox_pending.map(|n| n as i64),
-            ],
-        )?;
-    }
-    if a.records > 0 {
-        add_to_bucket(tx, uid, a.at_ms, pushed, pulled, 0)?;
-    }
     Ok(())
 }
 

@@ -101,14 +101,31 @@ impl WriteTx for PgWrite {
             .map(|row| (row.get(0), row.get(1))))
     }
 
-    fn advance(&mut self, uid: i64, sequence: i64, push_at: Option<i64>) -> Result<(), StoreError> {
-        // Pushes also stamp the user's last push, in the same update of the row it holds locked.
-        self.exec(
-            "UPDATE syncline_sequences SET seq = $1, last_push_at = coalesce($3, last_push_at)
-             WHERE uid = $2",
-            &[&sequence, &uid, &push_at],
-        )?;
-        Ok(())
+    fn advance(
+        &mut self,
+        uid: i64,
+        sequence: i64,
+        push_at: Option<i64>,
+        activity: Option<&SyncActivity<'_>>,
+    ) -> Result<(), StoreError> {
+        match (activity, push_at) {
+            // The counter, the last push and the dashboard's counts in one statement.
+            (Some(activity), Some(at)) => {
+                count_sync(&mut self.conn, uid, activity, Some((sequence, at)))
+            }
+            _ => {
+                // Pushes also stamp the user's last push, in the same update of the row it holds locked.
+                self.exec(
+                    "UPDATE syncline_sequences SET seq = $1, last_push_at = coalesce($3, last_push_at)
+                     WHERE uid = $2",
+                    &[&sequence, &uid, &push_at],
+                )?;
+                if let Some(activity) = activity {
+                    count_sync(&mut self.conn, uid, activity, None)?;
+                }
+                Ok(())
+            }
+        }
     }
 
     fn remember(
@@ -123,10 +140,6 @@ impl WriteTx for PgWrite {
             &[&uid, &key.key, &&key.request_hash[..], &response, &now_ms],
         )?;
         Ok(())
-    }
-
-    fn count_sync(&mut self, uid: i64, activity: &SyncActivity<'_>) -> Result<(), StoreError> {
-        count_sync(&mut self.conn, uid, activity)
     }
 
     fn renew_lease(

@@ -60,7 +60,13 @@ impl WriteTx for SqliteWrite<'_> {
             .optional()?)
     }
 
-    fn advance(&mut self, uid: i64, sequence: i64, push_at: Option<i64>) -> Result<(), StoreError> {
+    fn advance(
+        &mut self,
+        uid: i64,
+        sequence: i64,
+        push_at: Option<i64>,
+        activity: Option<&SyncActivity<'_>>,
+    ) -> Result<(), StoreError> {
         self.tx
             .prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'seq'")?
             .execute([sequence])?;
@@ -68,6 +74,9 @@ impl WriteTx for SqliteWrite<'_> {
             self.tx
                 .prepare_cached("UPDATE users SET last_push_at = ?1 WHERE uid = ?2")?
                 .execute(params![at, uid])?;
+        }
+        if let Some(activity) = activity {
+            count_sync(&self.tx, uid, activity)?;
         }
         Ok(())
     }
@@ -84,10 +93,6 @@ impl WriteTx for SqliteWrite<'_> {
             params![uid, key.key, &key.request_hash[..], response, now_ms],
         )?;
         Ok(())
-    }
-
-    fn count_sync(&mut self, uid: i64, activity: &SyncActivity<'_>) -> Result<(), StoreError> {
-        count_sync(&self.tx, uid, activity)
     }
 
     fn renew_lease(
