@@ -100,12 +100,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
+    let cluster = args.cluster(Durability::Off)?;
     let mut rng = rand::rng();
     eprintln!("generating {} records ...", args.records);
     let records: Vec<(String, String)> = (0..args.records).map(|_| record(&mut rng)).collect();
     let avg = records.iter().map(|r| r.1.len()).sum::<usize>() / records.len().max(1);
 
-    let cluster = args.cluster(Durability::Off)?;
     let (backend, storage_url, ceiling) = match &cluster {
         Some(pg) => {
             eprintln!("measuring the raw PostgreSQL upsert ceiling ...");
