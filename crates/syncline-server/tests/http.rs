@@ -104,10 +104,7 @@ impl TestServer {
 mod hardening;
 
 fn token_with(user: &str, secret: &str, ttl: i64, extra: Option<Value>) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = syncline_core::Clock::now_ms(&syncline_core::SystemClock) / 1000;
     let mut claims = json!({"sub": user, "exp": now + ttl, "iat": now});
     if let Some(Value::Object(extra)) = extra {
         for (k, v) in extra {
@@ -703,10 +700,7 @@ async fn public_keys_from_pem_and_jwks_verify_es256_tokens() {
     let private =
         EncodingKey::from_ec_pem(&std::fs::read(dir.path().join("private.pem")).unwrap()).unwrap();
     let public_pem = std::fs::read(dir.path().join("public.pem")).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = (syncline_core::Clock::now_ms(&syncline_core::SystemClock) / 1000) as u64;
     let claims = json!({"sub": "alice", "exp": now + 600});
     let es256 = |kid: Option<&str>| {
         let mut header = Header::new(Algorithm::ES256);

@@ -9,10 +9,10 @@ mod client_cli;
 mod import_cli;
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use syncline_core::{Clock, SystemClock};
 use syncline_server::{Authenticator, Config};
 
 #[derive(Parser)]
@@ -182,10 +182,7 @@ async fn terminate() {
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemClock.now_ms() / 1000
 }
 
 fn parse_ttl(ttl: &str) -> Result<i64> {

@@ -3,20 +3,17 @@
 //! signal names; a 429 without a signal backs off from two seconds, doubling; a 403 is a missing
 //! permission unless it carries a rate-limit signal; a 401 is "connect again".
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::json;
+use syncline_core::{Clock as _, SystemClock};
 use syncline_core::{ImportPhase, ImportStatus};
-use syncline_import::system_clock;
 use syncline_testkit::fake_apis::FakePlayStation;
 
 use super::{PSN_TOKEN, USER, harness, playstation_source};
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    (SystemClock.now_ms() / 1000) as u64
 }
 
 /// One answer the fake gives first, and the reset it must produce, in ms from the time of the request
@@ -103,9 +100,9 @@ async fn every_rate_limit_signal_holds_the_stream_until_the_reset_it_names() {
             &headers,
             json!({"error": {"code": 2240525, "message": "Too many requests"}}),
         );
-        let before = system_clock()();
+        let before = SystemClock.now_ms();
         h.importer.start(USER, "psn").await.unwrap();
-        let after = system_clock()();
+        let after = SystemClock.now_ms();
         let state = h.state("psn", "trophy_titles", ImportPhase::Initial).await;
         assert_eq!(
             state.status,
@@ -182,7 +179,7 @@ async fn a_401_is_connect_again_and_a_403_is_a_missing_permission() {
         let state = h.state("psn", "trophy_titles", ImportPhase::Initial).await;
         assert_eq!(state.status, ImportStatus::Error, "{status}: {state:?}");
         assert_eq!(
-            state.error_code.as_deref(),
+            state.error_code.map(|c| c.as_str()),
             Some(code),
             "{status}: {state:?}"
         );
