@@ -123,7 +123,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The dashboard, embedded in the binary: no build step, no files to deploy.
 const ASSET_HTML: &str = include_str!("../assets/index.html");
-const ASSET_JS: &str = include_str!("../assets/app.js");
+pub(crate) const ASSET_JS: &str = include_str!("../assets/app.js");
 const ASSET_CSS: &str = include_str!("../assets/app.css");
 
 /// Serves an embedded asset. The page holds a bearer token: scripts and styles come from this server only,

@@ -288,3 +288,28 @@ fn join_fields(fields: &[impl AsRef<str>]) -> String {
         Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use syncline_core::ImportErrorCode;
+
+    /// The dashboard explains each import `error_code` in words: one hint per code, and no hint for a code
+    /// the importer never sets.
+    #[test]
+    fn every_import_error_code_has_a_dashboard_hint() {
+        let js = crate::app::ASSET_JS;
+        let start = js
+            .find("const ERROR_HINTS = {")
+            .expect("app.js has ERROR_HINTS");
+        let body = &js[start..start + js[start..].find("\n};").expect("ERROR_HINTS ends")];
+        let hinted: std::collections::BTreeSet<&str> = body
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.trim().split_once(':').map(|(key, _)| key))
+            .filter(|key| key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .collect();
+        let codes: std::collections::BTreeSet<&str> =
+            ImportErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(hinted, codes);
+    }
+}
