@@ -100,9 +100,17 @@ pub fn build_state_with_clock(
 
 /// Binds `config.server.listen` and serves in the background (with periodic garbage collection).
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    start_with_clock(config, Arc::new(syncline_core::SystemClock)).await
+}
+
+/// [`start`], reading wall-clock time from `clock` (a test moves it by hand).
+pub async fn start_with_clock(
+    config: Config,
+    clock: Arc<dyn syncline_core::Clock>,
+) -> Result<RunningServer, ServerError> {
     let listen = config.server.listen.clone();
     // Opening a store may block (PostgreSQL connects and migrates): keep it off the async workers.
-    let state = tokio::task::spawn_blocking(move || build_state(config))
+    let state = tokio::task::spawn_blocking(move || build_state_with_clock(config, clock))
         .await
         .map_err(|e| ServerError::Config(format!("opening the store failed: {e}")))??;
     let listener = tokio::net::TcpListener::bind(&listen)
