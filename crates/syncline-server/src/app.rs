@@ -187,9 +187,8 @@ impl FromRequestParts<AppState> for User {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<User, ApiError> {
-        let unauthorized = |code, message: &str| ApiError::new(code, message);
         let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(unauthorized(
+            return Err(ApiError::new(
                 ErrorCode::MissingToken,
                 "send Authorization: Bearer <token>",
             ));
@@ -203,22 +202,22 @@ impl FromRequestParts<AppState> for User {
             })
             .map(str::trim)
             .ok_or_else(|| {
-                unauthorized(
+                ApiError::new(
                     ErrorCode::InvalidToken,
                     "the Authorization header must be `Bearer <token>`",
                 )
             })?;
         match state.auth.verify(token) {
             Ok(p) => Ok(User(p)),
-            Err(TokenError::Expired) => Err(unauthorized(
+            Err(TokenError::Expired) => Err(ApiError::new(
                 ErrorCode::TokenExpired,
                 "the token has expired; get a new one",
             )),
-            Err(TokenError::Invalid) => Err(unauthorized(
+            Err(TokenError::Invalid) => Err(ApiError::new(
                 ErrorCode::InvalidToken,
                 "the token is not valid for this server",
             )),
-            Err(TokenError::InvalidSubject) => Err(unauthorized(
+            Err(TokenError::InvalidSubject) => Err(ApiError::new(
                 ErrorCode::InvalidSubject,
                 "the token's `sub` must be 1-255 bytes with no control characters",
             )),
