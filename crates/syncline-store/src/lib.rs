@@ -7,10 +7,13 @@
 //!
 //! Stores are synchronous; the server calls them from blocking threads.
 
+mod activity;
 mod apply;
+mod imports;
 mod notify;
 mod postgres;
 mod pull;
+mod sql;
 mod sqlite;
 
 use syncline_core::{ImportPhase, ImportState, PullRequest, WriteBatch};

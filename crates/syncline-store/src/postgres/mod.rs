@@ -25,12 +25,15 @@ use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
 
 use crate::apply::{Existing, NewRow, RecordTx, apply};
 use crate::pull::{LogRow, Output, PullPlan, live_rows_filter, write_page};
-use crate::{
-    ActivityBucket, ActivityStore, DeviceActivity, GcStats, IdempotencyKey, ImportActivity,
-    ImportOutcome, ImportStore, Lease, LeaseHolder, PullSink, PullStats, StoreError, StoreOptions,
-    SyncActivity, SyncKind, SyncStore, TableStats, UserActivity, UserStats, WriteOutcome,
-    WriteSummary, activity_bucket, state_from_json, state_json,
+use crate::sql::{
+    Backend, Durability, Migration, MigrationSql, Param, Sql, SqlConn, SqlRow, UserSql, migrate,
 };
+use crate::{
+    GcStats, IdempotencyKey, ImportActivity, Lease, PullSink, PullStats, StoreError, StoreOptions,
+    SyncStore, UserStats, WriteOutcome, WriteSummary,
+};
+use postgres::GenericClient;
+use postgres::types::ToSql;
 
 /// Rows fetched per round trip when a pull streams a table.
 const FETCH_ROWS: i32 = 5_000;
@@ -40,44 +43,34 @@ const MIGRATION_LOCK: i64 = 0x5359_4e43_4c49_4e45;
 
 /// The migrations, in the order they are applied; each is applied once and recorded in
 /// `syncline_migrations` with its version.
-const MIGRATIONS: [(i32, &str, &str); 2] = [
-    (
-        1,
-        "initial",
-        include_str!("../../migrations/postgres/0001_initial.sql"),
-    ),
-    (
-        2,
-        "per_user_sequence",
-        include_str!("../../migrations/postgres/0002_per_user_sequence.sql"),
-    ),
+const MIGRATIONS: [Migration; 2] = [
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../../migrations/postgres/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "per_user_sequence",
+        sql: include_str!("../../migrations/postgres/0002_per_user_sequence.sql"),
+    },
 ];
 
-/// Applies the migrations not recorded yet, in order, each in the caller's transaction (which holds the
-/// migration lock).
-fn migrate(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS syncline_migrations (
+/// The statements of the shared flows, in PostgreSQL's dialect.
+const SQL: Sql = Sql {
+    users: UserSql {
+        find: "SELECT uid FROM syncline_users WHERE name = $1",
+        insert: INSERT_USER,
+    },
+    activity: activity::SQL_TEXT,
+    imports: imports::SQL_TEXT,
+    migrations: MigrationSql {
+        create: "CREATE TABLE IF NOT EXISTS syncline_migrations (
              version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
-    )?;
-    let applied: Vec<i32> = tx
-        .query("SELECT version FROM syncline_migrations", &[])?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for (version, name, sql) in MIGRATIONS {
-        if applied.contains(&version) {
-            continue;
-        }
-        tx.batch_execute(sql)
-            .map_err(|e| StoreError::Setup(format!("migration {version} ({name}): {e}")))?;
-        tx.execute(
-            "INSERT INTO syncline_migrations (version, name) VALUES ($1, $2)",
-            &[&version, &name],
-        )?;
-    }
-    Ok(())
-}
+        applied: "SELECT version::bigint FROM syncline_migrations",
+        record: "INSERT INTO syncline_migrations (version, name) VALUES ($1::bigint, $2)",
+    },
+};
 
 type Manager = r2d2_postgres::PostgresConnectionManager<NoTls>;
 
@@ -171,7 +164,7 @@ impl PostgresStore {
         let mut client = config.connect(NoTls)?;
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-        migrate(&mut tx)?;
+        migrate(&mut Pg(&mut tx), &SQL.migrations, &MIGRATIONS)?;
         let mut tids = HashMap::new();
         for table in schema.tables() {
             tx.execute(
@@ -246,14 +239,9 @@ impl PooledClient {
 const INSERT_USER: &str =
     "INSERT INTO syncline_users (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
 
+/// The user's uid, created on first use, in the caller's write transaction.
 fn user_id(tx: &mut Transaction<'_>, name: &str) -> Result<i64, StoreError> {
-    if let Some(row) = tx.query_opt("SELECT uid FROM syncline_users WHERE name = $1", &[&name])? {
-        return Ok(row.get(0));
-    }
-    tx.execute(INSERT_USER, &[&name])?;
-    Ok(tx
-        .query_one("SELECT uid FROM syncline_users WHERE name = $1", &[&name])?
-        .get(0))
+    crate::sql::user_id(&mut Pg(tx), &SQL.users, name)
 }
 
 /// The user's uid, tombstone horizon and change counter; for a user without a row, no uid (-1), no horizon
@@ -303,6 +291,131 @@ impl SyncStore for PostgresStore {
     }
 
     fn user_stats(&self, user: &str) -> Result<UserStats, StoreError> {
-        self.stats(user)
+        self.snapshot(|c| crate::activity::user_stats(c, &SQL, &self.schema, &self.tids, user))
+    }
+}
+
+impl Backend for PostgresStore {
+    const SQL: Sql = SQL;
+
+    fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut pooled = self.client()?;
+        let mut tx = pooled
+            .get()
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let out = f(&mut Pg(&mut tx))?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn transaction<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut pooled = self.client()?;
+        let mut tx = pooled.get().transaction()?;
+        if durability == Durability::Relaxed {
+            // A second flush per push would halve what small pushes get through on a durable cluster.
+            tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+        }
+        let out = f(&mut Pg(&mut tx))?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn import_hook(&self) -> &crate::ImportHook {
+        &self.import_hook
+    }
+
+    fn claim_lease(
+        &self,
+        user: &str,
+        source: &str,
+        lease: Lease<'_>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut pooled = self.client()?;
+        let mut tx = pooled.get().transaction()?;
+        let claimed = imports::claim(&mut tx, user, source, lease, now_ms)?;
+        tx.commit()?;
+        Ok(claimed)
+    }
+
+    fn import_batch(
+        &self,
+        user: &str,
+        batch: &WriteBatch<'_>,
+        state: &ImportState,
+        lease: Lease<'_>,
+        now_ms: i64,
+    ) -> Result<Option<WriteSummary>, StoreError> {
+        self.write_import_batch(user, batch, state, lease, now_ms)
+    }
+}
+
+/// A PostgreSQL client or transaction as the shared flows see it.
+struct Pg<'c, C>(&'c mut C);
+
+/// The driver's view of a parameter.
+fn sql_param<'p>(p: &'p Param<'_>) -> &'p (dyn ToSql + Sync) {
+    match p {
+        Param::Int(v) => v,
+        Param::OptInt(v) => v,
+        Param::Text(v) => v,
+        Param::OptText(v) => v,
+        Param::Bytes(v) => v,
+    }
+}
+
+impl<C: GenericClient> SqlConn for Pg<'_, C> {
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        each: &mut dyn FnMut(&dyn SqlRow) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let params: Vec<_> = params.iter().map(sql_param).collect();
+        for row in self.0.query(sql, &params)? {
+            each(&row)?;
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
+        let params: Vec<_> = params.iter().map(sql_param).collect();
+        Ok(self.0.execute(sql, &params)?)
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.0.batch_execute(sql)?)
+    }
+}
+
+impl SqlRow for postgres::Row {
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        Ok(self.try_get(i)?)
     }
 }
