@@ -1,6 +1,6 @@
 //! Import bookkeeping, written once for every backend: import states, leases and sealed connections, as
-//! [`ImportStore`] over the backend's [`Sql`] and [`SqlConn`]. Two steps stay with the backend: claiming a
-//! lease (each database locks its own way) and writing an import batch (the write path's).
+//! [`ImportStore`] over the backend's [`Sql`] and [`SqlConn`]. Writing an import batch belongs to the write
+//! path, which each backend hands on.
 //!
 //! Nothing here decides what an import does next: the core's state machine and the importer do.
 
@@ -34,6 +34,42 @@ pub(crate) fn save_state(
         ],
     )?;
     Ok(())
+}
+
+/// [`ImportStore::claim_import`] in the caller's write transaction.
+fn claim(
+    conn: &mut dyn SqlConn,
+    sql: &Sql,
+    user: &str,
+    source: &str,
+    lease: Lease<'_>,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let uid = user_id(conn, &sql.users, user)?;
+    let key = [uid.into(), source.into()];
+    let take = [
+        uid.into(),
+        source.into(),
+        lease.owner.into(),
+        (now_ms + lease.ttl_ms).into(),
+    ];
+    // A lease row locked by another instance (claiming, or writing a batch under its lease) means the job is
+    // taken: never wait behind it (PostgreSQL skips locked rows; SQLite's single writer never meets one).
+    let held = conn.row(sql.imports.lock_lease, &key, |r| {
+        Ok((r.text(0)?, r.int(1)?))
+    })?;
+    Ok(match held {
+        Some((owner, until)) => {
+            (owner == lease.owner || until <= now_ms)
+                && conn.execute(sql.imports.update_lease, &take)? > 0
+        }
+        // No row, or a locked one. Locked by our own batch in flight (which renews the lease as it
+        // commits): still ours. Locked by another instance: taken. No row: a fresh insert may win.
+        None => match conn.row(sql.imports.peek_lease, &key, |r| r.text(0))? {
+            Some(owner) => owner == lease.owner,
+            None => conn.execute(sql.imports.insert_lease, &take)? > 0,
+        },
+    })
 }
 
 /// A row of user name and state JSON.
@@ -85,7 +121,9 @@ impl<B: Backend> ImportStore for B {
         lease: Lease<'_>,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        self.claim_lease(user, source, lease, now_ms)
+        self.transaction(Durability::Full, |c| {
+            claim(c, &B::SQL, user, source, lease, now_ms)
+        })
     }
 
     fn release_import(&self, user: &str, source: &str, owner: &str) -> Result<(), StoreError> {

@@ -3,8 +3,8 @@
 //! columns through [`SqlRow`]. A flow never builds SQL, and a backend never decides what a flow does.
 //!
 //! [`Backend`] is what a store supplies to get [`crate::ImportStore`] and [`crate::ActivityStore`] from the
-//! shared flows: its statements, how it opens a read snapshot and a write transaction, and the two jobs whose
-//! steps differ by backend (claiming a lease, writing an import batch).
+//! shared flows: its statements, how it opens a read snapshot and a write transaction, and the import batch
+//! (which belongs to the write path).
 
 use syncline_core::{ImportState, WriteBatch};
 
@@ -63,18 +63,60 @@ impl<'a> From<&'a [u8]> for Param<'a> {
     }
 }
 
-/// One result row, read by column index.
+/// A column's value as the shared flows read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+/// One result row, read by column index. A backend supplies [`SqlRow::value`]; the typed reads follow.
 pub(crate) trait SqlRow {
-    fn int(&self, i: usize) -> Result<i64, StoreError>;
-    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError>;
-    fn text(&self, i: usize) -> Result<String, StoreError>;
-    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError>;
-    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError>;
+    fn value(&self, i: usize) -> Result<Value, StoreError>;
+
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        match self.value(i)? {
+            Value::Null => Ok(None),
+            Value::Int(v) => Ok(Some(v)),
+            other => Err(unexpected(i, "an integer", &other)),
+        }
+    }
+
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        self.opt_int(i)?
+            .ok_or_else(|| unexpected(i, "an integer", &Value::Null))
+    }
 
     /// A count column: never negative.
     fn count(&self, i: usize) -> Result<u64, StoreError> {
         Ok(self.int(i)?.max(0) as u64)
     }
+
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        match self.value(i)? {
+            Value::Null => Ok(None),
+            Value::Text(v) => Ok(Some(v)),
+            other => Err(unexpected(i, "text", &other)),
+        }
+    }
+
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        self.opt_text(i)?
+            .ok_or_else(|| unexpected(i, "text", &Value::Null))
+    }
+
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        match self.value(i)? {
+            Value::Bytes(v) => Ok(v),
+            other => Err(unexpected(i, "bytes", &other)),
+        }
+    }
+}
+
+fn unexpected(i: usize, wanted: &str, got: &Value) -> StoreError {
+    StoreError::Setup(format!("column {i} holds {got:?} where {wanted} belongs"))
 }
 
 /// A connection (or a transaction on one) that runs the backend's statements, prepared once per connection
@@ -187,6 +229,15 @@ pub(crate) struct ImportSql {
     pub all: &'static str,
     /// (uid, source, stream, phase, status, generation, state JSON): saves one state.
     pub save: &'static str,
+    /// (uid, source) -> owner, until of the job's lease row, locked for the claim; no row when another
+    /// instance holds the lock.
+    pub lock_lease: &'static str,
+    /// (uid, source) -> owner of the job's lease row, locked or not.
+    pub peek_lease: &'static str,
+    /// (uid, source, owner, until): hands the lease row to `owner`.
+    pub update_lease: &'static str,
+    /// (uid, source, owner, until): creates the lease row unless one exists.
+    pub insert_lease: &'static str,
     /// (name, source, owner): gives the lease back if `owner` holds it.
     pub release: &'static str,
     /// (name, source, now) -> owner, until of a live lease.
@@ -280,15 +331,6 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// The hook told of saved import states.
     fn import_hook(&self) -> &ImportHook;
-
-    /// [`crate::ImportStore::claim_import`]: each backend takes a lease its own way.
-    fn claim_lease(
-        &self,
-        user: &str,
-        source: &str,
-        lease: Lease<'_>,
-        now_ms: i64,
-    ) -> Result<bool, StoreError>;
 
     /// [`crate::ImportStore::write_import`]: part of the write path.
     fn import_batch(

@@ -1,12 +1,11 @@
-//! PostgreSQL's statements for import bookkeeping (import states, leases, sealed connections), and its way
-//! of claiming a lease; the flows that run them are the crate's `imports` module.
+//! PostgreSQL's statements for import bookkeeping (import states, leases, sealed connections); the flows that run them are the crate's `imports` module.
 
 use postgres::Transaction;
 use syncline_core::ImportState;
 
-use super::{Pg, SQL, user_id};
+use super::{Pg, SQL};
+use crate::StoreError;
 use crate::sql::ImportSql;
-use crate::{Lease, StoreError};
 
 pub(super) const SQL_TEXT: ImportSql = ImportSql {
     states: "SELECT s.state FROM syncline_import_states s JOIN syncline_users u ON u.uid = s.uid
@@ -21,6 +20,13 @@ pub(super) const SQL_TEXT: ImportSql = ImportSql {
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (uid, source, stream, phase)
          DO UPDATE SET status = excluded.status, generation = excluded.generation, state = excluded.state",
+    lock_lease: "SELECT owner, until FROM syncline_import_leases WHERE uid = $1 AND source = $2
+         FOR UPDATE SKIP LOCKED",
+    peek_lease: "SELECT owner FROM syncline_import_leases WHERE uid = $1 AND source = $2",
+    update_lease: "UPDATE syncline_import_leases SET owner = $3, until = $4
+         WHERE uid = $1 AND source = $2",
+    insert_lease: "INSERT INTO syncline_import_leases (uid, source, owner, until)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (uid, source) DO NOTHING",
     release: "DELETE FROM syncline_import_leases WHERE source = $2 AND owner = $3
          AND uid = (SELECT uid FROM syncline_users WHERE name = $1)",
     lease: "SELECT l.owner, l.until FROM syncline_import_leases l
@@ -33,53 +39,6 @@ pub(super) const SQL_TEXT: ImportSql = ImportSql {
     delete_connection: "DELETE FROM syncline_connections WHERE source = $2
          AND uid = (SELECT uid FROM syncline_users WHERE name = $1)",
 };
-
-/// Takes or renews the lease in the caller's transaction. Several instances claim at once, so the lease row
-/// is locked; one locked by another instance means the job is taken.
-pub(super) fn claim(
-    tx: &mut Transaction<'_>,
-    user: &str,
-    source: &str,
-    lease: Lease<'_>,
-    now_ms: i64,
-) -> Result<bool, StoreError> {
-    let uid = user_id(tx, user)?;
-    let until = now_ms + lease.ttl_ms;
-    // SKIP LOCKED: a lease row locked by another instance (claiming, or writing a batch under its
-    // lease) means the job is taken; never wait behind it.
-    let current = tx.query_opt(
-        "SELECT owner, until FROM syncline_import_leases WHERE uid = $1 AND source = $2
-         FOR UPDATE SKIP LOCKED",
-        &[&uid, &source],
-    )?;
-    let claimed = match current {
-        Some(row) => {
-            let (owner, held_until): (String, i64) = (row.get(0), row.get(1));
-            (owner == lease.owner || held_until <= now_ms)
-                && tx.execute(
-                    "UPDATE syncline_import_leases SET owner = $3, until = $4
-                     WHERE uid = $1 AND source = $2",
-                    &[&uid, &source, &lease.owner, &until],
-                )? > 0
-        }
-        // No row, or a locked one. Locked by our own batch in flight (which renews the lease as it
-        // commits): still ours. Locked by another instance: taken. No row: a fresh insert may win.
-        None => match tx.query_opt(
-            "SELECT owner FROM syncline_import_leases WHERE uid = $1 AND source = $2",
-            &[&uid, &source],
-        )? {
-            Some(row) => row.get::<_, &str>(0) == lease.owner,
-            None => {
-                tx.execute(
-                    "INSERT INTO syncline_import_leases (uid, source, owner, until)
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (uid, source) DO NOTHING",
-                    &[&uid, &source, &lease.owner, &until],
-                )? > 0
-            }
-        },
-    };
-    Ok(claimed)
-}
 
 /// Saves one import state in the caller's write transaction.
 pub(super) fn save_state(

@@ -26,14 +26,15 @@ use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
 use crate::apply::{Existing, NewRow, RecordTx, apply};
 use crate::pull::{LogRow, Output, PullPlan, live_rows_filter, write_page};
 use crate::sql::{
-    Backend, Durability, Migration, MigrationSql, Param, Sql, SqlConn, SqlRow, UserSql, migrate,
+    Backend, Durability, Migration, MigrationSql, Param, Sql, SqlConn, SqlRow, UserSql, Value,
+    migrate,
 };
 use crate::{
     GcStats, IdempotencyKey, ImportActivity, Lease, PullSink, PullStats, StoreError, StoreOptions,
     SyncStore, UserStats, WriteOutcome, WriteSummary,
 };
 use postgres::GenericClient;
-use postgres::types::ToSql;
+use postgres::types::{ToSql, Type};
 
 /// Rows fetched per round trip when a pull streams a table.
 const FETCH_ROWS: i32 = 5_000;
@@ -334,20 +335,6 @@ impl Backend for PostgresStore {
         &self.import_hook
     }
 
-    fn claim_lease(
-        &self,
-        user: &str,
-        source: &str,
-        lease: Lease<'_>,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let mut pooled = self.client()?;
-        let mut tx = pooled.get().transaction()?;
-        let claimed = imports::claim(&mut tx, user, source, lease, now_ms)?;
-        tx.commit()?;
-        Ok(claimed)
-    }
-
     fn import_batch(
         &self,
         user: &str,
@@ -399,23 +386,20 @@ impl<C: GenericClient> SqlConn for Pg<'_, C> {
 }
 
 impl SqlRow for postgres::Row {
-    fn int(&self, i: usize) -> Result<i64, StoreError> {
-        Ok(self.try_get(i)?)
-    }
-
-    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
-        Ok(self.try_get(i)?)
-    }
-
-    fn text(&self, i: usize) -> Result<String, StoreError> {
-        Ok(self.try_get(i)?)
-    }
-
-    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
-        Ok(self.try_get(i)?)
-    }
-
-    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
-        Ok(self.try_get(i)?)
+    fn value(&self, i: usize) -> Result<Value, StoreError> {
+        let ty = self.columns()[i].type_();
+        let value = if *ty == Type::INT8 {
+            self.try_get::<_, Option<i64>>(i)?.map(Value::Int)
+        } else if *ty == Type::INT4 {
+            self.try_get::<_, Option<i32>>(i)?
+                .map(|v| Value::Int(v.into()))
+        } else if *ty == Type::TEXT || *ty == Type::VARCHAR {
+            self.try_get::<_, Option<String>>(i)?.map(Value::Text)
+        } else if *ty == Type::BYTEA {
+            self.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Bytes)
+        } else {
+            return Err(StoreError::Postgres(format!("column {i} has type {ty}")));
+        };
+        Ok(value.unwrap_or(Value::Null))
     }
 }

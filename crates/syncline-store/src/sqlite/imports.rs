@@ -1,12 +1,11 @@
-//! SQLite's statements for import bookkeeping (import states, leases, sealed connections), and its way of
-//! claiming a lease; the flows that run them are the crate's `imports` module.
+//! SQLite's statements for import bookkeeping (import states, leases, sealed connections); the flows that run them are the crate's `imports` module.
 
 use rusqlite::Connection;
 use syncline_core::ImportState;
 
 use super::{Conn, SQL};
-use crate::sql::{ImportSql, SqlConn, user_id};
-use crate::{Lease, StoreError};
+use crate::StoreError;
+use crate::sql::ImportSql;
 
 pub(super) const SQL_TEXT: ImportSql = ImportSql {
     states: "SELECT s.state FROM import_states s JOIN users u ON u.uid = s.uid
@@ -21,6 +20,11 @@ pub(super) const SQL_TEXT: ImportSql = ImportSql {
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (uid, source, stream, phase)
          DO UPDATE SET status = excluded.status, generation = excluded.generation, state = excluded.state",
+    lock_lease: "SELECT owner, until FROM import_leases WHERE uid = ?1 AND source = ?2",
+    peek_lease: "SELECT owner FROM import_leases WHERE uid = ?1 AND source = ?2",
+    update_lease: "UPDATE import_leases SET owner = ?3, until = ?4 WHERE uid = ?1 AND source = ?2",
+    insert_lease: "INSERT INTO import_leases (uid, source, owner, until) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (uid, source) DO NOTHING",
     release: "DELETE FROM import_leases WHERE source = ?2 AND owner = ?3
          AND uid = (SELECT uid FROM users WHERE name = ?1)",
     lease: "SELECT l.owner, l.until FROM import_leases l JOIN users u ON u.uid = l.uid
@@ -32,31 +36,6 @@ pub(super) const SQL_TEXT: ImportSql = ImportSql {
     delete_connection: "DELETE FROM connections WHERE source = ?2
          AND uid = (SELECT uid FROM users WHERE name = ?1)",
 };
-
-/// Takes or renews the lease in the caller's write transaction. The single writer connection serialises
-/// claims, so one upsert that only overwrites an expired or own lease decides.
-pub(super) fn claim(
-    conn: &mut dyn SqlConn,
-    user: &str,
-    source: &str,
-    lease: Lease<'_>,
-    now_ms: i64,
-) -> Result<bool, StoreError> {
-    let uid = user_id(conn, &SQL.users, user)?;
-    let claimed = conn.execute(
-        "INSERT INTO import_leases (uid, source, owner, until) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (uid, source) DO UPDATE SET owner = excluded.owner, until = excluded.until
-         WHERE import_leases.owner = excluded.owner OR import_leases.until <= ?5",
-        &[
-            uid.into(),
-            source.into(),
-            lease.owner.into(),
-            (now_ms + lease.ttl_ms).into(),
-            now_ms.into(),
-        ],
-    )?;
-    Ok(claimed > 0)
-}
 
 /// Saves one import state in the caller's write transaction.
 pub(super) fn save_state(tx: &Connection, uid: i64, state: &ImportState) -> Result<(), StoreError> {

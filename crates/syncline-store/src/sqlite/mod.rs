@@ -30,7 +30,8 @@ use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
 use crate::apply::{Existing, NewRow, RecordTx, apply};
 use crate::pull::{LogRow, Output, PullPlan, live_rows_filter, write_page};
 use crate::sql::{
-    Backend, Durability, Migration, MigrationSql, Param, Sql, SqlConn, SqlRow, UserSql, migrate,
+    Backend, Durability, Migration, MigrationSql, Param, Sql, SqlConn, SqlRow, UserSql, Value,
+    migrate,
 };
 use crate::{
     GcStats, IdempotencyKey, ImportActivity, Lease, PullSink, PullStats, SqliteSynchronous,
@@ -381,18 +382,6 @@ impl Backend for SqliteStore {
         &self.import_hook
     }
 
-    fn claim_lease(
-        &self,
-        user: &str,
-        source: &str,
-        lease: Lease<'_>,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        self.transaction(Durability::Full, |c| {
-            imports::claim(c, user, source, lease, now_ms)
-        })
-    }
-
     fn import_batch(
         &self,
         user: &str,
@@ -438,24 +427,16 @@ impl SqlConn for Conn<'_> {
 }
 
 impl SqlRow for rusqlite::Row<'_> {
-    fn int(&self, i: usize) -> Result<i64, StoreError> {
-        Ok(self.get(i)?)
-    }
-
-    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
-        Ok(self.get(i)?)
-    }
-
-    fn text(&self, i: usize) -> Result<String, StoreError> {
-        Ok(self.get(i)?)
-    }
-
-    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
-        Ok(self.get(i)?)
-    }
-
-    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
-        Ok(self.get(i)?)
+    fn value(&self, i: usize) -> Result<Value, StoreError> {
+        Ok(match self.get_ref(i)? {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(v) => Value::Int(v),
+            ValueRef::Text(_) => Value::Text(self.get(i)?),
+            ValueRef::Blob(v) => Value::Bytes(v.to_vec()),
+            ValueRef::Real(v) => {
+                return Err(StoreError::Setup(format!("column {i} holds a real, {v}")));
+            }
+        })
     }
 }
 
