@@ -450,3 +450,6 @@ impl rusqlite::ToSql for Param<'_> {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests;
