@@ -153,6 +153,25 @@ fn record_sync(
     Ok(())
 }
 
+/// The rows of a per-user query (uid first, `user` its parameter) that belong to a listed user, mapped, each
+/// with its user's place in the list (`index`: uid -> place).
+fn of_listed<T>(
+    conn: &mut dyn SqlConn,
+    sql: &str,
+    user: Option<&str>,
+    index: &HashMap<i64, usize>,
+    map: impl Fn(&dyn SqlRow) -> Result<T, StoreError>,
+) -> Result<Vec<(usize, T)>, StoreError> {
+    let mut out = Vec::new();
+    conn.query(sql, &[user.into()], &mut |r| {
+        if let Some(&i) = index.get(&r.int(0)?) {
+            out.push((i, map(r)?));
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// [`ActivityStore::user_activity`] in the caller's read snapshot.
 fn user_activity(
     conn: &mut dyn SqlConn,
@@ -185,44 +204,31 @@ fn user_activity(
         .enumerate()
         .map(|(i, (uid, _))| (*uid, i))
         .collect();
-    let of_user = |r: &dyn SqlRow| -> Result<Option<usize>, StoreError> {
-        Ok(index.get(&r.int(0)?).copied())
-    };
-    let mut devices = Vec::new();
-    conn.query(sql.activity.devices, &[user.into()], &mut |r| {
-        if let Some(i) = of_user(r)? {
-            let device = DeviceActivity {
-                device: r.text(1)?,
-                last_seen_at: r.int(2)?,
-                last_pull_at: r.opt_int(3)?,
-                last_push_at: r.opt_int(4)?,
-                outbox_pending: r.opt_int(5)?.map(|n| n.max(0) as u64),
-            };
-            devices.push((i, device));
-        }
-        Ok(())
-    })?;
-    let mut imports = Vec::new();
-    conn.query(sql.activity.imports, &[user.into()], &mut |r| {
-        if let Some(i) = of_user(r)? {
-            let outcome = ImportOutcome {
-                source: r.text(1)?,
-                stream: r.text(2)?,
-                phase: r.text(3)?.parse().unwrap_or_default(),
-                walk_started_at: r.int(4)?,
-                last_batch_at: r.int(5)?,
-                batches: r.count(6)?,
-                upserted: r.count(7)?,
-                unchanged: r.count(8)?,
-                deleted: r.count(9)?,
-            };
-            imports.push((i, outcome));
-        }
-        Ok(())
+    let devices = of_listed(conn, sql.activity.devices, user, &index, |r| {
+        Ok(DeviceActivity {
+            device: r.text(1)?,
+            last_seen_at: r.int(2)?,
+            last_pull_at: r.opt_int(3)?,
+            last_push_at: r.opt_int(4)?,
+            outbox_pending: r.opt_int(5)?.map(|n| n.max(0) as u64),
+        })
     })?;
     for (i, device) in devices {
         users[i].1.devices.push(device);
     }
+    let imports = of_listed(conn, sql.activity.imports, user, &index, |r| {
+        Ok(ImportOutcome {
+            source: r.text(1)?,
+            stream: r.text(2)?,
+            phase: r.text(3)?.parse().unwrap_or_default(),
+            walk_started_at: r.int(4)?,
+            last_batch_at: r.int(5)?,
+            batches: r.count(6)?,
+            upserted: r.count(7)?,
+            unchanged: r.count(8)?,
+            deleted: r.count(9)?,
+        })
+    })?;
     for (i, outcome) in imports {
         users[i].1.imports.push(outcome);
     }
@@ -250,7 +256,7 @@ impl<B: Backend> ActivityStore for B {
         since_ms: i64,
     ) -> Result<Vec<ActivityBucket>, StoreError> {
         let params = [user.into(), activity_bucket(since_ms).into()];
-        self.snapshot(|c| {
+        self.read(|c| {
             c.rows(B::SQL.activity.series, &params, |r| {
                 Ok(ActivityBucket {
                     at: r.int(0)?,

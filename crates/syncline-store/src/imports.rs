@@ -9,10 +9,17 @@ use std::sync::Arc;
 use syncline_core::{ImportState, WriteBatch};
 
 use crate::sql::{Backend, Durability, Sql, SqlConn, SqlRow, user_id};
-use crate::{
-    ImportObserver, ImportStore, Lease, LeaseHolder, StoreError, WriteSummary, state_from_json,
-    state_json,
-};
+use crate::{ImportObserver, ImportStore, Lease, LeaseHolder, StoreError, WriteSummary};
+
+/// The stored form of an import state: the whole state as JSON, next to its key.
+fn state_json(state: &ImportState) -> String {
+    serde_json::to_string(state).expect("import states serialise")
+}
+
+fn state_from_json(text: &str) -> Result<ImportState, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Setup(format!("unreadable import state: {e}")))
+}
 
 /// Saves one import state (keyed by user, source, stream and phase) in the caller's write transaction.
 pub(crate) fn save_state(
@@ -83,7 +90,7 @@ impl<B: Backend> ImportStore for B {
         user: &str,
         source: Option<&str>,
     ) -> Result<Vec<ImportState>, StoreError> {
-        self.snapshot(|c| {
+        self.read(|c| {
             c.rows(B::SQL.imports.states, &[user.into(), source.into()], |r| {
                 state_from_json(&r.text(0)?)
             })
@@ -91,7 +98,7 @@ impl<B: Backend> ImportStore for B {
     }
 
     fn active_imports(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
-        self.snapshot(|c| c.rows(B::SQL.imports.active, &[], user_state))
+        self.read(|c| c.rows(B::SQL.imports.active, &[], user_state))
     }
 
     fn save_import_state(&self, user: &str, state: &ImportState) -> Result<(), StoreError> {
@@ -142,7 +149,7 @@ impl<B: Backend> ImportStore for B {
         source: &str,
         now_ms: i64,
     ) -> Result<Option<LeaseHolder>, StoreError> {
-        self.snapshot(|c| {
+        self.read(|c| {
             c.row(
                 B::SQL.imports.lease,
                 &[user.into(), source.into(), now_ms.into()],
@@ -168,7 +175,7 @@ impl<B: Backend> ImportStore for B {
     }
 
     fn get_connection(&self, user: &str, source: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.snapshot(|c| {
+        self.read(|c| {
             c.row(
                 B::SQL.imports.get_connection,
                 &[user.into(), source.into()],
@@ -188,7 +195,7 @@ impl<B: Backend> ImportStore for B {
     }
 
     fn all_import_states(&self) -> Result<Vec<(String, ImportState)>, StoreError> {
-        self.snapshot(|c| c.rows(B::SQL.imports.all, &[], user_state))
+        self.read(|c| c.rows(B::SQL.imports.all, &[], user_state))
     }
 
     fn observe_imports(&self, observer: Arc<dyn ImportObserver>) -> bool {

@@ -308,16 +308,6 @@ pub trait ActivityStore: Send + Sync + 'static {
     fn prune_activity(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
-/// The stored form of an import state: the whole state as JSON, next to its key.
-pub(crate) fn state_json(state: &ImportState) -> String {
-    serde_json::to_string(state).expect("import states serialise")
-}
-
-pub(crate) fn state_from_json(text: &str) -> Result<ImportState, StoreError> {
-    serde_json::from_str(text)
-        .map_err(|e| StoreError::Setup(format!("unreadable import state: {e}")))
-}
-
 /// Opens the store a url names: `sqlite://PATH` (embedded) or `postgres://…` / `postgresql://…`, with the
 /// default [`StoreOptions`].
 pub fn open(

@@ -322,6 +322,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
         f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError>;
 
+    /// Runs `f`, one statement, where a snapshot is not needed (by default in one).
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.snapshot(f)
+    }
+
     /// Runs `f` in one write transaction, committed when `f` succeeds and rolled back when it fails.
     fn transaction<T>(
         &self,

@@ -315,6 +315,14 @@ impl Backend for PostgresStore {
         Ok(out)
     }
 
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        // One statement sees one snapshot by itself: no transaction round trips.
+        f(&mut Pg(self.client()?.get()))
+    }
+
     fn transaction<T>(
         &self,
         durability: Durability,
