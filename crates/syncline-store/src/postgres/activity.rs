@@ -87,5 +87,5 @@ pub(super) fn count_import(
     uid: i64,
     a: &ImportActivity<'_>,
 ) -> Result<(), StoreError> {
-    crate::activity::count_import(&mut Pg(tx), &SQL, uid, a)
+    crate::activity::count_import(&mut Pg::new(tx), &SQL, uid, a)
 }

@@ -46,5 +46,5 @@ pub(super) fn save_state(
     uid: i64,
     state: &ImportState,
 ) -> Result<(), StoreError> {
-    crate::imports::save_state(&mut Pg(tx), &SQL, uid, state)
+    crate::imports::save_state(&mut Pg::new(tx), &SQL, uid, state)
 }

@@ -165,7 +165,7 @@ impl PostgresStore {
         let mut client = config.connect(NoTls)?;
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-        migrate(&mut Pg(&mut tx), &SQL.migrations, &MIGRATIONS)?;
+        migrate(&mut Pg::new(&mut tx), &SQL.migrations, &MIGRATIONS)?;
         let mut tids = HashMap::new();
         for table in schema.tables() {
             tx.execute(
@@ -211,7 +211,7 @@ impl PostgresStore {
     fn client(&self) -> Result<PooledClient, StoreError> {
         let pool = self.pool.as_ref().expect("present until drop");
         match pool.get() {
-            Ok(conn) => Ok(PooledClient(conn)),
+            Ok(conn) => Ok(PooledClient::new(conn)),
             Err(e) => {
                 let state = pool.state();
                 if state.connections >= self.max_connections && state.idle_connections == 0 {
@@ -228,11 +228,39 @@ impl PostgresStore {
     }
 }
 
-struct PooledClient(r2d2::PooledConnection<Manager>);
+/// A connection out of the pool, with the statements prepared on it so far.
+struct PooledClient {
+    conn: r2d2::PooledConnection<Manager>,
+    statements: Statements,
+}
+
+/// The shared flows' statements prepared on one connection, by SQL text: kept with the connection in the
+/// pool, so each is parsed and planned once per connection instead of once per call (a round trip saved).
+/// A reconnect starts an empty cache.
+#[derive(Default)]
+struct Statements(HashMap<String, postgres::Statement>);
 
 impl PooledClient {
+    fn new(mut conn: r2d2::PooledConnection<Manager>) -> PooledClient {
+        let statements = r2d2::PooledConnection::extensions_mut(&mut conn)
+            .remove::<Statements>()
+            .unwrap_or_default();
+        PooledClient { conn, statements }
+    }
+
     fn get(&mut self) -> &mut Client {
-        &mut self.0
+        &mut self.conn
+    }
+
+    fn parts(&mut self) -> (&mut Client, &mut Statements) {
+        (&mut self.conn, &mut self.statements)
+    }
+}
+
+impl Drop for PooledClient {
+    fn drop(&mut self) {
+        let statements = std::mem::take(&mut self.statements);
+        r2d2::PooledConnection::extensions_mut(&mut self.conn).insert(statements);
     }
 }
 
@@ -242,7 +270,7 @@ const INSERT_USER: &str =
 
 /// The user's uid, created on first use, in the caller's write transaction.
 fn user_id(tx: &mut Transaction<'_>, name: &str) -> Result<i64, StoreError> {
-    crate::sql::user_id(&mut Pg(tx), &SQL.users, name)
+    crate::sql::user_id(&mut Pg::new(tx), &SQL.users, name)
 }
 
 /// The user's uid, tombstone horizon and change counter; for a user without a row, no uid (-1), no horizon
@@ -304,13 +332,13 @@ impl Backend for PostgresStore {
         f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut pooled = self.client()?;
-        let mut tx = pooled
-            .get()
+        let (client, statements) = pooled.parts();
+        let mut tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()?;
-        let out = f(&mut Pg(&mut tx))?;
+        let out = f(&mut Pg::cached(&mut tx, statements))?;
         tx.commit()?;
         Ok(out)
     }
@@ -320,7 +348,9 @@ impl Backend for PostgresStore {
         f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         // One statement sees one snapshot by itself: no transaction round trips.
-        f(&mut Pg(self.client()?.get()))
+        let mut pooled = self.client()?;
+        let (client, statements) = pooled.parts();
+        f(&mut Pg::cached(client, statements))
     }
 
     fn transaction<T>(
@@ -329,12 +359,13 @@ impl Backend for PostgresStore {
         f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut pooled = self.client()?;
-        let mut tx = pooled.get().transaction()?;
+        let (client, statements) = pooled.parts();
+        let mut tx = client.transaction()?;
         if durability == Durability::Relaxed {
             // A second flush per push would halve what small pushes get through on a durable cluster.
             tx.batch_execute("SET LOCAL synchronous_commit = off")?;
         }
-        let out = f(&mut Pg(&mut tx))?;
+        let out = f(&mut Pg::cached(&mut tx, statements))?;
         tx.commit()?;
         Ok(out)
     }
@@ -355,8 +386,43 @@ impl Backend for PostgresStore {
     }
 }
 
-/// A PostgreSQL client or transaction as the shared flows see it.
-struct Pg<'c, C>(&'c mut C);
+/// A PostgreSQL client or transaction as the shared flows see it, with the connection's prepared statements
+/// when the caller has them.
+struct Pg<'c, C> {
+    conn: &'c mut C,
+    statements: Option<&'c mut Statements>,
+}
+
+impl<'c, C: GenericClient> Pg<'c, C> {
+    /// Statements are prepared for each call.
+    fn new(conn: &'c mut C) -> Pg<'c, C> {
+        Pg {
+            conn,
+            statements: None,
+        }
+    }
+
+    /// Statements are prepared once per connection.
+    fn cached(conn: &'c mut C, statements: &'c mut Statements) -> Pg<'c, C> {
+        Pg {
+            conn,
+            statements: Some(statements),
+        }
+    }
+
+    /// The prepared statement for `sql`, if this connection keeps them.
+    fn prepared(&mut self, sql: &str) -> Result<Option<postgres::Statement>, StoreError> {
+        let Some(Statements(cache)) = self.statements.as_deref_mut() else {
+            return Ok(None);
+        };
+        if let Some(statement) = cache.get(sql) {
+            return Ok(Some(statement.clone()));
+        }
+        let statement = self.conn.prepare(sql)?;
+        cache.insert(sql.to_owned(), statement.clone());
+        Ok(Some(statement))
+    }
+}
 
 /// The driver's view of a parameter.
 fn sql_param<'p>(p: &'p Param<'_>) -> &'p (dyn ToSql + Sync) {
@@ -377,7 +443,11 @@ impl<C: GenericClient> SqlConn for Pg<'_, C> {
         each: &mut dyn FnMut(&dyn SqlRow) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let params: Vec<_> = params.iter().map(sql_param).collect();
-        for row in self.0.query(sql, &params)? {
+        let rows = match self.prepared(sql)? {
+            Some(statement) => self.conn.query(&statement, &params)?,
+            None => self.conn.query(sql, &params)?,
+        };
+        for row in rows {
             each(&row)?;
         }
         Ok(())
@@ -385,11 +455,14 @@ impl<C: GenericClient> SqlConn for Pg<'_, C> {
 
     fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
         let params: Vec<_> = params.iter().map(sql_param).collect();
-        Ok(self.0.execute(sql, &params)?)
+        Ok(match self.prepared(sql)? {
+            Some(statement) => self.conn.execute(&statement, &params)?,
+            None => self.conn.execute(sql, &params)?,
+        })
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
-        Ok(self.0.batch_execute(sql)?)
+        Ok(self.conn.batch_execute(sql)?)
     }
 }
 

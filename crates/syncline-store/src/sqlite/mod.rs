@@ -354,6 +354,15 @@ impl Backend for SqliteStore {
         )
     }
 
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        // One statement reads one snapshot by itself: no BEGIN and COMMIT around it.
+        let guard = self.reader()?;
+        f(&mut Conn(guard.conn.as_ref().expect("present until drop")))
+    }
+
     fn transaction<T>(
         &self,
         durability: Durability,
