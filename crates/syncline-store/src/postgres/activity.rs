@@ -7,7 +7,7 @@ use super::{Pg, SQL};
 use crate::sql::ActivitySql;
 use crate::{ImportActivity, StoreError};
 
-pub(super) const SQL_TEXT: ActivitySql = ActivitySql {
+pub(super) const STATEMENTS: ActivitySql = ActivitySql {
     stats_user: "SELECT u.uid, s.last_push_at, coalesce(s.seq, m.value)
          FROM syncline_meta m LEFT JOIN syncline_users u ON u.name = $1
          LEFT JOIN syncline_sequences s ON s.uid = u.uid

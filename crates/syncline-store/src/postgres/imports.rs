@@ -7,7 +7,7 @@ use super::{Pg, SQL};
 use crate::StoreError;
 use crate::sql::ImportSql;
 
-pub(super) const SQL_TEXT: ImportSql = ImportSql {
+pub(super) const STATEMENTS: ImportSql = ImportSql {
     states: "SELECT s.state FROM syncline_import_states s JOIN syncline_users u ON u.uid = s.uid
          WHERE u.name = $1 AND ($2::text IS NULL OR s.source = $2)
          ORDER BY s.source, s.stream, s.phase = 'incremental'",

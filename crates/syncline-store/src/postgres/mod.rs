@@ -63,8 +63,8 @@ const SQL: Sql = Sql {
         find: "SELECT uid FROM syncline_users WHERE name = $1",
         insert: INSERT_USER,
     },
-    activity: activity::SQL_TEXT,
-    imports: imports::SQL_TEXT,
+    activity: activity::STATEMENTS,
+    imports: imports::STATEMENTS,
     migrations: MigrationSql {
         create: "CREATE TABLE IF NOT EXISTS syncline_migrations (
              version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",

@@ -7,7 +7,7 @@ use super::{Conn, SQL};
 use crate::sql::ActivitySql;
 use crate::{ImportActivity, StoreError};
 
-pub(super) const SQL_TEXT: ActivitySql = ActivitySql {
+pub(super) const STATEMENTS: ActivitySql = ActivitySql {
     stats_user: "SELECT u.uid, u.last_push_at, m.value FROM meta m LEFT JOIN users u ON u.name = ?1
                  WHERE m.key = 'seq'",
     stats_tables: "SELECT tid, sum(deleted_at IS NULL), sum(deleted_at IS NOT NULL) FROM records

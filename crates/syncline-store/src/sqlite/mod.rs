@@ -88,8 +88,8 @@ const SQL: Sql = Sql {
         find: "SELECT uid FROM users WHERE name = ?1",
         insert: "INSERT OR IGNORE INTO users (name) VALUES (?1)",
     },
-    activity: activity::SQL_TEXT,
-    imports: imports::SQL_TEXT,
+    activity: activity::STATEMENTS,
+    imports: imports::STATEMENTS,
     migrations: MigrationSql {
         create: "CREATE TABLE IF NOT EXISTS syncline_migrations (
              version INTEGER PRIMARY KEY, name TEXT NOT NULL,
