@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use syncline_core::{ImportState, WriteBatch};
 
-use crate::sql::{Backend, Durability, Sql, SqlConn, SqlRow, user_id};
+use crate::sql::{Backend, Durability, ImportBatch, Sql, SqlConn, SqlRow, user_id};
 use crate::{ImportObserver, ImportStore, Lease, LeaseHolder, StoreError, WriteSummary};
 
 /// The stored form of an import state: the whole state as JSON, next to its key.
@@ -118,7 +118,13 @@ impl<B: Backend> ImportStore for B {
         lease: Lease<'_>,
         now_ms: i64,
     ) -> Result<Option<WriteSummary>, StoreError> {
-        self.import_batch(user, batch, state, lease, now_ms)
+        self.import_batch(ImportBatch {
+            user,
+            batch,
+            state,
+            lease,
+            now_ms,
+        })
     }
 
     fn claim_import(

@@ -341,12 +341,15 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn import_hook(&self) -> &ImportHook;
 
     /// [`crate::ImportStore::write_import`]: part of the write path.
-    fn import_batch(
-        &self,
-        user: &str,
-        batch: &WriteBatch<'_>,
-        state: &ImportState,
-        lease: Lease<'_>,
-        now_ms: i64,
-    ) -> Result<Option<WriteSummary>, StoreError>;
+    fn import_batch(&self, job: ImportBatch<'_, '_>) -> Result<Option<WriteSummary>, StoreError>;
+}
+
+/// What [`crate::ImportStore::write_import`] was handed: one batch of a user's import step.
+#[derive(Clone, Copy)]
+pub(crate) struct ImportBatch<'a, 'b> {
+    pub user: &'a str,
+    pub batch: &'a WriteBatch<'b>,
+    pub state: &'a ImportState,
+    pub lease: Lease<'a>,
+    pub now_ms: i64,
 }

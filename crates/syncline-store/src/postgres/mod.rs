@@ -26,8 +26,8 @@ use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
 use crate::apply::{Existing, NewRow, RecordTx, apply};
 use crate::pull::{LogRow, Output, PullPlan, live_rows_filter, write_page};
 use crate::sql::{
-    Backend, Durability, Migration, MigrationSql, Param, Sql, SqlConn, SqlRow, UserSql, Value,
-    migrate,
+    Backend, Durability, ImportBatch, Migration, MigrationSql, Param, Sql, SqlConn, SqlRow,
+    UserSql, Value, migrate,
 };
 use crate::{
     GcStats, IdempotencyKey, ImportActivity, Lease, PullSink, PullStats, StoreError, StoreOptions,
@@ -374,15 +374,8 @@ impl Backend for PostgresStore {
         &self.import_hook
     }
 
-    fn import_batch(
-        &self,
-        user: &str,
-        batch: &WriteBatch<'_>,
-        state: &ImportState,
-        lease: Lease<'_>,
-        now_ms: i64,
-    ) -> Result<Option<WriteSummary>, StoreError> {
-        self.write_import_batch(user, batch, state, lease, now_ms)
+    fn import_batch(&self, b: ImportBatch<'_, '_>) -> Result<Option<WriteSummary>, StoreError> {
+        self.write_import_batch(b.user, b.batch, b.state, b.lease, b.now_ms)
     }
 }
 
