@@ -6,6 +6,11 @@
 //! what a push may contain): the core crate does, and hands the store validated [`WriteBatch`]es.
 //!
 //! Stores are synchronous; the server calls them from blocking threads.
+//!
+//! Each job is written once and the backends supply only what differs: `apply` (record writes) and `pull`
+//! drive the sync half; `activity` and `imports` implement [`ActivityStore`] and [`ImportStore`] for every
+//! backend over `sql` (a connection seam, typed parameters and rows, and each backend's statement text);
+//! `sqlite/` and `postgres/` hold connections, transactions, migrations and SQL.
 
 mod activity;
 mod apply;
