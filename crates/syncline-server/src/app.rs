@@ -371,18 +371,21 @@ fn check_count(state: &AppState, n: usize) -> Result<(), ApiError> {
     ))
 }
 
-/// Applies a planned batch in one store transaction, then tells the user's other devices (on any
-/// instance) when something changed.
+/// Applies a planned batch in one store transaction, has `record` note it in the sync activity, then tells
+/// the user's other devices (on any instance) when something changed. In that order: a dashboard that
+/// refreshes on the event must find the push's activity (its device, its outbox) already there.
 fn write_and_announce(
     state: &AppState,
     user: &str,
     batch: &syncline_core::WriteBatch<'_>,
     key: Option<&IdempotencyKey>,
     respond: &dyn Fn(&syncline_store::WriteSummary) -> String,
+    record: impl FnOnce(&WriteOutcome),
 ) -> Result<WriteOutcome, ApiError> {
     let outcome = state
         .store
         .write(user, batch, key, state.clock.now_ms(), respond)?;
+    record(&outcome);
     announce(state, user, &outcome);
     Ok(outcome)
 }
@@ -471,12 +474,12 @@ async fn push(
             })
             .unwrap_or_default()
         };
-        let outcome = write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond)?;
         let first = rejected
             .first()
             .map(|r| format!("{}/{}: {}", r.table, r.id, r.message));
-        report.pushed(&st, &user.user, &outcome, rejected.len() as u64, first);
-        Ok(outcome)
+        write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond, |outcome| {
+            report.pushed(&st, &user.user, outcome, rejected.len() as u64, first)
+        })
     })
     .await?;
     Ok(write_response(outcome, &state, applied_count))
@@ -515,9 +518,9 @@ async fn bulk(
             })
             .unwrap_or_default()
         };
-        let outcome = write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond)?;
-        report.pushed(&st, &user.user, &outcome, 0, None);
-        Ok(outcome)
+        write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond, |outcome| {
+            report.pushed(&st, &user.user, outcome, 0, None)
+        })
     })
     .await?;
     Ok(write_response(outcome, &state, applied_count))

@@ -853,6 +853,7 @@ impl SseReader {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
+        assert_eq!(response.headers()["cache-control"], "no-cache");
         SseReader {
             response,
             buffer: String::new(),
@@ -890,6 +891,14 @@ impl SseReader {
         tokio::time::timeout(std::time::Duration::from_secs(10), read)
             .await
             .expect("an event within 10 s")
+    }
+
+    /// Whether the stream ends within 10 s (whatever it sends before).
+    async fn ends(&mut self) -> bool {
+        let end = async { while let Ok(Some(_)) = self.response.chunk().await {} };
+        tokio::time::timeout(std::time::Duration::from_secs(10), end)
+            .await
+            .is_ok()
     }
 }
 
@@ -949,7 +958,12 @@ async fn devices_hear_about_new_changes_over_server_sent_events() {
         .await
         .unwrap();
     assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
-    s.stop().await;
+    // Stopping the server ends the open streams instead of waiting on them.
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.stop())
+        .await
+        .expect("the server stopped with streams open");
+    assert!(alice.ends().await, "alice's stream ended");
+    assert!(bob.ends().await, "bob's stream ended");
 }
 
 #[tokio::test]
