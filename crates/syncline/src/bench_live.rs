@@ -129,7 +129,7 @@ pub fn measure(args: &LiveArgs, dir: &Path, url: &str) -> Result<LiveReport> {
             let config = dir.join(format!("{name}.toml"));
             std::fs::write(
                 &config,
-                // Room for every stream: the default `max_connections` (512) would turn most away.
+                // Room for every stream and its overflow, whatever the default `max_connections` is.
                 format!(
                     "[server]\nlisten = \"127.0.0.1:0\"\nmax_connections = {}\n[storage]\nurl = \"sqlite://{}\"\n[auth]\njwt_secret = \"{SECRET}\"\n{}",
                     args.sse_streams + 64,

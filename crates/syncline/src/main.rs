@@ -69,9 +69,9 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    raise_fd_limit();
+    let fd_limit = raise_fd_limit();
     match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config } => serve(config, fd_limit),
         Command::Token {
             config,
             user,
@@ -93,11 +93,40 @@ fn main() -> Result<()> {
 
 /// Raises the open-file soft limit to the hard limit: every live device holds one connection (one file
 /// descriptor) open on the server, and the benchmarks open thousands. Where the OS refuses, the limit
-/// stays and the server still runs (README, "Many live connections").
-fn raise_fd_limit() {
+/// stays and the server still runs (README, "Many live connections"). Returns the soft limit now in force.
+fn raise_fd_limit() -> Option<u64> {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::debug!(limit, "open-file limit"),
-        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        Ok(limit) => {
+            tracing::debug!(limit, "open-file limit");
+            Some(limit)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
+}
+
+/// File descriptors kept free for what is not a client connection: database files, the listener, the
+/// connections refused past the limit, outbound HTTPS of imports.
+const RESERVED_FDS: u64 = 256;
+
+/// Lowers `max_connections` to what the open-file limit can hold, saying so: accepting a connection the
+/// process has no descriptor left for would only fail later, and a database file the store cannot open
+/// would fail requests that are already in.
+fn fit_connections_to(server: &mut syncline_server::ServerSection, fd_limit: Option<u64>) {
+    let Some(limit) = fd_limit else { return };
+    let room = limit.saturating_sub(RESERVED_FDS).max(16) as usize;
+    if server.max_connections > room {
+        tracing::warn!(
+            configured = server.max_connections,
+            open_file_limit = limit,
+            max_connections = room,
+            "max_connections lowered to fit the open-file limit (raise it with ulimit -Hn / LimitNOFILE)"
+        );
+        server.max_connections = room;
     }
 }
 
@@ -140,8 +169,9 @@ fn load(path: Option<&Path>) -> Result<(Config, bool)> {
     Ok((Config::from_toml(&text, std::env::vars())?, true))
 }
 
-fn serve(config_path: Option<PathBuf>) -> Result<()> {
-    let (config, dev) = load(config_path.as_deref())?;
+fn serve(config_path: Option<PathBuf>, fd_limit: Option<u64>) -> Result<()> {
+    let (mut config, dev) = load(config_path.as_deref())?;
+    fit_connections_to(&mut config.server, fd_limit);
     let auth = Authenticator::from_config(&config.auth)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
