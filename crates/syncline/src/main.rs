@@ -240,4 +240,24 @@ mod tests {
         assert!(super::parse_ttl("1w").is_err());
         assert!(super::parse_ttl("h").is_err());
     }
+
+    #[test]
+    fn max_connections_is_lowered_to_what_the_open_file_limit_holds() {
+        use super::fit_connections_to;
+        use syncline_server::ServerSection;
+        let mut server = ServerSection::default();
+        fit_connections_to(&mut server, Some(1024));
+        assert_eq!(server.max_connections, 1024 - 256);
+
+        let mut server = ServerSection::default();
+        fit_connections_to(&mut server, Some(1 << 20));
+        assert_eq!(
+            server.max_connections, 16_384,
+            "a limit that holds it leaves it"
+        );
+
+        let mut server = ServerSection::default();
+        fit_connections_to(&mut server, None);
+        assert_eq!(server.max_connections, 16_384, "an unknown limit leaves it");
+    }
 }
