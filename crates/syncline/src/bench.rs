@@ -106,19 +106,28 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
     let records: Vec<(String, String)> = (0..args.records).map(|_| record(&mut rng)).collect();
     let avg = records.iter().map(|r| r.1.len()).sum::<usize>() / records.len().max(1);
 
-    let (backend, storage_url, ceiling) = match &cluster {
+    // SQLite's ceiling is measured at both durability levels the server offers, so that each push is read
+    // against the raw upsert that waits for the disk exactly as it does.
+    let (backend, storage_url, ceiling, normal_ceiling) = match &cluster {
         Some(pg) => {
             eprintln!("measuring the raw PostgreSQL upsert ceiling ...");
             let ceiling = postgres_ceiling(&pg.fresh_database()?, &records, args.batch)?;
-            ("PostgreSQL", pg.fresh_database()?, ceiling)
+            ("PostgreSQL", pg.fresh_database()?, ceiling, None)
         }
         None => {
-            eprintln!("measuring the raw SQLite upsert ceiling ...");
-            let ceiling = sqlite_ceiling(&dir.join("ceiling.db"), &records, args.batch)?;
+            eprintln!("measuring the raw SQLite upsert ceiling, synchronous=full and normal ...");
+            let full = sqlite_ceiling(&dir.join("ceiling.db"), &records, args.batch, "FULL")?;
+            let normal = sqlite_ceiling(
+                &dir.join("ceiling-normal.db"),
+                &records,
+                args.batch,
+                "NORMAL",
+            )?;
             (
                 "SQLite",
                 format!("sqlite://{}", dir.join("server.db").display()),
-                ceiling,
+                full,
+                Some(normal),
             )
         }
     };
@@ -212,7 +221,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
     let (push_goal, pull_goal) = if args.on_postgres() {
         ("goal >= 50000/s, about 60%", "no goal set for PostgreSQL")
     } else {
-        ("goal >= 100000/s and >= 50%", "goal >= 500000/s")
+        ("goal >= 80% of the ceiling", "goal >= 500000/s")
     };
     let push_rate = n / push_secs;
     let pull_rate = n / pull_secs;
@@ -222,24 +231,29 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         args.batch,
         args.page
     );
-    println!(
-        "  {backend} upsert ceiling (same records, same disk, {} per txn): {:>10.0} records/s",
-        args.batch, ceiling
-    );
     let durable = if args.on_postgres() {
         ""
     } else {
         " (synchronous=full)"
     };
     println!(
+        "  {backend} upsert ceiling{durable} (same records, same disk, {} per txn): {:>10.0} records/s",
+        args.batch, ceiling
+    );
+    println!(
         "  push over HTTP{durable:<19} {:>10.0} records/s  ({:.0}% of ceiling; {push_goal})",
         push_rate,
         100.0 * push_rate / ceiling
     );
-    if let Some(secs) = normal_push_secs {
+    if let (Some(secs), Some(normal_ceiling)) = (normal_push_secs, normal_ceiling) {
         println!(
-            "  push over HTTP (synchronous=normal): {:>6.0} records/s  (survives a process crash, not power loss)",
-            n / secs
+            "  SQLite upsert ceiling (synchronous=normal, same records, same disk, {} per txn): {:>10.0} records/s",
+            args.batch, normal_ceiling
+        );
+        println!(
+            "  push over HTTP (synchronous=normal): {:>6.0} records/s  ({:.0}% of that ceiling; {push_goal}; survives a process crash, not power loss)",
+            n / secs,
+            100.0 * n / secs / normal_ceiling
         );
     }
     println!(
@@ -478,12 +492,18 @@ async fn stalled_pulls(server: &ServerProcess, token: &str) -> Result<Stalled> {
     })
 }
 
-/// Upserts the records into a plain `(id PRIMARY KEY, data)` table with the store's writer settings.
-fn sqlite_ceiling(path: &Path, records: &[(String, String)], batch: usize) -> Result<f64> {
+/// Upserts the records into a plain `(id PRIMARY KEY, data)` table with the store's writer settings and
+/// `synchronous` (`FULL` or `NORMAL`).
+fn sqlite_ceiling(
+    path: &Path,
+    records: &[(String, String)],
+    batch: usize,
+    synchronous: &str,
+) -> Result<f64> {
     let mut conn = rusqlite::Connection::open(path)?;
     conn.pragma_update(None, "page_size", 8192)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "cache_size", -80_000)?;
     conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
     conn.execute_batch("CREATE TABLE records (id TEXT PRIMARY KEY, data TEXT NOT NULL)")?;
