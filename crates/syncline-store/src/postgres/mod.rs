@@ -21,10 +21,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use postgres::{Client, IsolationLevel, NoTls, Transaction};
-use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
+use syncline_core::{ImportState, PullRequest, Schema, WriteBatch};
 
 use crate::apply::{Existing, NewRow, RecordTx, apply};
-use crate::pull::{LogRow, Output, PullPlan, live_rows_filter, write_page};
 use crate::{
     ActivityBucket, ActivityStore, DeviceActivity, GcStats, IdempotencyKey, ImportActivity,
     ImportOutcome, ImportStore, Lease, LeaseHolder, PullSink, PullStats, StoreError, StoreOptions,
@@ -228,10 +227,6 @@ impl PostgresStore {
             }
         }
     }
-
-    fn tid(&self, table: &str) -> i64 {
-        self.tids[table]
-    }
 }
 
 struct PooledClient(r2d2::PooledConnection<Manager>);
@@ -280,7 +275,7 @@ impl SyncStore for PostgresStore {
         request: &PullRequest,
         sink: &mut dyn PullSink,
     ) -> Result<PullStats, StoreError> {
-        self.pull_changes(user, request, sink)
+        crate::pull::pull(self, &self.schema, &self.tids, user, request, sink)
     }
 
     fn write(

@@ -25,10 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
+use syncline_core::{ImportState, PullRequest, Schema, WriteBatch};
 
 use crate::apply::{Existing, NewRow, RecordTx, apply};
-use crate::pull::{LogRow, Output, PullPlan, live_rows_filter, write_page};
 use crate::{
     ActivityBucket, ActivityStore, DeviceActivity, GcStats, IdempotencyKey, ImportActivity,
     ImportOutcome, ImportStore, Lease, LeaseHolder, PullSink, PullStats, SqliteSynchronous,
@@ -219,10 +218,6 @@ impl SqliteStore {
             conn: Some(conn),
         })
     }
-
-    fn tid(&self, table: &str) -> i64 {
-        self.tids[table]
-    }
 }
 
 struct ReaderGuard<'a> {
@@ -260,7 +255,7 @@ impl SyncStore for SqliteStore {
         request: &PullRequest,
         sink: &mut dyn PullSink,
     ) -> Result<PullStats, StoreError> {
-        self.pull_changes(user, request, sink)
+        crate::pull::pull(self, &self.schema, &self.tids, user, request, sink)
     }
 
     fn write(
