@@ -127,6 +127,14 @@ fn configure(conn: &Connection, writer: bool, options: &Settings) -> Result<(), 
     conn.pragma_update(None, "cache_size", if writer { -80_000 } else { -8_000 })?;
     if writer {
         conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
+    } else {
+        // Readers run the same few cached statements with new bindings on every pull. Without the query
+        // planner stability guarantee SQLite plans `LIMIT ?` around the bound value and throws the plan
+        // away at the next binding, so every pull would compile its statements again.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
     }
     Ok(())
 }

@@ -10,9 +10,21 @@ impl PullSource for SqliteStore {
         read: &mut dyn FnMut(&mut dyn PullTx) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let mut guard = self.reader()?;
-        let conn = guard.conn.as_mut().expect("present until drop");
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        read(&mut Snapshot { tx: &tx })
+        let conn = guard.conn.as_ref().expect("present until drop");
+        // A read transaction from cached statements (a small pull would otherwise spend a good part of its
+        // time compiling BEGIN and ROLLBACK).
+        conn.prepare_cached("BEGIN DEFERRED")?.execute([])?;
+        let result = read(&mut Snapshot { tx: conn });
+        let ended = conn
+            .prepare_cached("ROLLBACK")
+            .and_then(|mut end| end.execute([]));
+        if !conn.is_autocommit() {
+            // Still in the transaction: never hand this connection to another pull.
+            guard.conn = None;
+        }
+        result?;
+        ended?;
+        Ok(())
     }
 
     fn raise_counter(&self, _user: &str, cursor: i64) -> Result<(), StoreError> {
@@ -26,9 +38,9 @@ impl PullSource for SqliteStore {
     }
 }
 
-/// A pull's read transaction.
+/// A pull's read transaction (begun and ended by `snapshot`) on a reader connection.
 struct Snapshot<'t> {
-    tx: &'t Transaction<'t>,
+    tx: &'t Connection,
 }
 
 /// `LIMIT` for "no limit".
