@@ -112,6 +112,57 @@ impl LiveRead<'_> {
     }
 }
 
+/// How a backend's SQL spells the records table and its parameters; the driver's reads are the same
+/// statements on both backends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dialect {
+    /// The table of records and tombstones (`uid`, `tid`, `seq`, `id`, `deleted_at`, `data`).
+    pub records: &'static str,
+    /// `'?'` (`?1`) or `'$'` (`$1`).
+    pub param: char,
+}
+
+impl Dialect {
+    /// The columns a read selects, from the rows of a user's table in a sequence range (parameters 1-4:
+    /// uid, tid, since, upto), with `extra` conditions, in sequence order.
+    fn select(&self, columns: &str, extra: &str) -> String {
+        let (r, p) = (self.records, self.param);
+        format!(
+            "SELECT {columns} FROM {r} WHERE uid = {p}1 AND tid = {p}2 AND {extra} ORDER BY seq"
+        )
+    }
+
+    /// [`PullTx::log_seqs`], with the row limit as parameter 5.
+    pub fn log_seqs(&self, live_only: bool) -> String {
+        let p = self.param;
+        let live = if live_only {
+            " AND deleted_at IS NULL"
+        } else {
+            ""
+        };
+        let sql = self.select("seq", &format!("seq > {p}3 AND seq <= {p}4{live}"));
+        format!("{sql} LIMIT {p}5")
+    }
+
+    /// [`PullTx::live_rows`] (selecting `data, seq`), with the row limit as parameter 5; `holds_value` is
+    /// the backend's test of a column for a migration pull (see [`LiveRead::filter`]).
+    pub fn live_rows(&self, read: &LiveRead<'_>, holds_value: impl Fn(&str) -> String) -> String {
+        let p = self.param;
+        let filter = read.filter(&format!("seq > {p}3 AND seq <= {p}4"), holds_value);
+        let sql = self.select("data, seq", &format!("deleted_at IS NULL AND ({filter})"));
+        format!("{sql} LIMIT {p}5")
+    }
+
+    /// [`PullTx::tombstones`] (selecting `id`).
+    pub fn tombstones(&self) -> String {
+        let p = self.param;
+        self.select(
+            "id",
+            &format!("seq > {p}3 AND seq <= {p}4 AND deleted_at IS NOT NULL"),
+        )
+    }
+}
+
 /// Called with `(seq, record JSON)` of each live row a read finds; an error stops the read.
 pub(crate) type EachRow<'f> = &'f mut dyn FnMut(i64, &str) -> Result<(), StoreError>;
 

@@ -3,7 +3,7 @@
 //! round trip.
 
 use super::*;
-use crate::pull::{EachId, EachRow, LiveRead, PullSource, PullTx, PullUser, Range};
+use crate::pull::{Dialect, EachId, EachRow, LiveRead, PullSource, PullTx, PullUser, Range};
 
 impl PullSource for PostgresStore {
     fn snapshot(
@@ -35,6 +35,11 @@ impl PullSource for PostgresStore {
         Ok(())
     }
 }
+
+const SQL: Dialect = Dialect {
+    records: "syncline_records",
+    param: '$',
+};
 
 /// A pull's read transaction.
 struct Snapshot<'t, 'c> {
@@ -81,29 +86,22 @@ impl PullTx for Snapshot<'_, '_> {
         n: usize,
         seqs: &mut Vec<i64>,
     ) -> Result<(), StoreError> {
-        let sql = if live_only {
-            "SELECT seq FROM syncline_records WHERE uid = $1 AND tid = $2 AND seq > $3 AND seq <= $4 AND deleted_at IS NULL ORDER BY seq LIMIT $5"
-        } else {
-            "SELECT seq FROM syncline_records WHERE uid = $1 AND tid = $2 AND seq > $3 AND seq <= $4 ORDER BY seq LIMIT $5"
-        };
         let tid = r.tid as i32;
-        let rows = self
-            .tx
-            .query(sql, &[&r.uid, &tid, &r.since, &r.upto, &(n as i64)])?;
+        let rows = self.tx.query(
+            &SQL.log_seqs(live_only),
+            &[&r.uid, &tid, &r.since, &r.upto, &(n as i64)],
+        )?;
         seqs.extend(rows.iter().map(|row| row.get::<_, i64>(0)));
         Ok(())
     }
 
     fn live_rows(&mut self, read: &LiveRead<'_>, each: EachRow<'_>) -> Result<(), StoreError> {
         let r = read.range;
-        let filter = read.filter("seq > $3 AND seq <= $4", |col| {
+        let sql = SQL.live_rows(read, |col| {
             format!(
                 "coalesce(data::jsonb -> '{col}', 'null') NOT IN ('null', '0', '\"\"', 'false')"
             )
         });
-        let sql = format!(
-            "SELECT data, seq FROM syncline_records WHERE uid = $1 AND tid = $2 AND deleted_at IS NULL AND ({filter}) ORDER BY seq LIMIT $5"
-        );
         let (tid, limit) = (r.tid as i32, read.limit.map(|n| n as i64));
         self.stream(&sql, &[&r.uid, &tid, &r.since, &r.upto, &limit], |row| {
             each(row.get(1), row.get(0))
@@ -113,7 +111,7 @@ impl PullTx for Snapshot<'_, '_> {
     fn tombstones(&mut self, r: Range, each: EachId<'_>) -> Result<(), StoreError> {
         let tid = r.tid as i32;
         self.stream(
-            "SELECT id FROM syncline_records WHERE uid = $1 AND tid = $2 AND seq > $3 AND seq <= $4 AND deleted_at IS NOT NULL ORDER BY seq",
+            &SQL.tombstones(),
             &[&r.uid, &tid, &r.since, &r.upto],
             |row| each(row.get(0)),
         )

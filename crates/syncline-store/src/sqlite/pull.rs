@@ -2,7 +2,7 @@
 //! the shared pull driver (`crate::pull`) asks for, each one statement over `records_log`.
 
 use super::*;
-use crate::pull::{EachId, EachRow, LiveRead, PullSource, PullTx, PullUser, Range};
+use crate::pull::{Dialect, EachId, EachRow, LiveRead, PullSource, PullTx, PullUser, Range};
 
 impl PullSource for SqliteStore {
     fn snapshot(
@@ -37,6 +37,11 @@ impl PullSource for SqliteStore {
         Ok(())
     }
 }
+
+const SQL: Dialect = Dialect {
+    records: "records",
+    param: '?',
+};
 
 /// A pull's read transaction (begun and ended by `snapshot`) on a reader connection.
 struct Snapshot<'t> {
@@ -75,12 +80,7 @@ impl PullTx for Snapshot<'_> {
         n: usize,
         seqs: &mut Vec<i64>,
     ) -> Result<(), StoreError> {
-        let sql = if live_only {
-            "SELECT seq FROM records WHERE uid = ?1 AND tid = ?2 AND seq > ?3 AND seq <= ?4 AND deleted_at IS NULL ORDER BY seq LIMIT ?5"
-        } else {
-            "SELECT seq FROM records WHERE uid = ?1 AND tid = ?2 AND seq > ?3 AND seq <= ?4 ORDER BY seq LIMIT ?5"
-        };
-        let mut stmt = self.tx.prepare_cached(sql)?;
+        let mut stmt = self.tx.prepare_cached(&SQL.log_seqs(live_only))?;
         let mut rows = stmt.query(params![r.uid, r.tid, r.since, r.upto, limit(Some(n))])?;
         while let Some(row) = rows.next()? {
             seqs.push(row.get(0)?);
@@ -90,12 +90,9 @@ impl PullTx for Snapshot<'_> {
 
     fn live_rows(&mut self, read: &LiveRead<'_>, each: EachRow<'_>) -> Result<(), StoreError> {
         let r = read.range;
-        let filter = read.filter("seq > ?3 AND seq <= ?4", |col| {
+        let sql = SQL.live_rows(read, |col| {
             format!("ifnull(json_extract(data, '$.{col}'), 0) NOT IN (0, '')")
         });
-        let sql = format!(
-            "SELECT data, seq FROM records WHERE uid = ?1 AND tid = ?2 AND deleted_at IS NULL AND ({filter}) ORDER BY seq LIMIT ?5"
-        );
         let mut stmt = self.tx.prepare_cached(&sql)?;
         let mut rows = stmt.query(params![r.uid, r.tid, r.since, r.upto, limit(read.limit)])?;
         while let Some(row) = rows.next()? {
@@ -105,9 +102,7 @@ impl PullTx for Snapshot<'_> {
     }
 
     fn tombstones(&mut self, r: Range, each: EachId<'_>) -> Result<(), StoreError> {
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT id FROM records WHERE uid = ?1 AND tid = ?2 AND seq > ?3 AND seq <= ?4 AND deleted_at IS NOT NULL ORDER BY seq",
-        )?;
+        let mut stmt = self.tx.prepare_cached(&SQL.tombstones())?;
         let mut rows = stmt.query(params![r.uid, r.tid, r.since, r.upto])?;
         while let Some(row) = rows.next()? {
             each(text(row)?)?;
