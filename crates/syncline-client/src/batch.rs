@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use syncline_core::{ErrorBody, PushResponse};
+use syncline_core::{ErrorBody, ErrorCode, PushResponse};
 
 use crate::coalesce::OpKind;
 
@@ -172,7 +172,7 @@ pub fn classify_push(status: u16, body: &[u8], replayed: bool) -> PushVerdict {
             offline: false,
         },
         _ => match error() {
-            Some(e) if status == 422 && e.code == "idempotency_key_reused" => {
+            Some(e) if e.error_code() == Some(ErrorCode::IdempotencyKeyReused) => {
                 PushVerdict::AppliedEarlier
             }
             Some(e) => PushVerdict::Refused {

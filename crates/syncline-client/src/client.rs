@@ -12,6 +12,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use syncline_core::{Clock, SystemClock};
 use tokio::sync::watch;
 
 use crate::batch::RetryPolicy;
@@ -23,24 +24,6 @@ use crate::progress::{SyncProgress, SyncSummary};
 use crate::schedule::{AutoSyncPolicy, Trigger};
 use crate::store::{self, LocalWrite, OpState, OutboxOp, OutboxStats, WriteCtx};
 use crate::{ClientError, Result};
-
-/// Wall-clock time in milliseconds since the epoch. Injected, so tests can control it.
-pub trait Clock: Send + Sync + 'static {
-    fn now_ms(&self) -> i64;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    }
-}
 
 /// How pushes are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -28,7 +28,8 @@ pub enum OpKind {
 }
 
 impl OpKind {
-    pub(crate) fn code(self) -> i64 {
+    /// The value of `outbox.kind`.
+    pub(crate) fn sql(self) -> i64 {
         match self {
             OpKind::Create => 0,
             OpKind::Update => 1,
@@ -36,7 +37,7 @@ impl OpKind {
         }
     }
 
-    pub(crate) fn from_code(code: i64) -> OpKind {
+    pub(crate) fn from_sql(code: i64) -> OpKind {
         match code {
             0 => OpKind::Create,
             1 => OpKind::Update,

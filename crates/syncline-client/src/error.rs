@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use syncline_core::ErrorCode;
+
 /// What went wrong in a local operation or a sync.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -47,6 +49,18 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The server's error code, for an error answer with a code this version knows: match on it instead of
+    /// the text (`ClientError::Server { code, .. }` keeps the text of any code).
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } | ClientError::Unauthorized { code, .. } => {
+                ErrorCode::parse(code)
+            }
+            ClientError::Tls(_) => Some(ErrorCode::TlsFailed),
+            _ => None,
+        }
+    }
+
     /// Network trouble: worth retrying later without any change.
     pub fn is_offline(&self) -> bool {
         matches!(self, ClientError::Offline(_))

@@ -93,12 +93,12 @@ mod store;
 mod transport;
 
 pub use batch::RetryPolicy;
-pub use client::{
-    Client, ClientConfig, Clock, DEFAULT_BATCH_SIZE, PushMode, SystemClock, Table, Tx,
-};
+pub use client::{Client, ClientConfig, DEFAULT_BATCH_SIZE, PushMode, Table, Tx};
 pub use coalesce::{Columns, OpKind};
 pub use error::{ClientError, Result};
 pub use orchestrator::AutoSync;
 pub use progress::{CloudChanges, Phase, SyncProgress, SyncState, SyncSummary, TableProgress};
 pub use schedule::AutoSyncPolicy;
 pub use store::{OpState, OutboxOp, OutboxStats, TableOutbox};
+/// Wall-clock time, injected (`Client::open_with_clock`), and the API's error codes: shared with the server.
+pub use syncline_core::{Clock, ErrorCode, ManualClock, SystemClock};

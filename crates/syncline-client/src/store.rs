@@ -26,6 +26,15 @@ use crate::merge::{
 use crate::progress::CloudChanges;
 use crate::{ClientError, Result};
 
+/// A statement naming states (see [`with_states`]), rendered once per call site and kept.
+macro_rules! sql {
+    ($template:expr) => {{
+        static SQL: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| with_states($template));
+        SQL.as_str()
+    }};
+}
+
 /// The lifecycle of an outbox operation.
 ///
 /// `Pending` → `Syncing` (sealed into a batch and sent) → `Done` (purged from the outbox before the sync
@@ -44,7 +53,16 @@ pub enum OpState {
 }
 
 impl OpState {
-    fn code(self) -> i64 {
+    const ALL: [OpState; 5] = [
+        OpState::Pending,
+        OpState::Syncing,
+        OpState::Done,
+        OpState::Failed,
+        OpState::Rejected,
+    ];
+
+    /// The value of `outbox.state`.
+    fn sql(self) -> i64 {
         match self {
             OpState::Pending => 0,
             OpState::Syncing => 1,
@@ -54,7 +72,7 @@ impl OpState {
         }
     }
 
-    fn from_code(code: i64) -> OpState {
+    fn from_sql(code: i64) -> OpState {
         match code {
             0 => OpState::Pending,
             1 => OpState::Syncing,
@@ -73,6 +91,55 @@ impl OpState {
             OpState::Rejected => "rejected",
         }
     }
+}
+
+/// The lifecycle of a sealed batch: `Pending` (due to be sent: new, or put back after a crash) → `Syncing`
+/// (sent, no answer yet) → deleted when answered, or `Failed` (sent again with the same key and bytes after
+/// `next_retry_at`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchState {
+    Pending,
+    Syncing,
+    Failed,
+}
+
+impl BatchState {
+    const ALL: [BatchState; 3] = [BatchState::Pending, BatchState::Syncing, BatchState::Failed];
+
+    /// The value of `batches.state`.
+    fn sql(self) -> i64 {
+        match self {
+            BatchState::Pending => 0,
+            BatchState::Syncing => 1,
+            BatchState::Failed => 2,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            BatchState::Pending => "batch_pending",
+            BatchState::Syncing => "batch_syncing",
+            BatchState::Failed => "batch_failed",
+        }
+    }
+}
+
+/// A statement with each state's SQL value in place of its name: `{pending}`, `{syncing}`, `{failed}`,
+/// `{rejected}` and `{done}` for operations, `{batch_pending}`, `{batch_syncing}` and `{batch_failed}` for
+/// batches.
+fn with_states(template: &str) -> String {
+    let mut sql = template.to_string();
+    for state in OpState::ALL {
+        sql = sql.replace(&format!("{{{}}}", state.as_str()), &state.sql().to_string());
+    }
+    for state in BatchState::ALL {
+        sql = sql.replace(&format!("{{{}}}", state.name()), &state.sql().to_string());
+    }
+    debug_assert!(
+        !sql.contains('{'),
+        "a state name that is not one: {template}"
+    );
+    sql
 }
 
 impl std::fmt::Display for OpState {
@@ -95,7 +162,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     kind INTEGER NOT NULL,
     columns TEXT NOT NULL,
     grp INTEGER NOT NULL,
-    state INTEGER NOT NULL DEFAULT 0,
+    state INTEGER NOT NULL DEFAULT {pending},
     batch INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     next_retry_at INTEGER,
@@ -134,13 +201,16 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(sql!(SCHEMA))?;
     let tx = conn.unchecked_transaction()?;
     let interrupted = tx.execute(
-        "UPDATE outbox SET state = 0 WHERE state = 1 AND batch IS NOT NULL",
+        sql!("UPDATE outbox SET state = {pending} WHERE state = {syncing} AND batch IS NOT NULL"),
         [],
     )?;
-    tx.execute("UPDATE batches SET state = 0 WHERE state = 1", [])?;
+    tx.execute(
+        sql!("UPDATE batches SET state = {batch_pending} WHERE state = {batch_syncing}"),
+        [],
+    )?;
     tx.commit()?;
     if interrupted > 0 {
         tracing::info!(
@@ -305,10 +375,10 @@ fn enqueue(
     change: Change,
 ) -> Result<()> {
     let open: Option<(i64, i64, String, i64)> = conn
-        .prepare_cached(
+        .prepare_cached(sql!(
             "SELECT seq, kind, columns, grp FROM outbox
-             WHERE tbl = ?1 AND rid = ?2 AND state = 0 AND batch IS NULL",
-        )?
+             WHERE tbl = ?1 AND rid = ?2 AND state = {pending} AND batch IS NULL"
+        ))?
         .query_row(params![table, id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
@@ -316,7 +386,7 @@ fn enqueue(
     match open {
         Some((seq, kind, columns, group)) => {
             let waiting = Change {
-                kind: OpKind::from_code(kind),
+                kind: OpKind::from_sql(kind),
                 columns: serde_json::from_str(&columns)?,
             };
             match coalesce(Some(waiting), change) {
@@ -330,7 +400,7 @@ fn enqueue(
                     )?
                     .execute(params![
                         seq,
-                        op.kind.code(),
+                        op.kind.sql(),
                         Value::Object(op.columns).to_string()
                     ])?;
                 }
@@ -354,7 +424,7 @@ fn enqueue(
                 seq,
                 table,
                 id,
-                change.kind.code(),
+                change.kind.sql(),
                 Value::Object(change.columns).to_string(),
                 group,
                 ctx.now
@@ -383,7 +453,7 @@ fn regroup(conn: &Connection, ctx: &mut WriteCtx, groups: &BTreeSet<i64>) -> Res
     let mut seqs = Vec::new();
     {
         let mut stmt = conn.prepare_cached(
-            "SELECT seq FROM outbox WHERE grp = ?1 AND state = 0 AND batch IS NULL ORDER BY seq",
+            sql!("SELECT seq FROM outbox WHERE grp = ?1 AND state = {pending} AND batch IS NULL ORDER BY seq"),
         )?;
         for group in groups {
             for seq in stmt.query_map([group], |r| r.get::<_, i64>(0))? {
@@ -484,7 +554,7 @@ fn read_op(r: &rusqlite::Row<'_>) -> rusqlite::Result<OpRow> {
         group: r.get(1)?,
         table: r.get(2)?,
         id: r.get(3)?,
-        kind: OpKind::from_code(r.get(4)?),
+        kind: OpKind::from_sql(r.get(4)?),
         columns: r.get(5)?,
     })
 }
@@ -501,10 +571,10 @@ pub(crate) fn seal_next(
 ) -> Result<Option<(SealedBatch, i64)>> {
     let tx = conn.unchecked_transaction()?;
     let mut rows: Vec<OpRow> = tx
-        .prepare_cached(
+        .prepare_cached(sql!(
             "SELECT seq, grp, tbl, rid, kind, columns FROM outbox
-             WHERE seq > ?1 AND state = 0 AND batch IS NULL ORDER BY seq LIMIT ?2",
-        )?
+             WHERE seq > ?1 AND state = {pending} AND batch IS NULL ORDER BY seq LIMIT ?2"
+        ))?
         .query_map(params![after_seq, limit.max(1) as i64], read_op)?
         .collect::<rusqlite::Result<_>>()?;
     let Some(last) = rows.last() else {
@@ -513,10 +583,10 @@ pub(crate) fn seal_next(
     if rows.len() >= limit.max(1) {
         // Groups are contiguous runs: only the last one can go on past the window.
         let (last_seq, last_group) = (last.seq, last.group);
-        let mut stmt = tx.prepare_cached(
+        let mut stmt = tx.prepare_cached(sql!(
             "SELECT seq, grp, tbl, rid, kind, columns FROM outbox
-             WHERE seq > ?1 AND state = 0 AND batch IS NULL ORDER BY seq",
-        )?;
+             WHERE seq > ?1 AND state = {pending} AND batch IS NULL ORDER BY seq"
+        ))?;
         let mut more = stmt.query_map([last_seq], read_op)?;
         for row in more.by_ref() {
             let row = row?;
@@ -537,12 +607,12 @@ pub(crate) fn seal_next(
     rows.truncate(chosen.len()); // groups are contiguous, so the chosen ones are a prefix
     let (lo, hi) = (rows[0].seq, rows[rows.len() - 1].seq);
     tx.prepare_cached(
-        "INSERT INTO batches (key, lo, hi, last_pulled_at, state, created_at) VALUES (?1, ?2, ?3, ?4, 1, ?5)",
+        sql!("INSERT INTO batches (key, lo, hi, last_pulled_at, state, created_at) VALUES (?1, ?2, ?3, ?4, {batch_syncing}, ?5)"),
     )?
     .execute(params![key, lo, hi, last_pulled_at, now])?;
     let id = tx.last_insert_rowid();
     tx.prepare_cached(
-        "UPDATE outbox SET state = 1, batch = ?1 WHERE seq BETWEEN ?2 AND ?3 AND state = 0 AND batch IS NULL",
+        sql!("UPDATE outbox SET state = {syncing}, batch = ?1 WHERE seq BETWEEN ?2 AND ?3 AND state = {pending} AND batch IS NULL"),
     )?
     .execute(params![id, lo, hi])?;
     tx.commit()?;
@@ -553,7 +623,7 @@ pub(crate) fn seal_next(
 /// one transaction each when loaded; the body is rebuilt byte for byte.
 pub(crate) fn due_batches(conn: &Connection, now: i64) -> Result<Vec<i64>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id FROM batches WHERE state = 0 OR (state = 2 AND next_retry_at <= ?1) ORDER BY id",
+        sql!("SELECT id FROM batches WHERE state = {batch_pending} OR (state = {batch_failed} AND next_retry_at <= ?1) ORDER BY id"),
     )?;
     let ids = stmt.query_map([now], |r| r.get(0))?;
     Ok(ids.collect::<rusqlite::Result<_>>()?)
@@ -563,11 +633,11 @@ pub(crate) fn due_batches(conn: &Connection, now: i64) -> Result<Vec<i64>> {
 pub(crate) fn make_failed_due(conn: &Connection, now: i64) -> Result<()> {
     let tx = conn.unchecked_transaction()?;
     tx.execute(
-        "UPDATE batches SET next_retry_at = ?1 WHERE state = 2 AND next_retry_at > ?1",
+        sql!("UPDATE batches SET next_retry_at = ?1 WHERE state = {batch_failed} AND next_retry_at > ?1"),
         [now],
     )?;
     tx.execute(
-        "UPDATE outbox SET next_retry_at = ?1 WHERE state = 2 AND next_retry_at > ?1",
+        sql!("UPDATE outbox SET next_retry_at = ?1 WHERE state = {failed} AND next_retry_at > ?1"),
         [now],
     )?;
     tx.commit()?;
@@ -577,7 +647,7 @@ pub(crate) fn make_failed_due(conn: &Connection, now: i64) -> Result<()> {
 /// The earliest time a failed batch is due again.
 pub(crate) fn next_retry_at(conn: &Connection) -> Result<Option<i64>> {
     Ok(conn.query_row(
-        "SELECT MIN(next_retry_at) FROM batches WHERE state = 2",
+        sql!("SELECT MIN(next_retry_at) FROM batches WHERE state = {batch_failed}"),
         [],
         |r| r.get(0),
     )?)
@@ -597,9 +667,12 @@ pub(crate) fn reopen_batch(conn: &Connection, batch: i64) -> Result<SealedBatch>
         )?
         .query_map(params![lo, hi, batch], read_op)?
         .collect::<rusqlite::Result<_>>()?;
-    tx.execute("UPDATE batches SET state = 1 WHERE id = ?1", [batch])?;
     tx.execute(
-        "UPDATE outbox SET state = 1 WHERE seq BETWEEN ?1 AND ?2 AND batch = ?3",
+        sql!("UPDATE batches SET state = {batch_syncing} WHERE id = ?1"),
+        [batch],
+    )?;
+    tx.execute(
+        sql!("UPDATE outbox SET state = {syncing} WHERE seq BETWEEN ?1 AND ?2 AND batch = ?3"),
         params![lo, hi, batch],
     )?;
     tx.commit()?;
@@ -632,10 +705,10 @@ pub(crate) fn complete_batch(
     let (lo, hi) = batch_range(&tx, batch)?;
     let mut out = Completed::default();
     {
-        let mut park = tx.prepare_cached(
-            "UPDATE outbox SET state = 3, batch = NULL, error_code = ?4, error = ?5
-             WHERE tbl = ?1 AND rid = ?2 AND batch = ?3",
-        )?;
+        let mut park = tx.prepare_cached(sql!(
+            "UPDATE outbox SET state = {rejected}, batch = NULL, error_code = ?4, error = ?5
+             WHERE tbl = ?1 AND rid = ?2 AND batch = ?3"
+        ))?;
         for r in rejected {
             if park.execute(params![r.table, r.id, batch, r.code, r.message])? > 0 {
                 *out.rejected.entry(r.table.clone()).or_default() += 1;
@@ -657,7 +730,7 @@ pub(crate) fn complete_batch(
     // Marked done, not deleted: an update leaves the (tbl, rid) index alone, and `purge_done` removes all
     // the done operations of a sync in one transaction, touching each index page once.
     tx.execute(
-        "UPDATE outbox SET state = 4 WHERE seq BETWEEN ?1 AND ?2 AND batch = ?3",
+        sql!("UPDATE outbox SET state = {done} WHERE seq BETWEEN ?1 AND ?2 AND batch = ?3"),
         params![lo, hi, batch],
     )?;
     tx.execute("DELETE FROM batches WHERE id = ?1", [batch])?;
@@ -674,7 +747,7 @@ pub(crate) fn complete_batch(
 
 /// Removes the operations marked done, in one transaction.
 pub(crate) fn purge_done(conn: &Connection) -> Result<u64> {
-    Ok(conn.execute("DELETE FROM outbox WHERE state = 4", [])? as u64)
+    Ok(conn.execute(sql!("DELETE FROM outbox WHERE state = {done}"), [])? as u64)
 }
 
 /// The batch may or may not have been applied: it stays sealed with its key, `failed`, due again at
@@ -694,12 +767,14 @@ pub(crate) fn fail_batch(
     )?;
     let due = next_retry_at(attempts);
     tx.execute(
-        "UPDATE batches SET state = 2, next_retry_at = ?2 WHERE id = ?1",
+        sql!("UPDATE batches SET state = {batch_failed}, next_retry_at = ?2 WHERE id = ?1"),
         params![batch, due],
     )?;
     tx.execute(
-        "UPDATE outbox SET state = 2, attempts = ?4, next_retry_at = ?5, error = ?6
-         WHERE seq BETWEEN ?1 AND ?2 AND batch = ?3",
+        sql!(
+            "UPDATE outbox SET state = {failed}, attempts = ?4, next_retry_at = ?5, error = ?6
+         WHERE seq BETWEEN ?1 AND ?2 AND batch = ?3"
+        ),
         params![lo, hi, batch, attempts, due, error],
     )?;
     set_meta(&tx, "last_error", error)?;
@@ -714,17 +789,17 @@ pub(crate) fn unseal_batch(conn: &Connection, batch: i64, now: i64) -> Result<()
     let tx = conn.unchecked_transaction()?;
     let (lo, hi) = batch_range(&tx, batch)?;
     tx.execute(
-        "UPDATE outbox SET state = 0, batch = NULL WHERE seq BETWEEN ?1 AND ?2 AND batch = ?3",
+        sql!("UPDATE outbox SET state = {pending}, batch = NULL WHERE seq BETWEEN ?1 AND ?2 AND batch = ?3"),
         params![lo, hi, batch],
     )?;
     tx.execute("DELETE FROM batches WHERE id = ?1", [batch])?;
     // Pairs (older unsealed op, newer open op) for the same record.
     let pairs: Vec<(RawOp, RawOp)> = tx
         .prepare(
-            "SELECT u.seq, u.grp, u.kind, u.columns, o.seq, o.grp, o.kind, o.columns
+            sql!("SELECT u.seq, u.grp, u.kind, u.columns, o.seq, o.grp, o.kind, o.columns
              FROM outbox u JOIN outbox o
-               ON o.tbl = u.tbl AND o.rid = u.rid AND o.seq > u.seq AND o.state = 0 AND o.batch IS NULL
-             WHERE u.seq BETWEEN ?1 AND ?2 AND u.state = 0 AND u.batch IS NULL",
+               ON o.tbl = u.tbl AND o.rid = u.rid AND o.seq > u.seq AND o.state = {pending} AND o.batch IS NULL
+             WHERE u.seq BETWEEN ?1 AND ?2 AND u.state = {pending} AND u.batch IS NULL"),
         )?
         .query_map(params![lo, hi], |r| Ok((RawOp::read(r, 0)?, RawOp::read(r, 4)?)))?
         .collect::<rusqlite::Result<_>>()?;
@@ -742,7 +817,7 @@ pub(crate) fn unseal_batch(conn: &Connection, batch: i64, now: i64) -> Result<()
                         "UPDATE outbox SET kind = ?2, columns = ?3 WHERE seq = ?1",
                         params![
                             newer.seq,
-                            op.kind.code(),
+                            op.kind.sql(),
                             Value::Object(op.columns).to_string()
                         ],
                     )?;
@@ -777,7 +852,7 @@ impl RawOp {
 
     fn change(&self) -> Result<Change> {
         Ok(Change {
-            kind: OpKind::from_code(self.kind),
+            kind: OpKind::from_sql(self.kind),
             columns: serde_json::from_str(&self.columns)?,
         })
     }
@@ -806,8 +881,10 @@ pub(crate) fn reject_batch(
         }
     }
     tx.execute(
-        "UPDATE outbox SET state = 3, batch = NULL, error_code = ?4, error = ?5
-         WHERE seq BETWEEN ?1 AND ?2 AND batch = ?3",
+        sql!(
+            "UPDATE outbox SET state = {rejected}, batch = NULL, error_code = ?4, error = ?5
+         WHERE seq BETWEEN ?1 AND ?2 AND batch = ?3"
+        ),
         params![lo, hi, batch, code, message],
     )?;
     tx.execute("DELETE FROM batches WHERE id = ?1", [batch])?;
@@ -823,9 +900,9 @@ pub(crate) fn reject_batch(
 /// Counts of open operations per table: what a push is about to send.
 pub(crate) fn pushable(conn: &Connection, now: i64) -> Result<BTreeMap<String, u64>> {
     let mut stmt = conn.prepare(
-        "SELECT o.tbl, COUNT(*) FROM outbox o LEFT JOIN batches b ON b.id = o.batch
-         WHERE (o.state = 0 AND o.batch IS NULL) OR b.state = 0 OR (b.state = 2 AND b.next_retry_at <= ?1)
-         GROUP BY o.tbl",
+        sql!("SELECT o.tbl, COUNT(*) FROM outbox o LEFT JOIN batches b ON b.id = o.batch
+         WHERE (o.state = {pending} AND o.batch IS NULL) OR b.state = {batch_pending} OR (b.state = {batch_failed} AND b.next_retry_at <= ?1)
+         GROUP BY o.tbl"),
     )?;
     let rows = stmt.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
     let mut out = BTreeMap::new();
@@ -845,7 +922,7 @@ pub(crate) struct Applied {
 
 fn waiting_ops(conn: &Connection, table: &str, id: &str) -> Result<Vec<Change>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT kind, columns FROM outbox WHERE tbl = ?1 AND rid = ?2 AND state != 4 ORDER BY seq",
+        sql!("SELECT kind, columns FROM outbox WHERE tbl = ?1 AND rid = ?2 AND state != {done} ORDER BY seq"),
     )?;
     let rows = stmt.query_map(params![table, id], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
@@ -854,7 +931,7 @@ fn waiting_ops(conn: &Connection, table: &str, id: &str) -> Result<Vec<Change>> 
     for row in rows {
         let (kind, columns) = row?;
         out.push(Change {
-            kind: OpKind::from_code(kind),
+            kind: OpKind::from_sql(kind),
             columns: serde_json::from_str(&columns)?,
         });
     }
@@ -884,7 +961,7 @@ fn record_id(raw: &str) -> Result<String> {
 pub(crate) fn apply_page(conn: &Connection, page: &PullResponse<'_>) -> Result<Applied> {
     let tx = conn.unchecked_transaction()?;
     let outbox_empty: bool = tx.query_row(
-        "SELECT NOT EXISTS (SELECT 1 FROM outbox WHERE state != 4)",
+        sql!("SELECT NOT EXISTS (SELECT 1 FROM outbox WHERE state != {done})"),
         [],
         |r| r.get(0),
     )?;
@@ -897,9 +974,9 @@ pub(crate) fn apply_page(conn: &Connection, page: &PullResponse<'_>) -> Result<A
         let mut update =
             tx.prepare_cached("UPDATE records SET data = ?3 WHERE tbl = ?1 AND id = ?2")?;
         let mut remove = tx.prepare_cached("DELETE FROM records WHERE tbl = ?1 AND id = ?2")?;
-        let mut drop_open = tx.prepare_cached(
-            "DELETE FROM outbox WHERE tbl = ?1 AND rid = ?2 AND state = 0 AND batch IS NULL",
-        )?;
+        let mut drop_open = tx.prepare_cached(sql!(
+            "DELETE FROM outbox WHERE tbl = ?1 AND rid = ?2 AND state = {pending} AND batch IS NULL"
+        ))?;
         for (table, changes) in &page.changes {
             if crate::ids::check_table(table).is_err() {
                 continue;
@@ -979,7 +1056,7 @@ pub(crate) fn apply_page(conn: &Connection, page: &PullResponse<'_>) -> Result<A
                 params![table, id],
             )?;
             tx.execute(
-                "DELETE FROM outbox WHERE tbl = ?1 AND rid = ?2 AND state = 0 AND batch IS NULL",
+                sql!("DELETE FROM outbox WHERE tbl = ?1 AND rid = ?2 AND state = {pending} AND batch IS NULL"),
                 params![table, id],
             )?;
             applied.changes.entry(table).or_default().deleted += 1;
@@ -1031,7 +1108,7 @@ impl OutboxStats {
 pub(crate) fn outbox_stats(conn: &Connection) -> Result<OutboxStats> {
     let mut stats = OutboxStats::default();
     let mut stmt = conn.prepare(
-        "SELECT tbl, state, COUNT(*), MIN(CASE WHEN state < 3 THEN created_at END) FROM outbox GROUP BY tbl, state",
+        sql!("SELECT tbl, state, COUNT(*), MIN(CASE WHEN state IN ({pending}, {syncing}, {failed}) THEN created_at END) FROM outbox GROUP BY tbl, state"),
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -1045,7 +1122,7 @@ pub(crate) fn outbox_stats(conn: &Connection) -> Result<OutboxStats> {
         let (table, state, n, oldest) = row?;
         let t = stats.tables.entry(table).or_default();
         let n = n as u64;
-        match OpState::from_code(state) {
+        match OpState::from_sql(state) {
             OpState::Pending => t.pending += n,
             OpState::Syncing => t.syncing += n,
             OpState::Failed => t.failed += n,
@@ -1078,10 +1155,10 @@ pub struct OutboxOp {
 
 pub(crate) fn list_ops(conn: &Connection, state: Option<OpState>) -> Result<Vec<OutboxOp>> {
     let mut stmt = conn.prepare(
-        "SELECT tbl, rid, kind, state, columns, attempts, next_retry_at, error_code, error, created_at
-         FROM outbox WHERE (?1 IS NULL AND state != 4) OR state = ?1 ORDER BY seq",
+        sql!("SELECT tbl, rid, kind, state, columns, attempts, next_retry_at, error_code, error, created_at
+         FROM outbox WHERE (?1 IS NULL AND state != {done}) OR state = ?1 ORDER BY seq"),
     )?;
-    let rows = stmt.query_map([state.map(OpState::code)], |r| {
+    let rows = stmt.query_map([state.map(OpState::sql)], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -1102,8 +1179,8 @@ pub(crate) fn list_ops(conn: &Connection, state: Option<OpState>) -> Result<Vec<
         out.push(OutboxOp {
             table,
             id,
-            kind: OpKind::from_code(kind),
-            state: OpState::from_code(st),
+            kind: OpKind::from_sql(kind),
+            state: OpState::from_sql(st),
             columns: serde_json::from_str(&columns)?,
             attempts,
             next_retry_at,
@@ -1120,7 +1197,9 @@ pub(crate) fn list_ops(conn: &Connection, state: Option<OpState>) -> Result<Vec<
 pub(crate) fn retry_rejected(conn: &Connection, now: i64) -> Result<u64> {
     let tx = conn.unchecked_transaction()?;
     let rows: Vec<(i64, String, String, i64, String)> = tx
-        .prepare("SELECT seq, tbl, rid, kind, columns FROM outbox WHERE state = 3 ORDER BY seq")?
+        .prepare(sql!(
+            "SELECT seq, tbl, rid, kind, columns FROM outbox WHERE state = {rejected} ORDER BY seq"
+        ))?
         .query_map([], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?
@@ -1129,20 +1208,20 @@ pub(crate) fn retry_rejected(conn: &Connection, now: i64) -> Result<u64> {
     for (seq, table, id, kind, columns) in &rows {
         tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
         let change = Change {
-            kind: OpKind::from_code(*kind),
+            kind: OpKind::from_sql(*kind),
             columns: serde_json::from_str(columns)?,
         };
         // The parked change goes first, then whatever was written since.
         let open: Option<(i64, i64, String)> = tx
             .query_row(
-                "SELECT seq, kind, columns FROM outbox WHERE tbl = ?1 AND rid = ?2 AND state = 0 AND batch IS NULL",
+                sql!("SELECT seq, kind, columns FROM outbox WHERE tbl = ?1 AND rid = ?2 AND state = {pending} AND batch IS NULL"),
                 params![table, id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
         if let Some((open_seq, open_kind, open_cols)) = open {
             let newer = Change {
-                kind: OpKind::from_code(open_kind),
+                kind: OpKind::from_sql(open_kind),
                 columns: serde_json::from_str(&open_cols)?,
             };
             tx.execute("DELETE FROM outbox WHERE seq = ?1", [open_seq])?;
@@ -1160,7 +1239,7 @@ pub(crate) fn retry_rejected(conn: &Connection, now: i64) -> Result<u64> {
 /// Drops rejected operations for good (the local records keep their values until the server sends newer
 /// ones). Returns how many.
 pub(crate) fn discard_rejected(conn: &Connection) -> Result<u64> {
-    Ok(conn.execute("DELETE FROM outbox WHERE state = 3", [])? as u64)
+    Ok(conn.execute(sql!("DELETE FROM outbox WHERE state = {rejected}"), [])? as u64)
 }
 
 #[cfg(test)]
@@ -1191,6 +1270,20 @@ mod tests {
     }
 
     #[test]
+    fn states_keep_the_values_existing_databases_hold() {
+        // Written to disk: changing a value would misread every outbox already on a device.
+        assert_eq!(OpState::ALL.map(OpState::sql), [0, 1, 4, 2, 3]);
+        assert_eq!(BatchState::ALL.map(BatchState::sql), [0, 1, 2]);
+        for state in OpState::ALL {
+            assert_eq!(OpState::from_sql(state.sql()), state);
+        }
+        assert_eq!(
+            with_states("state IN ({pending}, {done}) OR b.state = {batch_failed}"),
+            "state IN (0, 4) OR b.state = 2"
+        );
+    }
+
+    #[test]
     fn writes_fold_into_the_open_operation() {
         let dir = tempfile::tempdir().unwrap();
         let conn = open(&dir.path().join("c.db")).unwrap();
@@ -1201,7 +1294,10 @@ mod tests {
         write_one(&conn, "b", LocalWrite::Delete);
         let o = ops(&conn);
         assert_eq!(o.len(), 1, "{o:?}");
-        assert_eq!((o[0].3, o[0].4.as_str()), (0, r#"{"x":1,"y":2}"#));
+        assert_eq!(
+            (o[0].3, o[0].4.as_str()),
+            (OpKind::Create.sql(), r#"{"x":1,"y":2}"#)
+        );
         assert_eq!(
             get(&conn, "t", "a").unwrap().unwrap(),
             r#"{"id":"a","x":1,"y":2}"#

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use syncline_core::{ErrorBody, PullRequest};
+use syncline_core::{ErrorBody, PullRequest, headers};
 
 use crate::ClientError;
 use crate::batch::{PushVerdict, classify_push};
@@ -97,10 +97,10 @@ impl Transport {
             .post(format!("{}{path}", self.base))
             .bearer_auth(self.token())
             .header("content-type", "application/json")
-            .header("syncline-device", &self.device);
+            .header(headers::DEVICE, &self.device);
         match self.outbox_pending.load(Ordering::Relaxed) {
             u64::MAX => request,
-            n => request.header("syncline-outbox-pending", n),
+            n => request.header(headers::OUTBOX_PENDING, n),
         }
     }
 
@@ -116,7 +116,7 @@ impl Transport {
     pub(crate) async fn push(&self, key: &str, body: String) -> PushVerdict {
         let sent = self
             .post("/v1/sync/push")
-            .header("idempotency-key", key)
+            .header(headers::IDEMPOTENCY_KEY, key)
             .body(body)
             .send()
             .await;
@@ -133,7 +133,7 @@ impl Transport {
         let status = response.status().as_u16();
         let replayed = response
             .headers()
-            .get("idempotent-replayed")
+            .get(headers::IDEMPOTENT_REPLAYED)
             .is_some_and(|v| v.as_bytes() == b"true");
         match response.bytes().await {
             Ok(body) => classify_push(status, &body, replayed),
@@ -168,7 +168,7 @@ impl Transport {
             .get(format!("{}/v1/events", self.base))
             .bearer_auth(self.token())
             .header("accept", "text/event-stream")
-            .header("syncline-device", &self.device)
+            .header(headers::DEVICE, &self.device)
             .send()
             .await
             .map_err(|e| network(&e))?;

@@ -10,13 +10,13 @@ mod live;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use syncline_client::{
-    AutoSyncPolicy, Client, ClientConfig, Clock, OpState, SyncProgress, SyncState,
+    AutoSyncPolicy, Client, ClientConfig, ManualClock, OpState, SyncProgress, SyncState,
 };
 use syncline_server::{Config, RunningServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,10 +74,7 @@ impl TestServer {
     }
 
     fn token(&self, user: &str) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = syncline_core::Clock::now_ms(&syncline_core::SystemClock) / 1000;
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &json!({"sub": user, "exp": now + 3600}),
@@ -466,15 +463,6 @@ async fn deletes_reach_the_other_device() {
     s.stop().await;
 }
 
-/// A clock the test moves by hand.
-struct ManualClock(AtomicI64);
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 /// A TCP proxy in front of the server that can refuse connections or cut the next answer off.
 struct Proxy {
     url: String,
@@ -541,7 +529,7 @@ impl Proxy {
 async fn a_lost_answer_is_resent_with_the_same_key_and_applied_once() {
     let s = TestServer::start().await;
     let proxy = Proxy::start(s.addr).await;
-    let clock = Arc::new(ManualClock(AtomicI64::new(1_700_000_000_000)));
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     let mut config = ClientConfig::new(&proxy.url, s.token("alice"));
     config.batch_size = 1000;
     let c = Client::open_with_clock(s.dir.path().join("c.db"), config, clock.clone()).unwrap();
@@ -567,7 +555,7 @@ async fn a_lost_answer_is_resent_with_the_same_key_and_applied_once() {
         before,
         "the failed batch waits for its retry time"
     );
-    clock.0.fetch_add(10 * 60 * 1000, Ordering::SeqCst);
+    clock.advance(10 * 60 * 1000);
     let summary = c.sync_now().await.unwrap();
     assert_eq!((summary.pushed, summary.conflict_rounds), (40, 0));
     assert_eq!(s.pushes().await, before + 1);

@@ -103,6 +103,156 @@ impl FromStr for ImportStatus {
     }
 }
 
+/// Why an import stopped in `error`: the stable `error_code` of its state (docs/protocol.md §10.1 lists each
+/// one, with what to do). Stored and sent as the snake_case text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ImportErrorCode {
+    /// The service refused the credential (a 401, a missing field, a bad key): connect again.
+    AuthExpired,
+    /// Renewing the access token was refused (`invalid_grant`).
+    AuthRevoked,
+    /// The token endpoint refused the app's `client_id`/`client_secret` (`invalid_client`).
+    AuthClientRefused,
+    /// The token endpoint refused the scope (`invalid_scope`).
+    AuthScopeMissing,
+    /// Any other refusal of a sign-in or a renewal.
+    AuthRefused,
+    /// XSTS: the Microsoft account has no Xbox profile.
+    AuthNoXboxAccount,
+    /// XSTS: a child account outside a Microsoft family.
+    AuthChildAccount,
+    /// XSTS: Xbox Live is not available in the account's region.
+    AuthRegionUnavailable,
+    /// XSTS: the account must be verified (adult verification) first.
+    AuthVerificationRequired,
+    /// PlayStation refused the NPSSO.
+    AuthNpssoRefused,
+    /// The source lacks the configuration its sign-in needs (`client_id`).
+    AuthNotConfigured,
+    /// The source does not sign in this way (no consent flow).
+    AuthUnsupported,
+    /// The source's sign-in configuration is not usable (its authorize url is not a url).
+    AuthMisconfigured,
+    /// The credential works, but the profile's privacy settings hide the data.
+    ProfilePrivate,
+    /// Any other 403 that is not a rate limit: the credential lacks a scope or permission.
+    MissingPermission,
+    /// The TLS handshake failed; the message names the host and the reason.
+    TlsFailed,
+    /// The service is down (5xx, timeouts, refused connections) after the retries of one step.
+    UpstreamUnavailable,
+    /// Any other refusal (4xx).
+    UpstreamFailed,
+    /// The service sent rows that do not fit the table.
+    InvalidRows,
+}
+
+impl ImportErrorCode {
+    /// Every code, in the order of docs/protocol.md's table.
+    pub const ALL: [ImportErrorCode; 19] = [
+        ImportErrorCode::AuthExpired,
+        ImportErrorCode::AuthRevoked,
+        ImportErrorCode::AuthClientRefused,
+        ImportErrorCode::AuthScopeMissing,
+        ImportErrorCode::AuthRefused,
+        ImportErrorCode::AuthNoXboxAccount,
+        ImportErrorCode::AuthChildAccount,
+        ImportErrorCode::AuthRegionUnavailable,
+        ImportErrorCode::AuthVerificationRequired,
+        ImportErrorCode::AuthNpssoRefused,
+        ImportErrorCode::AuthNotConfigured,
+        ImportErrorCode::AuthUnsupported,
+        ImportErrorCode::AuthMisconfigured,
+        ImportErrorCode::ProfilePrivate,
+        ImportErrorCode::MissingPermission,
+        ImportErrorCode::TlsFailed,
+        ImportErrorCode::UpstreamUnavailable,
+        ImportErrorCode::UpstreamFailed,
+        ImportErrorCode::InvalidRows,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ImportErrorCode::AuthExpired => "auth_expired",
+            ImportErrorCode::AuthRevoked => "auth_revoked",
+            ImportErrorCode::AuthClientRefused => "auth_client_refused",
+            ImportErrorCode::AuthScopeMissing => "auth_scope_missing",
+            ImportErrorCode::AuthRefused => "auth_refused",
+            ImportErrorCode::AuthNoXboxAccount => "auth_no_xbox_account",
+            ImportErrorCode::AuthChildAccount => "auth_child_account",
+            ImportErrorCode::AuthRegionUnavailable => "auth_region_unavailable",
+            ImportErrorCode::AuthVerificationRequired => "auth_verification_required",
+            ImportErrorCode::AuthNpssoRefused => "auth_npsso_refused",
+            ImportErrorCode::AuthNotConfigured => "auth_not_configured",
+            ImportErrorCode::AuthUnsupported => "auth_unsupported",
+            ImportErrorCode::AuthMisconfigured => "auth_misconfigured",
+            ImportErrorCode::ProfilePrivate => "profile_private",
+            ImportErrorCode::MissingPermission => "missing_permission",
+            ImportErrorCode::TlsFailed => "tls_failed",
+            ImportErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ImportErrorCode::UpstreamFailed => "upstream_failed",
+            ImportErrorCode::InvalidRows => "invalid_rows",
+        }
+    }
+
+    /// A refusal of the account (the codes beginning with `auth`): the person must connect again or the
+    /// operator fix the source's configuration.
+    pub fn is_auth(self) -> bool {
+        self.as_str().starts_with("auth_")
+    }
+}
+
+impl fmt::Display for ImportErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ImportErrorCode {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ImportErrorCode::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| UnknownName {
+                kind: "error code",
+                value: s.to_string(),
+            })
+    }
+}
+
+impl TryFrom<&str> for ImportErrorCode {
+    type Error = UnknownName;
+
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl Serialize for ImportErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ImportErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads a stored `error_code`; a code this version does not know (written by a newer one) reads as none,
+/// so the state, its checkpoint and its message still load.
+fn lenient_error_code<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<ImportErrorCode>, D::Error> {
+    let text = <Option<std::borrow::Cow<'de, str>>>::deserialize(deserializer)?;
+    Ok(text.and_then(|t| t.parse().ok()))
+}
+
 /// Which walk an import state belongs to: the first full walk, or the later walks over what is new.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
@@ -172,9 +322,9 @@ pub struct ImportState {
     pub updated_at: Option<i64>,
     pub completed_at: Option<i64>,
     pub last_success_at: Option<i64>,
-    /// A stable code for the last failure (`auth_expired`, `profile_private`, `missing_permission`,
-    /// `tls_failed`, `upstream_unavailable`, `upstream_failed`, `invalid_rows`; docs/protocol.md).
-    pub error_code: Option<String>,
+    /// A stable code for the last failure.
+    #[serde(default, deserialize_with = "lenient_error_code")]
+    pub error_code: Option<ImportErrorCode>,
     pub error: Option<String>,
     /// Bumped by `start`, `stopped` and `reset`: a step that loaded an older generation must not save.
     pub generation: i64,
@@ -288,10 +438,16 @@ impl ImportState {
         self.updated_at = Some(now_ms);
     }
 
-    /// Failed with a stable `code` and a message for a person.
-    pub fn failed(&mut self, code: &str, message: impl Into<String>, now_ms: i64) {
+    /// Failed with a stable `code` and a message for a person. The code is an [`ImportErrorCode`]; one given
+    /// as text this version does not know leaves `error_code` empty (as when such a state is read).
+    pub fn failed<C: TryInto<ImportErrorCode>>(
+        &mut self,
+        code: C,
+        message: impl Into<String>,
+        now_ms: i64,
+    ) {
         self.status = ImportStatus::Error;
-        self.error_code = Some(code.to_string());
+        self.error_code = code.try_into().ok();
         self.error = Some(message.into());
         self.updated_at = Some(now_ms);
     }
@@ -339,6 +495,44 @@ mod tests {
 
     fn state() -> ImportState {
         ImportState::new("steam", "owned_games", ImportPhase::Initial)
+    }
+
+    #[test]
+    fn error_codes_are_their_text_on_the_wire_and_an_unknown_stored_one_still_loads() {
+        for c in ImportErrorCode::ALL {
+            assert_eq!(c.as_str().parse::<ImportErrorCode>(), Ok(c));
+            let mut s = state();
+            s.failed(c, "m", 1);
+            let text = serde_json::to_string(&s).unwrap();
+            assert!(text.contains(&format!("\"error_code\":\"{c}\"")), "{text}");
+            assert_eq!(serde_json::from_str::<ImportState>(&text).unwrap(), s);
+        }
+        let mut s = state();
+        s.failed(ImportErrorCode::UpstreamFailed, "kept", 1);
+        let newer = serde_json::to_string(&s)
+            .unwrap()
+            .replace("upstream_failed", "from_a_newer_version");
+        let read: ImportState = serde_json::from_str(&newer).unwrap();
+        assert_eq!(
+            (read.status, read.error_code, read.error.as_deref()),
+            (ImportStatus::Error, None, Some("kept"))
+        );
+    }
+
+    /// docs/protocol.md's table of import `error_code`s lists every code, and nothing else.
+    #[test]
+    fn import_error_codes_are_documented() {
+        let documented: std::collections::BTreeSet<String> =
+            crate::doc_tables::rows("### 10.1 Imports from third-party APIs", "| `error_code` |")
+                .iter()
+                .flat_map(|row| crate::doc_tables::codes(&row[0]))
+                .map(str::to_string)
+                .collect();
+        let enumerated: std::collections::BTreeSet<String> = ImportErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str().to_string())
+            .collect();
+        assert_eq!(documented, enumerated);
     }
 
     #[test]
@@ -438,8 +632,8 @@ mod tests {
         let mut s = state();
         s.start(1);
         s.batch_applied(10, None, Some("10".into()), None, 2);
-        s.failed("auth_expired", "the credential expired", 3);
-        assert_eq!(s.error_code.as_deref(), Some("auth_expired"));
+        s.failed(ImportErrorCode::AuthExpired, "the credential expired", 3);
+        assert_eq!(s.error_code, Some(ImportErrorCode::AuthExpired));
         s.start(4);
         assert_eq!(
             (s.error.as_deref(), s.checkpoint.as_deref()),

@@ -1,11 +1,18 @@
 //! Syncline's core: the schema, record validation and normalisation, the wire types of the sync protocol and
 //! the JSON writer for pull responses.
 //!
-//! This crate does no I/O and reads no clock: the store and the server pass time and data in. Everything that
-//! decides what a valid record is, or what a pull response looks like, lives here so both storage backends and
-//! the client SDK agree on it.
+//! This crate does no I/O and its logic reads no clock: the store and the server pass time and data in.
+//! Everything that decides what a valid record is, or what a pull response looks like, lives here so both
+//! storage backends and the client SDK agree on it. So do the closed names the server and its clients share:
+//! the API's error codes ([`ErrorCode`]), the import error codes ([`ImportErrorCode`]), the protocol's
+//! header names ([`headers`]) and the [`clock`] abstraction every library takes its wall-clock time from.
 
+pub mod clock;
+#[cfg(test)]
+mod doc_tables;
 mod error;
+mod error_code;
+pub mod headers;
 mod import;
 mod names;
 mod plan;
@@ -14,8 +21,10 @@ mod schema;
 mod value;
 mod wire;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::CoreError;
-pub use import::{ImportPhase, ImportState, ImportStatus, UnknownName, progress};
+pub use error_code::{ErrorCode, UnknownErrorCode};
+pub use import::{ImportErrorCode, ImportPhase, ImportState, ImportStatus, UnknownName, progress};
 pub use names::{is_safe_id, is_valid_name};
 pub use plan::{OnTombstone, RowFailure, TableWrites, Upsert, WriteBatch, plan_bulk, plan_push};
 pub use record::{NormalizedRecord, RowError, RowErrorCode, normalize_record, render_record};

@@ -234,11 +234,19 @@ pub struct RejectedRow {
 /// conflicting ids per table.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
+    /// The code as sent: a reader keeps a code it does not know (see [`ErrorBody::error_code`]).
     pub code: String,
     #[serde(default)]
     pub message: String,
     #[serde(default)]
     pub conflicts: BTreeMap<String, Vec<String>>,
+}
+
+impl ErrorBody {
+    /// The code, when this version knows it.
+    pub fn error_code(&self) -> Option<crate::ErrorCode> {
+        crate::ErrorCode::parse(&self.code)
+    }
 }
 
 /// What a bulk request did to one table.

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Map, json};
+use syncline_core::SystemClock;
 use syncline_core::{Schema, TableConfig};
 use syncline_import::{
     BoxFuture, Credential, Importer, ImportsConfig, Page, PageRequest, Source, SourceError,
-    system_clock,
 };
 use syncline_store::{SqliteStore, Store};
 
@@ -69,7 +69,7 @@ async fn main() {
     ))
     .unwrap();
     let mut importer =
-        Importer::from_config(&config, store.clone(), schema, system_clock()).unwrap();
+        Importer::from_config(&config, store.clone(), schema, Arc::new(SystemClock)).unwrap();
     importer
         .add_source(
             "generated",

@@ -1,5 +1,6 @@
 //! The error type of the import crate.
 
+use syncline_core::ImportErrorCode;
 use syncline_store::StoreError;
 
 /// Why an import request could not be served. Failures of a source are not errors of this kind: they land in
@@ -18,9 +19,12 @@ pub enum ImportError {
     /// What was sent to connect an account lacks what the source needs.
     #[error("{0}")]
     InvalidCredential(String),
-    /// The service refused to connect the account; `code` begins with `auth`.
+    /// The service refused to connect the account; `code` begins with `auth`, or is `tls_failed`.
     #[error("{message}")]
-    Refused { code: &'static str, message: String },
+    Refused {
+        code: ImportErrorCode,
+        message: String,
+    },
     /// The service could not be reached to connect the account.
     #[error("the service could not be reached to connect the account: {0}")]
     Unavailable(String),

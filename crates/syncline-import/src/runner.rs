@@ -24,7 +24,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use syncline_core::{
-    BulkRequest, ImportPhase, ImportState, ImportStatus, Schema, WriteBatch, plan_bulk,
+    BulkRequest, Clock, ImportErrorCode, ImportPhase, ImportState, ImportStatus, Schema,
+    WriteBatch, plan_bulk,
 };
 use syncline_store::{ImportStore, Lease, StoreError, WriteSummary};
 use tokio::sync::{Notify, watch};
@@ -38,18 +39,6 @@ use crate::connectors::{build_source, http_client};
 use crate::crypto::Sealer;
 use crate::limiter::Limiter;
 use crate::source::{Credential, PageRequest, RateLimit, Source, SourceError};
-
-/// The current time in milliseconds since the epoch; injected so tests control it.
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
-
-pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    })
-}
 
 /// How long the background loop sleeps when nothing is due (a `start` wakes it at once).
 const IDLE: Duration = Duration::from_secs(5);
@@ -103,7 +92,7 @@ pub struct Importer {
     budget: Duration,
     page_size: usize,
     mode: RunnerMode,
-    clock: Clock,
+    clock: Arc<dyn Clock>,
     limiter: Limiter,
     /// This instance's terms in import leases.
     lease: LeaseTerms,
@@ -155,7 +144,7 @@ impl Importer {
         config: &ImportsConfig,
         store: Arc<dyn ImportStore>,
         schema: Arc<Schema>,
-        clock: Clock,
+        clock: Arc<dyn Clock>,
     ) -> Result<Importer, ImportError> {
         let sealer = config
             .encryption_key
@@ -175,12 +164,12 @@ impl Importer {
             budget: Duration::from_millis(config.step_budget_ms.max(1)),
             page_size: config.page_size.max(1),
             mode: config.mode,
-            clock,
             limiter: Limiter::default(),
             lease: LeaseTerms {
-                owner: instance_id().into(),
+                owner: instance_id(clock.now_ms()).into(),
                 ttl_ms: config.lease_ms.max(100) as i64,
             },
+            clock,
             parallel_streams: config.parallel_streams.max(1),
             busy: Mutex::new(HashSet::new()),
             wake: Notify::new(),
@@ -313,13 +302,15 @@ impl Importer {
         let configured = self.source(source)?;
         let credential = match &configured.session {
             None => given,
-            Some(session) => session
-                .connect(given, (self.clock)())
-                .await
-                .map_err(|e| match e {
-                    ConnectFailure::Invalid(message) => ImportError::InvalidCredential(message),
-                    ConnectFailure::Auth(failure) => refused(failure),
-                })?,
+            Some(session) => {
+                session
+                    .connect(given, self.clock.now_ms())
+                    .await
+                    .map_err(|e| match e {
+                        ConnectFailure::Invalid(message) => ImportError::InvalidCredential(message),
+                        ConnectFailure::Auth(failure) => refused(failure),
+                    })?
+            }
         };
         self.store_credential(user, source, credential).await
     }
@@ -351,7 +342,7 @@ impl Importer {
             "u": user,
             "r": redirect_uri,
             "v": verifier,
-            "e": (self.clock)() + CONSENT_TTL_MS,
+            "e": self.clock.now_ms() + CONSENT_TTL_MS,
         });
         let sealed = self
             .sealer()?
@@ -397,7 +388,7 @@ impl Importer {
         ) else {
             return Err(bad());
         };
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         if now > expires {
             return Err(ImportError::ConsentState(
                 "the consent took longer than ten minutes: connect again".into(),
@@ -519,7 +510,7 @@ impl Importer {
         let configured = self.source(source)?;
         let mut stored = self.load(user, source).await?;
         if stored.iter().any(|s| s.status == ImportStatus::Running) {
-            let (u, s, now) = (user.to_string(), source.to_string(), (self.clock)());
+            let (u, s, now) = (user.to_string(), source.to_string(), self.clock.now_ms());
             let leased = self
                 .blocking(move |st| st.import_lease(&u, &s, now))
                 .await?
@@ -556,7 +547,7 @@ impl Importer {
             return Err(ImportError::NoConnection(source.to_string()));
         }
         let stored = self.load(user, source).await?;
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         for (stream, _) in &configured.streams {
             let mut state = current(&stored, source, stream);
             state.start(now);
@@ -581,7 +572,7 @@ impl Importer {
     pub async fn stop(&self, user: &str, source: &str) -> Result<Vec<ImportState>, ImportError> {
         let configured = self.source(source)?;
         let stored = self.load(user, source).await?;
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         for (stream, _) in &configured.streams {
             let mut state = current(&stored, source, stream);
             if state.status != ImportStatus::None {
@@ -668,7 +659,7 @@ impl Importer {
     /// Takes or renews this instance's lease on the job; false: another instance holds it.
     async fn take_lease(&self, user: &str, source: &str) -> Result<bool, ImportError> {
         let (u, s, lease) = (user.to_string(), source.to_string(), self.lease.clone());
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         self.blocking(move |st| st.claim_import(&u, &s, lease.get(), now))
             .await
     }
@@ -695,10 +686,10 @@ impl Importer {
         let credential = match self.credential(user, source).await {
             Ok(c) => c,
             Err(ImportError::NoConnection(_) | ImportError::Sealed) => {
-                let now = (self.clock)();
+                let now = self.clock.now_ms();
                 for (mut state, _) in runnable {
                     state.failed(
-                        "auth_expired",
+                        ImportErrorCode::AuthExpired,
                         format!("no usable connection for `{source}`: connect again"),
                         now,
                     );
@@ -745,7 +736,7 @@ impl Importer {
         deadline: Instant,
     ) -> Result<StepReport, ImportError> {
         let mut report = StepReport::default();
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         if state.status == ImportStatus::RateLimited && !state.rate_limit_over(now) {
             report.more = true;
             return Ok(report);
@@ -777,7 +768,7 @@ impl Importer {
                 report.more |= state.status == ImportStatus::RateLimited;
             }
             StreamEnd::Budget => {
-                state.paused((self.clock)());
+                state.paused(self.clock.now_ms());
                 self.save_guarded(user, state).await?;
                 report.more = true;
                 report.budget_exhausted = true;
@@ -834,7 +825,7 @@ impl Importer {
                     Err(halt) => return self.halt(user, state, halt).await,
                 }
             }
-            let now = (self.clock)();
+            let now = self.clock.now_ms();
             let page = match fetched {
                 Ok(page) => page,
                 Err(FetchFailure::Budget) => return Ok(StreamEnd::Budget),
@@ -858,21 +849,23 @@ impl Importer {
                             state.rate_limited(reset, Some(0), now);
                             self.wake.notify_one();
                         }
-                        SourceError::Auth(_) => state.failed("auth_expired", e.to_string(), now),
+                        SourceError::Auth(_) => {
+                            state.failed(ImportErrorCode::AuthExpired, e.to_string(), now)
+                        }
                         SourceError::Transient(_) => {
-                            state.failed("upstream_unavailable", e.to_string(), now)
+                            state.failed(ImportErrorCode::UpstreamUnavailable, e.to_string(), now)
                         }
                         SourceError::Permanent(_) => {
-                            state.failed("upstream_failed", e.to_string(), now)
+                            state.failed(ImportErrorCode::UpstreamFailed, e.to_string(), now)
                         }
                         SourceError::Private(_) => {
-                            state.failed("profile_private", e.to_string(), now)
+                            state.failed(ImportErrorCode::ProfilePrivate, e.to_string(), now)
                         }
                         SourceError::Forbidden(_) => {
-                            state.failed("missing_permission", e.to_string(), now)
+                            state.failed(ImportErrorCode::MissingPermission, e.to_string(), now)
                         }
                         SourceError::Tls(_) => {
-                            state.failed(syncline_http::TLS_FAILED, e.to_string(), now)
+                            state.failed(ImportErrorCode::TlsFailed, e.to_string(), now)
                         }
                     }
                     if !matches!(e, SourceError::RateLimited(_)) {
@@ -901,7 +894,7 @@ impl Importer {
                 }
                 Ok(None) => return Ok(StreamEnd::Halted),
                 Err(invalid) => {
-                    state.failed("invalid_rows", invalid, now);
+                    state.failed(ImportErrorCode::InvalidRows, invalid, now);
                     self.save_guarded(user, state.clone()).await?;
                     return Ok(StreamEnd::Halted);
                 }
@@ -956,8 +949,8 @@ impl Importer {
         state: &mut ImportState,
         halt: Halt,
     ) -> Result<StreamEnd, ImportError> {
-        tracing::warn!(stream = %state.stream, code = halt.code, "the credential could not be renewed");
-        state.failed(halt.code, halt.message, (self.clock)());
+        tracing::warn!(stream = %state.stream, code = %halt.code, "the credential could not be renewed");
+        state.failed(halt.code, halt.message, self.clock.now_ms());
         self.save_guarded(user, state.clone()).await?;
         Ok(StreamEnd::Halted)
     }
@@ -966,7 +959,7 @@ impl Importer {
     /// whether it was saved.
     async fn save_guarded(&self, user: &str, state: ImportState) -> Result<bool, ImportError> {
         let user = user.to_string();
-        let now = (self.clock)();
+        let now = self.clock.now_ms();
         let lease = self.lease.clone();
         let saved = self
             .blocking(move |st| {
@@ -988,7 +981,7 @@ impl Importer {
     /// `start`. Runs until the task is aborted.
     pub async fn run(self: Arc<Self>) {
         loop {
-            let now = (self.clock)();
+            let now = self.clock.now_ms();
             let mut wake_at: Option<i64> = None;
             let mut progressed = false;
             match self.blocking(|s| s.active_imports()).await {
@@ -1022,7 +1015,7 @@ impl Importer {
                 continue;
             }
             let wait = wake_at
-                .map(|t| Duration::from_millis((t - (self.clock)()).max(1) as u64))
+                .map(|t| Duration::from_millis((t - self.clock.now_ms()).max(1) as u64))
                 .unwrap_or(IDLE)
                 .min(IDLE);
             tokio::select! {
@@ -1053,7 +1046,7 @@ fn refused(failure: AuthFailure) -> ImportError {
 
 /// Why a walk stopped over its credential: the code and message of its `error` state.
 struct Halt {
-    code: &'static str,
+    code: ImportErrorCode,
     message: String,
 }
 
@@ -1062,7 +1055,7 @@ impl From<AuthFailure> for Halt {
         match failure {
             AuthFailure::Refused { code, message } => Halt { code, message },
             AuthFailure::Unavailable(message) => Halt {
-                code: "upstream_unavailable",
+                code: ImportErrorCode::UpstreamUnavailable,
                 message: format!("the credential could not be renewed: {message}"),
             },
         }
@@ -1087,7 +1080,7 @@ struct Held {
     /// Moves at each renewal, so a stream refused with an older credential takes the newer one.
     generation: u64,
     in_a_row: u32,
-    refused: Option<(&'static str, String)>,
+    refused: Option<(ImportErrorCode, String)>,
 }
 
 impl<'a> Keeper<'a> {
@@ -1121,7 +1114,7 @@ impl<'a> Keeper<'a> {
     /// renewed in this step, when it has expired).
     async fn fresh(&self) -> Result<(Arc<Credential>, u64), Halt> {
         let mut held = self.held.lock().await;
-        let now = (self.importer.clock)();
+        let now = self.importer.clock.now_ms();
         let margin = if held.generation == 0 {
             RENEW_MARGIN_MS
         } else {
@@ -1150,7 +1143,7 @@ impl<'a> Keeper<'a> {
     async fn renew_held(&self, held: &mut Held) -> Result<(), Halt> {
         if let Some((code, message)) = &held.refused {
             return Err(Halt {
-                code,
+                code: *code,
                 message: message.clone(),
             });
         }
@@ -1159,12 +1152,12 @@ impl<'a> Keeper<'a> {
         };
         if held.in_a_row >= MAX_RENEWALS_IN_A_ROW {
             return Err(Halt {
-                code: "auth_expired",
+                code: ImportErrorCode::AuthExpired,
                 message: "the source refused freshly renewed tokens: connect again".into(),
             });
         }
         held.in_a_row += 1;
-        let now = (self.importer.clock)();
+        let now = self.importer.clock.now_ms();
         match session.renew(&held.credential, now).await {
             Ok(fields) => {
                 match self
@@ -1175,7 +1168,7 @@ impl<'a> Keeper<'a> {
                     Ok(true) => {}
                     Ok(false) => {
                         return Err(Halt {
-                            code: "auth_expired",
+                            code: ImportErrorCode::AuthExpired,
                             message: "the connection changed during the import: start it again"
                                 .into(),
                         });
@@ -1183,7 +1176,7 @@ impl<'a> Keeper<'a> {
                     Err(e) => {
                         tracing::warn!(error = %e, "could not save the renewed credential");
                         return Err(Halt {
-                            code: "auth_expired",
+                            code: ImportErrorCode::AuthExpired,
                             message: "the renewed credential could not be saved".into(),
                         });
                     }
@@ -1195,7 +1188,7 @@ impl<'a> Keeper<'a> {
             }
             Err(failure) => {
                 let halt = Halt::from(failure);
-                if halt.code.starts_with("auth") {
+                if halt.code.is_auth() {
                     held.refused = Some((halt.code, halt.message.clone()));
                 }
                 Err(halt)
@@ -1269,13 +1262,9 @@ impl LeaseTerms {
 }
 
 /// This instance's id in import leases: host, process and start time, unique enough across restarts.
-fn instance_id() -> String {
+fn instance_id(started_ms: i64) -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{host}-{}-{started:x}", std::process::id())
+    format!("{host}-{}-{started_ms:x}", std::process::id())
 }
 
 /// The JSON text of each record, keeping only `id` and the table's declared columns.

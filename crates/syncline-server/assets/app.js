@@ -21,13 +21,22 @@ const STATUS_LABELS = {
   success: "Done",
 };
 
-// Each stable `error_code` of an import, in words (docs/protocol.md, "Imports").
+// Each stable `error_code` of an import, in words (docs/protocol.md, "Imports"); every code has one (the
+// server's `every_import_error_code_has_a_dashboard_hint` test checks).
 const ERROR_HINTS = {
   auth_expired: "The service refused the credential (it expired or was revoked): connect again, then press Start.",
   auth_revoked: "The service refused to renew access (the consent was revoked or expired): connect again, then press Start.",
   auth_client_refused: "The service refused this server's app credentials (client_id / client_secret): ask the operator to check them.",
   auth_no_xbox_account: "This Microsoft account has no Xbox profile: sign in once on xbox.com to create one, then connect again.",
   auth_child_account: "This is a child account: an adult must add it to a Microsoft family before it can use Xbox Live.",
+  auth_region_unavailable: "Xbox Live is not available in this account's country or region.",
+  auth_verification_required: "This account must complete adult verification on xbox.com, then connect again.",
+  auth_refused: "The service refused to renew access: connect again, then press Start.",
+  auth_scope_missing: "The service refused the permissions asked for: connect again, then press Start.",
+  auth_npsso_refused: "PlayStation refused the NPSSO: sign in on playstation.com, copy a fresh NPSSO and connect again.",
+  auth_not_configured: "This source's sign-in is not configured (client_id): ask the operator to configure it.",
+  auth_unsupported: "This source cannot sign in this way: connect it with its credential form.",
+  auth_misconfigured: "This source's sign-in configuration is not usable: ask the operator to check it.",
   profile_private:
     "The profile's privacy settings hide this: make the game details (Steam) or gaming activity (PlayStation) public, then press Start.",
   missing_permission:

@@ -7,20 +7,17 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
+use syncline_core::ErrorCode;
+use syncline_core::headers::{DEVICE as DEVICE_HEADER, OUTBOX_PENDING as OUTBOX_HEADER};
 use syncline_store::{ACTIVITY_BUCKET_MS, SyncActivity, SyncKind, WriteOutcome};
 
-use crate::app::{ApiQuery, AppState, User, blocking, now_ms};
+use crate::app::{ApiQuery, AppState, User, blocking};
 use crate::error::ApiError;
-
-/// The request header naming the device (any stable id the client picks, 1–128 visible ASCII characters).
-pub const DEVICE_HEADER: &str = "syncline-device";
-/// The request header carrying how many operations wait in the client's outbox.
-pub const OUTBOX_HEADER: &str = "syncline-outbox-pending";
 
 /// Users the admin overview lists at most (the most recently active).
 const OVERVIEW_USERS: usize = 200;
@@ -49,8 +46,8 @@ impl ClientReport {
                     || text.len() > 128
                     || !text.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
                 {
-                    return Err(ApiError::bad_request(
-                        "invalid_device",
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidDevice,
                         "Syncline-Device must be 1-128 visible ASCII characters",
                     ));
                 }
@@ -64,8 +61,8 @@ impl ClientReport {
                     .ok()
                     .and_then(|t| t.trim().parse::<u64>().ok())
                     .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid_outbox_pending",
+                        ApiError::new(
+                            ErrorCode::InvalidOutboxPending,
                             "Syncline-Outbox-Pending must be a whole number",
                         )
                     })?,
@@ -77,10 +74,10 @@ impl ClientReport {
         })
     }
 
-    fn activity(&self, kind: SyncKind, records: u64) -> SyncActivity<'_> {
+    fn activity(&self, kind: SyncKind, records: u64, at_ms: i64) -> SyncActivity<'_> {
         SyncActivity {
             kind,
-            at_ms: now_ms(),
+            at_ms,
             device: self.device.as_deref(),
             outbox_pending: self.outbox_pending,
             records,
@@ -92,7 +89,11 @@ impl ClientReport {
 
     /// Records a finished pull. Call from a blocking thread.
     pub(crate) fn pulled(&self, state: &AppState, user: &str, records: u64) {
-        record(state, user, &self.activity(SyncKind::Pull, records));
+        record(
+            state,
+            user,
+            &self.activity(SyncKind::Pull, records, state.clock.now_ms()),
+        );
     }
 
     /// Records a push or bulk write: what it applied, the invalid records it left out (`rejected`, with a
@@ -105,7 +106,7 @@ impl ClientReport {
         rejected: u64,
         first_rejection: Option<String>,
     ) {
-        let mut activity = self.activity(SyncKind::Push, 0);
+        let mut activity = self.activity(SyncKind::Push, 0, state.clock.now_ms());
         let message;
         match outcome {
             WriteOutcome::Applied { summary, .. } => {
@@ -134,7 +135,7 @@ impl ClientReport {
     pub(crate) fn refused(&self, state: &AppState, user: &str, rejected: u64, first: String) {
         let message =
             format!("a bulk write of {rejected} invalid row(s) was refused (422); first: {first}");
-        let mut activity = self.activity(SyncKind::Push, 0);
+        let mut activity = self.activity(SyncKind::Push, 0, state.clock.now_ms());
         activity.rejected = rejected;
         activity.rejection = Some(&message);
         record(state, user, &activity);
@@ -157,8 +158,8 @@ impl Window {
     fn since(&self, now: i64) -> Result<i64, ApiError> {
         let hours = self.hours.unwrap_or(24);
         if !(1..=720).contains(&hours) {
-            return Err(ApiError::bad_request(
-                "invalid_request",
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
                 "hours must be between 1 and 720",
             ));
         }
@@ -176,7 +177,7 @@ async fn mine(
     User(user): User,
     ApiQuery(window): ApiQuery<Window>,
 ) -> Result<Response, ApiError> {
-    let now = now_ms();
+    let now = state.clock.now_ms();
     let since = window.since(now)?;
     let st = state.clone();
     let name = user.user.clone();
@@ -204,12 +205,11 @@ async fn overview(
 ) -> Result<Response, ApiError> {
     if !user.admin {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             "this route needs an admin token",
         ));
     }
-    let now = now_ms();
+    let now = state.clock.now_ms();
     let since = window.since(now)?;
     let st = state.clone();
     let (users, imports, buckets) = blocking(move || {
@@ -251,7 +251,7 @@ mod tests {
         for (k, v) in headers {
             map.insert(*k, v.parse().unwrap());
         }
-        ClientReport::from_headers(&map).map_err(|e| e.code)
+        ClientReport::from_headers(&map).map_err(|e| e.code.as_str())
     }
 
     #[test]

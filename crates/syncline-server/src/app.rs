@@ -3,12 +3,12 @@
 //! [`ApiError`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,8 +16,10 @@ use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use syncline_core::headers;
 use syncline_core::{
-    BulkCounts, BulkRequest, PullRequest, PushOutcome, PushRequest, Schema, plan_bulk, plan_push,
+    BulkCounts, BulkRequest, Clock, ErrorCode, PullRequest, PushOutcome, PushRequest, Schema,
+    plan_bulk, plan_push,
 };
 use syncline_store::{IdempotencyKey, PullSink, Store, StoreError, WriteOutcome};
 use tokio::sync::mpsc;
@@ -38,6 +40,8 @@ pub struct AppState {
     pub imports: Arc<syncline_import::Importer>,
     pub config: Arc<Config>,
     pub events: Arc<crate::events::Events>,
+    /// Wall-clock time: the store's timestamps, the dashboard's `now`, garbage collection.
+    pub clock: Arc<dyn Clock>,
     /// Pulls streaming now, per user (`server.max_pulls_per_user`).
     pub(crate) pulls: Arc<PullSlots>,
 }
@@ -79,13 +83,6 @@ impl Drop for PullSlot {
     }
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Builds the router with every route, the metrics middleware and request tracing.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -112,11 +109,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/gc", post(admin_gc))
         .merge(crate::imports::routes())
         .merge(crate::activity::routes())
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "this route does not take that method",
             )
         })
@@ -127,7 +123,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The dashboard, embedded in the binary: no build step, no files to deploy.
 const ASSET_HTML: &str = include_str!("../assets/index.html");
-const ASSET_JS: &str = include_str!("../assets/app.js");
+pub(crate) const ASSET_JS: &str = include_str!("../assets/app.js");
 const ASSET_CSS: &str = include_str!("../assets/app.css");
 
 /// Serves an embedded asset. The page holds a bearer token: scripts and styles come from this server only,
@@ -167,16 +163,16 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     // answer sent whole (every one but a long, streamed pull or an event stream) that includes all its work.
     if let Ok(value) = HeaderValue::from_str(&format!("app;dur={:.3}", elapsed.as_secs_f64() * 1e3))
     {
-        headers.insert(SERVER_TIMING, value);
+        headers.insert(
+            header::HeaderName::from_static(syncline_core::headers::SERVER_TIMING),
+            value,
+        );
     }
     state
         .metrics
         .observe_request(&route, response.status().as_u16(), elapsed.as_secs_f64());
     response
 }
-
-/// The `Server-Timing` response header (W3C Server Timing).
-pub const SERVER_TIMING: header::HeaderName = header::HeaderName::from_static("server-timing");
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
@@ -199,11 +195,9 @@ impl FromRequestParts<AppState> for User {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<User, ApiError> {
-        let unauthorized =
-            |code, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
         let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(unauthorized(
-                "missing_token",
+            return Err(ApiError::new(
+                ErrorCode::MissingToken,
                 "send Authorization: Bearer <token>",
             ));
         };
@@ -216,23 +210,23 @@ impl FromRequestParts<AppState> for User {
             })
             .map(str::trim)
             .ok_or_else(|| {
-                unauthorized(
-                    "invalid_token",
+                ApiError::new(
+                    ErrorCode::InvalidToken,
                     "the Authorization header must be `Bearer <token>`",
                 )
             })?;
         match state.auth.verify(token) {
             Ok(p) => Ok(User(p)),
-            Err(TokenError::Expired) => Err(unauthorized(
-                "token_expired",
+            Err(TokenError::Expired) => Err(ApiError::new(
+                ErrorCode::TokenExpired,
                 "the token has expired; get a new one",
             )),
-            Err(TokenError::Invalid) => Err(unauthorized(
-                "invalid_token",
+            Err(TokenError::Invalid) => Err(ApiError::new(
+                ErrorCode::InvalidToken,
                 "the token is not valid for this server",
             )),
-            Err(TokenError::InvalidSubject) => Err(unauthorized(
-                "invalid_subject",
+            Err(TokenError::InvalidSubject) => Err(ApiError::new(
+                ErrorCode::InvalidSubject,
                 "the token's `sub` must be 1-255 bytes with no control characters",
             )),
         }
@@ -250,8 +244,7 @@ pub(crate) async fn read_body(
     let limit = state.config.server.max_body_bytes;
     let too_large = || {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the body is larger than {limit} bytes"),
         )
     };
@@ -269,8 +262,7 @@ pub(crate) async fn read_body(
     );
     let Ok(collected) = read.await else {
         return Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+            ErrorCode::RequestTimeout,
             format!(
                 "the body did not arrive within {} s",
                 state.config.server.body_read_timeout_secs
@@ -286,8 +278,8 @@ pub(crate) async fn read_body(
         {
             Err(too_large())
         }
-        Err(_) => Err(ApiError::bad_request(
-            "invalid_request",
+        Err(_) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             "the body could not be read",
         )),
     }
@@ -297,8 +289,8 @@ pub(crate) async fn read_body(
 /// request type ignores, which serde_json alone would skip unchecked.
 pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        ApiError::bad_request(
-            "malformed_json",
+        ApiError::new(
+            ErrorCode::MalformedJson,
             format!(
                 "the body is not valid UTF-8 (at byte {}); JSON is UTF-8",
                 e.valid_up_to()
@@ -318,7 +310,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Api
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))
     }
 }
 
@@ -332,7 +324,7 @@ impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> 
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| ApiPath(p.0))
-            .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidPath, e.body_text()))
     }
 }
 
@@ -341,7 +333,7 @@ fn idempotency_key(
     route: &str,
     body: &[u8],
 ) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let Some(value) = headers.get(headers::IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
     let key = value.to_str().unwrap_or_default();
@@ -351,8 +343,8 @@ fn idempotency_key(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
     if !valid {
-        return Err(ApiError::bad_request(
-            "invalid_idempotency_key",
+        return Err(ApiError::new(
+            ErrorCode::InvalidIdempotencyKey,
             "Idempotency-Key must be 1-128 characters from [A-Za-z0-9_.:-]",
         ));
     }
@@ -382,22 +374,26 @@ fn check_count(state: &AppState, n: usize) -> Result<(), ApiError> {
         return Ok(());
     }
     Err(ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "too_many_records",
+        ErrorCode::TooManyRecords,
         format!("{n} records in one request; at most {limit} are allowed: split it"),
     ))
 }
 
-/// Applies a planned batch in one store transaction, then tells the user's other devices (on any
-/// instance) when something changed.
+/// Applies a planned batch in one store transaction, has `record` note it in the sync activity, then tells
+/// the user's other devices (on any instance) when something changed. In that order: a dashboard that
+/// refreshes on the event must find the push's activity (its device, its outbox) already there.
 fn write_and_announce(
     state: &AppState,
     user: &str,
     batch: &syncline_core::WriteBatch<'_>,
     key: Option<&IdempotencyKey>,
     respond: &dyn Fn(&syncline_store::WriteSummary) -> String,
+    record: impl FnOnce(&WriteOutcome),
 ) -> Result<WriteOutcome, ApiError> {
-    let outcome = state.store.write(user, batch, key, now_ms(), respond)?;
+    let outcome = state
+        .store
+        .write(user, batch, key, state.clock.now_ms(), respond)?;
+    record(&outcome);
     announce(state, user, &outcome);
     Ok(outcome)
 }
@@ -419,7 +415,7 @@ fn write_response(
                     HeaderValue::from_static("application/json"),
                 ),
                 (
-                    header::HeaderName::from_static("idempotent-replayed"),
+                    header::HeaderName::from_static(headers::IDEMPOTENT_REPLAYED),
                     HeaderValue::from_static("true"),
                 ),
             ],
@@ -430,8 +426,7 @@ fn write_response(
             Metrics::add(&state.metrics.push_conflicts, 1);
             let n: usize = conflicts.values().map(Vec::len).sum();
             ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
+                ErrorCode::Conflict,
                 format!(
                     "{n} record(s) changed on the server since lastPulledAt; pull, then push again"
                 ),
@@ -487,12 +482,12 @@ async fn push(
             })
             .unwrap_or_default()
         };
-        let outcome = write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond)?;
         let first = rejected
             .first()
             .map(|r| format!("{}/{}: {}", r.table, r.id, r.message));
-        report.pushed(&st, &user.user, &outcome, rejected.len() as u64, first);
-        Ok(outcome)
+        write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond, |outcome| {
+            report.pushed(&st, &user.user, outcome, rejected.len() as u64, first)
+        })
     })
     .await?;
     Ok(write_response(outcome, &state, applied_count))
@@ -531,9 +526,9 @@ async fn bulk(
             })
             .unwrap_or_default()
         };
-        let outcome = write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond)?;
-        report.pushed(&st, &user.user, &outcome, 0, None);
-        Ok(outcome)
+        write_and_announce(&st, &user.user, &batch, key.as_ref(), &respond, |outcome| {
+            report.pushed(&st, &user.user, outcome, 0, None)
+        })
     })
     .await?;
     Ok(write_response(outcome, &state, applied_count))
@@ -567,23 +562,22 @@ async fn pull(
     if let Some(limit) = request.limit
         && !(1..=max).contains(&limit)
     {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             format!("limit must be between 1 and {max}"),
         )
         .with("maxLimit", json!(max)));
     }
     if request.last_pulled_at.is_some_and(|t| t < 0) {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             "lastPulledAt must be null or a positive sequence",
         ));
     }
     let max = state.config.server.max_pulls_per_user;
     let Some(slot) = state.pulls.take(&user.user, max) else {
         return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_pulls",
+            ErrorCode::TooManyPulls,
             format!("{max} pulls of this user are streaming already; retry when one has finished"),
         )
         .retry_after(1));
@@ -647,8 +641,7 @@ async fn me(State(state): State<AppState>, User(user): User) -> Result<Response,
 async fn admin_gc(State(state): State<AppState>, User(user): User) -> Result<Response, ApiError> {
     if !user.admin {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             "this route needs an admin token",
         ));
     }
@@ -663,7 +656,7 @@ const ACTIVITY_RETENTION_MS: i64 = 30 * 86_400_000;
 pub async fn run_gc(state: &AppState) -> Result<syncline_store::GcStats, ApiError> {
     let st = state.clone();
     blocking(move || {
-        let now = now_ms();
+        let now = st.clock.now_ms();
         let retention = (st.config.sync.tombstone_retention_days * 86_400_000.0) as i64;
         let ttl = (st.config.sync.idempotency_ttl_hours * 3_600_000.0) as i64;
         let stats = st.store.collect_garbage(now - retention, now - ttl)?;

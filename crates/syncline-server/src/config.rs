@@ -65,7 +65,7 @@ impl Default for ServerSection {
             body_read_timeout_secs: 60.0,
             keep_alive_timeout_secs: 30.0,
             write_timeout_secs: 30.0,
-            max_connections: 512,
+            max_connections: 16_384,
             max_pulls_per_user: 16,
         }
     }

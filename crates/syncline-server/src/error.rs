@@ -1,10 +1,11 @@
 //! Errors: `ServerError` for starting the server, and `ApiError`, the JSON error every route answers with:
-//! a stable `code`, the right HTTP status, a message for a person, and never an internal detail.
+//! a stable `code`, the HTTP status that code goes with (`ErrorCode::status`, the one mapping), a message for
+//! a person, and never an internal detail.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use syncline_core::CoreError;
+use syncline_core::{CoreError, ErrorCode};
 use syncline_store::StoreError;
 
 /// Why the server could not start.
@@ -24,11 +25,11 @@ pub enum ServerError {
     },
 }
 
-/// An error answer: status, stable code, message, and optional extra fields (conflicts, row errors).
+/// An error answer: stable code (which decides the status), message, and optional extra fields (conflicts,
+/// row errors).
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub extra: Option<(&'static str, Value)>,
     /// Answer with `Connection: close` (the request was not read whole, so the connection cannot be reused).
@@ -38,9 +39,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
-            status,
             code,
             message: message.into(),
             extra: None,
@@ -61,14 +61,14 @@ impl ApiError {
         self
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    /// The HTTP status of this answer: the one its code goes with.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     pub fn internal() -> ApiError {
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "internal error; the request was not applied",
         )
     }
@@ -82,11 +82,12 @@ impl ApiError {
     pub fn from_json(e: &serde_json::Error) -> ApiError {
         use serde_json::error::Category;
         match e.classify() {
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
-            }
-            Category::Data => ApiError::bad_request(
-                "invalid_request",
+            Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+                ErrorCode::MalformedJson,
+                format!("the body is not valid JSON: {e}"),
+            ),
+            Category::Data => ApiError::new(
+                ErrorCode::InvalidRequest,
                 format!("the body has the wrong shape: {e}"),
             ),
         }
@@ -96,18 +97,17 @@ impl ApiError {
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> ApiError {
         match e {
-            CoreError::UnknownTable(_) => ApiError::bad_request("unknown_table", e.to_string()),
-            CoreError::InvalidId { .. } => ApiError::bad_request("invalid_id", e.to_string()),
+            CoreError::UnknownTable(_) => ApiError::new(ErrorCode::UnknownTable, e.to_string()),
+            CoreError::InvalidId { .. } => ApiError::new(ErrorCode::InvalidId, e.to_string()),
             CoreError::InvalidRows(rows) => {
                 let n = rows.len();
                 ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_rows",
+                    ErrorCode::InvalidRows,
                     format!("{n} invalid row(s); nothing was applied"),
                 )
                 .with("errors", serde_json::to_value(rows).unwrap_or_default())
             }
-            other => ApiError::bad_request("invalid_request", other.to_string()),
+            other => ApiError::new(ErrorCode::InvalidRequest, other.to_string()),
         }
     }
 }
@@ -116,29 +116,24 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::IdempotencyKeyReused => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
+                ErrorCode::IdempotencyKeyReused,
                 "this Idempotency-Key was already used for a different request",
             ),
             StoreError::Busy => {
                 tracing::warn!("every database connection stayed busy for the acquire timeout");
-                let mut e = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "storage_busy",
+                ApiError::new(
+                    ErrorCode::StorageBusy,
                     "the server is busy (every database connection is in use); nothing was applied, retry later",
-                );
-                e.retry_after = Some(1);
-                e
+                )
+                .retry_after(1)
             }
             StoreError::Unavailable(detail) => {
                 tracing::warn!(%detail, "the database is unavailable");
-                let mut e = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "storage_unavailable",
+                ApiError::new(
+                    ErrorCode::StorageUnavailable,
                     "the database is unavailable (restarting?); retry later",
-                );
-                e.retry_after = Some(5);
-                e
+                )
+                .retry_after(5)
             }
             other => {
                 tracing::error!(error = %other, "storage error");
@@ -150,13 +145,14 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({"code": self.code, "message": self.message});
+        let status = self.status();
+        let mut body = json!({"code": self.code.as_str(), "message": self.message});
         if let Some((key, value)) = self.extra {
             body[key] = value;
         }
         use axum::http::{HeaderValue, header};
         let mut response = (
-            self.status,
+            status,
             [(header::CONTENT_TYPE, "application/json")],
             body.to_string(),
         )

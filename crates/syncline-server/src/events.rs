@@ -12,14 +12,16 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::State;
-use axum::response::sse::{Event as SseEvent, Sse};
-use futures_util::Stream;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use syncline_store::{Notifier, StorageUrl};
 
 use crate::app::{AppState, User};
-use crate::fanout::{Hub, Next};
+use crate::fanout::Hub;
 
 /// One notification for one user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +61,7 @@ impl Events {
             url,
             Box::new(move |payload| {
                 if let Ok(event) = serde_json::from_str::<Event>(payload) {
-                    relay.send(event);
+                    relay.send(&event);
                 }
             }),
         )?;
@@ -75,7 +77,7 @@ impl Events {
                     tracing::warn!(error = %e, "could not publish an event");
                 }
             }
-            None => self.local.send(event),
+            None => self.local.send(&event),
         }
     }
 
@@ -95,25 +97,25 @@ impl Events {
 }
 
 /// `GET /v1/events`: the caller's events as Server-Sent Events (admins get everyone's), with keep-alives.
-/// A stream holds its subscription and a shared pulse, nothing else: no timer, no buffer of its own.
-pub async fn stream(
-    State(state): State<AppState>,
-    User(user): User,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+/// A stream holds its subscription, nothing else: no timer, no buffer of its own; each frame it sends is
+/// the one shared by every listener of that event.
+pub async fn stream(State(state): State<AppState>, User(user): User) -> Response {
     let subscription = state.events.local.subscribe(&user.user, user.admin);
-    let ready = SseEvent::default()
-        .event("ready")
-        .data(format!("{{\"user\":{}}}", serde_json::json!(user.user)));
+    let ready = crate::fanout::frame(
+        "ready",
+        &serde_json::json!({ "user": user.user }).to_string(),
+    );
     let updates = futures_util::stream::unfold(subscription, |mut subscription| async move {
-        let out = match subscription.next().await {
-            Next::Event(e) => SseEvent::default().event(&e.kind).data(&e.data),
-            // Fell behind: tell the client to pull, which catches up on everything.
-            Next::Lagged => SseEvent::default().event("changes").data("{}"),
-            Next::KeepAlive => SseEvent::default().comment("keep-alive"),
-            Next::Closed => return None,
-        };
-        Some((Ok(out), subscription))
+        let frame = subscription.next().await?;
+        Some((Ok::<_, Infallible>(frame), subscription))
     });
-    use futures_util::StreamExt;
-    Sse::new(futures_util::stream::iter([Ok(ready)]).chain(updates))
+    let body = Body::from_stream(futures_util::stream::iter([Ok(ready)]).chain(updates));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }

@@ -1,40 +1,71 @@
 //! The in-process fan-out behind `GET /v1/events`: one small broadcast channel per user that has a stream
 //! open, created with its first stream and removed with its last, plus one channel for admin streams (which
 //! hear everyone). A change therefore wakes only the streams of its own user and the admins, never the
-//! thousands of idle streams of other users. Keep-alives and shutdown reach every stream through one shared
-//! `watch` pulse, so an idle stream owns no timer of its own.
+//! thousands of idle streams of other users.
+//!
+//! What travels is the finished Server-Sent Events frame, serialised once per event into one shared
+//! [`Bytes`]: a listener clones a reference to it and hands it to its connection, with no allocation or
+//! serialisation of its own. Keep-alives and the shutdown travel through the same channels, so a stream
+//! waits on one thing only and owns no timer (one task for the whole instance sends the keep-alives).
 //!
 //! It must never block on a slow reader: broadcast channels drop what a lagging stream missed, and the
 //! stream turns the gap into a plain `changes` hint (a pull catches up on everything).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, watch};
+use bytes::Bytes;
+use tokio::sync::broadcast;
 
 use crate::events::Event;
 
-/// Events a user's channel holds for a stream that is behind. Small on purpose: every user with a stream
+/// Messages a user's channel holds for a stream that is behind. Small on purpose: every user with a stream
 /// open has one, and a stream that falls further behind is told to pull instead.
-const PER_USER_CAPACITY: usize = 16;
+const PER_USER_CAPACITY: usize = 8;
 /// The admin channel is shared by every admin stream and hears every user.
 const ADMIN_CAPACITY: usize = 1024;
 /// How often every open stream sends a keep-alive comment.
 pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// What every stream hears at once: a keep-alive tick, or the server stopping.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Pulse {
-    pub ticks: u64,
-    pub closed: bool,
+/// The keep-alive comment.
+const KEEP_ALIVE_FRAME: &[u8] = b": keep-alive\n\n";
+/// What a stream that fell behind sends instead of the events it lost: pull, and catch up on everything.
+const CHANGES_HINT_FRAME: &[u8] = b"event: changes\ndata: {}\n\n";
+
+/// One event as a Server-Sent Events frame (HTML standard, "server-sent events": `event:` names it, each
+/// line of the data is a `data:` line, a blank line ends it).
+pub(crate) fn frame(kind: &str, data: &str) -> Bytes {
+    debug_assert!(!kind.contains(['\r', '\n']), "an event name is one line");
+    let mut out = String::with_capacity(kind.len() + data.len() + 16);
+    out.push_str("event: ");
+    out.push_str(kind);
+    out.push('\n');
+    for line in data.replace("\r\n", "\n").split(['\r', '\n']) {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+/// What goes down a channel.
+#[derive(Debug, Clone)]
+enum Message {
+    /// A finished frame, shared by every stream that hears it.
+    Frame(Bytes),
+    /// The server is stopping.
+    Close,
 }
 
 /// The streams of one instance.
 pub(crate) struct Hub {
-    users: Mutex<HashMap<Box<str>, broadcast::Sender<Arc<Event>>>>,
-    admins: broadcast::Sender<Arc<Event>>,
-    pulse: watch::Sender<Pulse>,
+    /// The channels of the users with a stream open; also guards `closed` against a racing subscribe.
+    users: Mutex<HashMap<Box<str>, broadcast::Sender<Message>>>,
+    admins: broadcast::Sender<Message>,
+    closed: AtomicBool,
     ticker: std::sync::Once,
 }
 
@@ -43,30 +74,48 @@ impl Hub {
         Arc::new(Hub {
             users: Mutex::new(HashMap::new()),
             admins: broadcast::channel(ADMIN_CAPACITY).0,
-            pulse: watch::Sender::new(Pulse::default()),
+            closed: AtomicBool::new(false),
             ticker: std::sync::Once::new(),
         })
     }
 
-    /// Delivers an event to its user's streams and to the admin streams. Never blocks on a reader.
-    pub(crate) fn send(&self, event: Event) {
-        let event = Arc::new(event);
-        if self.admins.receiver_count() > 0 {
-            let _ = self.admins.send(event.clone());
+    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, broadcast::Sender<Message>>> {
+        self.users.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Delivers an event to its user's streams and to the admin streams, serialised once for all of
+    /// them. Never blocks on a reader.
+    pub(crate) fn send(&self, event: &Event) {
+        let admins = self.admins.receiver_count() > 0;
+        let users = self.users();
+        let sender = users.get(event.user.as_str());
+        if sender.is_none() && !admins {
+            return;
         }
-        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = users.get(event.user.as_str()) {
-            let _ = sender.send(event);
+        let message = Message::Frame(frame(&event.kind, &event.data));
+        if let Some(sender) = sender {
+            let _ = sender.send(message.clone());
+        }
+        drop(users);
+        if admins {
+            let _ = self.admins.send(message);
         }
     }
 
     /// A new stream for `user` (every user's events when `admin`).
     pub(crate) fn subscribe(self: &Arc<Hub>, user: &str, admin: bool) -> Subscription {
         self.start_ticker();
+        let mut users = self.users();
+        if self.closed.load(Ordering::Acquire) {
+            return Subscription {
+                receiver: None,
+                user: None,
+                hub: std::sync::Weak::new(),
+            };
+        }
         let receiver = if admin {
             self.admins.subscribe()
         } else {
-            let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
             match users.get(user) {
                 Some(sender) => sender.subscribe(),
                 None => {
@@ -78,7 +127,6 @@ impl Hub {
         };
         Subscription {
             receiver: Some(receiver),
-            pulse: self.pulse.subscribe(),
             user: (!admin).then(|| user.into()),
             hub: Arc::downgrade(self),
         }
@@ -87,15 +135,32 @@ impl Hub {
     /// Users with at least one stream open (their channels exist).
     #[cfg(test)]
     fn users_listening(&self) -> usize {
-        self.users.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.users().len()
     }
 
-    /// Ends every open stream.
+    /// Sends `message` to every open stream.
+    fn broadcast(&self, message: Message) {
+        let users = self.users();
+        for sender in users.values() {
+            let _ = sender.send(message.clone());
+        }
+        let _ = self.admins.send(message);
+    }
+
+    /// Sends every open stream a keep-alive comment.
+    fn keep_alive(&self) {
+        self.broadcast(Message::Frame(Bytes::from_static(KEEP_ALIVE_FRAME)));
+    }
+
+    /// Ends every open stream, and every stream opened from now on.
     pub(crate) fn close(&self) {
-        self.pulse.send_modify(|p| p.closed = true);
+        let users = self.users();
+        self.closed.store(true, Ordering::Release);
+        drop(users);
+        self.broadcast(Message::Close);
     }
 
-    /// One task for the whole instance sends the keep-alive ticks; it ends with the hub.
+    /// One task for the whole instance sends the keep-alives; it ends with the hub.
     fn start_ticker(self: &Arc<Hub>) {
         self.ticker.call_once(|| {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -109,10 +174,10 @@ impl Hub {
                 loop {
                     interval.tick().await;
                     let Some(hub) = hub.upgrade() else { return };
-                    if hub.pulse.borrow().closed {
+                    if hub.closed.load(Ordering::Acquire) {
                         return;
                     }
-                    hub.pulse.send_modify(|p| p.ticks += 1);
+                    hub.keep_alive();
                 }
             });
         });
@@ -121,44 +186,25 @@ impl Hub {
 
 /// One open stream's end of the hub. Dropping the last stream of a user removes the user's channel.
 pub(crate) struct Subscription {
-    receiver: Option<broadcast::Receiver<Arc<Event>>>,
-    pulse: watch::Receiver<Pulse>,
+    receiver: Option<broadcast::Receiver<Message>>,
     user: Option<Box<str>>,
     hub: std::sync::Weak<Hub>,
 }
 
-/// What a stream should send next.
-pub(crate) enum Next {
-    Event(Arc<Event>),
-    /// The stream fell behind and lost events: a pull catches up on everything.
-    Lagged,
-    KeepAlive,
-    /// The server is stopping.
-    Closed,
-}
-
 impl Subscription {
-    pub(crate) async fn next(&mut self) -> Next {
-        if self.pulse.borrow_and_update().closed {
-            return Next::Closed;
-        }
-        let Some(receiver) = self.receiver.as_mut() else {
-            return Next::Closed;
-        };
-        enum Woke {
-            Pulse(bool),
-            Received(Result<Arc<Event>, broadcast::error::RecvError>),
-        }
-        let woke = tokio::select! {
-            changed = self.pulse.changed() => Woke::Pulse(changed.is_ok()),
-            received = receiver.recv() => Woke::Received(received),
-        };
-        match woke {
-            Woke::Pulse(true) if !self.pulse.borrow_and_update().closed => Next::KeepAlive,
-            Woke::Pulse(_) => Next::Closed,
-            Woke::Received(Ok(event)) => Next::Event(event),
-            Woke::Received(Err(broadcast::error::RecvError::Lagged(_))) => Next::Lagged,
-            Woke::Received(Err(broadcast::error::RecvError::Closed)) => Next::Closed,
+    /// The next frame to send: an event, a keep-alive, or a `changes` hint when the stream fell behind and
+    /// lost events. `None` once the server is stopping.
+    pub(crate) async fn next(&mut self) -> Option<Bytes> {
+        let receiver = self.receiver.as_mut()?;
+        match receiver.recv().await {
+            Ok(Message::Frame(frame)) => Some(frame),
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                Some(Bytes::from_static(CHANGES_HINT_FRAME))
+            }
+            Ok(Message::Close) | Err(broadcast::error::RecvError::Closed) => {
+                self.receiver = None;
+                None
+            }
         }
     }
 }
@@ -169,7 +215,7 @@ impl Drop for Subscription {
         let (Some(user), Some(hub)) = (self.user.take(), self.hub.upgrade()) else {
             return;
         };
-        let mut users = hub.users.lock().unwrap_or_else(|e| e.into_inner());
+        let mut users = hub.users();
         if users.get(&user).is_some_and(|s| s.receiver_count() == 0) {
             users.remove(&user);
         }
@@ -188,14 +234,43 @@ mod tests {
         }
     }
 
-    async fn next_event(s: &mut Subscription) -> Option<String> {
+    /// The next frame as text, `closed` at the end, `None` when nothing comes.
+    async fn next_frame(s: &mut Subscription) -> Option<String> {
         match tokio::time::timeout(Duration::from_millis(200), s.next()).await {
-            Ok(Next::Event(e)) => Some(format!("{}:{}", e.user, e.data)),
-            Ok(Next::Lagged) => Some("lagged".into()),
-            Ok(Next::KeepAlive) => Some("keep-alive".into()),
-            Ok(Next::Closed) => Some("closed".into()),
+            Ok(Some(frame)) => Some(String::from_utf8(frame.to_vec()).unwrap()),
+            Ok(None) => Some("closed".into()),
             Err(_) => None,
         }
+    }
+
+    /// The frames up to the end of the stream, which must come within the helper's wait.
+    async fn until_closed(s: &mut Subscription) -> Vec<String> {
+        let mut frames = Vec::new();
+        loop {
+            match next_frame(s).await {
+                Some(f) if f == "closed" => return frames,
+                Some(f) => frames.push(f),
+                None => panic!("the stream did not end; it sent {frames:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_has_one_data_line_per_line_of_data() {
+        let check = |kind, data, expected: &str| {
+            assert_eq!(frame(kind, data), Bytes::from(expected.to_string()));
+        };
+        check(
+            "changes",
+            "{\"sequence\":7}",
+            "event: changes\ndata: {\"sequence\":7}\n\n",
+        );
+        check(
+            "import",
+            "a\r\nb\rc\nd",
+            "event: import\ndata: a\ndata: b\ndata: c\ndata: d\n\n",
+        );
+        check("changes", "", "event: changes\ndata: \n\n");
     }
 
     #[tokio::test]
@@ -205,12 +280,12 @@ mod tests {
         let mut alice2 = hub.subscribe("alice", false);
         let mut bob = hub.subscribe("bob", false);
         let mut admin = hub.subscribe("root", true);
-        hub.send(event("alice", 7));
-        let seven = Some("alice:{\"sequence\":7}".to_string());
-        assert_eq!(next_event(&mut alice).await, seven);
-        assert_eq!(next_event(&mut alice2).await, seven);
-        assert_eq!(next_event(&mut admin).await, seven);
-        assert_eq!(next_event(&mut bob).await, None);
+        hub.send(&event("alice", 7));
+        let seven = Some("event: changes\ndata: {\"sequence\":7}\n\n".to_string());
+        assert_eq!(next_frame(&mut alice).await, seven);
+        assert_eq!(next_frame(&mut alice2).await, seven);
+        assert_eq!(next_frame(&mut admin).await, seven);
+        assert_eq!(next_frame(&mut bob).await, None);
     }
 
     #[tokio::test]
@@ -224,18 +299,42 @@ mod tests {
         assert_eq!(hub.users_listening(), 1);
         drop(b);
         assert_eq!(hub.users_listening(), 0);
-        hub.send(event("alice", 1)); // nobody listens: dropped quietly
+        hub.send(&event("alice", 1)); // nobody of alice's listens: the admin alone hears it
     }
 
     #[tokio::test]
     async fn a_stream_that_falls_behind_is_told_to_pull_and_close_ends_every_stream() {
         let hub = Hub::new();
         let mut s = hub.subscribe("alice", false);
+        let mut admin = hub.subscribe("root", true);
         for n in 0..(PER_USER_CAPACITY as i64 + 5) {
-            hub.send(event("alice", n));
+            hub.send(&event("alice", n));
         }
-        assert_eq!(next_event(&mut s).await.as_deref(), Some("lagged"));
+        assert_eq!(
+            next_frame(&mut s).await.as_deref(),
+            Some("event: changes\ndata: {}\n\n")
+        );
         hub.close();
-        assert_eq!(next_event(&mut s).await.as_deref(), Some("closed"));
+        // What was sent before the close still arrives, then the stream ends.
+        let rest = until_closed(&mut s).await;
+        assert!(
+            rest.iter().all(|f| f.starts_with("event: changes")),
+            "{rest:?}"
+        );
+        assert_eq!(until_closed(&mut admin).await.len(), PER_USER_CAPACITY + 5);
+        assert_eq!(next_frame(&mut admin).await.as_deref(), Some("closed"));
+        let mut late = hub.subscribe("carol", false);
+        assert_eq!(next_frame(&mut late).await.as_deref(), Some("closed"));
+    }
+
+    #[tokio::test]
+    async fn every_stream_hears_the_keep_alive() {
+        let hub = Hub::new();
+        let mut alice = hub.subscribe("alice", false);
+        let mut admin = hub.subscribe("root", true);
+        hub.keep_alive();
+        let comment = Some(": keep-alive\n\n");
+        assert_eq!(next_frame(&mut alice).await.as_deref(), comment);
+        assert_eq!(next_frame(&mut admin).await.as_deref(), comment);
     }
 }

@@ -11,9 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
+use syncline_core::ErrorCode;
 use syncline_import::{ImportError, RunnerMode};
 
-use crate::app::{ApiPath, ApiQuery, AppState, User, blocking, now_ms, parse_json, read_body};
+use crate::app::{ApiPath, ApiQuery, AppState, User, blocking, parse_json, read_body};
 use crate::error::ApiError;
 
 /// The import routes, merged into the main router.
@@ -32,38 +33,21 @@ pub(crate) fn routes() -> Router<AppState> {
 impl From<ImportError> for ApiError {
     fn from(e: ImportError) -> ApiError {
         match e {
-            ImportError::UnknownSource(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "unknown_source", e.to_string())
-            }
-            ImportError::NoConnection(_) => {
-                ApiError::new(StatusCode::CONFLICT, "no_connection", e.to_string())
-            }
+            ImportError::UnknownSource(_) => ApiError::new(ErrorCode::UnknownSource, e.to_string()),
+            ImportError::NoConnection(_) => ApiError::new(ErrorCode::NoConnection, e.to_string()),
             ImportError::Sealed => ApiError::new(
-                StatusCode::CONFLICT,
-                "connection_unreadable",
+                ErrorCode::ConnectionUnreadable,
                 "the stored connection cannot be opened: connect again",
             ),
-            ImportError::InvalidCredential(m) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_credential", m)
-            }
+            ImportError::InvalidCredential(m) => ApiError::new(ErrorCode::InvalidCredential, m),
             ImportError::Refused { code, message } => {
-                // A sign-in service we could not talk to securely is an upstream failure, not bad input.
-                let status = if code == "tls_failed" {
-                    StatusCode::BAD_GATEWAY
-                } else {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                };
-                ApiError::new(status, code, message)
+                ApiError::new(ErrorCode::for_refused_connection(code), message)
             }
-            ImportError::Unavailable(_) => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream_unavailable",
-                e.to_string(),
-            ),
-            ImportError::NoConsentFlow(_) => {
-                ApiError::new(StatusCode::CONFLICT, "no_consent_flow", e.to_string())
+            ImportError::Unavailable(_) => {
+                ApiError::new(ErrorCode::UpstreamUnavailable, e.to_string())
             }
-            ImportError::ConsentState(m) => ApiError::bad_request("invalid_state", m),
+            ImportError::NoConsentFlow(_) => ApiError::new(ErrorCode::NoConsentFlow, e.to_string()),
+            ImportError::ConsentState(m) => ApiError::new(ErrorCode::InvalidState, m),
             ImportError::Store(e) => e.into(),
             other => {
                 tracing::error!(error = %other, "import error");
@@ -95,7 +79,7 @@ async fn states(state: &AppState, user: &str, source: &str) -> Result<Value, Api
         "connected": connected,
         "streams": states,
         "outcomes": outcomes,
-        "now": now_ms(),
+        "now": state.clock.now_ms(),
     }))
 }
 
@@ -104,7 +88,7 @@ async fn list(State(state): State<AppState>, User(user): User) -> Result<Respons
     for source in state.imports.source_names() {
         sources.push(states(&state, &user.user, &source).await?);
     }
-    Ok(Json(json!({"now": now_ms(), "sources": sources})).into_response())
+    Ok(Json(json!({"now": state.clock.now_ms(), "sources": sources})).into_response())
 }
 
 async fn start(
@@ -157,8 +141,8 @@ async fn connect(
 ) -> Result<Response, ApiError> {
     let body = read_body(&state, &headers, body).await?;
     let Value::Object(credential) = parse_json::<Value>(&body)? else {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             "send the credential as a JSON object, e.g. {\"access_token\": \"...\"}",
         ));
     };
@@ -182,8 +166,7 @@ async fn connect(
         .collect();
     if !missing.is_empty() {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_credential",
+            ErrorCode::InvalidCredential,
             format!(
                 "a `{source}` credential needs {}: {} missing or empty",
                 join_fields(&fields),
@@ -235,11 +218,11 @@ async fn callback(
 ) -> Result<Response, ApiError> {
     if let Some(error) = query.get("error") {
         let code = if error == "access_denied" {
-            "consent_denied"
+            ErrorCode::ConsentDenied
         } else {
-            "consent_failed"
+            ErrorCode::ConsentFailed
         };
-        return Err(ApiError::bad_request(
+        return Err(ApiError::new(
             code,
             format!(
                 "the service did not grant access ({}): connect again and approve the request",
@@ -248,8 +231,8 @@ async fn callback(
         ));
     }
     let (Some(code), Some(consent_state)) = (query.get("code"), query.get("state")) else {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             "the consent callback needs `code` and `state`",
         ));
     };
@@ -290,8 +273,7 @@ async fn disconnect(
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_connection",
+            ErrorCode::ConnectionNotFound,
             format!("no connection for source `{source}`"),
         ))
     }
@@ -304,5 +286,30 @@ fn join_fields(fields: &[impl AsRef<str>]) -> String {
         None => String::new(),
         Some((last, [])) => last.clone(),
         Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use syncline_core::ImportErrorCode;
+
+    /// The dashboard explains each import `error_code` in words: one hint per code, and no hint for a code
+    /// the importer never sets.
+    #[test]
+    fn every_import_error_code_has_a_dashboard_hint() {
+        let js = crate::app::ASSET_JS;
+        let start = js
+            .find("const ERROR_HINTS = {")
+            .expect("app.js has ERROR_HINTS");
+        let body = &js[start..start + js[start..].find("\n};").expect("ERROR_HINTS ends")];
+        let hinted: std::collections::BTreeSet<&str> = body
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.trim().split_once(':').map(|(key, _)| key))
+            .filter(|key| key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .collect();
+        let codes: std::collections::BTreeSet<&str> =
+            ImportErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(hinted, codes);
     }
 }

@@ -19,7 +19,6 @@ mod serve;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use activity::{DEVICE_HEADER, OUTBOX_HEADER};
 pub use app::{AppState, router};
 pub use auth::{Authenticator, Claims, Principal, TokenError};
 pub use config::{AuthSection, Config, ServerSection, StorageSection, SyncSection};
@@ -60,8 +59,16 @@ pub fn open_store(
     Ok((store, schema))
 }
 
-/// Builds the application state from a configuration.
+/// Builds the application state from a configuration, on the system clock.
 pub fn build_state(config: Config) -> Result<AppState, ServerError> {
+    build_state_with_clock(config, Arc::new(syncline_core::SystemClock))
+}
+
+/// Builds the application state from a configuration, reading wall-clock time from `clock`.
+pub fn build_state_with_clock(
+    config: Config,
+    clock: Arc<dyn syncline_core::Clock>,
+) -> Result<AppState, ServerError> {
     config.server.check()?;
     let auth = Arc::new(Authenticator::from_config(&config.auth)?);
     let url: syncline_store::StorageUrl = config.storage.url.parse()?;
@@ -74,7 +81,7 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
             &config.imports,
             store.clone(),
             schema.clone(),
-            syncline_import::system_clock(),
+            clock.clone(),
         )
         .map_err(|e| ServerError::Config(e.to_string()))?,
     );
@@ -87,14 +94,23 @@ pub fn build_state(config: Config) -> Result<AppState, ServerError> {
         events,
         config: Arc::new(config),
         pulls: Default::default(),
+        clock,
     })
 }
 
 /// Binds `config.server.listen` and serves in the background (with periodic garbage collection).
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    start_with_clock(config, Arc::new(syncline_core::SystemClock)).await
+}
+
+/// [`start`], reading wall-clock time from `clock` (a test moves it by hand).
+pub async fn start_with_clock(
+    config: Config,
+    clock: Arc<dyn syncline_core::Clock>,
+) -> Result<RunningServer, ServerError> {
     let listen = config.server.listen.clone();
     // Opening a store may block (PostgreSQL connects and migrates): keep it off the async workers.
-    let state = tokio::task::spawn_blocking(move || build_state(config))
+    let state = tokio::task::spawn_blocking(move || build_state_with_clock(config, clock))
         .await
         .map_err(|e| ServerError::Config(format!("opening the store failed: {e}")))??;
     let listener = tokio::net::TcpListener::bind(&listen)

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use syncline_core::{Clock, ManualClock, SystemClock};
 use syncline_server::{Config, RunningServer};
 
 const SECRET: &str = "test-secret-test-secret-test-secret";
@@ -35,11 +36,24 @@ impl TestServer {
     /// A server on the storage at `url` (a `sqlite://` or `postgres://` url), with `storage` added to its
     /// `[storage]` section. `extra` holds settings of the `[server]` section (and may open further sections).
     async fn start_on(url: &str, storage: &str, extra: &str, dir: tempfile::TempDir) -> TestServer {
+        TestServer::start_with_clock(url, storage, extra, dir, Arc::new(SystemClock)).await
+    }
+
+    /// [`TestServer::start_on`], with the server's wall-clock time read from `clock`.
+    async fn start_with_clock(
+        url: &str,
+        storage: &str,
+        extra: &str,
+        dir: tempfile::TempDir,
+        clock: Arc<dyn Clock>,
+    ) -> TestServer {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n{extra}\n[storage]\nurl = \"{url}\"\n{storage}\n[auth]\njwt_secret = \"{SECRET}\"\n{SCHEMA}"
         );
         let config = Config::from_toml(&text, []).unwrap();
-        let server = syncline_server::start(config).await.unwrap();
+        let server = syncline_server::start_with_clock(config, clock)
+            .await
+            .unwrap();
         let url = format!("http://{}", server.addr);
         TestServer {
             server: Some(server),
@@ -104,10 +118,7 @@ impl TestServer {
 mod hardening;
 
 fn token_with(user: &str, secret: &str, ttl: i64, extra: Option<Value>) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = syncline_core::Clock::now_ms(&syncline_core::SystemClock) / 1000;
     let mut claims = json!({"sub": user, "exp": now + ttl, "iat": now});
     if let Some(Value::Object(extra)) = extra {
         for (k, v) in extra {
@@ -536,7 +547,18 @@ async fn operational_routes_answer() {
 
 #[tokio::test]
 async fn collected_tombstones_make_old_clients_replace_their_data() {
-    let s = TestServer::start("[sync]\ntombstone_retention_days = 0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    const DAY_MS: i64 = 86_400_000;
+    let clock = Arc::new(ManualClock::new(1_750_000_000_000));
+    let s = TestServer::start_with_clock(
+        &url,
+        "",
+        "[sync]\ntombstone_retention_days = 1",
+        dir,
+        clock.clone(),
+    )
+    .await;
     let (_, a) = s
         .push("alice", 0, projects(&[("p1", "A"), ("p2", "B")]))
         .await;
@@ -547,8 +569,22 @@ async fn collected_tombstones_make_old_clients_replace_their_data() {
         json!({"projects": {"created": [], "updated": [], "deleted": ["p2"]}}),
     )
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let admin = token_with("root", SECRET, 3600, Some(json!({"role": "admin"})));
+    clock.advance(DAY_MS - 60_000);
+    let (_, gc) = s.post("/v1/admin/gc", Some(&admin), "").await;
+    assert_eq!(
+        gc["tombstonesCollected"], 0,
+        "a tombstone younger than the retention stays"
+    );
+    let kept = s.pull("alice", Some(t)).await;
+    assert_eq!(
+        (
+            kept.get("experimentalStrategy"),
+            &kept["changes"]["projects"]["deleted"]
+        ),
+        (None, &json!(["p2"]))
+    );
+    clock.advance(2 * 60_000);
     let (_, gc) = s.post("/v1/admin/gc", Some(&admin), "").await;
     assert_eq!(gc["tombstonesCollected"], 1);
     let stale = s.pull("alice", Some(t)).await;
@@ -752,10 +788,7 @@ async fn public_keys_from_pem_and_jwks_verify_es256_tokens() {
     let private =
         EncodingKey::from_ec_pem(&std::fs::read(dir.path().join("private.pem")).unwrap()).unwrap();
     let public_pem = std::fs::read(dir.path().join("public.pem")).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = (syncline_core::Clock::now_ms(&syncline_core::SystemClock) / 1000) as u64;
     let claims = json!({"sub": "alice", "exp": now + 600});
     let es256 = |kid: Option<&str>| {
         let mut header = Header::new(Algorithm::ES256);
@@ -869,6 +902,7 @@ impl SseReader {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
+        assert_eq!(response.headers()["cache-control"], "no-cache");
         SseReader {
             response,
             buffer: String::new(),
@@ -906,6 +940,14 @@ impl SseReader {
         tokio::time::timeout(std::time::Duration::from_secs(10), read)
             .await
             .expect("an event within 10 s")
+    }
+
+    /// Whether the stream ends within 10 s (whatever it sends before).
+    async fn ends(&mut self) -> bool {
+        let end = async { while let Ok(Some(_)) = self.response.chunk().await {} };
+        tokio::time::timeout(std::time::Duration::from_secs(10), end)
+            .await
+            .is_ok()
     }
 }
 
@@ -965,7 +1007,12 @@ async fn devices_hear_about_new_changes_over_server_sent_events() {
         .await
         .unwrap();
     assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
-    s.stop().await;
+    // Stopping the server ends the open streams instead of waiting on them.
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.stop())
+        .await
+        .expect("the server stopped with streams open");
+    assert!(alice.ends().await, "alice's stream ended");
+    assert!(bob.ends().await, "bob's stream ended");
 }
 
 #[tokio::test]

@@ -6,11 +6,19 @@
 //! what a push may contain): the core crate does, and hands the store validated [`WriteBatch`]es.
 //!
 //! Stores are synchronous; the server calls them from blocking threads.
+//!
+//! Each job is written once and the backends supply only what differs: `apply` (record writes) and `pull`
+//! drive the sync half; `activity` and `imports` implement [`ActivityStore`] and [`ImportStore`] for every
+//! backend over `sql` (a connection seam, typed parameters and rows, and each backend's statement text);
+//! `sqlite/` and `postgres/` hold connections, transactions, migrations and SQL.
 
+mod activity;
 mod apply;
+mod imports;
 mod notify;
 mod postgres;
 mod pull;
+mod sql;
 mod sqlite;
 
 use syncline_core::{ImportPhase, ImportState, PullRequest, WriteBatch};
@@ -303,16 +311,6 @@ pub trait ActivityStore: Send + Sync + 'static {
 
     /// Forgets activity buckets older than `before_ms`; how many went.
     fn prune_activity(&self, before_ms: i64) -> Result<u64, StoreError>;
-}
-
-/// The stored form of an import state: the whole state as JSON, next to its key.
-pub(crate) fn state_json(state: &ImportState) -> String {
-    serde_json::to_string(state).expect("import states serialise")
-}
-
-pub(crate) fn state_from_json(text: &str) -> Result<ImportState, StoreError> {
-    serde_json::from_str(text)
-        .map_err(|e| StoreError::Setup(format!("unreadable import state: {e}")))
 }
 
 /// Opens the store a url names: `sqlite://PATH` (embedded) or `postgres://…` / `postgresql://…`, with the

@@ -1458,6 +1458,192 @@ fn a_postgres_database_of_the_global_counter_layout_migrates_without_missing_a_c
     assert_eq!(versions, [1, 2]);
 }
 
+/// The SQLite schema as the store created it before migrations were recorded (`SETUP` and `ACTIVITY_SETUP`,
+/// run on every start), verbatim.
+const SQLITE_UNRECORDED_LAYOUT: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('seq', 1), ('layout_version', 1);
+CREATE TABLE IF NOT EXISTS users (
+    uid INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    tombstone_horizon INTEGER NOT NULL DEFAULT 0,
+    last_push_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS sync_tables (tid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    uid INTEGER NOT NULL,
+    tid INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    deleted_at INTEGER,
+    data TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS records_key ON records (uid, tid, id);
+CREATE INDEX IF NOT EXISTS records_log ON records (uid, tid, seq);
+CREATE INDEX IF NOT EXISTS records_tombstones ON records (deleted_at) WHERE deleted_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS idempotency (
+    uid INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    request_hash BLOB NOT NULL,
+    response TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (uid, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS import_states (
+    uid INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    status TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (uid, source, stream, phase)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS import_leases (
+    uid INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    until INTEGER NOT NULL,
+    PRIMARY KEY (uid, source)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS import_states_status ON import_states (status);
+CREATE TABLE IF NOT EXISTS connections (
+    uid INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    sealed BLOB NOT NULL,
+    PRIMARY KEY (uid, source)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS activity_users (
+    uid INTEGER PRIMARY KEY,
+    last_pull_at INTEGER,
+    last_push_at INTEGER,
+    pulls INTEGER NOT NULL,
+    pushes INTEGER NOT NULL,
+    records_pulled INTEGER NOT NULL,
+    records_pushed INTEGER NOT NULL,
+    rejected INTEGER NOT NULL,
+    conflicts INTEGER NOT NULL,
+    last_rejection TEXT,
+    last_rejection_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS activity_devices (
+    uid INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    last_seen_at INTEGER NOT NULL,
+    last_pull_at INTEGER,
+    last_push_at INTEGER,
+    outbox_pending INTEGER,
+    PRIMARY KEY (uid, device)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS activity_buckets (
+    uid INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    pushed INTEGER NOT NULL,
+    pulled INTEGER NOT NULL,
+    imported INTEGER NOT NULL,
+    PRIMARY KEY (uid, bucket)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS activity_buckets_time ON activity_buckets (bucket);
+CREATE TABLE IF NOT EXISTS import_outcomes (
+    uid INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    walk_started_at INTEGER NOT NULL,
+    last_batch_at INTEGER NOT NULL,
+    batches INTEGER NOT NULL,
+    upserted INTEGER NOT NULL,
+    unchanged INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    PRIMARY KEY (uid, source, stream, phase)
+) WITHOUT ROWID;
+";
+
+#[test]
+fn a_sqlite_database_made_before_migrations_were_recorded_opens_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let state = import_state("owned_games");
+    let old = rusqlite::Connection::open(&path).unwrap();
+    old.execute_batch(SQLITE_UNRECORDED_LAYOUT).unwrap();
+    // What the old store left: alice created a1 and a2 and deleted a2; an import, a credential, a pull.
+    old.execute_batch(
+        r#"
+        UPDATE meta SET value = 3 WHERE key = 'seq';
+        INSERT INTO users (uid, name, tombstone_horizon, last_push_at) VALUES (1, 'alice', 0, 7);
+        INSERT INTO sync_tables (tid, name) VALUES (1, 'projects');
+        INSERT INTO records (seq, uid, tid, id, deleted_at, data) VALUES
+            (2, 1, 1, 'a1', NULL, '{"id":"a1","name":"A","user_id":""}'),
+            (3, 1, 1, 'a2', 7, NULL);
+        INSERT INTO connections (uid, source, sealed) VALUES (1, 'steam', x'0102');
+        INSERT INTO activity_users (uid, last_pull_at, last_push_at, pulls, pushes, records_pulled,
+            records_pushed, rejected, conflicts) VALUES (1, 5, 7, 1, 2, 1, 3, 0, 0);
+        "#,
+    )
+    .unwrap();
+    old.execute(
+        "INSERT INTO import_states (uid, source, stream, phase, status, generation, state)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+        rusqlite::params![
+            state.source,
+            state.stream,
+            state.phase.as_str(),
+            state.status.as_str(),
+            state.generation,
+            serde_json::to_string(&state).unwrap()
+        ],
+    )
+    .unwrap();
+    drop(old);
+
+    let b = Backend::open(&format!("sqlite://{}", path.display()), Some(dir));
+    let stats = b.store.user_stats("alice").unwrap();
+    assert_eq!((stats.sequence, stats.last_push_at), (3, Some(7)));
+    assert_eq!(
+        (
+            stats.tables["projects"].records,
+            stats.tables["projects"].tombstones
+        ),
+        (1, 1)
+    );
+    assert_eq!(
+        ids(&b.pull_since("alice", None), "projects", "updated"),
+        ["a1"]
+    );
+    assert_eq!(
+        ids(&b.pull_since("alice", Some(2)), "projects", "deleted"),
+        ["a2"]
+    );
+    assert_eq!(b.store.import_states("alice", None).unwrap(), [state]);
+    assert_eq!(
+        b.store.get_connection("alice", "steam").unwrap().as_deref(),
+        Some(&[1u8, 2][..])
+    );
+    let activity = b.store.user_activity(Some("alice"), 1).unwrap();
+    assert_eq!((activity[0].pulls, activity[0].pushes), (1, 2));
+    // It takes writes after the old ones, and keeps them over a restart without applying a migration twice.
+    let t = sequence(&b.push(
+        "alice",
+        3,
+        json!({"projects": {"created": [project("a3", "C")], "updated": [], "deleted": []}}),
+    ));
+    assert_eq!(t, 4);
+    let b = b.reopen();
+    assert_eq!(
+        ids(&b.pull_since("alice", Some(3)), "projects", "updated"),
+        ["a3"]
+    );
+    let check = rusqlite::Connection::open(&path).unwrap();
+    let versions: Vec<i64> = check
+        .prepare("SELECT version FROM syncline_migrations ORDER BY version")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(versions, [1, 2]);
+}
+
 /// A pull sink that stops at its first chunk until `go` is dropped or sent to: the pull keeps its database
 /// connection and snapshot meanwhile, as a client that stops reading would.
 struct StalledSink {

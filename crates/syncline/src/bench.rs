@@ -694,6 +694,10 @@ impl ServerProcess {
         Ok(ServerProcess { child, url })
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn peak_rss_kb(&self) -> Result<u64> {
         self.status_kb("VmHWM:")
     }

@@ -7,7 +7,9 @@
 //! - **SSE** (`bench`): `--sse-streams` streams opened over raw TCP to a fresh server process, one per user
 //!   (the server's resident memory per idle stream, next to that of as many idle keep-alive HTTP
 //!   connections on another fresh process); then as many to another fresh process, all on one
-//!   user, whose pushes are fanned out to every stream (time from the push request to each stream reading its `changes` event).
+//!   user, whose pushes are fanned out to every stream (time from the push request to each stream reading
+//!   its `changes` event). The streams are read by this process, on the same cores as the server: it
+//!   prints the CPU time of both over the fan-out, so that the reader's share of the figure is plain.
 //! - **SDK latency** (`bench-client`): two SDK clients of one user with automatic, live sync; a local write
 //!   on A until the record is applied in B's local database.
 //!
@@ -98,6 +100,12 @@ struct SseFigures {
     open_secs: f64,
     fanout: Vec<Duration>,
     rounds: usize,
+    /// CPU time over the fan-out rounds, from the push until every stream heard it: the server's, and
+    /// that of this process (the streams' reader), which shares the same cores.
+    server_cpu: Duration,
+    bench_cpu: Duration,
+    /// The machine's one-minute load average as the fan-out began (other work on the same cores).
+    load_average: Option<f64>,
 }
 
 /// Runs the live sections of `bench`: latency on the server at `url` (already measured for throughput),
@@ -121,8 +129,10 @@ pub fn measure(args: &LiveArgs, dir: &Path, url: &str) -> Result<LiveReport> {
             let config = dir.join(format!("{name}.toml"));
             std::fs::write(
                 &config,
+                // Room for every stream and its overflow, whatever the default `max_connections` is.
                 format!(
-                    "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://{}\"\n[auth]\njwt_secret = \"{SECRET}\"\n{}",
+                    "[server]\nlisten = \"127.0.0.1:0\"\nmax_connections = {}\n[storage]\nurl = \"sqlite://{}\"\n[auth]\njwt_secret = \"{SECRET}\"\n{}",
+                    args.sse_streams + 64,
                     dir.join(format!("{name}.db")).display(),
                     include_str!("demo.toml")
                 ),
@@ -193,6 +203,21 @@ impl LiveReport {
                 pct(&fanout, 99.0),
                 pct(&fanout, 100.0)
             );
+            let rounds = s.rounds.max(1) as f64;
+            let (server_ms, bench_ms) = (
+                s.server_cpu.as_secs_f64() * 1000.0 / rounds,
+                s.bench_cpu.as_secs_f64() * 1000.0 / rounds,
+            );
+            println!(
+                "    CPU per change fanned out: server {server_ms:.0} ms, the bench's own stream reader {bench_ms:.0} ms ({:.0}% of the two, on the same {} cores)",
+                100.0 * bench_ms / (server_ms + bench_ms).max(f64::MIN_POSITIVE),
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            );
+            if let Some(load) = s.load_average {
+                println!(
+                    "    load average as the fan-out began: {load:.2} (everything else running on those cores)"
+                );
+            }
         }
     }
 }
@@ -381,22 +406,75 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Open streams, each read by its own task that reports when it hears `changes`.
+/// Open streams, each read by its own task that notes when it hears `changes`. Lean on purpose, since the
+/// bench shares the machine with the server it measures: a stream's task writes the time into its own slot
+/// and counts, and only the stream that completes a round wakes the waiting one.
 struct Streams {
     tasks: tokio::task::JoinSet<()>,
-    heard: tokio::sync::mpsc::UnboundedReceiver<Instant>,
+    heard: Arc<Heard>,
+}
+
+/// When each stream last heard `changes`, in nanoseconds since `epoch`, and how many times streams did.
+struct Heard {
+    epoch: Instant,
+    at: Vec<std::sync::atomic::AtomicU64>,
+    count: std::sync::atomic::AtomicUsize,
+    /// Every stream has heard the change of the round under way.
+    round_done: tokio::sync::Notify,
+    round_target: std::sync::atomic::AtomicUsize,
+}
+
+impl Heard {
+    fn note(&self, stream: usize) {
+        use std::sync::atomic::Ordering;
+        let nanos = self.epoch.elapsed().as_nanos() as u64;
+        self.at[stream].store(nanos, Ordering::Relaxed);
+        let count = self.count.fetch_add(1, Ordering::AcqRel) + 1;
+        if count == self.round_target.load(Ordering::Acquire) {
+            self.round_done.notify_waiters();
+        }
+    }
+
+    /// Waits until the streams have heard `target` changes in all; each stream's time since `started`.
+    async fn round(&self, target: usize, started: Instant) -> Result<Vec<Duration>> {
+        use std::sync::atomic::Ordering;
+        self.round_target.store(target, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let done = self.round_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.count.load(Ordering::Acquire) >= target {
+                break;
+            }
+            tokio::time::timeout_at(deadline, done)
+                .await
+                .context("a stream did not hear the change within 30 s")?;
+        }
+        let base = started.saturating_duration_since(self.epoch);
+        Ok(self
+            .at
+            .iter()
+            .map(|at| Duration::from_nanos(at.load(Ordering::Relaxed)).saturating_sub(base))
+            .collect())
+    }
 }
 
 /// Opens `n` streams, at most 256 connecting at once (the listen backlog is finite); `token(i)` for each.
 async fn open_streams(addr: &str, n: usize, token: impl Fn(usize) -> String) -> Result<Streams> {
-    let (heard_tx, heard) = tokio::sync::mpsc::unbounded_channel();
+    let heard = Arc::new(Heard {
+        epoch: Instant::now(),
+        at: (0..n).map(|_| Default::default()).collect(),
+        count: Default::default(),
+        round_done: Default::default(),
+        round_target: std::sync::atomic::AtomicUsize::new(usize::MAX),
+    });
     let (opened_tx, mut opened) = tokio::sync::mpsc::unbounded_channel::<Result<()>>();
     let connecting = Arc::new(tokio::sync::Semaphore::new(256));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let (addr, token) = (addr.to_string(), token(i));
-        let (heard_tx, opened_tx, connecting) =
-            (heard_tx.clone(), opened_tx.clone(), connecting.clone());
+        let (heard, opened_tx, connecting) = (heard.clone(), opened_tx.clone(), connecting.clone());
         tasks.spawn(async move {
             let permit = connecting.acquire_owned().await;
             let mut stream = match open_stream(&addr, &token).await {
@@ -411,7 +489,7 @@ async fn open_streams(addr: &str, n: usize, token: impl Fn(usize) -> String) -> 
             let mut buf = [0u8; 256];
             while let Ok(n @ 1..) = stream.read(&mut buf).await {
                 if contains(&buf[..n], b"event: changes") {
-                    let _ = heard_tx.send(Instant::now());
+                    heard.note(i);
                 }
             }
         });
@@ -424,6 +502,23 @@ async fn open_streams(addr: &str, n: usize, token: impl Fn(usize) -> String) -> 
         }
     }
     Ok(Streams { tasks, heard })
+}
+
+/// CPU time (user + system, all threads) of the process `pid` so far, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("/proc stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line (11 and 12 after the name), in USER_HZ ticks,
+    // which Linux fixes at 100 per second for everything it reports in /proc.
+    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
+        + fields.get(12).context("stime")?.parse::<u64>()?;
+    Ok(Duration::from_millis(ticks * 10))
 }
 
 async fn sse(
@@ -473,17 +568,18 @@ async fn sse(
     let http = reqwest::Client::new();
     let mut rng = rand::rng();
     let mut fanout = Vec::with_capacity(n * args.fanout_rounds);
-    for _ in 0..args.fanout_rounds {
+    let (mut server_cpu, mut bench_cpu) = (Duration::ZERO, Duration::ZERO);
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok());
+    for round in 1..=args.fanout_rounds {
         let (_, json) = record(&mut rng);
+        let cpu_before = (cpu_time(server.pid())?, cpu_time(std::process::id())?);
         let started = Instant::now();
         push_one(&http, &server.url, &fan_user, &json).await?;
-        for _ in 0..n {
-            let at = tokio::time::timeout(Duration::from_secs(30), streams.heard.recv())
-                .await
-                .context("a stream did not hear the change within 30 s")?
-                .context("the streams ended")?;
-            fanout.push(at.saturating_duration_since(started));
-        }
+        fanout.extend(streams.heard.round(n * round, started).await?);
+        server_cpu += cpu_time(server.pid())?.saturating_sub(cpu_before.0);
+        bench_cpu += cpu_time(std::process::id())?.saturating_sub(cpu_before.1);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let one_user_mb = server.peak_rss_kb()? as f64 / 1024.0;
@@ -497,6 +593,9 @@ async fn sse(
         open_secs,
         fanout,
         rounds: args.fanout_rounds,
+        server_cpu,
+        bench_cpu,
+        load_average,
     })
 }
 

@@ -122,7 +122,7 @@ pub(crate) async fn small_pulls(
         client
             .post(format!("{url}/v1/sync/pull"))
             .bearer_auth(token)
-            .header("syncline-device", "bench-b")
+            .header(syncline_core::headers::DEVICE, "bench-b")
             .body(format!(r#"{{"lastPulledAt":{cursor}}}"#))
             .send()
     };
@@ -134,7 +134,7 @@ pub(crate) async fn small_pulls(
         let request = client
             .post(format!("{url}/v1/sync/push"))
             .bearer_auth(token)
-            .header("syncline-device", "bench-a")
+            .header(syncline_core::headers::DEVICE, "bench-a")
             .body(body);
         async move {
             let pushed = request.send().await?;
@@ -158,7 +158,7 @@ pub(crate) async fn small_pulls(
         }
         let timing = answer
             .headers()
-            .get("server-timing")
+            .get(syncline_core::headers::SERVER_TIMING)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("app;dur="))
             .and_then(|v| v.parse::<f64>().ok())

@@ -184,10 +184,7 @@ async fn watch(client: &Client, interval: u64) -> Result<()> {
 
 /// The time of day (UTC) for `--watch` lines.
 fn clock() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let ms = syncline_core::Clock::now_ms(&syncline_core::SystemClock);
     let secs = (ms / 1000) % 86_400;
     format!(
         "{:02}:{:02}:{:02}.{:03}",

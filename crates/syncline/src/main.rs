@@ -10,10 +10,10 @@ mod client_cli;
 mod import_cli;
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use syncline_core::{Clock, SystemClock};
 use syncline_server::{Authenticator, Config};
 
 #[derive(Parser)]
@@ -70,9 +70,9 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    raise_fd_limit();
+    let fd_limit = raise_fd_limit();
     match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config } => serve(config, fd_limit),
         Command::Token {
             config,
             user,
@@ -94,11 +94,40 @@ fn main() -> Result<()> {
 
 /// Raises the open-file soft limit to the hard limit: every live device holds one connection (one file
 /// descriptor) open on the server, and the benchmarks open thousands. Where the OS refuses, the limit
-/// stays and the server still runs (README, "Many live connections").
-fn raise_fd_limit() {
+/// stays and the server still runs (README, "Many live connections"). Returns the soft limit now in force.
+fn raise_fd_limit() -> Option<u64> {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::debug!(limit, "open-file limit"),
-        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        Ok(limit) => {
+            tracing::debug!(limit, "open-file limit");
+            Some(limit)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
+}
+
+/// File descriptors kept free for what is not a client connection: database files, the listener, the
+/// connections refused past the limit, outbound HTTPS of imports.
+const RESERVED_FDS: u64 = 256;
+
+/// Lowers `max_connections` to what the open-file limit can hold, saying so: accepting a connection the
+/// process has no descriptor left for would only fail later, and a database file the store cannot open
+/// would fail requests that are already in.
+fn fit_connections_to(server: &mut syncline_server::ServerSection, fd_limit: Option<u64>) {
+    let Some(limit) = fd_limit else { return };
+    let room = limit.saturating_sub(RESERVED_FDS).max(16) as usize;
+    if server.max_connections > room {
+        tracing::warn!(
+            configured = server.max_connections,
+            open_file_limit = limit,
+            max_connections = room,
+            "max_connections lowered to fit the open-file limit (raise it with ulimit -Hn / LimitNOFILE)"
+        );
+        server.max_connections = room;
     }
 }
 
@@ -141,8 +170,9 @@ fn load(path: Option<&Path>) -> Result<(Config, bool)> {
     Ok((Config::from_toml(&text, std::env::vars())?, true))
 }
 
-fn serve(config_path: Option<PathBuf>) -> Result<()> {
-    let (config, dev) = load(config_path.as_deref())?;
+fn serve(config_path: Option<PathBuf>, fd_limit: Option<u64>) -> Result<()> {
+    let (mut config, dev) = load(config_path.as_deref())?;
+    fit_connections_to(&mut config.server, fd_limit);
     let auth = Authenticator::from_config(&config.auth)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -183,10 +213,7 @@ async fn terminate() {
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemClock.now_ms() / 1000
 }
 
 fn parse_ttl(ttl: &str) -> Result<i64> {
@@ -213,5 +240,25 @@ mod tests {
         assert_eq!(super::parse_ttl("30").unwrap(), 30);
         assert!(super::parse_ttl("1w").is_err());
         assert!(super::parse_ttl("h").is_err());
+    }
+
+    #[test]
+    fn max_connections_is_lowered_to_what_the_open_file_limit_holds() {
+        use super::fit_connections_to;
+        use syncline_server::ServerSection;
+        let mut server = ServerSection::default();
+        fit_connections_to(&mut server, Some(1024));
+        assert_eq!(server.max_connections, 1024 - 256);
+
+        let mut server = ServerSection::default();
+        fit_connections_to(&mut server, Some(1 << 20));
+        assert_eq!(
+            server.max_connections, 16_384,
+            "a limit that holds it leaves it"
+        );
+
+        let mut server = ServerSection::default();
+        fit_connections_to(&mut server, None);
+        assert_eq!(server.max_connections, 16_384, "an unknown limit leaves it");
     }
 }

@@ -1,14 +1,15 @@
 //! Live devices: clients running automatic sync with no periodic timer, hearing each other's writes through
-//! the server's `GET /v1/events` stream. A gate (a TCP proxy in front of the server) cuts every connection
-//! to show the stream reconnecting and catching up, and holds pull answers back to show that changes
-//! announced during a sync yield exactly one more sync.
+//! the server's `GET /v1/events` stream. A gate (a TCP proxy in front of the server) counts the pulls and
+//! `changes` events of one client, to show that one event makes one pull; it cuts every connection to show
+//! the stream reconnecting and catching up, and holds pull answers back to show that changes announced
+//! during a sync yield exactly one more sync.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use syncline_client::{AutoSyncPolicy, Client, ClientConfig, SyncState};
+use syncline_client::{AutoSync, AutoSyncPolicy, Client, ClientConfig, SyncProgress, SyncState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -193,20 +194,104 @@ async fn two_live_clients_converge_on_each_others_writes_without_a_periodic_time
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_event_stream_reconnects_and_catches_up_on_what_it_missed() {
-    let s = TestServer::start().await;
+/// Alice's device B, connected through a [`Gate`], syncing automatically and live with no periodic timer;
+/// returned once its stream is open and its first syncs are over.
+struct Behind {
+    gate: Gate,
+    b: Client,
+    progress: watch::Receiver<SyncProgress>,
+    auto: AutoSync,
+}
+
+async fn live_behind_a_gate(s: &TestServer) -> Behind {
     let gate = Gate::start(s.addr).await;
-    let a = s.client("a", "alice");
     let b = Client::open(
         s.dir.path().join("b.db"),
         ClientConfig::new(&gate.url, s.token("alice")),
     )
     .unwrap();
-    let mut pb = b.progress();
+    let mut progress = b.progress();
     let auto = b.start_auto_sync(no_timer());
-    wait_for(&mut pb, "B's event stream", |p| p.live).await;
+    wait_for(&mut progress, "B's event stream", |p| p.live).await;
     settled(&gate).await;
+    Behind {
+        gate,
+        b,
+        progress,
+        auto,
+    }
+}
+
+/// A push of one `items` record by a device that is not an SDK client: plain HTTP, as any device may.
+async fn push_over_http(s: &TestServer, user: &str, id: &str) {
+    let body = json!({
+        "lastPulledAt": 0,
+        "changes": {"items": {"created": [{"id": id, "title": id}], "updated": [], "deleted": []}},
+    });
+    let response = s
+        .http
+        .post(format!("{}/v1/sync/push", s.url))
+        .bearer_auth(s.token(user))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changes_event_makes_the_sdk_pull_once() {
+    let s = TestServer::start().await;
+    let Behind {
+        gate,
+        b,
+        mut progress,
+        auto,
+    } = live_behind_a_gate(&s).await;
+    let pulls_before = gate.pulls();
+    let events_before = gate.state.changes_events.load(Ordering::SeqCst);
+
+    // Nothing but the event tells B: no timer runs, and B wrote nothing.
+    push_over_http(&s, "alice", "pushed-elsewhere").await;
+    eventually("B to pull the write it heard of", || {
+        has(&b, "pushed-elsewhere")
+    })
+    .await;
+    settled(&gate).await;
+    assert_eq!(
+        gate.state.changes_events.load(Ordering::SeqCst) - events_before,
+        1
+    );
+    assert_eq!(gate.pulls() - pulls_before, 1, "one event, one pull");
+    let p = wait_for(&mut progress, "B's sync to finish", |p| {
+        p.state == SyncState::Synced
+    })
+    .await;
+    assert_eq!(p.last_summary.map(|s| s.changed_from_cloud()), Some(1));
+
+    // Another user's write is none of B's business: no event reaches B, and B does not pull.
+    push_over_http(&s, "bob", "bobs").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(&gate).await;
+    assert_eq!(gate.pulls() - pulls_before, 1);
+    assert_eq!(
+        gate.state.changes_events.load(Ordering::SeqCst) - events_before,
+        1
+    );
+    auto.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_event_stream_reconnects_and_catches_up_on_what_it_missed() {
+    let s = TestServer::start().await;
+    let a = s.client("a", "alice");
+    let Behind {
+        gate,
+        b,
+        progress: mut pb,
+        auto,
+    } = live_behind_a_gate(&s).await;
 
     gate.cut();
     wait_for(&mut pb, "B to notice the cut", |p| !p.live).await;
@@ -226,17 +311,8 @@ async fn a_dropped_event_stream_reconnects_and_catches_up_on_what_it_missed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_announced_during_a_sync_yield_exactly_one_more_sync() {
     let s = TestServer::start().await;
-    let gate = Gate::start(s.addr).await;
     let a = s.client("a", "alice");
-    let b = Client::open(
-        s.dir.path().join("b.db"),
-        ClientConfig::new(&gate.url, s.token("alice")),
-    )
-    .unwrap();
-    let mut pb = b.progress();
-    let auto = b.start_auto_sync(no_timer());
-    wait_for(&mut pb, "B's event stream", |p| p.live).await;
-    settled(&gate).await;
+    let Behind { gate, b, auto, .. } = live_behind_a_gate(&s).await;
     let pulls_before = gate.pulls();
 
     // B starts a sync for the first write; its pull's answer (which has only that write) is held back.

@@ -21,6 +21,7 @@ mod playstation;
 mod xbox;
 
 use std::sync::Arc;
+use syncline_core::ImportErrorCode;
 
 use serde_json::{Map, Value};
 
@@ -34,14 +35,17 @@ use oauth::ClientAuth;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum AuthFailure {
     /// The service refused: the person must act (connect again, fix the app's configuration). `code`
-    /// begins with `auth`.
-    Refused { code: &'static str, message: String },
+    /// begins with `auth`, or is `tls_failed`.
+    Refused {
+        code: ImportErrorCode,
+        message: String,
+    },
     /// The service could not be reached or failed; worth trying again later.
     Unavailable(String),
 }
 
 impl AuthFailure {
-    pub(crate) fn refused(code: &'static str, message: impl Into<String>) -> AuthFailure {
+    pub(crate) fn refused(code: ImportErrorCode, message: impl Into<String>) -> AuthFailure {
         AuthFailure::Refused {
             code,
             message: message.into(),
@@ -52,7 +56,7 @@ impl AuthFailure {
     /// the url: it may carry a secret.
     pub(crate) fn unreachable(what: &str, e: &reqwest::Error) -> AuthFailure {
         if let Some(tls) = syncline_http::tls_failure(e) {
-            return AuthFailure::refused(syncline_http::TLS_FAILED, format!("{what}: {tls}"));
+            return AuthFailure::refused(ImportErrorCode::TlsFailed, format!("{what}: {tls}"));
         }
         AuthFailure::Unavailable(if e.is_timeout() {
             format!("{what} timed out")
@@ -115,7 +119,7 @@ pub(crate) trait Session: Send + Sync {
         let _ = (code, redirect_uri, verifier, now);
         Box::pin(async {
             Err(AuthFailure::refused(
-                "auth_unsupported",
+                ImportErrorCode::AuthUnsupported,
                 "this source has no consent flow",
             ))
         })
@@ -201,7 +205,7 @@ impl Spotify {
     ) -> Result<Map<String, Value>, AuthFailure> {
         let oauth = self.oauth.as_ref().ok_or_else(|| {
             AuthFailure::refused(
-                "auth_expired",
+                ImportErrorCode::AuthExpired,
                 "the access token expired and no `client_id` is configured to renew it: connect again",
             )
         })?;
@@ -253,7 +257,10 @@ impl Session for Spotify {
     ) -> BoxFuture<'a, Result<Map<String, Value>, AuthFailure>> {
         Box::pin(async move {
             let refresh = credential.field("refresh_token").map_err(|_| {
-                AuthFailure::refused("auth_expired", "no refresh token: connect again")
+                AuthFailure::refused(
+                    ImportErrorCode::AuthExpired,
+                    "no refresh token: connect again",
+                )
             })?;
             self.renew_from(credential.fields().clone(), refresh, now)
                 .await
@@ -273,7 +280,10 @@ impl Session for Spotify {
     ) -> BoxFuture<'a, Result<Map<String, Value>, AuthFailure>> {
         Box::pin(async move {
             let oauth = self.oauth.as_ref().ok_or_else(|| {
-                AuthFailure::refused("auth_unsupported", "no `client_id` is configured")
+                AuthFailure::refused(
+                    ImportErrorCode::AuthUnsupported,
+                    "no `client_id` is configured",
+                )
             })?;
             let mut fields = Map::new();
             oauth

@@ -11,6 +11,7 @@ use chacha20poly1305::aead::OsRng;
 use chacha20poly1305::aead::rand_core::RngCore;
 use serde_json::{Map, Value};
 use sha2::Digest;
+use syncline_core::ImportErrorCode;
 
 use super::AuthFailure;
 
@@ -104,7 +105,10 @@ impl OAuthClient {
         challenge: Option<&str>,
     ) -> Result<String, AuthFailure> {
         let mut url = reqwest::Url::parse(&self.auth_url).map_err(|_| {
-            AuthFailure::refused("auth_misconfigured", "the authorize url is not a url")
+            AuthFailure::refused(
+                ImportErrorCode::AuthMisconfigured,
+                "the authorize url is not a url",
+            )
         })?;
         {
             let mut q = url.query_pairs_mut();
@@ -222,25 +226,25 @@ fn token_error(status: u16, body: &Value) -> AuthFailure {
         .unwrap_or_default();
     match error {
         "invalid_grant" => AuthFailure::refused(
-            "auth_revoked",
+            ImportErrorCode::AuthRevoked,
             format!(
                 "the service refused to renew access (invalid_grant{described}): the consent was revoked or \
                  the refresh token expired; connect again"
             ),
         ),
         "invalid_client" | "unauthorized_client" => AuthFailure::refused(
-            "auth_client_refused",
+            ImportErrorCode::AuthClientRefused,
             format!(
                 "the service refused this app's client credentials ({error}{described}): check `client_id` \
                  and `client_secret`"
             ),
         ),
         "invalid_scope" => AuthFailure::refused(
-            "auth_scope_missing",
+            ImportErrorCode::AuthScopeMissing,
             format!("the service refused the scopes asked for{described}: connect again"),
         ),
         _ => AuthFailure::refused(
-            "auth_refused",
+            ImportErrorCode::AuthRefused,
             format!(
                 "the token endpoint answered {status}{}{described}: connect again",
                 if error.is_empty() {
@@ -272,7 +276,7 @@ mod tests {
     #[test]
     fn token_errors_are_classified() {
         let code = |status, body: Value| match token_error(status, &body) {
-            AuthFailure::Refused { code, .. } => code,
+            AuthFailure::Refused { code, .. } => code.as_str(),
             AuthFailure::Unavailable(_) => "unavailable",
         };
         assert_eq!(

@@ -9,6 +9,7 @@
 //! The NPSSO itself is never stored: only the tokens it was exchanged for.
 
 use serde_json::{Map, Value};
+use syncline_core::ImportErrorCode;
 
 use super::oauth::{ClientAuth, OAuthClient};
 use super::{AuthFailure, ConnectFailure, Session, given, pasted_tokens};
@@ -108,7 +109,7 @@ impl PlayStation {
 
 fn refused_npsso() -> AuthFailure {
     AuthFailure::refused(
-        "auth_npsso_refused",
+        ImportErrorCode::AuthNpssoRefused,
         "Sony did not accept the NPSSO: sign in on playstation.com, open \
          https://ca.account.sony.com/api/v1/ssocookie and copy the `npsso` value it shows",
     )
@@ -164,7 +165,10 @@ impl Session for PlayStation {
     ) -> BoxFuture<'a, Result<Map<String, Value>, AuthFailure>> {
         Box::pin(async move {
             let refresh = credential.field("refresh_token").map_err(|_| {
-                AuthFailure::refused("auth_expired", "no refresh token: connect again")
+                AuthFailure::refused(
+                    ImportErrorCode::AuthExpired,
+                    "no refresh token: connect again",
+                )
             })?;
             let form = vec![
                 ("refresh_token", refresh.to_string()),

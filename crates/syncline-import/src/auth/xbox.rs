@@ -13,6 +13,7 @@
 //! 2148916236/7 adult verification is needed.
 
 use serde_json::{Map, Value, json};
+use syncline_core::ImportErrorCode;
 
 use super::oauth::{ClientAuth, OAuthClient};
 use super::{AuthFailure, ConnectFailure, Session, given};
@@ -63,7 +64,7 @@ impl Xbox {
     fn oauth(&self) -> Result<&OAuthClient, AuthFailure> {
         self.oauth.as_ref().ok_or_else(|| {
             AuthFailure::refused(
-                "auth_not_configured",
+                ImportErrorCode::AuthNotConfigured,
                 "an Xbox connection from a Microsoft refresh token needs the source's `client_id` (an Azure \
                  app registration) in the configuration",
             )
@@ -169,27 +170,27 @@ impl Xbox {
 fn xerr(status: u16, body: &Value, what: &str) -> AuthFailure {
     match body["XErr"].as_u64() {
         Some(2_148_916_233) => AuthFailure::refused(
-            "auth_no_xbox_account",
+            ImportErrorCode::AuthNoXboxAccount,
             "this Microsoft account has no Xbox profile: sign in once on xbox.com to create one, then connect again",
         ),
         Some(2_148_916_238) => AuthFailure::refused(
-            "auth_child_account",
+            ImportErrorCode::AuthChildAccount,
             "this is a child account: an adult must add it to a Microsoft family (account.microsoft.com/family) before it can use Xbox Live",
         ),
         Some(2_148_916_235) => AuthFailure::refused(
-            "auth_region_unavailable",
+            ImportErrorCode::AuthRegionUnavailable,
             "Xbox Live is not available in this account's country or region",
         ),
         Some(2_148_916_236 | 2_148_916_237) => AuthFailure::refused(
-            "auth_verification_required",
+            ImportErrorCode::AuthVerificationRequired,
             "this account must complete adult verification on xbox.com before it can use Xbox Live",
         ),
         Some(other) => AuthFailure::refused(
-            "auth_refused",
+            ImportErrorCode::AuthRefused,
             format!("{what} refused the account (XErr {other}): connect again"),
         ),
         None => AuthFailure::refused(
-            "auth_refused",
+            ImportErrorCode::AuthRefused,
             format!("{what} answered {status}: connect again"),
         ),
     }
@@ -259,7 +260,10 @@ impl Session for Xbox {
     ) -> BoxFuture<'a, Result<Map<String, Value>, AuthFailure>> {
         Box::pin(async move {
             let refresh = credential.field("refresh_token").map_err(|_| {
-                AuthFailure::refused("auth_expired", "no refresh token: connect again")
+                AuthFailure::refused(
+                    ImportErrorCode::AuthExpired,
+                    "no refresh token: connect again",
+                )
             })?;
             self.renew_from(refresh, now).await
         })
@@ -300,7 +304,7 @@ mod tests {
         );
         assert_eq!(epoch_ms("soon"), None);
         let code = |body: Value| match xerr(401, &body, "XSTS") {
-            AuthFailure::Refused { code, .. } => code,
+            AuthFailure::Refused { code, .. } => code.as_str(),
             AuthFailure::Unavailable(_) => "unavailable",
         };
         assert_eq!(code(json!({"XErr": 2148916233u64})), "auth_no_xbox_account");

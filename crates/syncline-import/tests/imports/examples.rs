@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use syncline_core::SystemClock;
 use syncline_core::{Schema, TableConfig};
-use syncline_import::{Importer, ImportsConfig, system_clock};
+use syncline_import::{Importer, ImportsConfig};
 use syncline_store::{SqliteStore, Store};
 
 #[test]
@@ -30,7 +31,7 @@ fn every_example_import_configuration_builds_an_importer() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&dir.path().join("s.db"), schema.clone()).unwrap());
-        let importer = Importer::from_config(&imports, store, schema, system_clock())
+        let importer = Importer::from_config(&imports, store, schema, Arc::new(SystemClock))
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         sources.extend(importer.source_names());
     }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use crate::sqlite_store;
 use serde_json::json;
 use syncline_core::ImportStatus;
-use syncline_import::{Importer, ImportsConfig, system_clock};
+use syncline_core::SystemClock;
+use syncline_import::{Importer, ImportsConfig};
 use syncline_store::Store;
 use syncline_testkit::fake_apis::FakeSpotify;
 
@@ -44,8 +45,13 @@ streams = {{ saved_tracks = "spotify_tracks" }}
     let instances: Vec<Arc<Importer>> = (0..n)
         .map(|_| {
             Arc::new(
-                Importer::from_config(&config, store.clone(), schema.clone(), system_clock())
-                    .unwrap(),
+                Importer::from_config(
+                    &config,
+                    store.clone(),
+                    schema.clone(),
+                    Arc::new(SystemClock),
+                )
+                .unwrap(),
             )
         })
         .collect();

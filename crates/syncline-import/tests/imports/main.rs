@@ -22,8 +22,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use syncline_core::{Clock as _, SystemClock};
 use syncline_core::{ImportPhase, ImportState, ImportStatus, Schema, TableConfig};
-use syncline_import::{Importer, ImportsConfig, system_clock};
+use syncline_import::{Importer, ImportsConfig};
 use syncline_store::{SqliteStore, Store};
 use syncline_testkit::fake_apis::{Control, FakePlayStation, FakeRest, FakeXbox};
 
@@ -91,7 +92,8 @@ async fn harness(extra: &str, sources: &str, credentials: &[(&str, Value)]) -> H
         syncline_import::Sealer::generate_key()
     );
     let config: ImportsConfig = toml::from_str(&text).unwrap();
-    let importer = Importer::from_config(&config, store.clone(), schema, system_clock()).unwrap();
+    let importer =
+        Importer::from_config(&config, store.clone(), schema, Arc::new(SystemClock)).unwrap();
     for (source, credential) in credentials {
         let Value::Object(fields) = credential.clone() else {
             panic!("a credential is a JSON object");
@@ -242,15 +244,19 @@ async fn check_expired_then_rate_limited(
     assert_eq!(states.len(), 2, "{states:?}");
     for s in &states {
         assert_eq!(s.status, ImportStatus::Error, "{source}: {s:?}");
-        assert_eq!(s.error_code.as_deref(), Some("auth_expired"), "{source}");
+        assert_eq!(
+            s.error_code.map(|c| c.as_str()),
+            Some("auth_expired"),
+            "{source}"
+        );
         let text = serde_json::to_string(s).unwrap();
         assert!(!text.contains(secret), "{source}: {text}");
     }
     control.set_expired(false);
     control.rate_limit_next(1, 7);
-    let before = system_clock()();
+    let before = SystemClock.now_ms();
     h.importer.start(USER, source).await.unwrap();
-    let after = system_clock()();
+    let after = SystemClock.now_ms();
     let states = h.importer.status(USER, source).await.unwrap();
     let limited = &states[0];
     assert_eq!(

@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
-use syncline_core::{ImportState, ImportStatus};
-use syncline_import::{ImportError, Importer, ImportsConfig, system_clock};
+use syncline_core::SystemClock;
+use syncline_core::{ImportErrorCode, ImportState, ImportStatus};
+use syncline_import::{ImportError, Importer, ImportsConfig};
 use syncline_store::Store;
 use syncline_testkit::fake_apis::{
     FakeAuthServer, FakePlayStation, FakeSpotify, FakeXbox, OAuthClientStyle, PSN_NPSSO,
@@ -38,8 +39,13 @@ fn engine(sources: &str) -> Engine {
         syncline_import::Sealer::generate_key()
     );
     let config: ImportsConfig = toml::from_str(&text).unwrap();
-    let importer =
-        Importer::from_config(&config, store.clone(), schema.clone(), system_clock()).unwrap();
+    let importer = Importer::from_config(
+        &config,
+        store.clone(),
+        schema.clone(),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
     Engine {
         importer: Arc::new(importer),
         store,
@@ -57,7 +63,7 @@ impl Engine {
                 &self.config,
                 self.store.clone(),
                 self.schema.clone(),
-                system_clock(),
+                Arc::new(SystemClock),
             )
             .unwrap(),
         )
@@ -186,7 +192,7 @@ async fn a_refused_renewal_ends_in_error_asking_to_connect_again_without_looping
     let states = import(&e.importer, "spotify").await;
     let s = only(&states);
     assert_eq!(s.status, ImportStatus::Error, "{s:?}");
-    assert_eq!(s.error_code.as_deref(), Some("auth_revoked"));
+    assert_eq!(s.error_code.map(|c| c.as_str()), Some("auth_revoked"));
     assert!(
         s.error.as_deref().unwrap().contains("connect again"),
         "{s:?}"
@@ -195,7 +201,10 @@ async fn a_refused_renewal_ends_in_error_asking_to_connect_again_without_looping
     assert_eq!(auth.token_calls(), 1);
     // Starting again tries once more, and stops there.
     let states = import(&e.importer, "spotify").await;
-    assert_eq!(only(&states).error_code.as_deref(), Some("auth_revoked"));
+    assert_eq!(
+        only(&states).error_code.map(|c| c.as_str()),
+        Some("auth_revoked")
+    );
     assert_eq!(auth.token_calls(), 2);
 }
 
@@ -233,7 +242,11 @@ async fn a_bare_access_token_works_until_it_expires() {
     let states = import(&e.importer, "spotify").await;
     let s = only(&states);
     assert_eq!(e.rows("spotify_tracks"), 100, "two pages");
-    assert_eq!(s.error_code.as_deref(), Some("auth_expired"), "{s:?}");
+    assert_eq!(
+        s.error_code.map(|c| c.as_str()),
+        Some("auth_expired"),
+        "{s:?}"
+    );
     assert_eq!(auth.token_calls(), 0, "nothing to renew with");
 }
 
@@ -336,7 +349,7 @@ async fn playstation_connects_from_an_npsso_and_renews_its_tokens() {
         matches!(
             wrong,
             Err(ImportError::Refused {
-                code: "auth_npsso_refused",
+                code: ImportErrorCode::AuthNpssoRefused,
                 ..
             })
         ),
@@ -389,7 +402,7 @@ async fn xbox_connects_from_a_microsoft_refresh_token_through_user_and_xsts_toke
         matches!(
             child,
             Err(ImportError::Refused {
-                code: "auth_child_account",
+                code: ImportErrorCode::AuthChildAccount,
                 ..
             })
         ),
@@ -408,7 +421,7 @@ async fn xbox_connects_from_a_microsoft_refresh_token_through_user_and_xsts_toke
         matches!(
             none,
             Err(ImportError::Refused {
-                code: "auth_no_xbox_account",
+                code: ImportErrorCode::AuthNoXboxAccount,
                 ..
             })
         ),

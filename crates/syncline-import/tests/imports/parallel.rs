@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use crate::{SPOTIFY_TABLES, sqlite_store};
 use serde_json::json;
+use syncline_core::SystemClock;
 use syncline_core::{ImportState, ImportStatus};
-use syncline_import::{Importer, ImportsConfig, system_clock};
+use syncline_import::{Importer, ImportsConfig};
 use syncline_store::Store;
 use syncline_testkit::fake_apis::FakeSpotify;
 
@@ -35,7 +36,8 @@ streams = {{ saved_tracks = "spotify_tracks", saved_albums = "spotify_albums", f
         fake.base_url()
     ))
     .unwrap();
-    let importer = Importer::from_config(&config, store.clone(), schema, system_clock()).unwrap();
+    let importer =
+        Importer::from_config(&config, store.clone(), schema, Arc::new(SystemClock)).unwrap();
     importer
         .connect(
             USER,

@@ -153,7 +153,11 @@ async fn a_private_playstation_profile_is_profile_private() {
     assert_eq!(states.len(), 2);
     for s in &states {
         assert_eq!(s.status, ImportStatus::Error, "{s:?}");
-        assert_eq!(s.error_code.as_deref(), Some("profile_private"), "{s:?}");
+        assert_eq!(
+            s.error_code.map(|c| c.as_str()),
+            Some("profile_private"),
+            "{s:?}"
+        );
         assert!(
             s.error.as_deref().unwrap().contains("privacy settings"),
             "{s:?}"

@@ -127,7 +127,7 @@ async fn the_page_size_is_capped_by_max_page_size() {
     .await;
     let states = h.import("api", 10).await;
     assert_eq!(
-        (states[0].status, states[0].error_code.as_deref()),
+        (states[0].status, states[0].error_code.map(|c| c.as_str())),
         (ImportStatus::Error, Some("upstream_failed"))
     );
 }
@@ -164,7 +164,7 @@ async fn a_next_url_on_another_origin_is_never_followed() {
         let states = h.import("api", 10).await;
         let s = &states[0];
         assert_eq!(
-            (s.status, s.error_code.as_deref()),
+            (s.status, s.error_code.map(|c| c.as_str())),
             (ImportStatus::Error, Some("upstream_failed")),
             "{s:?}"
         );

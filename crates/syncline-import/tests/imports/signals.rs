@@ -3,20 +3,17 @@
 //! signal names; a 429 without a signal backs off from two seconds, doubling; a 403 is a missing
 //! permission unless it carries a rate-limit signal; a 401 is "connect again".
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::json;
+use syncline_core::{Clock as _, SystemClock};
 use syncline_core::{ImportPhase, ImportStatus};
-use syncline_import::system_clock;
 use syncline_testkit::fake_apis::FakePlayStation;
 
 use super::{PSN_TOKEN, USER, harness, playstation_source};
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    (SystemClock.now_ms() / 1000) as u64
 }
 
 /// One answer the fake gives first, and the reset it must produce, in ms from the time of the request
@@ -24,27 +21,29 @@ fn now_secs() -> u64 {
 struct Case {
     what: &'static str,
     status: u16,
-    headers: Vec<(&'static str, String)>,
+    /// Made when the case runs: the absolute times in them count from then.
+    headers: fn() -> Vec<(&'static str, String)>,
     reset_in_ms: i64,
     slack: i64,
 }
 
 #[tokio::test]
 async fn every_rate_limit_signal_holds_the_stream_until_the_reset_it_names() {
-    let soon = now_secs() + 40;
-    let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(soon));
     let cases = [
         Case {
             what: "Retry-After seconds",
             status: 429,
-            headers: vec![("retry-after", "7".into())],
+            headers: || vec![("retry-after", "7".into())],
             reset_in_ms: 7_000,
             slack: 0,
         },
         Case {
             what: "Retry-After HTTP date",
             status: 429,
-            headers: vec![("retry-after", date)],
+            headers: || {
+                let soon = UNIX_EPOCH + Duration::from_secs(now_secs() + 40);
+                vec![("retry-after", httpdate::fmt_http_date(soon))]
+            },
             reset_in_ms: 40_000,
             slack: 2_000,
         },
@@ -52,38 +51,40 @@ async fn every_rate_limit_signal_holds_the_stream_until_the_reset_it_names() {
         Case {
             what: "X-RateLimit-Next-Available",
             status: 429,
-            headers: vec![("x-ratelimit-next-available", (now_secs() + 3).to_string())],
+            headers: || vec![("x-ratelimit-next-available", (now_secs() + 3).to_string())],
             reset_in_ms: 3_000,
             slack: 2_000,
         },
         Case {
             what: "X-RateLimit-Reset epoch",
             status: 429,
-            headers: vec![("x-ratelimit-reset", (now_secs() + 20).to_string())],
+            headers: || vec![("x-ratelimit-reset", (now_secs() + 20).to_string())],
             reset_in_ms: 20_000,
             slack: 2_000,
         },
         Case {
             what: "X-RateLimit-Reset delta",
             status: 429,
-            headers: vec![("x-ratelimit-reset", "15".into())],
+            headers: || vec![("x-ratelimit-reset", "15".into())],
             reset_in_ms: 15_000,
             slack: 0,
         },
         Case {
             what: "GitHub-style 403, remaining 0",
             status: 403,
-            headers: vec![
-                ("x-ratelimit-remaining", "0".into()),
-                ("x-ratelimit-reset", (now_secs() + 30).to_string()),
-            ],
+            headers: || {
+                vec![
+                    ("x-ratelimit-remaining", "0".into()),
+                    ("x-ratelimit-reset", (now_secs() + 30).to_string()),
+                ]
+            },
             reset_in_ms: 30_000,
             slack: 2_000,
         },
         Case {
             what: "429 without a signal",
             status: 429,
-            headers: vec![],
+            headers: || vec![],
             reset_in_ms: 2_000,
             slack: 0,
         },
@@ -96,16 +97,16 @@ async fn every_rate_limit_signal_holds_the_stream_until_the_reset_it_names() {
             &[("psn", json!({"access_token": PSN_TOKEN}))],
         )
         .await;
-        let headers: Vec<(&str, &str)> =
-            case.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let made = (case.headers)();
+        let headers: Vec<(&str, &str)> = made.iter().map(|(n, v)| (*n, v.as_str())).collect();
         fake.control.answer_next(
             case.status,
             &headers,
             json!({"error": {"code": 2240525, "message": "Too many requests"}}),
         );
-        let before = system_clock()();
+        let before = SystemClock.now_ms();
         h.importer.start(USER, "psn").await.unwrap();
-        let after = system_clock()();
+        let after = SystemClock.now_ms();
         let state = h.state("psn", "trophy_titles", ImportPhase::Initial).await;
         assert_eq!(
             state.status,
@@ -182,7 +183,7 @@ async fn a_401_is_connect_again_and_a_403_is_a_missing_permission() {
         let state = h.state("psn", "trophy_titles", ImportPhase::Initial).await;
         assert_eq!(state.status, ImportStatus::Error, "{status}: {state:?}");
         assert_eq!(
-            state.error_code.as_deref(),
+            state.error_code.map(|c| c.as_str()),
             Some(code),
             "{status}: {state:?}"
         );

@@ -132,7 +132,11 @@ async fn a_private_profile_is_profile_private_not_an_empty_library() {
     assert_eq!(states.len(), 2);
     for s in &states {
         assert_eq!(s.status, ImportStatus::Error, "{s:?}");
-        assert_eq!(s.error_code.as_deref(), Some("profile_private"), "{s:?}");
+        assert_eq!(
+            s.error_code.map(|c| c.as_str()),
+            Some("profile_private"),
+            "{s:?}"
+        );
         assert!(
             s.error.as_deref().unwrap().contains("Game details"),
             "{s:?}"
@@ -160,7 +164,7 @@ async fn a_private_profile_is_profile_private_not_an_empty_library() {
     let states = h.import("steam", 10).await;
     let achievements = states.iter().find(|s| s.stream == "achievements").unwrap();
     assert_eq!(
-        achievements.error_code.as_deref(),
+        achievements.error_code.map(|c| c.as_str()),
         Some("profile_private"),
         "{achievements:?}"
     );
@@ -181,7 +185,7 @@ async fn a_bad_key_is_auth_expired_and_not_a_private_profile() {
     .await;
     let states = h.import("steam", 10).await;
     assert_eq!(
-        states[0].error_code.as_deref(),
+        states[0].error_code.map(|c| c.as_str()),
         Some("auth_expired"),
         "{:?}",
         states[0]
@@ -225,7 +229,7 @@ async fn a_vanity_name_or_profile_url_is_resolved_once_through_resolve_vanity_ur
     h.importer.start(USER, "steam").await.unwrap();
     let state = &h.importer.status(USER, "steam").await.unwrap()[0];
     assert_eq!(
-        state.error_code.as_deref(),
+        state.error_code.map(|c| c.as_str()),
         Some("auth_expired"),
         "{state:?}"
     );

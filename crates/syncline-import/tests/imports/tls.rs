@@ -89,7 +89,7 @@ async fn a_certificate_the_client_must_refuse_is_tls_failed_naming_the_host_and_
         let state = &h.importer.status(USER, "steam").await.unwrap()[0];
         assert_eq!(state.status, ImportStatus::Error, "{reason}: {state:?}");
         assert_eq!(
-            state.error_code.as_deref(),
+            state.error_code.map(|c| c.as_str()),
             Some("tls_failed"),
             "{reason}: {state:?}"
         );

@@ -24,12 +24,16 @@ use postgres::{Client, IsolationLevel, NoTls, Transaction};
 use syncline_core::{ImportState, PullRequest, Schema, WriteBatch};
 
 use crate::apply::{Existing, NewRow, RecordTx, apply};
-use crate::{
-    ActivityBucket, ActivityStore, DeviceActivity, GcStats, IdempotencyKey, ImportActivity,
-    ImportOutcome, ImportStore, Lease, LeaseHolder, PullSink, PullStats, StoreError, StoreOptions,
-    SyncActivity, SyncKind, SyncStore, TableStats, UserActivity, UserStats, WriteOutcome,
-    WriteSummary, activity_bucket, state_from_json, state_json,
+use crate::sql::{
+    Backend, Durability, ImportBatch, Migration, MigrationSql, Param, Sql, SqlConn, SqlRow,
+    UserSql, Value, migrate,
 };
+use crate::{
+    GcStats, IdempotencyKey, ImportActivity, Lease, PullSink, PullStats, StoreError, StoreOptions,
+    SyncStore, UserStats, WriteOutcome, WriteSummary,
+};
+use postgres::GenericClient;
+use postgres::types::{ToSql, Type};
 
 /// Rows fetched per round trip when a pull streams a table.
 const FETCH_ROWS: i32 = 5_000;
@@ -39,44 +43,34 @@ const MIGRATION_LOCK: i64 = 0x5359_4e43_4c49_4e45;
 
 /// The migrations, in the order they are applied; each is applied once and recorded in
 /// `syncline_migrations` with its version.
-const MIGRATIONS: [(i32, &str, &str); 2] = [
-    (
-        1,
-        "initial",
-        include_str!("../../migrations/postgres/0001_initial.sql"),
-    ),
-    (
-        2,
-        "per_user_sequence",
-        include_str!("../../migrations/postgres/0002_per_user_sequence.sql"),
-    ),
+const MIGRATIONS: [Migration; 2] = [
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../../migrations/postgres/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "per_user_sequence",
+        sql: include_str!("../../migrations/postgres/0002_per_user_sequence.sql"),
+    },
 ];
 
-/// Applies the migrations not recorded yet, in order, each in the caller's transaction (which holds the
-/// migration lock).
-fn migrate(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS syncline_migrations (
+/// The statements of the shared flows, in PostgreSQL's dialect.
+const SQL: Sql = Sql {
+    users: UserSql {
+        find: "SELECT uid FROM syncline_users WHERE name = $1",
+        insert: INSERT_USER,
+    },
+    activity: activity::STATEMENTS,
+    imports: imports::STATEMENTS,
+    migrations: MigrationSql {
+        create: "CREATE TABLE IF NOT EXISTS syncline_migrations (
              version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
-    )?;
-    let applied: Vec<i32> = tx
-        .query("SELECT version FROM syncline_migrations", &[])?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for (version, name, sql) in MIGRATIONS {
-        if applied.contains(&version) {
-            continue;
-        }
-        tx.batch_execute(sql)
-            .map_err(|e| StoreError::Setup(format!("migration {version} ({name}): {e}")))?;
-        tx.execute(
-            "INSERT INTO syncline_migrations (version, name) VALUES ($1, $2)",
-            &[&version, &name],
-        )?;
-    }
-    Ok(())
-}
+        applied: "SELECT version::bigint FROM syncline_migrations",
+        record: "INSERT INTO syncline_migrations (version, name) VALUES ($1::bigint, $2)",
+    },
+};
 
 type Manager = r2d2_postgres::PostgresConnectionManager<NoTls>;
 
@@ -170,7 +164,7 @@ impl PostgresStore {
         let mut client = config.connect(NoTls)?;
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-        migrate(&mut tx)?;
+        migrate(&mut Pg::new(&mut tx), &SQL.migrations, &MIGRATIONS)?;
         let mut tids = HashMap::new();
         for table in schema.tables() {
             tx.execute(
@@ -216,7 +210,7 @@ impl PostgresStore {
     fn client(&self) -> Result<PooledClient, StoreError> {
         let pool = self.pool.as_ref().expect("present until drop");
         match pool.get() {
-            Ok(conn) => Ok(PooledClient(conn)),
+            Ok(conn) => Ok(PooledClient::new(conn)),
             Err(e) => {
                 let state = pool.state();
                 if state.connections >= self.max_connections && state.idle_connections == 0 {
@@ -229,11 +223,39 @@ impl PostgresStore {
     }
 }
 
-struct PooledClient(r2d2::PooledConnection<Manager>);
+/// A connection out of the pool, with the statements prepared on it so far.
+struct PooledClient {
+    conn: r2d2::PooledConnection<Manager>,
+    statements: Statements,
+}
+
+/// The shared flows' statements prepared on one connection, by SQL text: kept with the connection in the
+/// pool, so each is parsed and planned once per connection instead of once per call (a round trip saved).
+/// A reconnect starts an empty cache.
+#[derive(Default)]
+struct Statements(HashMap<String, postgres::Statement>);
 
 impl PooledClient {
+    fn new(mut conn: r2d2::PooledConnection<Manager>) -> PooledClient {
+        let statements = r2d2::PooledConnection::extensions_mut(&mut conn)
+            .remove::<Statements>()
+            .unwrap_or_default();
+        PooledClient { conn, statements }
+    }
+
     fn get(&mut self) -> &mut Client {
-        &mut self.0
+        &mut self.conn
+    }
+
+    fn parts(&mut self) -> (&mut Client, &mut Statements) {
+        (&mut self.conn, &mut self.statements)
+    }
+}
+
+impl Drop for PooledClient {
+    fn drop(&mut self) {
+        let statements = std::mem::take(&mut self.statements);
+        r2d2::PooledConnection::extensions_mut(&mut self.conn).insert(statements);
     }
 }
 
@@ -241,14 +263,9 @@ impl PooledClient {
 const INSERT_USER: &str =
     "INSERT INTO syncline_users (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
 
+/// The user's uid, created on first use, in the caller's write transaction.
 fn user_id(tx: &mut Transaction<'_>, name: &str) -> Result<i64, StoreError> {
-    if let Some(row) = tx.query_opt("SELECT uid FROM syncline_users WHERE name = $1", &[&name])? {
-        return Ok(row.get(0));
-    }
-    tx.execute(INSERT_USER, &[&name])?;
-    Ok(tx
-        .query_one("SELECT uid FROM syncline_users WHERE name = $1", &[&name])?
-        .get(0))
+    crate::sql::user_id(&mut Pg::new(tx), &SQL.users, name)
 }
 
 /// The user's uid, tombstone horizon and change counter; for a user without a row, no uid (-1), no horizon
@@ -298,6 +315,160 @@ impl SyncStore for PostgresStore {
     }
 
     fn user_stats(&self, user: &str) -> Result<UserStats, StoreError> {
-        self.stats(user)
+        self.snapshot(|c| crate::activity::user_stats(c, &SQL, &self.schema, &self.tids, user))
+    }
+}
+
+impl Backend for PostgresStore {
+    const SQL: Sql = SQL;
+
+    fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut pooled = self.client()?;
+        let (client, statements) = pooled.parts();
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let out = f(&mut Pg::cached(&mut tx, statements))?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        // One statement sees one snapshot by itself: no transaction round trips.
+        let mut pooled = self.client()?;
+        let (client, statements) = pooled.parts();
+        f(&mut Pg::cached(client, statements))
+    }
+
+    fn transaction<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut pooled = self.client()?;
+        let (client, statements) = pooled.parts();
+        let mut tx = client.transaction()?;
+        if durability == Durability::Relaxed {
+            // A second flush per push would halve what small pushes get through on a durable cluster.
+            tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+        }
+        let out = f(&mut Pg::cached(&mut tx, statements))?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn import_hook(&self) -> &crate::ImportHook {
+        &self.import_hook
+    }
+
+    fn import_batch(&self, b: ImportBatch<'_, '_>) -> Result<Option<WriteSummary>, StoreError> {
+        self.write_import_batch(b.user, b.batch, b.state, b.lease, b.now_ms)
+    }
+}
+
+/// A PostgreSQL client or transaction as the shared flows see it, with the connection's prepared statements
+/// when the caller has them.
+struct Pg<'c, C> {
+    conn: &'c mut C,
+    statements: Option<&'c mut Statements>,
+}
+
+impl<'c, C: GenericClient> Pg<'c, C> {
+    /// Statements are prepared for each call.
+    fn new(conn: &'c mut C) -> Pg<'c, C> {
+        Pg {
+            conn,
+            statements: None,
+        }
+    }
+
+    /// Statements are prepared once per connection.
+    fn cached(conn: &'c mut C, statements: &'c mut Statements) -> Pg<'c, C> {
+        Pg {
+            conn,
+            statements: Some(statements),
+        }
+    }
+
+    /// The prepared statement for `sql`, if this connection keeps them.
+    fn prepared(&mut self, sql: &str) -> Result<Option<postgres::Statement>, StoreError> {
+        let Some(Statements(cache)) = self.statements.as_deref_mut() else {
+            return Ok(None);
+        };
+        if let Some(statement) = cache.get(sql) {
+            return Ok(Some(statement.clone()));
+        }
+        let statement = self.conn.prepare(sql)?;
+        cache.insert(sql.to_owned(), statement.clone());
+        Ok(Some(statement))
+    }
+}
+
+/// The driver's view of a parameter.
+fn sql_param<'p>(p: &'p Param<'_>) -> &'p (dyn ToSql + Sync) {
+    match p {
+        Param::Int(v) => v,
+        Param::OptInt(v) => v,
+        Param::Text(v) => v,
+        Param::OptText(v) => v,
+        Param::Bytes(v) => v,
+    }
+}
+
+impl<C: GenericClient> SqlConn for Pg<'_, C> {
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        each: &mut dyn FnMut(&dyn SqlRow) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let params: Vec<_> = params.iter().map(sql_param).collect();
+        let rows = match self.prepared(sql)? {
+            Some(statement) => self.conn.query(&statement, &params)?,
+            None => self.conn.query(sql, &params)?,
+        };
+        for row in rows {
+            each(&row)?;
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
+        let params: Vec<_> = params.iter().map(sql_param).collect();
+        Ok(match self.prepared(sql)? {
+            Some(statement) => self.conn.execute(&statement, &params)?,
+            None => self.conn.execute(sql, &params)?,
+        })
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.conn.batch_execute(sql)?)
+    }
+}
+
+impl SqlRow for postgres::Row {
+    fn value(&self, i: usize) -> Result<Value, StoreError> {
+        let ty = self.columns()[i].type_();
+        let value = if *ty == Type::INT8 {
+            self.try_get::<_, Option<i64>>(i)?.map(Value::Int)
+        } else if *ty == Type::INT4 {
+            self.try_get::<_, Option<i32>>(i)?
+                .map(|v| Value::Int(v.into()))
+        } else if *ty == Type::TEXT || *ty == Type::VARCHAR {
+            self.try_get::<_, Option<String>>(i)?.map(Value::Text)
+        } else if *ty == Type::BYTEA {
+            self.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Bytes)
+        } else {
+            return Err(StoreError::Postgres(format!("column {i} has type {ty}")));
+        };
+        Ok(value.unwrap_or(Value::Null))
     }
 }

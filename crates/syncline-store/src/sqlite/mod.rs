@@ -28,13 +28,15 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use syncline_core::{ImportState, PullRequest, Schema, WriteBatch};
 
 use crate::apply::{Existing, NewRow, RecordTx, apply};
-use crate::{
-    ActivityBucket, ActivityStore, DeviceActivity, GcStats, IdempotencyKey, ImportActivity,
-    ImportOutcome, ImportStore, Lease, LeaseHolder, PullSink, PullStats, SqliteSynchronous,
-    StoreError, StoreOptions, SyncActivity, SyncKind, SyncStore, TableStats, UserActivity,
-    UserStats, WriteOutcome, WriteSummary, activity_bucket, state_from_json, state_json,
+use crate::sql::{
+    Backend, Durability, ImportBatch, Migration, MigrationSql, Param, Sql, SqlConn, SqlRow,
+    UserSql, Value, migrate,
 };
-use activity::ACTIVITY_SETUP;
+use crate::{
+    GcStats, IdempotencyKey, ImportActivity, Lease, PullSink, PullStats, SqliteSynchronous,
+    StoreError, StoreOptions, SyncStore, UserStats, WriteOutcome, WriteSummary,
+};
+use rusqlite::types::{ToSqlOutput, ValueRef};
 
 /// The SQLite store. Cheap to share behind an `Arc`.
 pub struct SqliteStore {
@@ -63,60 +65,38 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-const SETUP: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('seq', 1), ('layout_version', 1);
-CREATE TABLE IF NOT EXISTS users (
-    uid INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    tombstone_horizon INTEGER NOT NULL DEFAULT 0,
-    last_push_at INTEGER
-);
-CREATE TABLE IF NOT EXISTS sync_tables (tid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY,
-    uid INTEGER NOT NULL,
-    tid INTEGER NOT NULL,
-    id TEXT NOT NULL,
-    deleted_at INTEGER,
-    data TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS records_key ON records (uid, tid, id);
-CREATE INDEX IF NOT EXISTS records_log ON records (uid, tid, seq);
-CREATE INDEX IF NOT EXISTS records_tombstones ON records (deleted_at) WHERE deleted_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS idempotency (
-    uid INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    request_hash BLOB NOT NULL,
-    response TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    PRIMARY KEY (uid, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS import_states (
-    uid INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    phase TEXT NOT NULL,
-    status TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    PRIMARY KEY (uid, source, stream, phase)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS import_leases (
-    uid INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    until INTEGER NOT NULL,
-    PRIMARY KEY (uid, source)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS import_states_status ON import_states (status);
-CREATE TABLE IF NOT EXISTS connections (
-    uid INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    sealed BLOB NOT NULL,
-    PRIMARY KEY (uid, source)
-) WITHOUT ROWID;
-";
+/// The migrations, in the order they are applied; each is applied once and recorded in
+/// `syncline_migrations` with its version. A database created before migrations were recorded has the tables
+/// of 1 and 2 already: their statements are `IF NOT EXISTS`, so applying them to it changes nothing.
+const MIGRATIONS: [Migration; 2] = [
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../../migrations/sqlite/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "activity",
+        sql: include_str!("../../migrations/sqlite/0002_activity.sql"),
+    },
+];
+
+/// The statements of the shared flows, in SQLite's dialect.
+const SQL: Sql = Sql {
+    users: UserSql {
+        find: "SELECT uid FROM users WHERE name = ?1",
+        insert: "INSERT OR IGNORE INTO users (name) VALUES (?1)",
+    },
+    activity: activity::STATEMENTS,
+    imports: imports::STATEMENTS,
+    migrations: MigrationSql {
+        create: "CREATE TABLE IF NOT EXISTS syncline_migrations (
+             version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+             applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+        applied: "SELECT version FROM syncline_migrations",
+        record: "INSERT INTO syncline_migrations (version, name) VALUES (?1, ?2)",
+    },
+};
 
 fn configure(conn: &Connection, writer: bool, options: &Settings) -> Result<(), rusqlite::Error> {
     conn.busy_timeout(options.busy_timeout)?;
@@ -137,6 +117,79 @@ fn configure(conn: &Connection, writer: bool, options: &Settings) -> Result<(), 
         )?;
     }
     Ok(())
+}
+
+/// Opens the writer connection and sets it up.
+fn open_writer(path: &Path, settings: &Settings) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "page_size", 8192)?; // only takes effect on a new database
+    configure(&conn, true, settings)?;
+    Ok(conn)
+}
+
+/// Sets `synchronous` and reads it back: SQLite answers a pragma it did not apply without an error.
+fn set_synchronous(conn: &Connection, level: SqliteSynchronous) -> Result<(), StoreError> {
+    conn.pragma_update(None, "synchronous", level.pragma())?;
+    let now: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
+    let wanted = match level {
+        SqliteSynchronous::Normal => 1,
+        SqliteSynchronous::Full => 2,
+    };
+    if now != wanted {
+        return Err(StoreError::Setup(format!(
+            "synchronous is {now}, not {} ({wanted})",
+            level.pragma()
+        )));
+    }
+    Ok(())
+}
+
+/// The writer with `synchronous` lowered to NORMAL for one transaction. Restores the configured level when
+/// dropped, also when the transaction failed or panicked; [`Relaxed::restore`] reports whether it could.
+struct Relaxed<'c> {
+    conn: &'c Connection,
+    level: SqliteSynchronous,
+    restored: bool,
+}
+
+impl<'c> Relaxed<'c> {
+    fn new(conn: &'c Connection, level: SqliteSynchronous) -> Result<Relaxed<'c>, StoreError> {
+        let relaxed = Relaxed {
+            conn,
+            level,
+            restored: false,
+        };
+        // Dropped on failure: a half-applied pragma is put back too.
+        set_synchronous(conn, SqliteSynchronous::Normal)?;
+        Ok(relaxed)
+    }
+
+    fn restore(mut self) -> Result<(), StoreError> {
+        self.restored = true;
+        set_synchronous(self.conn, self.level)
+    }
+}
+
+impl Drop for Relaxed<'_> {
+    fn drop(&mut self) {
+        if !self.restored
+            && let Err(error) = set_synchronous(self.conn, self.level)
+        {
+            tracing::error!(%error, "the SQLite writer could not restore its synchronous setting");
+        }
+    }
+}
+
+/// Runs `f` in a transaction on `conn`, committed when `f` succeeds (dropping it rolls back).
+fn in_transaction<T>(
+    conn: &Connection,
+    behavior: TransactionBehavior,
+    f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let tx = Transaction::new_unchecked(conn, behavior)?;
+    let out = f(&mut Conn(&tx))?;
+    tx.commit()?;
+    Ok(out)
 }
 
 impl SqliteStore {
@@ -176,12 +229,10 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Setup(format!("{}: {e}", dir.display())))?;
         }
-        let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "page_size", 8192)?; // only takes effect on a new database
-        configure(&conn, true, &settings)?;
-        conn.execute_batch(SETUP)?;
-        conn.execute_batch(ACTIVITY_SETUP)?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let conn = open_writer(path, &settings)?;
+        // Migrations and the table ids in one transaction: a store that starts sees all of them or none.
+        let tx = Transaction::new_unchecked(&conn, TransactionBehavior::Immediate)?;
+        migrate(&mut Conn(&tx), &SQL.migrations, &MIGRATIONS)?;
         let mut tids = HashMap::new();
         for table in schema.tables() {
             tx.execute(
@@ -244,16 +295,9 @@ impl Drop for ReaderGuard<'_> {
     }
 }
 
-fn user_id(tx: &Transaction<'_>, name: &str) -> Result<i64, rusqlite::Error> {
-    if let Some(uid) = tx
-        .prepare_cached("SELECT uid FROM users WHERE name = ?1")?
-        .query_row([name], |r| r.get(0))
-        .optional()?
-    {
-        return Ok(uid);
-    }
-    tx.execute("INSERT INTO users (name) VALUES (?1)", [name])?;
-    Ok(tx.last_insert_rowid())
+/// The user's uid, created on first use, in the caller's write transaction.
+fn user_id(tx: &Connection, name: &str) -> Result<i64, StoreError> {
+    crate::sql::user_id(&mut Conn(tx), &SQL.users, name)
 }
 
 impl SyncStore for SqliteStore {
@@ -286,15 +330,8 @@ impl SyncStore for SqliteStore {
     }
 
     fn user_stats(&self, user: &str) -> Result<UserStats, StoreError> {
-        self.stats(user)
+        self.snapshot(|c| crate::activity::user_stats(c, &SQL, &self.schema, &self.tids, user))
     }
-}
-
-fn existing_user(tx: &Transaction<'_>, name: &str) -> Result<Option<i64>, StoreError> {
-    Ok(tx
-        .prepare_cached("SELECT uid FROM users WHERE name = ?1")?
-        .query_row([name], |r| r.get(0))
-        .optional()?)
 }
 
 /// The first column of a row as text, without copying.
@@ -304,3 +341,120 @@ fn text<'r>(row: &'r rusqlite::Row<'_>) -> Result<&'r str, StoreError> {
             .into()
     })
 }
+
+impl Backend for SqliteStore {
+    const SQL: Sql = SQL;
+
+    fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let guard = self.reader()?;
+        in_transaction(
+            guard.conn.as_ref().expect("present until drop"),
+            TransactionBehavior::Deferred,
+            f,
+        )
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        // One statement reads one snapshot by itself: no BEGIN and COMMIT around it.
+        let guard = self.reader()?;
+        f(&mut Conn(guard.conn.as_ref().expect("present until drop")))
+    }
+
+    fn transaction<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut dyn SqlConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if durability == Durability::Full || self.settings.synchronous == SqliteSynchronous::Normal
+        {
+            return in_transaction(&conn, TransactionBehavior::Immediate, f);
+        }
+        // Set per transaction: it is the writer's connection, every other write needs the configured level.
+        let relaxed = Relaxed::new(&conn, self.settings.synchronous)?;
+        let result = in_transaction(relaxed.conn, TransactionBehavior::Immediate, f);
+        if let Err(error) = relaxed.restore() {
+            // No later write may run relaxed: start over with a freshly configured writer.
+            tracing::error!(%error, "the SQLite writer could not restore its synchronous setting");
+            *conn = open_writer(&self.path, &self.settings)?;
+            return Err(StoreError::Setup(format!(
+                "could not restore synchronous on the writer: {error}"
+            )));
+        }
+        result
+    }
+
+    fn import_hook(&self) -> &crate::ImportHook {
+        &self.import_hook
+    }
+
+    fn import_batch(&self, b: ImportBatch<'_, '_>) -> Result<Option<WriteSummary>, StoreError> {
+        self.write_import_batch(b.user, b.batch, b.state, b.lease, b.now_ms)
+    }
+}
+
+/// A SQLite connection (or the transaction open on it) as the shared flows see it. Statements are prepared
+/// once per connection (`prepare_cached`).
+struct Conn<'c>(&'c Connection);
+
+impl SqlConn for Conn<'_> {
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        each: &mut dyn FnMut(&dyn SqlRow) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+        while let Some(row) = rows.next()? {
+            each(row)?;
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
+        let changed = self
+            .0
+            .prepare_cached(sql)?
+            .execute(rusqlite::params_from_iter(params))?;
+        Ok(changed as u64)
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.0.execute_batch(sql)?)
+    }
+}
+
+impl SqlRow for rusqlite::Row<'_> {
+    fn value(&self, i: usize) -> Result<Value, StoreError> {
+        Ok(match self.get_ref(i)? {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(v) => Value::Int(v),
+            ValueRef::Text(_) => Value::Text(self.get(i)?),
+            ValueRef::Blob(v) => Value::Bytes(v.to_vec()),
+            ValueRef::Real(v) => {
+                return Err(StoreError::Setup(format!("column {i} holds a real, {v}")));
+            }
+        })
+    }
+}
+
+impl rusqlite::ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match *self {
+            Param::Int(v) | Param::OptInt(Some(v)) => ValueRef::Integer(v),
+            Param::Text(v) | Param::OptText(Some(v)) => ValueRef::Text(v.as_bytes()),
+            Param::Bytes(v) => ValueRef::Blob(v),
+            Param::OptInt(None) | Param::OptText(None) => ValueRef::Null,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -182,3 +182,31 @@ fn every_crate_inherits_the_rust_version_and_the_toolchain_is_pinned() {
     let doc: toml::Table = toml::from_str(&toolchain).unwrap();
     assert!(doc["toolchain"]["channel"].as_str().is_some());
 }
+
+/// Wall-clock time comes from `syncline_core::Clock`: `clippy.toml` forbids `SystemTime::now`, and the one
+/// exception is `SystemClock` in `syncline-core/src/clock.rs`.
+#[test]
+fn only_the_system_clock_reads_the_system_clock() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let clippy = std::fs::read_to_string(crates.join("../clippy.toml")).unwrap();
+    let doc: toml::Table = toml::from_str(&clippy).unwrap();
+    let paths: Vec<&str> = doc["disallowed-methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.get("path").and_then(toml::Value::as_str))
+        .collect();
+    assert!(
+        paths.contains(&"std::time::SystemTime::now"),
+        "clippy.toml disallows {paths:?}"
+    );
+    let mut files = Vec::new();
+    rust_files(&crates, &mut files);
+    let allow = ["allow(clippy::", "disallowed_methods)"].concat();
+    let allowed: Vec<String> = files
+        .iter()
+        .filter(|f| std::fs::read_to_string(f).unwrap().contains(&allow))
+        .map(|f| f.strip_prefix(&crates).unwrap().display().to_string())
+        .collect();
+    assert_eq!(allowed, ["syncline-core/src/clock.rs"]);
+}

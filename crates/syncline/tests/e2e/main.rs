@@ -7,3 +7,4 @@ mod imports;
 mod instances;
 mod kill;
 mod support;
+mod watch;

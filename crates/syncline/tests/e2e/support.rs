@@ -120,10 +120,7 @@ pub fn mint_token(secret: &str, user: &str, ttl_secs: i64) -> String {
         ..Default::default()
     })
     .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = syncline_core::Clock::now_ms(&syncline_core::SystemClock) / 1000;
     auth.mint(user, ttl_secs, false, now).unwrap()
 }
 
