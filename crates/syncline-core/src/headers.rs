@@ -15,3 +15,7 @@ pub const DEVICE: &str = "syncline-device";
 
 /// `Syncline-Outbox-Pending`: how many operations wait in the device's outbox, for the dashboard (§10).
 pub const OUTBOX_PENDING: &str = "syncline-outbox-pending";
+
+/// `Server-Timing: app;dur=<ms>` (W3C Server Timing) on every answer: the server's time from routing the
+/// request to the answer's head (§11).
+pub const SERVER_TIMING: &str = "server-timing";

@@ -154,15 +154,23 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .unwrap_or_else(|| "other".into());
     let started = Instant::now();
     let mut response = next.run(request).await;
-    response
-        .headers_mut()
+    let elapsed = started.elapsed();
+    let headers = response.headers_mut();
+    headers
         .entry(header::X_CONTENT_TYPE_OPTIONS)
         .or_insert(HeaderValue::from_static("nosniff"));
-    state.metrics.observe_request(
-        &route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    // W3C Server Timing: the time from routing the request to its answer's head, in milliseconds. For an
+    // answer sent whole (every one but a long, streamed pull or an event stream) that includes all its work.
+    if let Ok(value) = HeaderValue::from_str(&format!("app;dur={:.3}", elapsed.as_secs_f64() * 1e3))
+    {
+        headers.insert(
+            header::HeaderName::from_static(syncline_core::headers::SERVER_TIMING),
+            value,
+        );
+    }
+    state
+        .metrics
+        .observe_request(&route, response.status().as_u16(), elapsed.as_secs_f64());
     response
 }
 
@@ -613,12 +621,22 @@ async fn pull(
         Some(Err(e)) => return Err(e),
         None => return Err(ApiError::internal()),
     };
+    // An answer of one chunk (every small pull) goes out whole, with its length, once the pull is done; a
+    // longer one streams as it is produced.
+    let second = match rx.recv().await {
+        None => {
+            return Ok(([(header::CONTENT_TYPE, "application/json")], first).into_response());
+        }
+        Some(Ok(chunk)) => chunk,
+        Some(Err(e)) => return Err(e),
+    };
     let rest = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
             .map(|item| (item.map_err(|e| std::io::Error::other(e.message)), rx))
     });
-    let stream = futures_util::stream::iter([Ok::<Bytes, std::io::Error>(first)]).chain(rest);
+    let stream =
+        futures_util::stream::iter([Ok::<Bytes, std::io::Error>(first), Ok(second)]).chain(rest);
     use futures_util::StreamExt;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],

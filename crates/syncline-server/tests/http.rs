@@ -593,6 +593,55 @@ async fn collected_tombstones_make_old_clients_replace_their_data() {
     s.stop().await;
 }
 
+/// A small pull's answer goes out whole, with its length and a W3C `Server-Timing` figure for the time the
+/// server spent on it; an answer larger than one chunk streams, and arrives whole all the same.
+#[tokio::test]
+async fn small_pulls_answer_whole_with_server_timing_and_large_ones_stream() {
+    let s = TestServer::start("").await;
+    let (_, a) = s
+        .push("alice", 0, projects(&[("p1", "A"), ("p2", "B")]))
+        .await;
+    let pull = |since: i64| {
+        s.http
+            .post(format!("{}/v1/sync/pull", s.url))
+            .bearer_auth(s.token("alice"))
+            .body(json!({"lastPulledAt": since}).to_string())
+            .send()
+    };
+    let small = pull(0).await.unwrap();
+    assert_eq!(small.status(), StatusCode::OK);
+    let headers = small.headers().clone();
+    let body = small.bytes().await.unwrap();
+    assert_eq!(
+        headers["content-length"].to_str().unwrap(),
+        body.len().to_string()
+    );
+    assert!(headers.get("transfer-encoding").is_none());
+    let timing = headers["server-timing"].to_str().unwrap();
+    let ms: f64 = timing
+        .strip_prefix("app;dur=")
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("Server-Timing `{timing}`"));
+    assert!(ms > 0.0 && ms < 60_000.0, "{timing}");
+    let page: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(ids(&page, "projects"), ["p1", "p2"]);
+    // About 200 KiB of records: several chunks, streamed.
+    let name = "n".repeat(1000);
+    let many: Vec<(String, &str)> = (0..200)
+        .map(|i| (format!("q{i:03}"), name.as_str()))
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(id, n)| (id.as_str(), *n)).collect();
+    let t = a["timestamp"].as_i64().unwrap();
+    let (status, _) = s.push("alice", t, projects(&many)).await;
+    assert_eq!(status, StatusCode::OK);
+    let large = pull(t).await.unwrap();
+    assert_eq!(large.status(), StatusCode::OK);
+    assert_eq!(large.headers()["transfer-encoding"], "chunked");
+    let page: Value = serde_json::from_slice(&large.bytes().await.unwrap()).unwrap();
+    assert_eq!(ids(&page, "projects").len(), 200);
+    s.stop().await;
+}
+
 /// Many concurrent pushers and pullers: every puller, following only the timestamps it was given, ends up
 /// having seen every change that any push committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -438,6 +438,112 @@ fn paged_pulls_cover_every_change_exactly_once() {
     }
 }
 
+/// Pages end where the `limit`-th change ends, across tables and with tombstones: an incremental page counts
+/// a deletion as a change and sends it under `deleted`, a first pull's pages hold `limit` live records each
+/// and skip deleted ones, whether one table or several have changes.
+#[test]
+fn pages_end_at_the_limit_th_change_across_tables_and_tombstones() {
+    for b in backends() {
+        let mut t = 0;
+        for i in 0..4 {
+            t = sequence(&b.push("alice", t, json!({
+                "projects": {"created": [project(&format!("p{i}"), "x")], "updated": [], "deleted": []},
+                "tasks": {"created": [task(&format!("t{i}"), "none")], "updated": [], "deleted": []}})));
+        }
+        let cursor = t;
+        t = sequence(&b.push(
+            "alice",
+            t,
+            json!({"projects": {"created": [], "updated": [], "deleted": ["p1"]}}),
+        ));
+        t = sequence(&b.push(
+            "alice",
+            t,
+            json!({"tasks": {"created": [], "updated": [task("t2", "p0")], "deleted": []}}),
+        ));
+        sequence(&b.push(
+            "alice",
+            t,
+            json!({"tasks": {"created": [], "updated": [], "deleted": ["t3"]}}),
+        ));
+        // Incremental, one change a page, in sequence order: p1 deleted, t2 updated, t3 deleted.
+        let mut pages = Vec::new();
+        let mut at = cursor;
+        loop {
+            let page = b.pull("alice", json!({"lastPulledAt": at, "limit": 1}));
+            pages.push((
+                ids(&page, "projects", "deleted"),
+                ids(&page, "tasks", "updated"),
+                ids(&page, "tasks", "deleted"),
+                ids(&page, "projects", "updated").len(),
+            ));
+            at = page["timestamp"].as_i64().unwrap();
+            if !page["hasMore"].as_bool().unwrap() {
+                break;
+            }
+        }
+        let none = Vec::<String>::new;
+        assert_eq!(
+            pages,
+            [
+                (vec!["p1".to_string()], none(), none(), 0),
+                (none(), vec!["t2".to_string()], none(), 0),
+                (none(), none(), vec!["t3".to_string()], 0),
+            ],
+            "{}",
+            b.url
+        );
+        // A first pull's page counts live records only, across both tables: six live records (p0, t0, t1,
+        // p2, p3, then t2's newest version) fill a page of 6 with nothing more to come, although tombstones lie
+        // between and after them.
+        let live = |page: &Value| {
+            let mut live = ids(page, "projects", "updated");
+            live.extend(ids(page, "tasks", "updated"));
+            live
+        };
+        let whole = b.pull("alice", json!({"lastPulledAt": null, "limit": 6}));
+        assert_eq!(
+            live(&whole),
+            ["p0", "p2", "p3", "t0", "t1", "t2"],
+            "{}",
+            b.url
+        );
+        assert_eq!(whole["hasMore"], json!(false));
+        assert!(ids(&whole, "projects", "deleted").is_empty());
+        // In pages of 5 the first page stops before t2; the next, an incremental page, has the rest.
+        let first = b.pull("alice", json!({"lastPulledAt": null, "limit": 5}));
+        assert_eq!(live(&first), ["p0", "p2", "p3", "t0", "t1"], "{}", b.url);
+        assert_eq!(first["hasMore"], json!(true));
+        let rest = b.pull(
+            "alice",
+            json!({"lastPulledAt": first["timestamp"], "limit": 5}),
+        );
+        assert_eq!(live(&rest), ["t2"]);
+        assert_eq!(ids(&rest, "projects", "deleted"), ["p1"]);
+        assert_eq!(ids(&rest, "tasks", "deleted"), ["t3"]);
+        assert_eq!(rest["hasMore"], json!(false));
+        // Only tasks have live rows for bob: a page is read from that one table, and still ends at its limit.
+        let mut t = 0;
+        for i in 0..5 {
+            t = sequence(&b.push("bob", t, json!({"tasks": {"created": [task(&format!("b{i}"), "none")], "updated": [], "deleted": []}})));
+        }
+        sequence(&b.push(
+            "bob",
+            t,
+            json!({"tasks": {"created": [], "updated": [], "deleted": ["b1"]}}),
+        ));
+        let page = b.pull("bob", json!({"lastPulledAt": null, "limit": 3}));
+        assert_eq!(ids(&page, "tasks", "updated"), ["b0", "b2", "b3"]);
+        assert_eq!(page["hasMore"], json!(true));
+        let last = b.pull(
+            "bob",
+            json!({"lastPulledAt": page["timestamp"], "limit": 3}),
+        );
+        assert_eq!(ids(&last, "tasks", "updated"), ["b4"]);
+        assert_eq!(last["hasMore"], json!(false));
+    }
+}
+
 #[test]
 fn collected_tombstones_send_old_cursors_a_replacement() {
     for b in backends() {

@@ -64,7 +64,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// p-th percentile (0..=100) of sorted samples, in milliseconds.
-fn pct(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -72,7 +72,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
-fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
+pub(crate) fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
     v.sort();
     v
 }

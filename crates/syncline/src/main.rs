@@ -6,6 +6,7 @@ mod bench;
 mod bench_client;
 mod bench_live;
 mod bench_pg;
+mod bench_pull;
 mod client_cli;
 mod import_cli;
 

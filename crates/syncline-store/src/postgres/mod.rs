@@ -21,10 +21,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use postgres::{Client, IsolationLevel, NoTls, Transaction};
-use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
+use syncline_core::{ImportState, PullRequest, Schema, WriteBatch};
 
 use crate::apply::{Existing, NewRow, RecordTx};
-use crate::pull::{LogRow, Output, PullPlan, live_rows_filter, write_page};
 use crate::sql::{
     Backend, Durability, ImportBatch, Migration, MigrationSql, Param, Sql, SqlConn, SqlRow,
     UserSql, Value, migrate,
@@ -260,10 +259,6 @@ impl PostgresStore {
             }
         }
     }
-
-    fn tid(&self, table: &str) -> i64 {
-        self.tids[table]
-    }
 }
 
 /// A connection out of the pool, with the statements prepared on it so far.
@@ -371,7 +366,7 @@ impl SyncStore for PostgresStore {
         request: &PullRequest,
         sink: &mut dyn PullSink,
     ) -> Result<PullStats, StoreError> {
-        self.pull_changes(user, request, sink)
+        crate::pull::pull(self, &self.schema, &self.tids, user, request, sink)
     }
 
     fn write_counted(

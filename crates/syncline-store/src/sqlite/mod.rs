@@ -25,10 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use syncline_core::{ImportState, PullRequest, Schema, Table, WriteBatch};
+use syncline_core::{ImportState, PullRequest, Schema, WriteBatch};
 
 use crate::apply::{Existing, NewRow, RecordTx};
-use crate::pull::{LogRow, Output, PullPlan, live_rows_filter, write_page};
 use crate::sql::{
     Backend, Durability, ImportBatch, Migration, MigrationSql, Param, Sql, SqlConn, SqlRow,
     UserSql, Value, migrate,
@@ -108,6 +107,14 @@ fn configure(conn: &Connection, writer: bool, options: &Settings) -> Result<(), 
     conn.pragma_update(None, "cache_size", if writer { -80_000 } else { -8_000 })?;
     if writer {
         conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
+    } else {
+        // Readers run the same few cached statements with new bindings on every pull. Without the query
+        // planner stability guarantee SQLite plans `LIMIT ?` around the bound value and throws the plan
+        // away at the next binding, so every pull would compile its statements again.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
     }
     Ok(())
 }
@@ -270,10 +277,6 @@ impl SqliteStore {
             conn: Some(conn),
         })
     }
-
-    fn tid(&self, table: &str) -> i64 {
-        self.tids[table]
-    }
 }
 
 struct ReaderGuard<'a> {
@@ -304,7 +307,7 @@ impl SyncStore for SqliteStore {
         request: &PullRequest,
         sink: &mut dyn PullSink,
     ) -> Result<PullStats, StoreError> {
-        self.pull_changes(user, request, sink)
+        crate::pull::pull(self, &self.schema, &self.tids, user, request, sink)
     }
 
     fn write_counted(
