@@ -1,9 +1,9 @@
 //! PostgreSQL's statements for stats and dashboard activity (per-user record counts, sync and import
 //! counters, time buckets); the flows that run them are the crate's `activity` module.
 
-use super::{Exec, Pg, PooledClient, SQL};
+use super::{Pg, PooledClient, SQL};
 use crate::sql::ActivitySql;
-use crate::{ImportActivity, StoreError, SyncActivity, SyncKind, activity_bucket};
+use crate::{ImportActivity, StoreError, SyncActivity};
 
 pub(super) const STATEMENTS: ActivitySql = ActivitySql {
     stats_user: "SELECT u.uid, s.last_push_at, coalesce(s.seq, m.value)
@@ -89,78 +89,14 @@ pub(super) fn count_import(
     crate::activity::count_import(&mut Pg::cached(client, statements), &SQL, uid, a)
 }
 
-/// Counts one pull or push of user `uid` in the caller's transaction, in one statement. In a push's own
-/// write transaction, `advance` also stores the user's new counter and last push time (the row the
-/// transaction holds locked), so the push's bookkeeping is a single round trip.
+/// Counts one push of user `uid` inside its own write transaction, through the shared flow: its statements
+/// take their row locks in the same order (user, device, bucket) as a pull's counting transaction does, so
+/// the two never deadlock (one statement with data-modifying CTEs would lock in no fixed order).
 pub(super) fn count_sync(
-    tx: &mut impl Exec,
+    conn: &mut PooledClient,
     uid: i64,
     a: &SyncActivity<'_>,
-    advance: Option<(i64, i64)>,
 ) -> Result<(), StoreError> {
-    let pull = a.kind == SyncKind::Pull;
-    let (pull_at, push_at) = if pull {
-        (Some(a.at_ms), None)
-    } else {
-        (None, Some(a.at_ms))
-    };
-    let (pulled, pushed) = if pull {
-        (a.records as i64, 0)
-    } else {
-        (0, a.records as i64)
-    };
-    let (sequence, last_push_at) = advance.unzip();
-    // Every data-modifying CTE runs whether or not it is referenced; the ones with nothing to do select no
-    // row. greatest() skips NULLs: a pull leaves the last push time alone and the other way round.
-    tx.exec(
-        "WITH counter AS (
-             UPDATE syncline_sequences SET seq = $12::bigint, last_push_at = $13::bigint
-             WHERE uid = $1 AND $12::bigint IS NOT NULL),
-         users AS (
-             INSERT INTO syncline_activity_users AS t (uid, last_pull_at, last_push_at, pulls, pushes,
-                 records_pulled, records_pushed, rejected, conflicts, last_rejection, last_rejection_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text,
-                     CASE WHEN $10::text IS NOT NULL THEN $11::bigint END)
-             ON CONFLICT (uid) DO UPDATE SET
-                 last_pull_at = greatest(t.last_pull_at, excluded.last_pull_at),
-                 last_push_at = greatest(t.last_push_at, excluded.last_push_at),
-                 pulls = t.pulls + excluded.pulls, pushes = t.pushes + excluded.pushes,
-                 records_pulled = t.records_pulled + excluded.records_pulled,
-                 records_pushed = t.records_pushed + excluded.records_pushed,
-                 rejected = t.rejected + excluded.rejected, conflicts = t.conflicts + excluded.conflicts,
-                 last_rejection = coalesce(excluded.last_rejection, t.last_rejection),
-                 last_rejection_at = coalesce(excluded.last_rejection_at, t.last_rejection_at)),
-         devices AS (
-             INSERT INTO syncline_activity_devices AS t
-                 (uid, device, last_seen_at, last_pull_at, last_push_at, outbox_pending)
-             SELECT $1, $14::text, $11::bigint, $2, $3, $15::bigint WHERE $14::text IS NOT NULL
-             ON CONFLICT (uid, device) DO UPDATE SET
-                 last_seen_at = greatest(t.last_seen_at, excluded.last_seen_at),
-                 last_pull_at = greatest(t.last_pull_at, excluded.last_pull_at),
-                 last_push_at = greatest(t.last_push_at, excluded.last_push_at),
-                 outbox_pending = coalesce(excluded.outbox_pending, t.outbox_pending))
-         INSERT INTO syncline_activity_buckets AS t (uid, bucket, pushed, pulled, imported)
-         SELECT $1, $16::bigint, $7, $6, 0 WHERE $6::bigint + $7::bigint > 0
-         ON CONFLICT (uid, bucket) DO UPDATE SET pushed = t.pushed + excluded.pushed,
-             pulled = t.pulled + excluded.pulled, imported = t.imported + excluded.imported",
-        &[
-            &uid,
-            &pull_at,
-            &push_at,
-            &(pull as i64),
-            &(!pull as i64),
-            &pulled,
-            &pushed,
-            &(a.rejected as i64),
-            &(a.conflicts as i64),
-            &a.rejection,
-            &a.at_ms,
-            &sequence,
-            &last_push_at,
-            &a.device,
-            &a.outbox_pending.map(|n| n as i64),
-            &activity_bucket(a.at_ms),
-        ],
-    )?;
-    Ok(())
+    let (client, statements) = conn.parts();
+    crate::activity::count_sync(&mut Pg::cached(client, statements), &SQL, uid, a)
 }

@@ -108,24 +108,16 @@ impl WriteTx for PgWrite {
         push_at: Option<i64>,
         activity: Option<&SyncActivity<'_>>,
     ) -> Result<(), StoreError> {
-        match (activity, push_at) {
-            // The counter, the last push and the dashboard's counts in one statement.
-            (Some(activity), Some(at)) => {
-                count_sync(&mut self.conn, uid, activity, Some((sequence, at)))
-            }
-            _ => {
-                // Pushes also stamp the user's last push, in the same update of the row it holds locked.
-                self.exec(
-                    "UPDATE syncline_sequences SET seq = $1, last_push_at = coalesce($3, last_push_at)
-                     WHERE uid = $2",
-                    &[&sequence, &uid, &push_at],
-                )?;
-                if let Some(activity) = activity {
-                    count_sync(&mut self.conn, uid, activity, None)?;
-                }
-                Ok(())
-            }
+        // Pushes also stamp the user's last push, in the same update of the row it holds locked.
+        self.exec(
+            "UPDATE syncline_sequences SET seq = $1, last_push_at = coalesce($3, last_push_at)
+             WHERE uid = $2",
+            &[&sequence, &uid, &push_at],
+        )?;
+        if let Some(activity) = activity {
+            count_sync(&mut self.conn, uid, activity)?;
         }
+        Ok(())
     }
 
     fn remember(
