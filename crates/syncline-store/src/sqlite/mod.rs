@@ -128,9 +128,17 @@ fn open_writer(path: &Path, settings: &Settings) -> Result<Connection, StoreErro
 }
 
 /// Sets `synchronous` and reads it back: SQLite answers a pragma it did not apply without an error.
+/// Both statements are cached on the connection: the dashboard's relaxed transaction runs this twice per
+/// request.
 fn set_synchronous(conn: &Connection, level: SqliteSynchronous) -> Result<(), StoreError> {
-    conn.pragma_update(None, "synchronous", level.pragma())?;
-    let now: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
+    let set = match level {
+        SqliteSynchronous::Normal => "PRAGMA synchronous = NORMAL",
+        SqliteSynchronous::Full => "PRAGMA synchronous = FULL",
+    };
+    conn.prepare_cached(set)?.execute([])?;
+    let now: i64 = conn
+        .prepare_cached("PRAGMA synchronous")?
+        .query_row([], |r| r.get(0))?;
     let wanted = match level {
         SqliteSynchronous::Normal => 1,
         SqliteSynchronous::Full => 2,
