@@ -20,6 +20,7 @@ mod postgres;
 mod pull;
 mod sql;
 mod sqlite;
+mod sync;
 mod write;
 
 use syncline_core::{ImportPhase, ImportState, PullRequest, WriteBatch};

@@ -10,8 +10,8 @@ use syncline_core::{ImportState, Schema, WriteBatch};
 
 use crate::apply::{Applied, RecordTx, apply};
 use crate::{
-    IdempotencyKey, ImportActivity, ImportHook, Lease, StoreError, SyncActivity, WriteOutcome,
-    WriteSummary,
+    GcStats, IdempotencyKey, ImportActivity, ImportHook, Lease, StoreError, SyncActivity,
+    WriteOutcome, WriteSummary,
 };
 
 /// A backend that opens write transactions.
@@ -26,6 +26,14 @@ pub(crate) trait WriteBackend {
     fn begin(&self, user: &str) -> Result<(Self::Tx<'_>, i64, i64), StoreError>;
 
     fn context(&self) -> WriteContext<'_>;
+
+    /// Collects tombstones older than `tombstone_cutoff_ms` (raising each affected user's horizon) and
+    /// idempotency answers older than `idempotency_cutoff_ms`.
+    fn collect_garbage(
+        &self,
+        tombstone_cutoff_ms: i64,
+        idempotency_cutoff_ms: i64,
+    ) -> Result<GcStats, StoreError>;
 }
 
 /// What the flow needs of a backend besides its transactions.

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use postgres::{Client, IsolationLevel, NoTls, Transaction};
-use syncline_core::{ImportState, PullRequest, Schema, WriteBatch};
+use syncline_core::{ImportState, Schema};
 
 use crate::apply::{Existing, NewRow, RecordTx};
 use crate::sql::{
@@ -29,8 +29,7 @@ use crate::sql::{
     UserSql, Value, migrate,
 };
 use crate::{
-    GcStats, IdempotencyKey, ImportActivity, PullSink, PullStats, StoreError, StoreOptions,
-    SyncActivity, SyncStore, UserStats, WriteOutcome, WriteSummary,
+    GcStats, IdempotencyKey, ImportActivity, StoreError, StoreOptions, SyncActivity, WriteSummary,
 };
 use postgres::GenericClient;
 use postgres::types::{ToSql, Type};
@@ -357,41 +356,6 @@ fn user_counter(tx: &mut Transaction<'_>, user: &str) -> Result<(i64, i64, i64),
         row.get::<_, Option<i64>>(1).unwrap_or(0),
         row.get(2),
     ))
-}
-
-impl SyncStore for PostgresStore {
-    fn pull(
-        &self,
-        user: &str,
-        request: &PullRequest,
-        sink: &mut dyn PullSink,
-    ) -> Result<PullStats, StoreError> {
-        crate::pull::pull(self, &self.schema, &self.tids, user, request, sink)
-    }
-
-    fn write_counted(
-        &self,
-        user: &str,
-        batch: &WriteBatch<'_>,
-        idempotency: Option<&IdempotencyKey>,
-        now_ms: i64,
-        respond: &dyn Fn(&WriteSummary) -> String,
-        activity: Option<&SyncActivity<'_>>,
-    ) -> Result<WriteOutcome, StoreError> {
-        crate::write::write(self, user, batch, idempotency, now_ms, respond, activity)
-    }
-
-    fn collect_garbage(
-        &self,
-        tombstone_cutoff_ms: i64,
-        idempotency_cutoff_ms: i64,
-    ) -> Result<GcStats, StoreError> {
-        self.collect(tombstone_cutoff_ms, idempotency_cutoff_ms)
-    }
-
-    fn user_stats(&self, user: &str) -> Result<UserStats, StoreError> {
-        self.snapshot(|c| crate::activity::user_stats(c, &SQL, &self.schema, &self.tids, user))
-    }
 }
 
 impl Backend for PostgresStore {

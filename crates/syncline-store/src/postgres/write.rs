@@ -89,6 +89,41 @@ impl WriteBackend for PostgresStore {
             import_hook: &self.import_hook,
         }
     }
+
+    fn collect_garbage(
+        &self,
+        tombstone_cutoff_ms: i64,
+        idempotency_cutoff_ms: i64,
+    ) -> Result<GcStats, StoreError> {
+        let mut pooled = self.client()?;
+        let mut tx = pooled.get().transaction()?;
+        // One statement removes the tombstones and raises each user's horizon to the highest sequence it
+        // removed, so no pull can see one without the other. It locks only the rows of users who had
+        // tombstones to collect, never a global row.
+        let tombstones: i64 = tx
+            .query_one(
+                "WITH gone AS (
+                     DELETE FROM syncline_records WHERE deleted_at IS NOT NULL AND deleted_at < $1
+                     RETURNING uid, seq),
+                 raised AS (
+                     UPDATE syncline_users u SET tombstone_horizon = greatest(u.tombstone_horizon, h.horizon)
+                     FROM (SELECT uid, max(seq) AS horizon FROM gone GROUP BY uid) h
+                     WHERE u.uid = h.uid RETURNING 1)
+                 SELECT count(*) FROM gone",
+                &[&tombstone_cutoff_ms],
+            )?
+            .get(0);
+        let tombstones = tombstones as u64;
+        let idempotency_keys = tx.execute(
+            "DELETE FROM syncline_idempotency WHERE created_at < $1",
+            &[&idempotency_cutoff_ms],
+        )?;
+        tx.commit()?;
+        Ok(GcStats {
+            tombstones,
+            idempotency_keys,
+        })
+    }
 }
 
 impl WriteTx for PgWrite {
@@ -254,42 +289,5 @@ impl RecordTx for PgWrite {
             &[&uid, &(tid as i32), &column, &parents],
         )?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
-    }
-}
-
-impl PostgresStore {
-    pub(super) fn collect(
-        &self,
-        tombstone_cutoff_ms: i64,
-        idempotency_cutoff_ms: i64,
-    ) -> Result<GcStats, StoreError> {
-        let mut pooled = self.client()?;
-        let mut tx = pooled.get().transaction()?;
-        // One statement removes the tombstones and raises each user's horizon to the highest sequence it
-        // removed, so no pull can see one without the other. It locks only the rows of users who had
-        // tombstones to collect, never a global row.
-        let tombstones: i64 = tx
-            .query_one(
-                "WITH gone AS (
-                     DELETE FROM syncline_records WHERE deleted_at IS NOT NULL AND deleted_at < $1
-                     RETURNING uid, seq),
-                 raised AS (
-                     UPDATE syncline_users u SET tombstone_horizon = greatest(u.tombstone_horizon, h.horizon)
-                     FROM (SELECT uid, max(seq) AS horizon FROM gone GROUP BY uid) h
-                     WHERE u.uid = h.uid RETURNING 1)
-                 SELECT count(*) FROM gone",
-                &[&tombstone_cutoff_ms],
-            )?
-            .get(0);
-        let tombstones = tombstones as u64;
-        let idempotency_keys = tx.execute(
-            "DELETE FROM syncline_idempotency WHERE created_at < $1",
-            &[&idempotency_cutoff_ms],
-        )?;
-        tx.commit()?;
-        Ok(GcStats {
-            tombstones,
-            idempotency_keys,
-        })
     }
 }

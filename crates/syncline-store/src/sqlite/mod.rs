@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use syncline_core::{ImportState, PullRequest, Schema, WriteBatch};
+use syncline_core::{ImportState, Schema};
 
 use crate::apply::{Existing, NewRow, RecordTx};
 use crate::sql::{
@@ -33,8 +33,8 @@ use crate::sql::{
     UserSql, Value, migrate,
 };
 use crate::{
-    GcStats, IdempotencyKey, ImportActivity, PullSink, PullStats, SqliteSynchronous, StoreError,
-    StoreOptions, SyncActivity, SyncStore, UserStats, WriteOutcome, WriteSummary,
+    GcStats, IdempotencyKey, ImportActivity, SqliteSynchronous, StoreError, StoreOptions,
+    SyncActivity, WriteSummary,
 };
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
@@ -306,41 +306,6 @@ impl Drop for ReaderGuard<'_> {
 /// The user's uid, created on first use, in the caller's write transaction.
 fn user_id(tx: &Connection, name: &str) -> Result<i64, StoreError> {
     crate::sql::user_id(&mut Conn(tx), &SQL.users, name)
-}
-
-impl SyncStore for SqliteStore {
-    fn pull(
-        &self,
-        user: &str,
-        request: &PullRequest,
-        sink: &mut dyn PullSink,
-    ) -> Result<PullStats, StoreError> {
-        crate::pull::pull(self, &self.schema, &self.tids, user, request, sink)
-    }
-
-    fn write_counted(
-        &self,
-        user: &str,
-        batch: &WriteBatch<'_>,
-        idempotency: Option<&IdempotencyKey>,
-        now_ms: i64,
-        respond: &dyn Fn(&WriteSummary) -> String,
-        activity: Option<&SyncActivity<'_>>,
-    ) -> Result<WriteOutcome, StoreError> {
-        crate::write::write(self, user, batch, idempotency, now_ms, respond, activity)
-    }
-
-    fn collect_garbage(
-        &self,
-        tombstone_cutoff_ms: i64,
-        idempotency_cutoff_ms: i64,
-    ) -> Result<GcStats, StoreError> {
-        self.collect(tombstone_cutoff_ms, idempotency_cutoff_ms)
-    }
-
-    fn user_stats(&self, user: &str) -> Result<UserStats, StoreError> {
-        self.snapshot(|c| crate::activity::user_stats(c, &SQL, &self.schema, &self.tids, user))
-    }
 }
 
 /// The first column of a row as text, without copying.

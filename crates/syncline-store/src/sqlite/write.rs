@@ -47,6 +47,35 @@ impl WriteBackend for SqliteStore {
             import_hook: &self.import_hook,
         }
     }
+
+    fn collect_garbage(
+        &self,
+        tombstone_cutoff_ms: i64,
+        idempotency_cutoff_ms: i64,
+    ) -> Result<GcStats, StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE users SET tombstone_horizon = max(tombstone_horizon, h.horizon)
+             FROM (SELECT uid, max(seq) AS horizon FROM records
+                   WHERE deleted_at IS NOT NULL AND deleted_at < ?1 GROUP BY uid) AS h
+             WHERE users.uid = h.uid",
+            [tombstone_cutoff_ms],
+        )?;
+        let tombstones = tx.execute(
+            "DELETE FROM records WHERE deleted_at IS NOT NULL AND deleted_at < ?1",
+            [tombstone_cutoff_ms],
+        )?;
+        let idempotency_keys = tx.execute(
+            "DELETE FROM idempotency WHERE created_at < ?1",
+            [idempotency_cutoff_ms],
+        )?;
+        tx.commit()?;
+        Ok(GcStats {
+            tombstones: tombstones as u64,
+            idempotency_keys: idempotency_keys as u64,
+        })
+    }
 }
 
 impl WriteTx for SqliteWrite<'_> {
@@ -229,36 +258,5 @@ impl RecordTx for SqliteWrite<'_> {
             .prepare_cached(&sql)?
             .query_map(params![uid, tid, parents], |r| r.get(0))?
             .collect::<Result<_, _>>()?)
-    }
-}
-
-impl SqliteStore {
-    pub(super) fn collect(
-        &self,
-        tombstone_cutoff_ms: i64,
-        idempotency_cutoff_ms: i64,
-    ) -> Result<GcStats, StoreError> {
-        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "UPDATE users SET tombstone_horizon = max(tombstone_horizon, h.horizon)
-             FROM (SELECT uid, max(seq) AS horizon FROM records
-                   WHERE deleted_at IS NOT NULL AND deleted_at < ?1 GROUP BY uid) AS h
-             WHERE users.uid = h.uid",
-            [tombstone_cutoff_ms],
-        )?;
-        let tombstones = tx.execute(
-            "DELETE FROM records WHERE deleted_at IS NOT NULL AND deleted_at < ?1",
-            [tombstone_cutoff_ms],
-        )?;
-        let idempotency_keys = tx.execute(
-            "DELETE FROM idempotency WHERE created_at < ?1",
-            [idempotency_cutoff_ms],
-        )?;
-        tx.commit()?;
-        Ok(GcStats {
-            tombstones: tombstones as u64,
-            idempotency_keys: idempotency_keys as u64,
-        })
     }
 }
