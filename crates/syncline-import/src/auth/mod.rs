@@ -166,6 +166,16 @@ pub(crate) fn build_session(
     }
 }
 
+/// The refresh token a stored credential renews with; without one, the person must connect again.
+fn stored_refresh_token(credential: &Credential) -> Result<&str, AuthFailure> {
+    credential.field("refresh_token").map_err(|_| {
+        AuthFailure::refused(
+            ImportErrorCode::AuthExpired,
+            "no refresh token: connect again",
+        )
+    })
+}
+
 /// A non-empty string field of what a person sent.
 fn given<'a>(fields: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
     fields
@@ -256,12 +266,7 @@ impl Session for Spotify {
         now: i64,
     ) -> BoxFuture<'a, Result<Map<String, Value>, AuthFailure>> {
         Box::pin(async move {
-            let refresh = credential.field("refresh_token").map_err(|_| {
-                AuthFailure::refused(
-                    ImportErrorCode::AuthExpired,
-                    "no refresh token: connect again",
-                )
-            })?;
+            let refresh = stored_refresh_token(credential)?;
             self.renew_from(credential.fields().clone(), refresh, now)
                 .await
         })

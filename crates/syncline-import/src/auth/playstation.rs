@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use syncline_core::ImportErrorCode;
 
 use super::oauth::{ClientAuth, OAuthClient};
-use super::{AuthFailure, ConnectFailure, Session, given, pasted_tokens};
+use super::{AuthFailure, ConnectFailure, Session, given, pasted_tokens, stored_refresh_token};
 use crate::source::{BoxFuture, Credential};
 
 /// The PlayStation app's OAuth client, which psn-api uses too.
@@ -164,12 +164,7 @@ impl Session for PlayStation {
         now: i64,
     ) -> BoxFuture<'a, Result<Map<String, Value>, AuthFailure>> {
         Box::pin(async move {
-            let refresh = credential.field("refresh_token").map_err(|_| {
-                AuthFailure::refused(
-                    ImportErrorCode::AuthExpired,
-                    "no refresh token: connect again",
-                )
-            })?;
+            let refresh = stored_refresh_token(credential)?;
             let form = vec![
                 ("refresh_token", refresh.to_string()),
                 ("grant_type", "refresh_token".to_string()),

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use syncline_core::ImportErrorCode;
 
 use super::oauth::{ClientAuth, OAuthClient};
-use super::{AuthFailure, ConnectFailure, Session, given};
+use super::{AuthFailure, ConnectFailure, Session, given, stored_refresh_token};
 use crate::config::AuthConfig;
 use crate::source::{BoxFuture, Credential};
 
@@ -259,12 +259,7 @@ impl Session for Xbox {
         now: i64,
     ) -> BoxFuture<'a, Result<Map<String, Value>, AuthFailure>> {
         Box::pin(async move {
-            let refresh = credential.field("refresh_token").map_err(|_| {
-                AuthFailure::refused(
-                    ImportErrorCode::AuthExpired,
-                    "no refresh token: connect again",
-                )
-            })?;
+            let refresh = stored_refresh_token(credential)?;
             self.renew_from(refresh, now).await
         })
     }

@@ -300,36 +300,6 @@ impl PooledClient {
     }
 }
 
-/// Runs statements: inside a [`Transaction`] as they are, on a [`PooledClient`] prepared once per connection.
-pub(super) trait Exec {
-    fn exec(
-        &mut self,
-        sql: &'static str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, StoreError>;
-}
-
-impl Exec for Transaction<'_> {
-    fn exec(
-        &mut self,
-        sql: &'static str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, StoreError> {
-        Ok(self.execute(sql, params)?)
-    }
-}
-
-impl Exec for PooledClient {
-    fn exec(
-        &mut self,
-        sql: &'static str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, StoreError> {
-        let statement = self.prepared(sql)?;
-        Ok(self.get().execute(&statement, params)?)
-    }
-}
-
 impl Drop for PooledClient {
     fn drop(&mut self) {
         let statements = std::mem::take(&mut self.statements);

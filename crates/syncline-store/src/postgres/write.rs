@@ -51,7 +51,8 @@ impl PgWrite {
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, StoreError> {
-        self.conn.exec(sql, params)
+        let statement = self.conn.prepared(sql)?;
+        Ok(self.conn.get().execute(&statement, params)?)
     }
 }
 
