@@ -46,6 +46,10 @@ impl From<ImportError> for ApiError {
             ImportError::Unavailable(_) => {
                 ApiError::new(ErrorCode::UpstreamUnavailable, e.to_string())
             }
+            ImportError::RateLimited { retry_after_secs } => {
+                ApiError::new(ErrorCode::UpstreamRateLimited, e.to_string())
+                    .retry_after(retry_after_secs)
+            }
             ImportError::NoConsentFlow(_) => ApiError::new(ErrorCode::NoConsentFlow, e.to_string()),
             ImportError::ConsentState(m) => ApiError::new(ErrorCode::InvalidState, m),
             ImportError::Store(e) => e.into(),

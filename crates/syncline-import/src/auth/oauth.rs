@@ -190,6 +190,9 @@ impl OAuthClient {
             .await
             .map_err(|e| AuthFailure::unreachable("the token endpoint", &e))?;
         let status = response.status();
+        if let Some(limited) = AuthFailure::rate_limit(status.as_u16(), response.headers()) {
+            return Err(limited);
+        }
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
             let access_token = body["access_token"]
@@ -207,7 +210,7 @@ impl OAuthClient {
                 refresh_expires_in: body["refresh_token_expires_in"].as_u64(),
             });
         }
-        if status.is_server_error() || status.as_u16() == 429 {
+        if status.is_server_error() {
             return Err(AuthFailure::Unavailable(format!(
                 "the token endpoint answered {}",
                 status.as_u16()
@@ -278,6 +281,7 @@ mod tests {
         let code = |status, body: Value| match token_error(status, &body) {
             AuthFailure::Refused { code, .. } => code.as_str(),
             AuthFailure::Unavailable(_) => "unavailable",
+            AuthFailure::RateLimited(_) => "rate_limited",
         };
         assert_eq!(
             code(400, serde_json::json!({"error": "invalid_grant"})),

@@ -143,11 +143,16 @@ impl Xbox {
             .await
             .map_err(|e| AuthFailure::unreachable(what, &e))?;
         let status = response.status();
+        // Xbox Live's 429s carry `Retry-After` (learn.microsoft.com/gaming/gdk/_content/gc/live/features/
+        // general/rate-limits).
+        if let Some(limited) = AuthFailure::rate_limit(status.as_u16(), response.headers()) {
+            return Err(limited);
+        }
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(body);
         }
-        if status.is_server_error() || status.as_u16() == 429 {
+        if status.is_server_error() {
             return Err(AuthFailure::Unavailable(format!(
                 "{what} answered {}",
                 status.as_u16()
@@ -300,7 +305,7 @@ mod tests {
         assert_eq!(epoch_ms("soon"), None);
         let code = |body: Value| match xerr(401, &body, "XSTS") {
             AuthFailure::Refused { code, .. } => code.as_str(),
-            AuthFailure::Unavailable(_) => "unavailable",
+            AuthFailure::Unavailable(_) | AuthFailure::RateLimited(_) => "unavailable",
         };
         assert_eq!(code(json!({"XErr": 2148916233u64})), "auth_no_xbox_account");
         assert_eq!(code(json!({"XErr": 2148916238u64})), "auth_child_account");
