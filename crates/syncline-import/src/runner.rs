@@ -13,7 +13,7 @@
 //! two instances never apply the same step. When an instance dies, another resumes the job from its
 //! checkpoint once the lease has expired.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::ImportError;
-use crate::auth::{AuthFailure, ConnectFailure, Session, build_session, pkce_pair};
+use crate::auth::{AuthFailure, ConnectFailure, Session, build_session, pkce_pair, random_token};
 use crate::config::{ImportsConfig, RunnerMode};
 use crate::connectors::{build_source, http_client};
 use crate::crypto::Sealer;
@@ -101,6 +101,19 @@ pub struct Importer {
     busy: Mutex<HashSet<(String, String)>>,
     wake: Notify,
     changes: watch::Sender<u64>,
+    /// The browser bindings of consents completed here, with their expiry (epoch ms): a consent's `state`
+    /// is good once.
+    consents_used: Mutex<HashMap<String, i64>>,
+}
+
+/// A consent to start: the service's consent page, and the value that binds it to the browser that asked
+/// for it. The caller hands `browser_binding` to that browser only (the server: an `HttpOnly` cookie) and
+/// gives it back to [`Importer::complete_authorization`] from the callback, so a consent page sent to
+/// someone else's browser (a login CSRF) cannot attach their account to the asker's user.
+#[derive(Debug, Clone)]
+pub struct Consent {
+    pub url: String,
+    pub browser_binding: String,
 }
 
 impl std::fmt::Debug for Importer {
@@ -174,6 +187,7 @@ impl Importer {
             busy: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             changes: watch::Sender::new(0),
+            consents_used: Mutex::new(HashMap::new()),
         };
         for (name, source) in &config.sources {
             importer.add_source(
@@ -317,14 +331,15 @@ impl Importer {
 
     /// The consent page to send the person to, for the source's OAuth authorization-code flow. Its
     /// `state` is sealed with the server's key (authenticated encryption, so it cannot be forged or read),
-    /// names the user, expires after ten minutes and carries the PKCE verifier when the client is public.
+    /// names the user, expires after ten minutes, carries the PKCE verifier when the client is public, and
+    /// the browser binding of the answer (random, 256 bits) that the callback must bring back.
     /// `redirect_uri`: where to come back when the source's configuration names none.
     pub fn authorize(
         &self,
         user: &str,
         source: &str,
         redirect_uri: &str,
-    ) -> Result<String, ImportError> {
+    ) -> Result<Consent, ImportError> {
         let configured = self.source(source)?;
         let flow = configured
             .session
@@ -338,10 +353,12 @@ impl Importer {
         } else {
             (None, None)
         };
+        let browser_binding = random_token(32);
         let state = serde_json::json!({
             "u": user,
             "r": redirect_uri,
             "v": verifier,
+            "b": browser_binding,
             "e": self.clock.now_ms() + CONSENT_TTL_MS,
         });
         let sealed = self
@@ -349,17 +366,25 @@ impl Importer {
             .seal(CONSENT_AAD, source, state.to_string().as_bytes());
         use base64::Engine;
         let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed);
-        flow.authorize_url(redirect_uri, &state, challenge.as_deref())
-            .map_err(|f| refused(f, self.clock.now_ms()))
+        let url = flow
+            .authorize_url(redirect_uri, &state, challenge.as_deref())
+            .map_err(|f| refused(f, self.clock.now_ms()))?;
+        Ok(Consent {
+            url,
+            browser_binding,
+        })
     }
 
     /// Completes a consent: checks the `state` (sealed by [`Importer::authorize`] for this source, not
-    /// expired), exchanges the code and stores the tokens for the user the state names; that user.
+    /// expired, not used before on this instance) and that `browser_binding` (what the browser that asked for
+    /// the consent brought back) is the one it was issued with; then exchanges the code and stores the tokens
+    /// for the user the state names; that user. Any refusal stores nothing and calls no one.
     pub async fn complete_authorization(
         &self,
         source: &str,
         state: &str,
         code: &str,
+        browser_binding: Option<&str>,
     ) -> Result<String, ImportError> {
         let configured = self.source(source)?;
         let session = configured
@@ -393,6 +418,25 @@ impl Importer {
             return Err(ImportError::ConsentState(
                 "the consent took longer than ten minutes: connect again".into(),
             ));
+        }
+        let issued_binding = state["b"].as_str().unwrap_or_default();
+        if issued_binding.is_empty()
+            || !browser_binding.is_some_and(|b| same_secret(b, issued_binding))
+        {
+            return Err(ImportError::ConsentState(
+                "this consent was not started in this browser: start connecting again from the dashboard, \
+                 in the browser you approve it in"
+                    .into(),
+            ));
+        }
+        {
+            let mut used = self.consents_used.lock().unwrap_or_else(|e| e.into_inner());
+            used.retain(|_, until| *until >= now);
+            if used.insert(issued_binding.to_string(), expires).is_some() {
+                return Err(ImportError::ConsentState(
+                    "this consent was completed already: connect again".into(),
+                ));
+            }
         }
         let credential = session
             .exchange_code(code, redirect_uri, state["v"].as_str(), now)
@@ -1035,6 +1079,15 @@ const CONSENT_TTL_MS: i64 = 10 * 60 * 1000;
 const RENEW_MARGIN_MS: i64 = 60_000;
 /// Renewals in a row, with no page fetched in between, after which a step gives up (never a loop).
 const MAX_RENEWALS_IN_A_ROW: u32 = 2;
+
+/// Whether two secrets are equal, in time that depends only on their lengths.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+            == 0
+}
 
 /// When a rate-limited stream may run again: the signal's reset, or, without one, the backoff (twice the
 /// previous wait when the stream was still waiting out an earlier limit with nothing fetched since).

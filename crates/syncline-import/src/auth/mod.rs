@@ -25,7 +25,7 @@ use syncline_core::ImportErrorCode;
 
 use serde_json::{Map, Value};
 
-pub(crate) use oauth::{OAuthClient, pkce_pair};
+pub(crate) use oauth::{OAuthClient, pkce_pair, random_token};
 
 use crate::config::{SourceConfig, SourceKind};
 use crate::source::{BoxFuture, Credential, RateLimit};

@@ -74,10 +74,15 @@ impl Tokens {
 
 /// A PKCE code verifier (RFC 7636 §4.1: 43 to 128 unreserved characters) and its `S256` challenge.
 pub(crate) fn pkce_pair() -> (String, String) {
-    let mut bytes = [0u8; 48];
-    OsRng.fill_bytes(&mut bytes);
-    let verifier = URL_SAFE_NO_PAD.encode(bytes);
+    let verifier = random_token(48);
     (verifier.clone(), pkce_challenge(&verifier))
+}
+
+/// `len` random bytes from the OS, in unpadded base64url (cookie- and url-safe).
+pub(crate) fn random_token(len: usize) -> String {
+    let mut bytes = vec![0u8; len];
+    OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// `BASE64URL(SHA256(verifier))`, without padding (RFC 7636 §4.2).

@@ -285,36 +285,64 @@ async fn consent_flow(style: OAuthClientStyle) {
         &auth,
         style == OAuthClientStyle::Basic,
     ));
-    let url = e
-        .importer
-        .authorize(
-            USER,
-            "spotify",
-            "http://127.0.0.1:1/v1/connections/spotify/callback",
-        )
-        .unwrap();
+    let start = || {
+        e.importer
+            .authorize(
+                USER,
+                "spotify",
+                "http://127.0.0.1:1/v1/connections/spotify/callback",
+            )
+            .unwrap()
+    };
+    let consent_started = start();
+    let url = &consent_started.url;
     assert_eq!(
         url.contains("code_challenge_method=S256"),
         style == OAuthClientStyle::Pkce,
         "{url}"
     );
-    let back = consent(&url).await;
+    let back = consent(url).await;
     let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    let binding = consent_started.browser_binding.as_str();
     // A state from anywhere else is refused, and so is one for another source.
     let forged = e
         .importer
-        .complete_authorization("spotify", "bm90LWEtc3RhdGU", &q["code"])
+        .complete_authorization("spotify", "bm90LWEtc3RhdGU", &q["code"], Some(binding))
         .await;
     assert!(
         matches!(forged, Err(ImportError::ConsentState(_))),
         "{forged:?}"
     );
+    // The right state from a browser without the binding, or with another consent's, is refused too.
+    let other = start().browser_binding;
+    for wrong in [None, Some(""), Some(other.as_str())] {
+        let refused = e
+            .importer
+            .complete_authorization("spotify", &q["state"], &q["code"], wrong)
+            .await;
+        assert!(
+            matches!(&refused, Err(ImportError::ConsentState(m)) if m.contains("this browser")),
+            "{wrong:?}: {refused:?}"
+        );
+    }
+    assert!(auth.grants().is_empty(), "no code was exchanged");
+    assert!(!e.importer.connected(USER, "spotify").await.unwrap());
     let user = e
         .importer
-        .complete_authorization("spotify", &q["state"], &q["code"])
+        .complete_authorization("spotify", &q["state"], &q["code"], Some(binding))
         .await
         .unwrap();
     assert_eq!(user, USER);
+    assert_eq!(auth.grants(), ["authorization_code"]);
+    // A state is good once.
+    let replayed = e
+        .importer
+        .complete_authorization("spotify", &q["state"], &q["code"], Some(binding))
+        .await;
+    assert!(
+        matches!(&replayed, Err(ImportError::ConsentState(m)) if m.contains("already")),
+        "{replayed:?}"
+    );
     assert_eq!(auth.grants(), ["authorization_code"]);
     let states = import(&e.importer, "spotify").await;
     assert_eq!(only(&states).status, ImportStatus::Success);
