@@ -639,3 +639,47 @@ async fn a_rate_limited_sign_in_at_connect_time_says_when_to_try_again_and_store
         .unwrap();
     assert!(e.importer.connected(USER, "xbox").await.unwrap());
 }
+
+/// A consent's `state` lives ten minutes on the server's clock: approved later, it is refused and nothing
+/// is exchanged or stored.
+#[tokio::test]
+async fn a_consent_answered_after_ten_minutes_is_refused_and_stores_nothing() {
+    let (api, auth) = spotify(10).await;
+    let clock = Arc::new(ManualClock::new(1_750_000_000_000));
+    let e = engine_with_clock(&spotify_source(&api, &auth, true), clock.clone());
+    let callback = "http://127.0.0.1:1/v1/connections/spotify/callback";
+    let late = e.importer.authorize(USER, "spotify", callback).unwrap();
+    let back = consent(&late.url).await;
+    let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    clock.advance(10 * 60 * 1000 + 1);
+    let refused = e
+        .importer
+        .complete_authorization(
+            "spotify",
+            &q["state"],
+            &q["code"],
+            Some(&late.browser_binding),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(ImportError::ConsentState(m)) if m.contains("ten minutes")),
+        "{refused:?}"
+    );
+    assert!(auth.grants().is_empty());
+    assert!(!e.importer.connected(USER, "spotify").await.unwrap());
+    // At exactly ten minutes it still completes.
+    let on_time = e.importer.authorize(USER, "spotify", callback).unwrap();
+    let back = consent(&on_time.url).await;
+    let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    clock.advance(10 * 60 * 1000);
+    e.importer
+        .complete_authorization(
+            "spotify",
+            &q["state"],
+            &q["code"],
+            Some(&on_time.browser_binding),
+        )
+        .await
+        .unwrap();
+    assert!(e.importer.connected(USER, "spotify").await.unwrap());
+}
