@@ -34,6 +34,7 @@ let fakes;
 let url;
 let browser;
 let page;
+let config;
 
 function killAll() {
   for (const child of children) {
@@ -95,7 +96,7 @@ describe("connecting Spotify through its consent page", { timeout: 120_000 }, ()
         return undefined;
       }
     });
-    const config = join(dir, "syncline.toml");
+    config = join(dir, "syncline.toml");
     const auth = fakes.spotifyAuth.baseUrl;
     writeFileSync(
       config,
@@ -177,6 +178,39 @@ columns = { name = "string", added_at = "string" }
     assert.ok(counts.requests >= 2, "the consent page and the token endpoint were asked");
     const rows = await page.textContent('tr[data-table="tracks"] .records');
     assert.equal(rows, String(TRACKS));
+  });
+
+  // A login CSRF: Mallory starts connecting Spotify to her own user and gets Alice to approve the consent page
+  // in Alice's browser. That browser lacks the HttpOnly cookie Mallory's got with the url, so the callback is
+  // refused there and Alice's Spotify never lands in Mallory's account.
+  it("refuses a consent approved in a browser other than the one that started it", async () => {
+    const mallory = execFileSync(SYNCLINE_BIN, ["token", "--config", config, "--user", "mallory"], { encoding: "utf8" }).trim();
+    const started = await fetch(`${url}/v1/connections/spotify/authorize`, { method: "POST", headers: { Authorization: `Bearer ${mallory}` } });
+    assert.equal(started.status, 200);
+    const cookie = started.headers.get("set-cookie");
+    assert.match(cookie, /^syncline_consent=[A-Za-z0-9_-]{40,};/);
+    assert.match(cookie, /; HttpOnly/);
+    assert.match(cookie, /; SameSite=Lax/);
+    const { url: consentUrl } = await started.json();
+    const alices = await browser.newContext();
+    try {
+      const tab = await alices.newPage();
+      tab.setDefaultTimeout(20_000);
+      await tab.goto(consentUrl);
+      const [answer] = await Promise.all([
+        tab.waitForResponse((r) => r.url().startsWith(`${url}/v1/connections/spotify/callback`)),
+        tab.click("#agree"),
+      ]);
+      assert.equal(answer.status(), 400);
+      const body = await answer.json();
+      assert.equal(body.code, "invalid_state");
+      assert.match(body.message, /browser/);
+      await tab.screenshot({ path: join(SHOTS, "oauth-3-other-browser-refused.png"), fullPage: true });
+    } finally {
+      await alices.close();
+    }
+    const status = await fetch(`${url}/v1/imports/spotify/status`, { headers: { Authorization: `Bearer ${mallory}` } }).then((r) => r.json());
+    assert.equal(status.connected, false, "nothing was stored for Mallory");
   });
 
   it("refuses a callback whose state this server did not issue", async () => {

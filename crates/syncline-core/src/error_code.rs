@@ -132,6 +132,8 @@ error_codes! {
     AuthMisconfigured = "auth_misconfigured", 422;
     /// `server.max_pulls_per_user` pulls of this user are streaming already.
     TooManyPulls = "too_many_pulls", 429;
+    /// Connecting an account: the sign-in service is rate limiting; `Retry-After` says when to try again.
+    UpstreamRateLimited = "upstream_rate_limited", 429;
     /// A server fault; details are only in the server's log.
     Internal = "internal", 500;
     /// Connecting an account: the sign-in service could not be reached.

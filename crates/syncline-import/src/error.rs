@@ -28,6 +28,9 @@ pub enum ImportError {
     /// The service could not be reached to connect the account.
     #[error("the service could not be reached to connect the account: {0}")]
     Unavailable(String),
+    /// The service's sign-in is rate limiting: try again after `retry_after_secs`.
+    #[error("the service is rate limiting sign-ins: try again in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     /// The source has no consent (authorization-code) flow configured.
     #[error("source `{0}` has no consent flow: configure its `client_id`")]
     NoConsentFlow(String),

@@ -23,5 +23,5 @@ pub use config::{AuthConfig, ImportsConfig, RestConfig, RunnerMode, SourceConfig
 pub use connectors::build_source;
 pub use crypto::Sealer;
 pub use error::ImportError;
-pub use runner::{Importer, StepReport};
+pub use runner::{Consent, Importer, StepReport};
 pub use source::{BoxFuture, Credential, Page, PageRequest, RateLimit, Source, SourceError};

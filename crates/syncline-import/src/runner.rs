@@ -13,7 +13,7 @@
 //! two instances never apply the same step. When an instance dies, another resumes the job from its
 //! checkpoint once the lease has expired.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::ImportError;
-use crate::auth::{AuthFailure, ConnectFailure, Session, build_session, pkce_pair};
+use crate::auth::{AuthFailure, ConnectFailure, Session, build_session, pkce_pair, random_token};
 use crate::config::{ImportsConfig, RunnerMode};
 use crate::connectors::{build_source, http_client};
 use crate::crypto::Sealer;
@@ -101,6 +101,19 @@ pub struct Importer {
     busy: Mutex<HashSet<(String, String)>>,
     wake: Notify,
     changes: watch::Sender<u64>,
+    /// The browser bindings of consents completed here, with their expiry (epoch ms): a consent's `state`
+    /// is good once.
+    consents_used: Mutex<HashMap<String, i64>>,
+}
+
+/// A consent to start: the service's consent page, and the value that binds it to the browser that asked
+/// for it. The caller hands `browser_binding` to that browser only (the server: an `HttpOnly` cookie) and
+/// gives it back to [`Importer::complete_authorization`] from the callback, so a consent page sent to
+/// someone else's browser (a login CSRF) cannot attach their account to the asker's user.
+#[derive(Debug, Clone)]
+pub struct Consent {
+    pub url: String,
+    pub browser_binding: String,
 }
 
 impl std::fmt::Debug for Importer {
@@ -174,6 +187,7 @@ impl Importer {
             busy: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             changes: watch::Sender::new(0),
+            consents_used: Mutex::new(HashMap::new()),
         };
         for (name, source) in &config.sources {
             importer.add_source(
@@ -308,7 +322,7 @@ impl Importer {
                     .await
                     .map_err(|e| match e {
                         ConnectFailure::Invalid(message) => ImportError::InvalidCredential(message),
-                        ConnectFailure::Auth(failure) => refused(failure),
+                        ConnectFailure::Auth(failure) => refused(failure, self.clock.now_ms()),
                     })?
             }
         };
@@ -317,14 +331,15 @@ impl Importer {
 
     /// The consent page to send the person to, for the source's OAuth authorization-code flow. Its
     /// `state` is sealed with the server's key (authenticated encryption, so it cannot be forged or read),
-    /// names the user, expires after ten minutes and carries the PKCE verifier when the client is public.
+    /// names the user, expires after ten minutes, carries the PKCE verifier when the client is public, and
+    /// the browser binding of the answer (random, 256 bits) that the callback must bring back.
     /// `redirect_uri`: where to come back when the source's configuration names none.
     pub fn authorize(
         &self,
         user: &str,
         source: &str,
         redirect_uri: &str,
-    ) -> Result<String, ImportError> {
+    ) -> Result<Consent, ImportError> {
         let configured = self.source(source)?;
         let flow = configured
             .session
@@ -338,10 +353,12 @@ impl Importer {
         } else {
             (None, None)
         };
+        let browser_binding = random_token(32);
         let state = serde_json::json!({
             "u": user,
             "r": redirect_uri,
             "v": verifier,
+            "b": browser_binding,
             "e": self.clock.now_ms() + CONSENT_TTL_MS,
         });
         let sealed = self
@@ -349,17 +366,25 @@ impl Importer {
             .seal(CONSENT_AAD, source, state.to_string().as_bytes());
         use base64::Engine;
         let state = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed);
-        flow.authorize_url(redirect_uri, &state, challenge.as_deref())
-            .map_err(refused)
+        let url = flow
+            .authorize_url(redirect_uri, &state, challenge.as_deref())
+            .map_err(|f| refused(f, self.clock.now_ms()))?;
+        Ok(Consent {
+            url,
+            browser_binding,
+        })
     }
 
     /// Completes a consent: checks the `state` (sealed by [`Importer::authorize`] for this source, not
-    /// expired), exchanges the code and stores the tokens for the user the state names; that user.
+    /// expired, not used before on this instance) and that `browser_binding` (what the browser that asked for
+    /// the consent brought back) is the one it was issued with; then exchanges the code and stores the tokens
+    /// for the user the state names; that user. Any refusal stores nothing and calls no one.
     pub async fn complete_authorization(
         &self,
         source: &str,
         state: &str,
         code: &str,
+        browser_binding: Option<&str>,
     ) -> Result<String, ImportError> {
         let configured = self.source(source)?;
         let session = configured
@@ -394,10 +419,29 @@ impl Importer {
                 "the consent took longer than ten minutes: connect again".into(),
             ));
         }
+        let issued_binding = state["b"].as_str().unwrap_or_default();
+        if issued_binding.is_empty()
+            || !browser_binding.is_some_and(|b| same_secret(b, issued_binding))
+        {
+            return Err(ImportError::ConsentState(
+                "this consent was not started in this browser: start connecting again from the dashboard, \
+                 in the browser you approve it in"
+                    .into(),
+            ));
+        }
+        {
+            let mut used = self.consents_used.lock().unwrap_or_else(|e| e.into_inner());
+            used.retain(|_, until| *until >= now);
+            if used.insert(issued_binding.to_string(), expires).is_some() {
+                return Err(ImportError::ConsentState(
+                    "this consent was completed already: connect again".into(),
+                ));
+            }
+        }
         let credential = session
             .exchange_code(code, redirect_uri, state["v"].as_str(), now)
             .await
-            .map_err(refused)?;
+            .map_err(|f| refused(f, now))?;
         self.store_credential(user, source, credential).await?;
         Ok(user.to_string())
     }
@@ -832,19 +876,7 @@ impl Importer {
                 Err(FetchFailure::Source(e)) => {
                     match &e {
                         SourceError::RateLimited(limit) => {
-                            let reset = match *limit {
-                                RateLimit::After { ms } => now + ms as i64,
-                                RateLimit::At { epoch_ms } => epoch_ms.max(now),
-                                RateLimit::Unsignalled => {
-                                    // Still waiting out an earlier limit, nothing fetched since:
-                                    // twice that wait.
-                                    let previous = state
-                                        .rate_limit_hit_at
-                                        .zip(state.rate_limit_reset_at)
-                                        .map(|(hit, reset)| reset - hit);
-                                    now + crate::ratelimit::backoff_ms(previous) as i64
-                                }
-                            };
+                            let reset = reset_at(*limit, state, now);
                             tracing::info!(stream = %state.stream, reset_at = reset, "rate limited");
                             state.rate_limited(reset, Some(0), now);
                             self.wake.notify_one();
@@ -942,15 +974,27 @@ impl Importer {
         .await
     }
 
-    /// Ends a stream's walk in `error` because its credential could not be renewed.
+    /// Ends a stream's walk because its credential could not be renewed: in `error`, or `rate_limited`
+    /// until the token endpoint's reset (the runner then resumes it by itself, as after an API's 429).
     async fn halt(
         &self,
         user: &str,
         state: &mut ImportState,
         halt: Halt,
     ) -> Result<StreamEnd, ImportError> {
-        tracing::warn!(stream = %state.stream, code = %halt.code, "the credential could not be renewed");
-        state.failed(halt.code, halt.message, self.clock.now_ms());
+        let now = self.clock.now_ms();
+        match halt {
+            Halt::Failed { code, message } => {
+                tracing::warn!(stream = %state.stream, code = %code, "the credential could not be renewed");
+                state.failed(code, message, now);
+            }
+            Halt::RateLimited(limit) => {
+                let reset = reset_at(limit, state, now);
+                tracing::info!(stream = %state.stream, reset_at = reset, "token endpoint rate limited");
+                state.rate_limited(reset, Some(0), now);
+                self.wake.notify_one();
+            }
+        }
         self.save_guarded(user, state.clone()).await?;
         Ok(StreamEnd::Halted)
     }
@@ -1036,28 +1080,79 @@ const RENEW_MARGIN_MS: i64 = 60_000;
 /// Renewals in a row, with no page fetched in between, after which a step gives up (never a loop).
 const MAX_RENEWALS_IN_A_ROW: u32 = 2;
 
-/// A refusal of the service at connect time, as an import error.
-fn refused(failure: AuthFailure) -> ImportError {
-    match failure {
-        AuthFailure::Refused { code, message } => ImportError::Refused { code, message },
-        AuthFailure::Unavailable(message) => ImportError::Unavailable(message),
+/// Whether two secrets are equal, in time that depends only on their lengths.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+            == 0
+}
+
+/// When a rate-limited stream may run again: the signal's reset, or, without one, the backoff (twice the
+/// previous wait when the stream was still waiting out an earlier limit with nothing fetched since).
+fn reset_at(limit: RateLimit, state: &ImportState, now: i64) -> i64 {
+    match limit {
+        RateLimit::After { ms } => now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)),
+        RateLimit::At { epoch_ms } => epoch_ms.max(now),
+        RateLimit::Unsignalled => {
+            let previous = state
+                .rate_limit_hit_at
+                .zip(state.rate_limit_reset_at)
+                .map(|(hit, reset)| reset - hit);
+            now + crate::ratelimit::backoff_ms(previous) as i64
+        }
     }
 }
 
-/// Why a walk stopped over its credential: the code and message of its `error` state.
-struct Halt {
-    code: ImportErrorCode,
-    message: String,
+/// A refusal of the service at connect time, as an import error; `now` turns a rate limit's reset into
+/// the seconds of a `Retry-After`.
+fn refused(failure: AuthFailure, now: i64) -> ImportError {
+    match failure {
+        AuthFailure::Refused { code, message } => ImportError::Refused { code, message },
+        AuthFailure::Unavailable(message) => ImportError::Unavailable(message),
+        AuthFailure::RateLimited(limit) => {
+            let ms = match limit {
+                RateLimit::After { ms } => ms,
+                RateLimit::At { epoch_ms } => epoch_ms.saturating_sub(now).max(0) as u64,
+                RateLimit::Unsignalled => crate::ratelimit::FIRST_BACKOFF_MS,
+            };
+            ImportError::RateLimited {
+                retry_after_secs: ms.div_ceil(1000).max(1),
+            }
+        }
+    }
+}
+
+/// Why a walk stopped over its credential.
+enum Halt {
+    /// The code and message of its `error` state.
+    Failed {
+        code: ImportErrorCode,
+        message: String,
+    },
+    /// The token endpoint is rate limiting: the stream waits, as for an API's rate limit.
+    RateLimited(RateLimit),
+}
+
+impl Halt {
+    fn failed(code: ImportErrorCode, message: impl Into<String>) -> Halt {
+        Halt::Failed {
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 impl From<AuthFailure> for Halt {
     fn from(failure: AuthFailure) -> Halt {
         match failure {
-            AuthFailure::Refused { code, message } => Halt { code, message },
-            AuthFailure::Unavailable(message) => Halt {
-                code: ImportErrorCode::UpstreamUnavailable,
-                message: format!("the credential could not be renewed: {message}"),
-            },
+            AuthFailure::Refused { code, message } => Halt::Failed { code, message },
+            AuthFailure::Unavailable(message) => Halt::failed(
+                ImportErrorCode::UpstreamUnavailable,
+                format!("the credential could not be renewed: {message}"),
+            ),
+            AuthFailure::RateLimited(limit) => Halt::RateLimited(limit),
         }
     }
 }
@@ -1081,6 +1176,8 @@ struct Held {
     generation: u64,
     in_a_row: u32,
     refused: Option<(ImportErrorCode, String)>,
+    /// The token endpoint's rate limit, met in this step.
+    limited: Option<RateLimit>,
 }
 
 impl<'a> Keeper<'a> {
@@ -1102,6 +1199,7 @@ impl<'a> Keeper<'a> {
                 generation: 0,
                 in_a_row: 0,
                 refused: None,
+                limited: None,
             }),
         }
     }
@@ -1142,19 +1240,20 @@ impl<'a> Keeper<'a> {
 
     async fn renew_held(&self, held: &mut Held) -> Result<(), Halt> {
         if let Some((code, message)) = &held.refused {
-            return Err(Halt {
-                code: *code,
-                message: message.clone(),
-            });
+            return Err(Halt::failed(*code, message.clone()));
+        }
+        if let Some(limit) = held.limited {
+            // Another stream of this step was just told to wait: do not ask again.
+            return Err(Halt::RateLimited(limit));
         }
         let Some(session) = self.session else {
             return Ok(());
         };
         if held.in_a_row >= MAX_RENEWALS_IN_A_ROW {
-            return Err(Halt {
-                code: ImportErrorCode::AuthExpired,
-                message: "the source refused freshly renewed tokens: connect again".into(),
-            });
+            return Err(Halt::failed(
+                ImportErrorCode::AuthExpired,
+                "the source refused freshly renewed tokens: connect again",
+            ));
         }
         held.in_a_row += 1;
         let now = self.importer.clock.now_ms();
@@ -1167,18 +1266,17 @@ impl<'a> Keeper<'a> {
                 {
                     Ok(true) => {}
                     Ok(false) => {
-                        return Err(Halt {
-                            code: ImportErrorCode::AuthExpired,
-                            message: "the connection changed during the import: start it again"
-                                .into(),
-                        });
+                        return Err(Halt::failed(
+                            ImportErrorCode::AuthExpired,
+                            "the connection changed during the import: start it again",
+                        ));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "could not save the renewed credential");
-                        return Err(Halt {
-                            code: ImportErrorCode::AuthExpired,
-                            message: "the renewed credential could not be saved".into(),
-                        });
+                        return Err(Halt::failed(
+                            ImportErrorCode::AuthExpired,
+                            "the renewed credential could not be saved",
+                        ));
                     }
                 }
                 tracing::info!(source = self.source, "credential renewed");
@@ -1188,8 +1286,16 @@ impl<'a> Keeper<'a> {
             }
             Err(failure) => {
                 let halt = Halt::from(failure);
-                if halt.code.is_auth() {
-                    held.refused = Some((halt.code, halt.message.clone()));
+                match &halt {
+                    Halt::Failed { code, message } if code.is_auth() => {
+                        held.refused = Some((*code, message.clone()));
+                    }
+                    Halt::Failed { .. } => {}
+                    Halt::RateLimited(limit) => {
+                        // Not a renewal that counts against MAX_RENEWALS_IN_A_ROW: none was made.
+                        held.in_a_row -= 1;
+                        held.limited = Some(*limit);
+                    }
                 }
                 Err(halt)
             }

@@ -215,7 +215,7 @@ impl FromRequestParts<AppState> for User {
                     "the Authorization header must be `Bearer <token>`",
                 )
             })?;
-        match state.auth.verify(token) {
+        match state.auth.verify(token, state.clock.now_ms()) {
             Ok(p) => Ok(User(p)),
             Err(TokenError::Expired) => Err(ApiError::new(
                 ErrorCode::TokenExpired,

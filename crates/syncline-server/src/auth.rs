@@ -1,6 +1,11 @@
 //! Bearer-token authentication: JWT verification (HS256 secret, RS256/ES256 PEM key or JWKS file) with a fixed
 //! algorithm list, so `alg: none` and algorithm confusion are refused; and minting of HS256 tokens for
 //! `syncline token` and dev mode.
+//!
+//! Time claims are checked against the server's [`syncline_core::Clock`], never the system clock, so a test
+//! with a `ManualClock` sees exactly what a client would: jsonwebtoken only checks the signature, the
+//! algorithm and the presence of `exp`/`sub` (and `iss`/`aud` when configured); `exp` and `nbf` are compared
+//! with the injected "now" here, with [`LEEWAY_SECS`] of skew either way. `iat` is not checked.
 
 use std::collections::HashMap;
 
@@ -17,6 +22,8 @@ use crate::config::AuthSection;
 pub struct Claims {
     pub sub: String,
     pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,6 +56,10 @@ pub enum TokenError {
 pub fn is_valid_subject(sub: &str) -> bool {
     !sub.is_empty() && sub.len() <= 255 && !sub.chars().any(char::is_control)
 }
+
+/// The clock skew allowed on `exp` and `nbf`, in seconds (docs/protocol.md §1.2): a token is expired once
+/// "now" is more than this past its `exp`, and not yet valid while "now" is more than this before its `nbf`.
+pub const LEEWAY_SECS: i64 = 30;
 
 enum Keys {
     Single(DecodingKey),
@@ -132,9 +143,14 @@ impl Authenticator {
                     ));
                 }
             };
+        // The time claims are ours to check against the injected clock (`verify`); jsonwebtoken would read
+        // the system clock. `required_spec_claims` is checked regardless of `validate_exp` (per
+        // https://docs.rs/jsonwebtoken/latest/jsonwebtoken/struct.Validation.html: "This does not interact
+        // with the various validate_*"), so a token without `exp` is still refused here.
         let mut validation = Validation::new(algorithm);
-        validation.validate_nbf = true;
-        validation.leeway = 30;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
         let mut required = vec!["exp", "sub"];
         required.extend(auth.issuer.as_ref().map(|_| "iss"));
         required.extend(auth.audience.as_ref().map(|_| "aud"));
@@ -157,9 +173,10 @@ impl Authenticator {
         })
     }
 
-    /// Checks a bearer token: signature with the configured algorithm only, `exp`, `nbf`, and `iss`/`aud` when
-    /// configured.
-    pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+    /// Checks a bearer token at `now_ms` (the server's clock): signature with the configured algorithm only,
+    /// `exp` (required), `nbf` when present, both with [`LEEWAY_SECS`] of skew, and `iss`/`aud` when configured.
+    /// A bad signature is `Invalid` before an old `exp` is `Expired`: an expired token is one we issued.
+    pub fn verify(&self, token: &str, now_ms: i64) -> Result<Principal, TokenError> {
         let key = match &self.keys {
             Keys::Single(k) => k,
             Keys::ByKid(keys) => {
@@ -168,17 +185,26 @@ impl Authenticator {
                     .ok_or(TokenError::Invalid)?
             }
         };
-        match decode::<Claims>(token, key, &self.validation) {
-            Ok(data) if is_valid_subject(&data.claims.sub) => Ok(Principal {
-                admin: data.claims.role.as_deref() == Some(self.admin_role.as_str()),
-                user: data.claims.sub,
-            }),
-            Ok(_) => Err(TokenError::InvalidSubject),
-            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
-                Err(TokenError::Expired)
-            }
-            Err(_) => Err(TokenError::Invalid),
+        let claims = decode::<Claims>(token, key, &self.validation)
+            .map_err(|_| TokenError::Invalid)?
+            .claims;
+        let now = now_ms.div_euclid(1000);
+        if claims.exp < now.saturating_sub(LEEWAY_SECS) {
+            return Err(TokenError::Expired);
         }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS))
+        {
+            return Err(TokenError::Invalid);
+        }
+        if !is_valid_subject(&claims.sub) {
+            return Err(TokenError::InvalidSubject);
+        }
+        Ok(Principal {
+            admin: claims.role.as_deref() == Some(self.admin_role.as_str()),
+            user: claims.sub,
+        })
     }
 
     /// Mints an HS256 token for `user`, valid for `ttl_secs` from `now_secs`.
@@ -202,6 +228,7 @@ impl Authenticator {
         let claims = Claims {
             sub: user.to_string(),
             exp: now_secs + ttl_secs,
+            nbf: None,
             iat: Some(now_secs),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -209,5 +236,88 @@ impl Authenticator {
         };
         encode(&Header::new(Algorithm::HS256), &claims, key)
             .map_err(|e| ServerError::Config(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const SECRET: &str = "unit-secret-unit-secret";
+    /// The server's "now" in every case: 2021-01-01T00:00:00Z, long before the system clock, so a check
+    /// against the system clock would call every token below expired.
+    const NOW: i64 = 1_609_459_200;
+
+    fn check(claims: Value, expected: Result<&str, TokenError>) {
+        let auth = Authenticator::from_config(&AuthSection {
+            jwt_secret: Some(SECRET.into()),
+            ..AuthSection::default()
+        })
+        .unwrap();
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        let got = auth.verify(&token, NOW * 1000);
+        assert_eq!(
+            got.as_ref().map(|p| p.user.as_str()).map_err(|e| *e),
+            expected,
+            "{claims}"
+        );
+    }
+
+    #[test]
+    fn time_claims_are_read_against_the_given_clock_with_the_documented_skew() {
+        let ok = Ok("alice");
+        check(json!({"sub": "alice", "exp": NOW + 3600}), ok);
+        check(json!({"sub": "alice", "exp": NOW}), ok);
+        check(json!({"sub": "alice", "exp": NOW - LEEWAY_SECS}), ok);
+        check(
+            json!({"sub": "alice", "exp": NOW - LEEWAY_SECS - 1}),
+            Err(TokenError::Expired),
+        );
+        check(json!({"sub": "alice"}), Err(TokenError::Invalid));
+        check(
+            json!({"sub": "alice", "exp": "tomorrow"}),
+            Err(TokenError::Invalid),
+        );
+        check(
+            json!({"sub": "alice", "exp": NOW + 60, "nbf": NOW + LEEWAY_SECS}),
+            ok,
+        );
+        check(
+            json!({"sub": "alice", "exp": NOW + 60, "nbf": NOW + LEEWAY_SECS + 1}),
+            Err(TokenError::Invalid),
+        );
+        check(
+            json!({"sub": "alice", "exp": NOW + 60, "nbf": "now"}),
+            Err(TokenError::Invalid),
+        );
+        // `iat` is not a validity claim: one in the future changes nothing.
+        check(
+            json!({"sub": "alice", "exp": NOW + 60, "iat": NOW + 86_400}),
+            ok,
+        );
+        check(
+            json!({"sub": "", "exp": NOW + 60}),
+            Err(TokenError::InvalidSubject),
+        );
+    }
+
+    #[test]
+    fn a_minted_token_lives_for_its_ttl_on_the_given_clock() {
+        let auth = Authenticator::from_config(&AuthSection {
+            jwt_secret: Some(SECRET.into()),
+            ..AuthSection::default()
+        })
+        .unwrap();
+        let token = auth.mint("bob", 600, false, NOW).unwrap();
+        let at = |secs: i64| auth.verify(&token, secs * 1000).map(|p| p.user);
+        assert_eq!(at(NOW + 600 + LEEWAY_SECS), Ok("bob".to_string()));
+        assert_eq!(at(NOW + 600 + LEEWAY_SECS + 1), Err(TokenError::Expired));
     }
 }

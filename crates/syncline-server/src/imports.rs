@@ -46,6 +46,10 @@ impl From<ImportError> for ApiError {
             ImportError::Unavailable(_) => {
                 ApiError::new(ErrorCode::UpstreamUnavailable, e.to_string())
             }
+            ImportError::RateLimited { retry_after_secs } => {
+                ApiError::new(ErrorCode::UpstreamRateLimited, e.to_string())
+                    .retry_after(retry_after_secs)
+            }
             ImportError::NoConsentFlow(_) => ApiError::new(ErrorCode::NoConsentFlow, e.to_string()),
             ImportError::ConsentState(m) => ApiError::new(ErrorCode::InvalidState, m),
             ImportError::Store(e) => e.into(),
@@ -201,12 +205,52 @@ async fn authorize(
         Some("https") => "https",
         _ => "http",
     };
-    let callback = format!(
-        "{scheme}://{host}/v1/connections/{}/callback",
-        urlencode(&source)
+    let callback_path = format!("/v1/connections/{}/callback", urlencode(&source));
+    let callback = format!("{scheme}://{host}{callback_path}");
+    let consent = state.imports.authorize(&user.user, &source, &callback)?;
+    // The browser that asked (the dashboard's `fetch`, same origin) keeps the binding in a cookie only the
+    // callback sees: HttpOnly, so no script reads it; SameSite=Lax, so it comes along on the service's
+    // top-level redirect back to us but on no cross-site subrequest; Secure behind HTTPS (RFC 6265bis
+    // §4.1.2; developer.mozilla.org/docs/Web/HTTP/Headers/Set-Cookie).
+    let cookie = consent_cookie(
+        &callback_path,
+        &consent.browser_binding,
+        CONSENT_COOKIE_MAX_AGE_SECS,
+        scheme == "https",
     );
-    let url = state.imports.authorize(&user.user, &source, &callback)?;
-    Ok(Json(json!({"url": url})).into_response())
+    Ok((
+        [
+            (header::SET_COOKIE, cookie),
+            (header::CACHE_CONTROL, "no-store".into()),
+        ],
+        Json(json!({"url": consent.url})),
+    )
+        .into_response())
+}
+
+/// The cookie that binds a consent to the browser that started it.
+const CONSENT_COOKIE: &str = "syncline_consent";
+/// As long as a consent's `state` lives (ten minutes).
+const CONSENT_COOKIE_MAX_AGE_SECS: u64 = 600;
+
+fn consent_cookie(path: &str, value: &str, max_age_secs: u64, secure: bool) -> String {
+    format!(
+        "{CONSENT_COOKIE}={value}; Path={path}; Max-Age={max_age_secs}; HttpOnly; SameSite=Lax{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The value of the cookie `name` in a request's `Cookie` headers (RFC 6265 §5.4: `name=value` pairs
+/// separated by `; `).
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.trim_matches('"'))
 }
 
 /// The consent's answer (RFC 6749 §4.1.2): `code` and `state`, or `error` (the person declined). On
@@ -215,6 +259,7 @@ async fn callback(
     State(state): State<AppState>,
     ApiPath(source): ApiPath<String>,
     ApiQuery(query): ApiQuery<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if let Some(error) = query.get("error") {
         let code = if error == "access_denied" {
@@ -238,14 +283,25 @@ async fn callback(
     };
     state
         .imports
-        .complete_authorization(&source, consent_state, code)
+        .complete_authorization(
+            &source,
+            consent_state,
+            code,
+            cookie(&headers, CONSENT_COOKIE),
+        )
         .await?;
     let location = format!("/?connected={}", urlencode(&source));
+    let secure = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes() == b"https");
+    let path = format!("/v1/connections/{}/callback", urlencode(&source));
     Ok((
         StatusCode::SEE_OTHER,
         [
             (header::LOCATION, location),
             (header::CACHE_CONTROL, "no-store".into()),
+            // Used: the browser forgets it.
+            (header::SET_COOKIE, consent_cookie(&path, "", 0, secure)),
         ],
     )
         .into_response())

@@ -117,6 +117,12 @@ impl TestServer {
 #[path = "http/hardening.rs"]
 mod hardening;
 
+#[path = "http/token_clock.rs"]
+mod token_clock;
+
+#[path = "http/consent.rs"]
+mod consent;
+
 fn token_with(user: &str, secret: &str, ttl: i64, extra: Option<Value>) -> String {
     let now = syncline_core::Clock::now_ms(&syncline_core::SystemClock) / 1000;
     let mut claims = json!({"sub": user, "exp": now + ttl, "iat": now});
@@ -1536,11 +1542,23 @@ async fn accounts_connect_through_a_consent_page_or_an_npsso_with_clear_refusals
     assert_eq!(by_name("spotify")["consent"], true);
     assert_eq!(by_name("spotify")["connected"], false);
 
-    // Spotify: the consent page, then our callback.
-    let (status, body) = server
-        .post("/v1/connections/spotify/authorize", Some(&alice), "")
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    // Spotify: the consent page, then our callback, in the browser that asked (it has the consent cookie).
+    let asked = server
+        .http
+        .post(format!("{}/v1/connections/spotify/authorize", server.url))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), StatusCode::OK);
+    let binding = asked.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let body: Value = asked.json().await.unwrap();
     let consent = reqwest::Url::parse(body["url"].as_str().unwrap()).unwrap();
     let q: std::collections::HashMap<_, _> = consent.query_pairs().into_owned().collect();
     assert_eq!(
@@ -1573,7 +1591,7 @@ async fn accounts_connect_through_a_consent_page_or_an_npsso_with_clear_refusals
         .unwrap();
     let back = back.headers()["location"].to_str().unwrap().to_string();
     assert!(back.starts_with(&server.url), "{back}");
-    let callback = |path: String| browser.get(path).send();
+    let callback = |path: String| browser.get(path).header("cookie", &binding).send();
     let forged = callback(format!(
         "{}/v1/connections/spotify/callback?code=c&state=forged",
         server.url

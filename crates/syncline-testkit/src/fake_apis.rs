@@ -47,6 +47,9 @@ pub struct Control {
     issued: Mutex<HashMap<String, u64>>,
     /// Answers given, in order, to the next requests instead of their real ones.
     canned: Mutex<std::collections::VecDeque<Canned>>,
+    /// When set, requests after this many wait unanswered until [`Control::release`].
+    hold_after: Mutex<Option<u64>>,
+    released: tokio::sync::Notify,
 }
 
 impl Control {
@@ -91,6 +94,18 @@ impl Control {
             .push_back((status, headers, body));
     }
 
+    /// Requests after the first `n` (counting every request so far) get no answer until [`Control::release`]:
+    /// a walk that stops at a known page, however fast or slow the machine is, with that page in flight.
+    pub fn hold_after(&self, n: u64) {
+        *self.hold_after.lock().unwrap() = Some(n);
+    }
+
+    /// Held requests are answered, and no more are held.
+    pub fn release(&self) {
+        *self.hold_after.lock().unwrap() = None;
+        self.released.notify_waiters();
+    }
+
     /// Every request gets 401 (an expired token) while set.
     pub fn set_expired(&self, expired: bool) {
         self.expired.store(expired, Ordering::SeqCst);
@@ -120,7 +135,22 @@ impl Control {
 
     /// Counts the request, waits the latency and answers with an injected fault, if any.
     async fn gate(&self) -> Option<Response> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
+        let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        loop {
+            let released = self.released.notified();
+            let mut released = std::pin::pin!(released);
+            // Registered before the check, so a release between the check and the wait is not missed.
+            released.as_mut().enable();
+            if !self
+                .hold_after
+                .lock()
+                .unwrap()
+                .is_some_and(|after| n > after)
+            {
+                break;
+            }
+            released.await;
+        }
         let latency = self.latency_ms.load(Ordering::SeqCst);
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;

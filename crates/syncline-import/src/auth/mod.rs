@@ -25,10 +25,10 @@ use syncline_core::ImportErrorCode;
 
 use serde_json::{Map, Value};
 
-pub(crate) use oauth::{OAuthClient, pkce_pair};
+pub(crate) use oauth::{OAuthClient, pkce_pair, random_token};
 
 use crate::config::{SourceConfig, SourceKind};
-use crate::source::{BoxFuture, Credential};
+use crate::source::{BoxFuture, Credential, RateLimit};
 use oauth::ClientAuth;
 
 /// Why a credential could not be obtained or renewed.
@@ -42,6 +42,9 @@ pub(crate) enum AuthFailure {
     },
     /// The service could not be reached or failed; worth trying again later.
     Unavailable(String),
+    /// The service is rate limiting the sign-in (a 429 from a token endpoint, by the rules of
+    /// [`crate::ratelimit`]): an import waits it out like an API's rate limit; a connect answers 429.
+    RateLimited(RateLimit),
 }
 
 impl AuthFailure {
@@ -50,6 +53,17 @@ impl AuthFailure {
             code,
             message: message.into(),
         }
+    }
+
+    /// The rate limit of a sign-in service's answer, when it is one (Spotify's accounts service and
+    /// Microsoft's token endpoint answer `429` with `Retry-After` in seconds:
+    /// developer.spotify.com/documentation/web-api/concepts/rate-limits,
+    /// learn.microsoft.com/entra/msal/dotnet/advanced/client-and-server-throttling).
+    pub(crate) fn rate_limit(
+        status: u16,
+        headers: &reqwest::header::HeaderMap,
+    ) -> Option<AuthFailure> {
+        crate::ratelimit::rate_limit_of(status, headers).map(AuthFailure::RateLimited)
     }
 
     /// A request that never got an answer (or whose TLS handshake failed, code `tls_failed`). Never names

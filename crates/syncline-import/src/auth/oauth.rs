@@ -74,10 +74,15 @@ impl Tokens {
 
 /// A PKCE code verifier (RFC 7636 §4.1: 43 to 128 unreserved characters) and its `S256` challenge.
 pub(crate) fn pkce_pair() -> (String, String) {
-    let mut bytes = [0u8; 48];
-    OsRng.fill_bytes(&mut bytes);
-    let verifier = URL_SAFE_NO_PAD.encode(bytes);
+    let verifier = random_token(48);
     (verifier.clone(), pkce_challenge(&verifier))
+}
+
+/// `len` random bytes from the OS, in unpadded base64url (cookie- and url-safe).
+pub(crate) fn random_token(len: usize) -> String {
+    let mut bytes = vec![0u8; len];
+    OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// `BASE64URL(SHA256(verifier))`, without padding (RFC 7636 §4.2).
@@ -190,6 +195,9 @@ impl OAuthClient {
             .await
             .map_err(|e| AuthFailure::unreachable("the token endpoint", &e))?;
         let status = response.status();
+        if let Some(limited) = AuthFailure::rate_limit(status.as_u16(), response.headers()) {
+            return Err(limited);
+        }
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
             let access_token = body["access_token"]
@@ -207,7 +215,7 @@ impl OAuthClient {
                 refresh_expires_in: body["refresh_token_expires_in"].as_u64(),
             });
         }
-        if status.is_server_error() || status.as_u16() == 429 {
+        if status.is_server_error() {
             return Err(AuthFailure::Unavailable(format!(
                 "the token endpoint answered {}",
                 status.as_u16()
@@ -278,6 +286,7 @@ mod tests {
         let code = |status, body: Value| match token_error(status, &body) {
             AuthFailure::Refused { code, .. } => code.as_str(),
             AuthFailure::Unavailable(_) => "unavailable",
+            AuthFailure::RateLimited(_) => "rate_limited",
         };
         assert_eq!(
             code(400, serde_json::json!({"error": "invalid_grant"})),

@@ -71,6 +71,12 @@ impl PlayStation {
             .send()
             .await
             .map_err(|e| AuthFailure::unreachable("Sony's sign-in service", &e))?;
+        // PlayStation's 429s say when with `X-RateLimit-Next-Available` or `Retry-After` (crate::ratelimit).
+        if let Some(limited) =
+            AuthFailure::rate_limit(response.status().as_u16(), response.headers())
+        {
+            return Err(limited);
+        }
         if response.status().is_server_error() {
             return Err(AuthFailure::Unavailable(format!(
                 "Sony's sign-in service answered {}",

@@ -143,11 +143,16 @@ impl Xbox {
             .await
             .map_err(|e| AuthFailure::unreachable(what, &e))?;
         let status = response.status();
+        // Xbox Live's 429s carry `Retry-After` (learn.microsoft.com/gaming/gdk/_content/gc/live/features/
+        // general/rate-limits).
+        if let Some(limited) = AuthFailure::rate_limit(status.as_u16(), response.headers()) {
+            return Err(limited);
+        }
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(body);
         }
-        if status.is_server_error() || status.as_u16() == 429 {
+        if status.is_server_error() {
             return Err(AuthFailure::Unavailable(format!(
                 "{what} answered {}",
                 status.as_u16()
@@ -196,23 +201,16 @@ fn xerr(status: u16, body: &Value, what: &str) -> AuthFailure {
     }
 }
 
-/// `2024-01-02T03:04:05.1234567Z` (what Xbox Live's `NotAfter` looks like) as epoch milliseconds.
+/// An RFC 3339 time as epoch milliseconds. Xbox Live's `NotAfter` has seven fractional digits and `Z`
+/// (`"NotAfter": "2099-11-12T13:11:44.1945885Z"`, as xbox-webapi-python's recorded XSTS answers show:
+/// github.com/OpenXbox/xbox-webapi-python, `tests/data/responses/auth_xsts_token.json`); any RFC 3339 form
+/// is read (`time`'s `Rfc3339`: docs.rs/time/latest/time/format_description/well_known/struct.Rfc3339.html,
+/// any number of fractional digits, `Z` or an offset). Digits past the millisecond are dropped, never
+/// rounded up, so an expiry is never read as later than it is.
 fn epoch_ms(text: &str) -> Option<i64> {
-    let (date, time) = text.trim_end_matches('Z').split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
-    let (h, min, s) = (t.next()??, t.next()??, t.next()??);
-    let ms = format!("{frac:0<3}").get(..3)?.parse::<i64>().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 24 + h) * 60 + min) * 60_000 + s * 1000 + ms)
+    use time::format_description::well_known::Rfc3339;
+    let at = time::OffsetDateTime::parse(text.trim(), &Rfc3339).ok()?;
+    i64::try_from(at.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
 }
 
 impl Session for Xbox {
@@ -292,15 +290,31 @@ mod tests {
 
     #[test]
     fn xsts_times_and_refusals_are_read() {
-        assert_eq!(epoch_ms("1970-01-01T00:00:01.5Z"), Some(1500));
-        assert_eq!(
-            epoch_ms("2024-03-01T12:00:00.1234567Z"),
-            Some(1_709_294_400_123)
-        );
-        assert_eq!(epoch_ms("soon"), None);
+        // What XSTS answers (seven fractional digits, `Z`), and the other RFC 3339 forms.
+        for (text, ms) in [
+            ("2099-11-12T13:11:44.1945885Z", Some(4_098_172_304_194)),
+            ("2024-03-01T12:00:00.1234567Z", Some(1_709_294_400_123)),
+            ("2024-03-01T12:00:00.9999999Z", Some(1_709_294_400_999)),
+            ("1970-01-01T00:00:01.5Z", Some(1500)),
+            ("2024-03-01T12:00:00Z", Some(1_709_294_400_000)),
+            ("2024-03-01t12:00:00z", Some(1_709_294_400_000)),
+            ("2024-03-01T13:30:00.1234567+01:30", Some(1_709_294_400_123)),
+            ("2024-03-01T04:00:00-08:00", Some(1_709_294_400_000)),
+            ("2024-02-29T00:00:00Z", Some(1_709_164_800_000)),
+            ("1969-12-31T23:59:59.5Z", Some(-500)),
+            // Not RFC 3339: no offset, no seconds, a day that does not exist, not a time.
+            ("2024-03-01T12:00:00.1234567", None),
+            ("2024-03-01T12:00Z", None),
+            ("2023-02-29T00:00:00Z", None),
+            ("2024-13-01T00:00:00Z", None),
+            ("soon", None),
+            ("", None),
+        ] {
+            assert_eq!(epoch_ms(text), ms, "{text}");
+        }
         let code = |body: Value| match xerr(401, &body, "XSTS") {
             AuthFailure::Refused { code, .. } => code.as_str(),
-            AuthFailure::Unavailable(_) => "unavailable",
+            AuthFailure::Unavailable(_) | AuthFailure::RateLimited(_) => "unavailable",
         };
         assert_eq!(code(json!({"XErr": 2148916233u64})), "auth_no_xbox_account");
         assert_eq!(code(json!({"XErr": 2148916238u64})), "auth_child_account");

@@ -95,12 +95,16 @@ fn pages(tracks: usize) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_stepping_one_job_fetch_every_page_exactly_once() {
-    let tracks = 600;
+    let tracks = 300;
     let fake = FakeSpotify::start(TOKEN, tracks, 0, 0, 0).await;
-    fake.control.set_latency(Duration::from_millis(300));
-    // Every page takes longer than the 250 ms lease: the holder must renew it while a page is in flight,
-    // while the other two try to take the job every 5 ms.
-    let c = cluster(&fake, 3, 250, 60_000).await;
+    // Every page takes longer than the lease: the holder must renew it while a page is in flight, while the
+    // other two try to take the job every 5 ms. It renews every third of the lease, so a renewal may be late
+    // by two thirds of it before the lease lapses. With a 250 ms lease that slack was 167 ms, which a
+    // loaded 2-core machine sometimes spent on one renewal (a SQLite write contending with the two other
+    // instances' claims and every other process); 1.2 s of lease leaves 800 ms, and 1.5 s per page still
+    // outlasts it.
+    fake.control.set_latency(Duration::from_millis(1_500));
+    let c = cluster(&fake, 3, 1_200, 60_000).await;
     c.instances[1].start(USER, "spotify").await.unwrap();
     let steppers: Vec<_> = c
         .instances

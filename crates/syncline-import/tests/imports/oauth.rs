@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
-use syncline_core::SystemClock;
+use syncline_core::{Clock, ManualClock, SystemClock};
 use syncline_core::{ImportErrorCode, ImportState, ImportStatus};
 use syncline_import::{ImportError, Importer, ImportsConfig};
 use syncline_store::Store;
@@ -29,28 +29,29 @@ struct Engine {
     store: Arc<dyn Store>,
     schema: Arc<syncline_core::Schema>,
     config: ImportsConfig,
+    clock: Arc<dyn Clock>,
     _dir: tempfile::TempDir,
 }
 
 fn engine(sources: &str) -> Engine {
+    engine_with_clock(sources, Arc::new(SystemClock))
+}
+
+fn engine_with_clock(sources: &str, clock: Arc<dyn Clock>) -> Engine {
     let (schema, store, dir) = sqlite_store(&[TABLES, SPOTIFY_TABLES]);
     let text = format!(
         "encryption_key = \"{}\"\nmode = \"call\"\npage_size = 50\n{sources}",
         syncline_import::Sealer::generate_key()
     );
     let config: ImportsConfig = toml::from_str(&text).unwrap();
-    let importer = Importer::from_config(
-        &config,
-        store.clone(),
-        schema.clone(),
-        Arc::new(SystemClock),
-    )
-    .unwrap();
+    let importer =
+        Importer::from_config(&config, store.clone(), schema.clone(), clock.clone()).unwrap();
     Engine {
         importer: Arc::new(importer),
         store,
         schema,
         config,
+        clock,
         _dir: dir,
     }
 }
@@ -63,7 +64,7 @@ impl Engine {
                 &self.config,
                 self.store.clone(),
                 self.schema.clone(),
-                Arc::new(SystemClock),
+                self.clock.clone(),
             )
             .unwrap(),
         )
@@ -284,36 +285,64 @@ async fn consent_flow(style: OAuthClientStyle) {
         &auth,
         style == OAuthClientStyle::Basic,
     ));
-    let url = e
-        .importer
-        .authorize(
-            USER,
-            "spotify",
-            "http://127.0.0.1:1/v1/connections/spotify/callback",
-        )
-        .unwrap();
+    let start = || {
+        e.importer
+            .authorize(
+                USER,
+                "spotify",
+                "http://127.0.0.1:1/v1/connections/spotify/callback",
+            )
+            .unwrap()
+    };
+    let consent_started = start();
+    let url = &consent_started.url;
     assert_eq!(
         url.contains("code_challenge_method=S256"),
         style == OAuthClientStyle::Pkce,
         "{url}"
     );
-    let back = consent(&url).await;
+    let back = consent(url).await;
     let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    let binding = consent_started.browser_binding.as_str();
     // A state from anywhere else is refused, and so is one for another source.
     let forged = e
         .importer
-        .complete_authorization("spotify", "bm90LWEtc3RhdGU", &q["code"])
+        .complete_authorization("spotify", "bm90LWEtc3RhdGU", &q["code"], Some(binding))
         .await;
     assert!(
         matches!(forged, Err(ImportError::ConsentState(_))),
         "{forged:?}"
     );
+    // The right state from a browser without the binding, or with another consent's, is refused too.
+    let other = start().browser_binding;
+    for wrong in [None, Some(""), Some(other.as_str())] {
+        let refused = e
+            .importer
+            .complete_authorization("spotify", &q["state"], &q["code"], wrong)
+            .await;
+        assert!(
+            matches!(&refused, Err(ImportError::ConsentState(m)) if m.contains("this browser")),
+            "{wrong:?}: {refused:?}"
+        );
+    }
+    assert!(auth.grants().is_empty(), "no code was exchanged");
+    assert!(!e.importer.connected(USER, "spotify").await.unwrap());
     let user = e
         .importer
-        .complete_authorization("spotify", &q["state"], &q["code"])
+        .complete_authorization("spotify", &q["state"], &q["code"], Some(binding))
         .await
         .unwrap();
     assert_eq!(user, USER);
+    assert_eq!(auth.grants(), ["authorization_code"]);
+    // A state is good once.
+    let replayed = e
+        .importer
+        .complete_authorization("spotify", &q["state"], &q["code"], Some(binding))
+        .await;
+    assert!(
+        matches!(&replayed, Err(ImportError::ConsentState(m)) if m.contains("already")),
+        "{replayed:?}"
+    );
     assert_eq!(auth.grants(), ["authorization_code"]);
     let states = import(&e.importer, "spotify").await;
     assert_eq!(only(&states).status, ImportStatus::Success);
@@ -454,4 +483,203 @@ async fn xbox_connects_from_a_microsoft_refresh_token_through_user_and_xsts_toke
         ],
         "two refused connects, the connect, one renewal after the XSTS token ran out"
     );
+}
+
+/// A token endpoint's 429 during a renewal is a rate limit of the import, not an outage: the stream waits
+/// until the `Retry-After` the accounts service sent (Spotify: developer.spotify.com/documentation/web-api/
+/// concepts/rate-limits), asks nothing in between, and then renews and completes by itself.
+#[tokio::test]
+async fn a_rate_limited_renewal_waits_out_its_retry_after_then_completes() {
+    let (api, auth) = spotify(120).await;
+    let clock = Arc::new(ManualClock::new(1_750_000_000_000));
+    let e = engine_with_clock(&spotify_source(&api, &auth, true), clock.clone());
+    api.control.issue("first-access", 1);
+    let refresh = auth.mint_refresh_token();
+    connect_spotify(
+        &e,
+        json!({"access_token": "first-access", "refresh_token": refresh}),
+    )
+    .await;
+    auth.control.rate_limit_next(1, 30);
+    e.importer.start(USER, "spotify").await.unwrap();
+    assert!(e.importer.step(USER, "spotify").await.unwrap().more);
+    let states = e.importer.status(USER, "spotify").await.unwrap();
+    let s = only(&states);
+    assert_eq!(
+        (s.status, s.error_code, s.rate_limit_reset_at),
+        (
+            ImportStatus::RateLimited,
+            None,
+            Some(1_750_000_000_000 + 30_000)
+        ),
+        "{s:?}"
+    );
+    assert_eq!(e.rows("spotify_tracks"), 50, "the first page stays");
+    assert_eq!(auth.control.requests(), 1);
+
+    // Before the reset, a step asks nobody.
+    clock.advance(29_999);
+    assert!(e.importer.step(USER, "spotify").await.unwrap().more);
+    assert_eq!(
+        (auth.control.requests(), api.control.requests()),
+        (1, 2),
+        "the token endpoint and the API were left alone"
+    );
+    clock.advance(1);
+    let states = import(&e.importer, "spotify").await;
+    let s = only(&states);
+    assert_eq!(
+        (s.status, s.error_code),
+        (ImportStatus::Success, None),
+        "{s:?}"
+    );
+    assert_eq!(e.rows("spotify_tracks"), 120);
+    assert_eq!(
+        auth.grants(),
+        ["refresh_token"],
+        "renewed once the wait was over"
+    );
+}
+
+/// Connecting an account while the sign-in service rate limits answers with its wait (the server turns it
+/// into `429 upstream_rate_limited` with `Retry-After`) and stores nothing: Microsoft's token endpoint answers
+/// `429` with `Retry-After` (learn.microsoft.com/entra/msal/dotnet/advanced/client-and-server-throttling), and
+/// PlayStation's carry `X-RateLimit-Next-Available`, a Unix time.
+#[tokio::test]
+async fn a_rate_limited_sign_in_at_connect_time_says_when_to_try_again_and_stores_nothing() {
+    let api = FakeXbox::start(XBOX_UHS, "never-pasted", XBOX_XUID, 1, 1).await;
+    let auth = FakeAuthServer::xbox(
+        api.control.clone(),
+        CLIENT_ID,
+        CLIENT_SECRET,
+        XBOX_UHS,
+        XBOX_XUID,
+    )
+    .await;
+    let psn = FakePlayStation::start("never-pasted", 1, 1).await;
+    let psn_auth = FakeAuthServer::playstation(psn.control.clone()).await;
+    let clock = Arc::new(ManualClock::new(1_750_000_000_000));
+    let a = auth.base_url();
+    let e = engine_with_clock(
+        &format!(
+            "[sources.xbox]\nkind = \"xbox\"\nbase_url = \"{}\"\ntoken_url = \"{a}/oauth20_token.srf\"\n\
+             user_auth_url = \"{a}/user/authenticate\"\nxsts_url = \"{a}/xsts/authorize\"\n\
+             client_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n\
+             streams = {{ titles = \"xbox_titles\" }}\n\
+             [sources.psn]\nkind = \"playstation\"\nbase_url = \"{}\"\n\
+             auth_base_url = \"{}/api/authz/v3/oauth\"\nstreams = {{ trophy_titles = \"psn_titles\" }}\n",
+            api.base_url(),
+            psn.base_url(),
+            psn_auth.base_url()
+        ),
+        clock.clone(),
+    );
+    auth.control.answer_next(
+        429,
+        &[("retry-after", "17")],
+        json!({"error": "temporarily_unavailable"}),
+    );
+    let limited = e
+        .importer
+        .connect(
+            USER,
+            "xbox",
+            object(json!({"refresh_token": auth.mint_refresh_token()})),
+        )
+        .await;
+    assert!(
+        matches!(
+            limited,
+            Err(ImportError::RateLimited {
+                retry_after_secs: 17
+            })
+        ),
+        "{limited:?}"
+    );
+    assert!(!e.importer.connected(USER, "xbox").await.unwrap());
+    assert_eq!(
+        auth.token_calls(),
+        0,
+        "the 429 came before any token was issued"
+    );
+
+    let next_available = (clock.now_ms() / 1000 + 90).to_string();
+    psn_auth.control.answer_next(
+        429,
+        &[("x-ratelimit-next-available", &next_available)],
+        json!({}),
+    );
+    let limited = e
+        .importer
+        .connect(USER, "psn", object(json!({"npsso": PSN_NPSSO})))
+        .await;
+    assert!(
+        matches!(
+            limited,
+            Err(ImportError::RateLimited {
+                retry_after_secs: 90
+            })
+        ),
+        "{limited:?}"
+    );
+    assert!(!e.importer.connected(USER, "psn").await.unwrap());
+
+    // Once the limit is over, the same connects work.
+    e.importer
+        .connect(
+            USER,
+            "xbox",
+            object(json!({"refresh_token": auth.mint_refresh_token()})),
+        )
+        .await
+        .unwrap();
+    e.importer
+        .connect(USER, "psn", object(json!({"npsso": PSN_NPSSO})))
+        .await
+        .unwrap();
+    assert!(e.importer.connected(USER, "xbox").await.unwrap());
+}
+
+/// A consent's `state` lives ten minutes on the server's clock: approved later, it is refused and nothing
+/// is exchanged or stored.
+#[tokio::test]
+async fn a_consent_answered_after_ten_minutes_is_refused_and_stores_nothing() {
+    let (api, auth) = spotify(10).await;
+    let clock = Arc::new(ManualClock::new(1_750_000_000_000));
+    let e = engine_with_clock(&spotify_source(&api, &auth, true), clock.clone());
+    let callback = "http://127.0.0.1:1/v1/connections/spotify/callback";
+    let late = e.importer.authorize(USER, "spotify", callback).unwrap();
+    let back = consent(&late.url).await;
+    let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    clock.advance(10 * 60 * 1000 + 1);
+    let refused = e
+        .importer
+        .complete_authorization(
+            "spotify",
+            &q["state"],
+            &q["code"],
+            Some(&late.browser_binding),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(ImportError::ConsentState(m)) if m.contains("ten minutes")),
+        "{refused:?}"
+    );
+    assert!(auth.grants().is_empty());
+    assert!(!e.importer.connected(USER, "spotify").await.unwrap());
+    // At exactly ten minutes it still completes.
+    let on_time = e.importer.authorize(USER, "spotify", callback).unwrap();
+    let back = consent(&on_time.url).await;
+    let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    clock.advance(10 * 60 * 1000);
+    e.importer
+        .complete_authorization(
+            "spotify",
+            &q["state"],
+            &q["code"],
+            Some(&on_time.browser_binding),
+        )
+        .await
+        .unwrap();
+    assert!(e.importer.connected(USER, "spotify").await.unwrap());
 }

@@ -21,6 +21,11 @@ const TRACKS: u64 = 3_000;
 async fn an_import_killed_mid_walk_resumes_from_its_checkpoint_and_applies_every_page_once() {
     let fake = FakeSpotify::start(TOKEN, TRACKS as usize, 0, 0, 0).await;
     fake.control.set_latency(Duration::from_millis(15));
+    // The walk stops at a known page whatever the machine's speed: the fake answers the first 12 pages and
+    // holds the 13th unanswered, so the kill lands mid-walk with exactly 600 tracks committed (a kill
+    // timed off a progress poll could come after the walk had finished on a fast run, or mid-commit).
+    const HELD_AFTER: u64 = 12;
+    fake.control.hold_after(HELD_AFTER);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
@@ -44,13 +49,32 @@ async fn an_import_killed_mid_walk_resumes_from_its_checkpoint_and_applies_every
     assert_eq!(put, 204);
     assert_eq!(start_import(&server.url, &token, "spotify").await, 202);
     let mid = wait_for_import(&server.url, &token, "spotify", |s| {
-        s["processed"].as_u64() >= Some(500)
+        s["processed"].as_u64() >= Some(HELD_AFTER * 50)
     })
     .await;
+    // The 13th page is asked for (and held) before the walk can go on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fake.control.requests() <= HELD_AFTER {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 13th page was never asked for"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
-    assert_ne!(mid["status"], "success", "killed mid-import: {mid}");
+    assert_eq!(
+        (mid["status"].as_str(), mid["processed"].as_u64()),
+        (Some("running"), Some(HELD_AFTER * 50)),
+        "killed mid-import: {mid}"
+    );
     let requests_at_kill = fake.control.requests();
+    assert_eq!(
+        requests_at_kill,
+        HELD_AFTER + 1,
+        "twelve pages and the held one"
+    );
+    fake.control.release();
 
     let server = serve(&config);
     let done = wait_for_import(&server.url, &token, "spotify", |s| s["status"] == "success").await;
@@ -62,15 +86,14 @@ async fn an_import_killed_mid_walk_resumes_from_its_checkpoint_and_applies_every
     )
     .await;
     assert_eq!(ids(&pull, "spotify_tracks").len() as u64, TRACKS);
-    // The restarted server went on from the checkpoint: no page before it was fetched again. Pages fetched
-    // but not committed before the kill (how many depends on how fast the disk commits) are fetched again;
-    // on top, as before the kill, at most two requests that are not pages (the page in flight, a retry).
+    // The restarted server went on from the checkpoint: no page before it was fetched again. The page held
+    // at the kill is asked again, then the rest: one request per page not committed before the kill.
     let pages = TRACKS / 50;
-    let committed_pages = mid["processed"].as_u64().unwrap() / 50;
     let after_restart = fake.control.requests() - requests_at_kill;
-    assert!(
-        after_restart <= pages - committed_pages + 2,
-        "{after_restart} requests after the restart for {pages} pages, {committed_pages} committed before the kill"
+    assert_eq!(
+        after_restart,
+        pages - HELD_AFTER,
+        "requests after the restart for {pages} pages, {HELD_AFTER} committed before the kill"
     );
 }
 
