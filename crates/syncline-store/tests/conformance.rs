@@ -438,6 +438,66 @@ fn paged_pulls_cover_every_change_exactly_once() {
     }
 }
 
+/// A paged first pull of one table whose rows are partly one bulk write (consecutive sequences) and partly
+/// spread among another user's writes, one in three: every live record once, in the order written, full
+/// pages of `limit` changes, the other user's records never, and the records deleted after the first page as
+/// `deleted` on the page that reaches them.
+#[test]
+fn paged_first_pull_of_bulk_and_spread_rows_brings_each_live_record_once_in_order() {
+    for b in backends() {
+        let mut expected = Vec::new();
+        let dense: Vec<Value> = (0..30).map(|i| task(&format!("d{i:02}"), "none")).collect();
+        expected.extend((0..30).map(|i| format!("d{i:02}")));
+        b.bulk("alice", json!({"upserts": {"tasks": dense}}), None)
+            .unwrap();
+        for i in 0..30 {
+            b.bulk(
+                "alice",
+                json!({"upserts": {"tasks": [task(&format!("s{i:02}"), "none")]}}),
+                None,
+            )
+            .unwrap();
+            b.bulk(
+                "bob",
+                json!({"upserts": {"tasks": [task(&format!("b{i:02}"), "none"), task(&format!("c{i:02}"), "none")]}}),
+                None,
+            )
+            .unwrap();
+            expected.push(format!("s{i:02}"));
+        }
+        let gone = ["d03", "d17", "s05", "s29"];
+        b.bulk("alice", json!({"deletes": {"tasks": gone}}), None)
+            .unwrap();
+        expected.retain(|id| !gone.contains(&id.as_str()));
+        let (mut seen, mut seen_deleted, mut cursor, mut pages) =
+            (Vec::new(), Vec::new(), None::<i64>, 0);
+        loop {
+            let page = b.pull("alice", json!({"lastPulledAt": cursor, "limit": 7}));
+            let updated: Vec<String> = page["changes"]["tasks"]["updated"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string())
+                .collect();
+            let more = page["hasMore"].as_bool().unwrap();
+            let deleted = ids(&page, "tasks", "deleted");
+            assert!(!more || updated.len() + deleted.len() == 7, "a full page");
+            seen.extend(updated);
+            seen_deleted.extend(deleted);
+            pages += 1;
+            cursor = Some(page["timestamp"].as_i64().unwrap());
+            if !more {
+                break;
+            }
+            assert!(pages < 100);
+        }
+        assert_eq!(seen, expected, "in the order written");
+        assert_eq!(seen_deleted, gone);
+        // 7 live records on the first page, then 49 more and 4 deletions.
+        assert_eq!(pages, 9);
+    }
+}
+
 /// Pages end where the `limit`-th change ends, across tables and with tombstones: an incremental page counts
 /// a deletion as a change and sends it under `deleted`, a first pull's pages hold `limit` live records each
 /// and skip deleted ones, whether one table or several have changes.

@@ -11,8 +11,6 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::bench_cpu::{self, CpuMark};
 use crate::bench_pg::{Cluster, Durability};
@@ -201,11 +199,11 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         }
         eprintln!("pulling into a fresh cursor ...");
         let started = Instant::now();
-        let pulled = pull_all(&client, &server.url, &token, args.page).await?;
+        let pulled = crate::bench_pull::pull_all(&client, &server.url, &token, args.page).await?;
         let pull_secs = started.elapsed().as_secs_f64();
         eprintln!("pulling everything in one streamed response ...");
         let started = Instant::now();
-        let streamed = pull_page(&client, &server.url, &token, None, None).await?.0;
+        let streamed = crate::bench_pull::pull_whole(&client, &server.url, &token).await?;
         Ok::<_, anyhow::Error>((
             push_secs,
             pull_secs,
@@ -252,10 +250,13 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
     let stalled = runtime.block_on(stalled_pulls(&server, &token))?;
     let live = crate::bench_live::measure(&args.live, dir, &server.url)?;
     server.stop();
-    if pulled != records.len() || streamed != records.len() {
+    let pushed = crate::bench_pull::Received::of_ids(records.iter().map(|r| r.0.as_str()));
+    if pulled != pushed || streamed != pushed {
         bail!(
-            "pulled {pulled} records in pages and {streamed} in one response, expected {}",
-            records.len()
+            "pulled {} records in pages and {} in one response, expected {} (or other ids than were pushed)",
+            pulled.records,
+            streamed.records,
+            pushed.records
         );
     }
     let n = records.len() as f64;
@@ -680,62 +681,6 @@ async fn push_all(
         task.await??;
     }
     Ok(())
-}
-
-#[derive(Deserialize)]
-struct Page<'a> {
-    #[serde(borrow)]
-    changes: std::collections::BTreeMap<&'a str, TablePage<'a>>,
-    timestamp: i64,
-    #[serde(rename = "hasMore", default)]
-    has_more: bool,
-}
-
-#[derive(Deserialize)]
-struct TablePage<'a> {
-    #[serde(borrow)]
-    updated: Vec<&'a RawValue>,
-}
-
-async fn pull_all(client: &reqwest::Client, url: &str, token: &str, page: usize) -> Result<usize> {
-    let mut cursor: Option<i64> = None;
-    let mut total = 0;
-    loop {
-        let (n, timestamp, has_more) = pull_page(client, url, token, cursor, Some(page)).await?;
-        total += n;
-        cursor = Some(timestamp);
-        if !has_more {
-            return Ok(total);
-        }
-    }
-}
-
-/// One pull request; returns the records received, the timestamp and `hasMore`.
-async fn pull_page(
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
-    cursor: Option<i64>,
-    limit: Option<usize>,
-) -> Result<(usize, i64, bool)> {
-    let body = serde_json::json!({"lastPulledAt": cursor, "limit": limit}).to_string();
-    let response = client
-        .post(format!("{url}/v1/sync/pull"))
-        .bearer_auth(token)
-        .body(body)
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!("pull failed: {}", response.status());
-    }
-    let bytes = response.bytes().await?;
-    let parsed: Page =
-        serde_json::from_slice(&bytes).context("pull response is not the expected JSON")?;
-    Ok((
-        parsed.changes.values().map(|t| t.updated.len()).sum(),
-        parsed.timestamp,
-        parsed.has_more,
-    ))
 }
 
 /// The server under test, as a child process (so its peak RSS is its own).

@@ -1,5 +1,11 @@
-//! The pull sections of `syncline bench` beyond the throughput figures:
+//! The pull sections of `syncline bench`:
 //!
+//! - **Paged and streamed pulls over HTTP**: the bench's client receives every byte of every answer and
+//!   verifies it: the page parses as the documented pull answer, every record carries an `id`, a full page
+//!   holds `limit` records and says `hasMore`, its `timestamp` moves forward, and the ids received (summed as
+//!   hashes) are exactly the ids pushed. A page's cursor is read from the end of its body as soon as it has
+//!   arrived, so the next page is asked for while this one is verified on another thread (as a client that
+//!   applies one page while fetching the next would); the clock stops when the last page is verified.
 //! - **Read ceiling** (SQLite): the server's own database file read by sequence in pages of `--page`, each
 //!   record's stored JSON spliced verbatim into the page (the way `shared/PERF.md` measured 2.73M rows/s),
 //!   with the page cache a store reader connection gets. No HTTP, no JSON parsing: what a paged pull of the
@@ -14,11 +20,14 @@
 //!
 //! Benchmarks, not tests: they print figures next to their goals.
 
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use rusqlite::{OpenFlags, params};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use crate::bench::record;
 use crate::bench_live::{pct, sorted};
@@ -96,6 +105,192 @@ pub(crate) fn store_pull_rate(config: &Path, user: &str, page: usize) -> Result<
         }
     }
     Ok((records as f64 / started.elapsed().as_secs_f64(), records))
+}
+
+/// What a pull client received: how many records, and the wrapping sum of a hash of each one's id (equal
+/// for two sets of ids, with overwhelming likelihood, only when they hold the same ids).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Received {
+    pub(crate) records: usize,
+    ids: u64,
+}
+
+impl Received {
+    /// What receiving exactly `ids` would give.
+    pub(crate) fn of_ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Received {
+        let mut got = Received::default();
+        for id in ids {
+            got.add(id);
+        }
+        got
+    }
+
+    fn add(&mut self, id: &str) {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        self.records += 1;
+        self.ids = self.ids.wrapping_add(h.finish());
+    }
+
+    fn merge(&mut self, other: Received) {
+        self.records += other.records;
+        self.ids = self.ids.wrapping_add(other.ids);
+    }
+}
+
+/// A pull answer as the bench verifies it (docs/protocol.md, "Pull"): only each record's `id` is kept; every
+/// other value is still read through and checked to be JSON.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Page<'a> {
+    #[serde(borrow)]
+    changes: std::collections::BTreeMap<&'a str, TablePage<'a>>,
+    timestamp: i64,
+    #[serde(default)]
+    has_more: Option<bool>,
+    #[serde(default)]
+    experimental_strategy: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TablePage<'a> {
+    #[serde(borrow)]
+    created: Vec<WithId<'a>>,
+    #[serde(borrow)]
+    updated: Vec<WithId<'a>>,
+    #[serde(borrow)]
+    deleted: Vec<&'a str>,
+}
+
+/// A record: its id, and every other field read and ignored.
+#[derive(Deserialize)]
+struct WithId<'a> {
+    id: &'a str,
+}
+
+/// The end of a pull answer: `timestamp` and `hasMore`, read from the last bytes of the body without parsing
+/// the rest (the writer puts them after `changes`).
+fn tail(body: &[u8]) -> Result<(i64, Option<bool>)> {
+    let tail = &body[body.len().saturating_sub(128)..];
+    let tail = std::str::from_utf8(tail).unwrap_or_default();
+    let after = |key: &str| tail.rsplit_once(key).map(|(_, rest)| rest);
+    let timestamp = after("\"timestamp\":")
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|t| t.parse().ok())
+        .context("no timestamp at the end of a pull answer")?;
+    let has_more = after("\"hasMore\":").map(|rest| rest.starts_with("true"));
+    Ok((timestamp, has_more))
+}
+
+/// Verifies one pull answer whose end said `timestamp` and `has_more`; `limit` is the page size asked for.
+fn verify(
+    body: &[u8],
+    timestamp: i64,
+    has_more: Option<bool>,
+    limit: Option<usize>,
+) -> Result<Received> {
+    let page: Page =
+        serde_json::from_slice(body).context("a pull answer is not the documented JSON")?;
+    ensure!(
+        page.timestamp == timestamp && page.has_more == has_more,
+        "a pull answer's end does not match its parse"
+    );
+    ensure!(
+        page.experimental_strategy.is_none(),
+        "a first pull answered with the replacement strategy"
+    );
+    let mut got = Received::default();
+    for table in page.changes.values() {
+        ensure!(table.deleted.is_empty(), "a first pull carried deleted ids");
+        for record in table.created.iter().chain(&table.updated) {
+            ensure!(!record.id.is_empty(), "a pulled record has an empty id");
+            got.add(record.id);
+        }
+    }
+    if let Some(limit) = limit {
+        ensure!(has_more.is_some(), "a paged pull answer has no hasMore");
+        ensure!(
+            got.records <= limit && (has_more == Some(false) || got.records == limit),
+            "a page of limit {limit} brought {} records (hasMore: {has_more:?})",
+            got.records
+        );
+    }
+    Ok(got)
+}
+
+/// Sends one pull request and receives its whole body into a buffer of `capacity` to begin with.
+async fn receive(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    cursor: Option<i64>,
+    limit: Option<usize>,
+    capacity: usize,
+) -> Result<Vec<u8>> {
+    let body = serde_json::json!({"lastPulledAt": cursor, "limit": limit}).to_string();
+    let mut response = client
+        .post(format!("{url}/v1/sync/pull"))
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("pull failed: {}", response.status());
+    }
+    let mut body = Vec::with_capacity(capacity);
+    while let Some(chunk) = response.chunk().await? {
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Pulls everything into a fresh cursor in pages of `page`, each page verified (see the module docs).
+pub(crate) async fn pull_all(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    page: usize,
+) -> Result<Received> {
+    let (mut cursor, mut capacity) = (None, 0);
+    let mut total = Received::default();
+    let mut verifying: Option<tokio::task::JoinHandle<Result<Received>>> = None;
+    loop {
+        let body = receive(client, url, token, cursor, Some(page), capacity).await?;
+        capacity = capacity.max(body.len() + body.len() / 8);
+        let (timestamp, has_more) = tail(&body)?;
+        ensure!(
+            cursor.is_none_or(|c| timestamp > c) || has_more == Some(false),
+            "a page's timestamp did not move past its cursor"
+        );
+        // At most one page is verified while the next arrives.
+        if let Some(previous) = verifying.take() {
+            total.merge(previous.await??);
+        }
+        verifying = Some(tokio::task::spawn_blocking(move || {
+            verify(&body, timestamp, has_more, Some(page))
+        }));
+        cursor = Some(timestamp);
+        if has_more != Some(true) {
+            break;
+        }
+    }
+    if let Some(last) = verifying {
+        total.merge(last.await??);
+    }
+    Ok(total)
+}
+
+/// Pulls everything in one streamed answer (no `limit`) and verifies it.
+pub(crate) async fn pull_whole(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> Result<Received> {
+    let body = receive(client, url, token, None, None, 0).await?;
+    let (timestamp, has_more) = tail(&body)?;
+    ensure!(has_more.is_none(), "an answer without limit has hasMore");
+    tokio::task::spawn_blocking(move || verify(&body, timestamp, has_more, None)).await?
 }
 
 /// Pulls timed before the measured ones (connections, caches, the allocator).
