@@ -111,6 +111,12 @@ fn record_sync(
     a: &SyncActivity<'_>,
 ) -> Result<(), StoreError> {
     let uid = user_id(conn, &sql.users, user)?;
+    if let Some((hold, create)) = sql.activity.hold_counter
+        && conn.row(hold, &[uid.into()], |_| Ok(()))?.is_none()
+    {
+        conn.execute(create, &[uid.into()])?;
+        conn.row(hold, &[uid.into()], |_| Ok(()))?;
+    }
     count_sync(conn, sql, uid, a)
 }
 

@@ -205,6 +205,10 @@ pub(crate) struct ActivitySql {
     pub add_to_bucket: &'static str,
     /// (uid, source, stream, phase, walk started at, at, upserted, unchanged, deleted): one import batch.
     pub count_import: &'static str,
+    /// Where a push counts itself in statements whose row locks come in no fixed order (PostgreSQL), a
+    /// counting transaction of its own first holds the user's counter row with these: (uid) -> a row if the
+    /// counter exists, locked until commit; and (uid): creates the counter unless it exists.
+    pub hold_counter: Option<(&'static str, &'static str)>,
     /// (name or NULL, limit) -> uid, name, last pull, last push, pulls, pushes, records pulled, records
     /// pushed, rejected, conflicts, last rejection, last rejection at; most recently active first.
     pub users: &'static str,

@@ -1401,6 +1401,69 @@ fn concurrent_writers_of_many_users_each_keep_their_users_order() {
     }
 }
 
+/// On PostgreSQL a counted push moves its user's counter and counts itself in one statement, whose row locks
+/// come in no fixed order; pulls of the same user counted at the same time on two instances must neither
+/// deadlock with it nor lose a count.
+#[test]
+fn on_postgres_counted_pushes_and_pulls_of_one_user_on_two_instances_count_exactly() {
+    let url = syncline_testkit::TempPostgres::shared().fresh_database();
+    let instances = [Backend::open(&url, None), Backend::open(&url, None)];
+    const ROUNDS: usize = 30;
+    let t0 = activity_bucket(NOW);
+    std::thread::scope(|scope| {
+        for (i, b) in instances.iter().enumerate() {
+            let device = ["phone", "laptop"][i];
+            scope.spawn(move || {
+                for round in 0..ROUNDS {
+                    let id = format!("{device}-{round}");
+                    let body = json!({"lastPulledAt": 0, "changes": {"projects": {"created": [project(&id, "x")]}}})
+                        .to_string();
+                    let request: PushRequest = serde_json::from_str(&body).unwrap();
+                    let (batch, _) = plan_push(&b.schema, &request, "alice").unwrap();
+                    let activity = SyncActivity {
+                        kind: SyncKind::Push,
+                        ..pull_by(Some(device), t0 + round as i64, 0)
+                    };
+                    let outcome = b
+                        .store
+                        .write_counted("alice", &batch, None, NOW, &|s| s.sequence.to_string(), Some(&activity))
+                        .unwrap();
+                    assert!(matches!(outcome, WriteOutcome::Applied { .. }));
+                }
+            });
+            for puller in 0..2 {
+                scope.spawn(move || {
+                    for round in 0..ROUNDS {
+                        b.store
+                            .record_sync(
+                                "alice",
+                                &pull_by(Some(device), t0 + round as i64, puller + 1),
+                            )
+                            .unwrap();
+                    }
+                });
+            }
+        }
+    });
+    let a = &instances[0].store.user_activity(Some("alice"), 1).unwrap()[0];
+    let rounds = ROUNDS as u64;
+    assert_eq!(
+        (a.pushes, a.records_pushed, a.pulls, a.records_pulled),
+        (2 * rounds, 2 * rounds, 4 * rounds, 2 * rounds * (1 + 2)),
+    );
+    assert_eq!(a.devices.len(), 2);
+    let buckets = instances[1]
+        .store
+        .activity_series(Some("alice"), t0)
+        .unwrap();
+    assert_eq!(buckets.iter().map(|x| x.pushed).sum::<u64>(), 2 * rounds);
+    assert_eq!(buckets.iter().map(|x| x.pulled).sum::<u64>(), 6 * rounds);
+    assert_eq!(
+        instances[1].store.user_stats("alice").unwrap().tables["projects"].records,
+        2 * rounds
+    );
+}
+
 /// On PostgreSQL a write locks only its user's counter: while another session holds alice's row locked (as
 /// a long write of alice would), bob's writes go through, and alice's wait for the lock.
 #[test]

@@ -14,6 +14,7 @@ use rand::distr::Alphanumeric;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::bench_cpu::{self, CpuMark};
 use crate::bench_pg::{Cluster, Durability};
 
 #[derive(clap::Args)]
@@ -410,19 +411,53 @@ fn small_pushes(args: &BenchArgs, dir: &Path, runtime: &tokio::runtime::Runtime)
         let many_users: Vec<String> = (0..SMALL_PUSHERS)
             .map(|u| auth.mint(&format!("user{u}"), 3600, false, crate::now_secs()))
             .collect::<Result<_, _>>()?;
-        let (one, many) = runtime.block_on(async {
+        let ((one, one_cpu), (many, many_cpu)) = runtime.block_on(async {
+            let mark = CpuMark::now(server.pid())?;
             let one = push_for(&server.url, one_user, secs).await?;
+            let one_cpu = mark.used()?;
+            let mark = CpuMark::now(server.pid())?;
             let many = push_for(&server.url, many_users, secs).await?;
-            Ok::<_, anyhow::Error>((one, many))
+            Ok::<_, anyhow::Error>(((one, one_cpu), (many, mark.used()?)))
         })?;
         println!("  {label}:");
-        println!("    1 user:    {one:>8.0} pushes/s");
         println!(
-            "    16 users:  {many:>8.0} pushes/s  ({:.1}x of 1 user; goal >= 5x on PostgreSQL, where writes of different users never wait for each other; SQLite has one writer)",
+            "    1 user:    {one:>8.0} pushes/s  {}",
+            cpu_line(&one_cpu, one)
+        );
+        println!(
+            "    16 users:  {many:>8.0} pushes/s  {}",
+            cpu_line(&many_cpu, many)
+        );
+        // However the writes are ordered, the machine cannot do more pushes per second than its cores
+        // divided by the CPU one push takes; that bounds the ratio, whatever the locks allow.
+        let cores = bench_cpu::cores() as f64;
+        let ceiling = cores * 1e6 / many_cpu.micros_per(many * many_cpu.wall.as_secs_f64());
+        println!(
+            "    ratio:     {:.1}x of 1 user (goal >= 5x on PostgreSQL, where writes of different users never wait for each other; SQLite has one writer)",
             many / one
+        );
+        println!(
+            "    ceiling:   {ceiling:>8.0} pushes/s = {cores:.0} cores / the CPU of one 16-user push ({:.1}x of 1 user); 5x would need {:.0} us of CPU per push",
+            ceiling / one,
+            cores * 1e6 / (5.0 * one)
         );
     }
     Ok(())
+}
+
+/// How busy the machine was while `rate` pushes/s ran, and what one push cost whom.
+fn cpu_line(cpu: &bench_cpu::CpuUse, rate: f64) -> String {
+    let pushes = rate * cpu.wall.as_secs_f64();
+    let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / pushes.max(1.0);
+    format!(
+        "{:.2} of {} cores busy; CPU per push {:.0} us (server {:.0}, bench client {:.0}, rest {:.0})",
+        cpu.busy_cores(),
+        bench_cpu::cores(),
+        cpu.micros_per(pushes),
+        per(cpu.server),
+        per(cpu.bench),
+        per(cpu.rest()),
+    )
 }
 
 /// Pushes 10-record batches of new records for `secs` seconds, one pusher per token, all at once; pushes/s.

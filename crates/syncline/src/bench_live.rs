@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::bench_cpu::process_cpu;
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -504,23 +505,6 @@ async fn open_streams(addr: &str, n: usize, token: impl Fn(usize) -> String) -> 
     Ok(Streams { tasks, heard })
 }
 
-/// CPU time (user + system, all threads) of the process `pid` so far, from `/proc/<pid>/stat`.
-fn cpu_time(pid: u32) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("/proc stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15 of the line (11 and 12 after the name), in USER_HZ ticks,
-    // which Linux fixes at 100 per second for everything it reports in /proc.
-    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
-        + fields.get(12).context("stime")?.parse::<u64>()?;
-    Ok(Duration::from_millis(ticks * 10))
-}
-
 async fn sse(
     args: &LiveArgs,
     spawn: impl Fn(&str) -> Result<ServerProcess>,
@@ -574,12 +558,12 @@ async fn sse(
         .and_then(|l| l.split_whitespace().next()?.parse().ok());
     for round in 1..=args.fanout_rounds {
         let (_, json) = record(&mut rng);
-        let cpu_before = (cpu_time(server.pid())?, cpu_time(std::process::id())?);
+        let cpu_before = (process_cpu(server.pid())?, process_cpu(std::process::id())?);
         let started = Instant::now();
         push_one(&http, &server.url, &fan_user, &json).await?;
         fanout.extend(streams.heard.round(n * round, started).await?);
-        server_cpu += cpu_time(server.pid())?.saturating_sub(cpu_before.0);
-        bench_cpu += cpu_time(std::process::id())?.saturating_sub(cpu_before.1);
+        server_cpu += process_cpu(server.pid())?.saturating_sub(cpu_before.0);
+        bench_cpu += process_cpu(std::process::id())?.saturating_sub(cpu_before.1);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let one_user_mb = server.peak_rss_kb()? as f64 / 1024.0;

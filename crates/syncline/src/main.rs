@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_client;
+mod bench_cpu;
 mod bench_live;
 mod bench_pg;
 mod bench_pull;

@@ -1,10 +1,11 @@
 //! PostgreSQL writes: the SQL of a write transaction holding its user's counter row (rows, counter,
 //! idempotency, lease, checkpoint; the flow is [`crate::write`]), and garbage collection.
 
-use super::activity::{count_import, count_sync};
+use super::activity::{ADVANCE_COUNTED, count_import};
 use super::imports::save_state;
 use super::*;
 use crate::write::{WriteBackend, WriteContext, WriteTx};
+use crate::{SyncKind, activity_bucket};
 
 /// The user's uid and counter, locked until commit: the first statement of every write transaction.
 const LOCK: &str =
@@ -145,14 +146,34 @@ impl WriteTx for PgWrite {
         activity: Option<&SyncActivity<'_>>,
     ) -> Result<(), StoreError> {
         // Pushes also stamp the user's last push, in the same update of the row it holds locked.
+        let Some(a) = activity else {
+            self.exec(
+                "UPDATE syncline_sequences SET seq = $1, last_push_at = coalesce($3, last_push_at)
+                 WHERE uid = $2",
+                &[&sequence, &uid, &push_at],
+            )?;
+            return Ok(());
+        };
+        debug_assert_eq!(a.kind, SyncKind::Push, "a write counts itself as a push");
+        let records = a.records as i64;
+        let (rejected, conflicts) = (a.rejected as i64, a.conflicts as i64);
+        let outbox = a.outbox_pending.map(|n| n as i64);
         self.exec(
-            "UPDATE syncline_sequences SET seq = $1, last_push_at = coalesce($3, last_push_at)
-             WHERE uid = $2",
-            &[&sequence, &uid, &push_at],
+            ADVANCE_COUNTED,
+            &[
+                &sequence,
+                &uid,
+                &push_at,
+                &a.at_ms,
+                &records,
+                &rejected,
+                &conflicts,
+                &a.rejection,
+                &a.device,
+                &outbox,
+                &activity_bucket(a.at_ms),
+            ],
         )?;
-        if let Some(activity) = activity {
-            count_sync(&mut self.conn, uid, activity)?;
-        }
         Ok(())
     }
 

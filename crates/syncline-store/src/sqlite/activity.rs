@@ -54,6 +54,8 @@ pub(super) const STATEMENTS: ActivitySql = ActivitySql {
                        + excluded.deleted,
              walk_started_at = excluded.walk_started_at,
              last_batch_at = max(last_batch_at, excluded.last_batch_at)",
+    // One writer: no two transactions ever count at once.
+    hold_counter: None,
     users: "SELECT u.uid, u.name, a.last_pull_at, a.last_push_at, ifnull(a.pulls, 0), ifnull(a.pushes, 0),
              ifnull(a.records_pulled, 0), ifnull(a.records_pushed, 0), ifnull(a.rejected, 0),
              ifnull(a.conflicts, 0), a.last_rejection, a.last_rejection_at
