@@ -115,26 +115,30 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
 
     // SQLite's ceiling is measured at both durability levels the server offers, so that each push is read
     // against the raw upsert that waits for the disk exactly as it does.
-    let (backend, storage_url, ceiling, normal_ceiling) = match &cluster {
+    // Next to each, the same raw upsert into the store's own `records` layout: what the table and its
+    // indexes cost apart from HTTP, parsing and the write flow.
+    let (backend, storage_url, ceiling, normal_ceiling, layout) = match &cluster {
         Some(pg) => {
             eprintln!("measuring the raw PostgreSQL upsert ceiling ...");
             let ceiling = postgres_ceiling(&pg.fresh_database()?, &records, args.batch)?;
-            ("PostgreSQL", pg.fresh_database()?, ceiling, None)
+            ("PostgreSQL", pg.fresh_database()?, ceiling, None, None)
         }
         None => {
             eprintln!("measuring the raw SQLite upsert ceiling, synchronous=full and normal ...");
-            let full = sqlite_ceiling(&dir.join("ceiling.db"), &records, args.batch, "FULL")?;
-            let normal = sqlite_ceiling(
-                &dir.join("ceiling-normal.db"),
-                &records,
-                args.batch,
-                "NORMAL",
-            )?;
+            let ceiling = |name: &str, layout, synchronous| {
+                sqlite_ceiling(&dir.join(name), &records, args.batch, layout, synchronous)
+            };
+            let full = ceiling("ceiling.db", Layout::Plain, "FULL")?;
+            let normal = ceiling("ceiling-normal.db", Layout::Plain, "NORMAL")?;
+            eprintln!("measuring the same upsert into the store's records layout ...");
+            let layout_full = ceiling("layout.db", Layout::Store, "FULL")?;
+            let layout_normal = ceiling("layout-normal.db", Layout::Store, "NORMAL")?;
             (
                 "SQLite",
                 format!("sqlite://{}", dir.join("server.db").display()),
                 full,
                 Some(normal),
+                Some((layout_full, layout_normal)),
             )
         }
     };
@@ -295,6 +299,18 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         push_rate,
         100.0 * push_rate / ceiling
     );
+    // The store's layout writes more per record than the plain table: reading the push against it too
+    // separates what the layout costs from what HTTP, parsing and the write flow cost.
+    let layout_line = |layout: f64, plain: f64, push: f64| {
+        println!(
+            "    same upsert into the store's records layout (key, log and tombstone indexes): {layout:>8.0} records/s ({:.0}% of the ceiling); the push is {:.0}% of it",
+            100.0 * layout / plain,
+            100.0 * push / layout
+        )
+    };
+    if let Some((full, _)) = layout {
+        layout_line(full, ceiling, push_rate);
+    }
     if let (Some(secs), Some(normal_ceiling)) = (normal_push_secs, normal_ceiling) {
         println!(
             "  SQLite upsert ceiling (synchronous=normal, same records, same disk, {} per txn): {:>10.0} records/s",
@@ -305,6 +321,9 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
             n / secs,
             100.0 * n / secs / normal_ceiling
         );
+        if let Some((_, normal)) = layout {
+            layout_line(normal, normal_ceiling, n / secs);
+        }
     }
     if let Some(ceiling) = read_ceiling {
         println!(
@@ -589,12 +608,23 @@ async fn stalled_pulls(server: &ServerProcess, token: &str) -> Result<Stalled> {
     })
 }
 
-/// Upserts the records into a plain `(id PRIMARY KEY, data)` table with the store's writer settings and
-/// `synchronous` (`FULL` or `NORMAL`).
+/// The table a SQLite ceiling writes into.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// A plain `(id PRIMARY KEY, data)` table: the ceiling the push is read against.
+    Plain,
+    /// The store's own `records` table with its indexes, from its first migration: one user, one table,
+    /// each record given the next sequence, inserted as a push inserts new records.
+    Store,
+}
+
+/// Upserts the records into `layout` with the store's writer settings and `synchronous` (`FULL` or
+/// `NORMAL`), one statement per record, `batch` records per transaction.
 fn sqlite_ceiling(
     path: &Path,
     records: &[(String, String)],
     batch: usize,
+    layout: Layout,
     synchronous: &str,
 ) -> Result<f64> {
     let mut conn = rusqlite::Connection::open(path)?;
@@ -603,16 +633,33 @@ fn sqlite_ceiling(
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "cache_size", -80_000)?;
     conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
-    conn.execute_batch("CREATE TABLE records (id TEXT PRIMARY KEY, data TEXT NOT NULL)")?;
+    let insert = match layout {
+        Layout::Plain => {
+            conn.execute_batch("CREATE TABLE records (id TEXT PRIMARY KEY, data TEXT NOT NULL)")?;
+            "INSERT INTO records (id, data) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET data = excluded.data"
+        }
+        Layout::Store => {
+            conn.execute_batch(include_str!(
+                "../../syncline-store/migrations/sqlite/0001_initial.sql"
+            ))?;
+            "INSERT INTO records (seq, uid, tid, id, deleted_at, data) VALUES (?3, 1, 1, ?1, NULL, ?2)
+             ON CONFLICT (uid, tid, id) DO NOTHING"
+        }
+    };
     let started = Instant::now();
+    let mut seq = 1i64;
     for chunk in records.chunks(batch.max(1)) {
         let tx = conn.transaction()?;
         {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO records (id, data) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET data = excluded.data",
-            )?;
+            let mut stmt = tx.prepare_cached(insert)?;
             for (id, json) in chunk {
-                stmt.execute([id, json])?;
+                match layout {
+                    Layout::Plain => stmt.execute([id, json])?,
+                    Layout::Store => {
+                        seq += 1;
+                        stmt.execute(rusqlite::params![id, json, seq])?
+                    }
+                };
             }
         }
         tx.commit()?;
