@@ -117,6 +117,8 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
     // against the raw upsert that waits for the disk exactly as it does.
     // Next to each, the same raw upsert into the store's own `records` layout: what the table and its
     // indexes cost apart from HTTP, parsing and the write flow.
+    // CPU time of each SQLite ceiling (plain full, plain normal, layout full, layout normal).
+    let mut ceiling_cpu = None;
     let (backend, storage_url, ceiling, normal_ceiling, layout) = match &cluster {
         Some(pg) => {
             eprintln!("measuring the raw PostgreSQL upsert ceiling ...");
@@ -133,6 +135,9 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
             eprintln!("measuring the same upsert into the store's records layout ...");
             let layout_full = ceiling("layout.db", Layout::Store, "FULL")?;
             let layout_normal = ceiling("layout-normal.db", Layout::Store, "NORMAL")?;
+            ceiling_cpu = Some([full.1, normal.1, layout_full.1, layout_normal.1]);
+            let (full, normal) = (full.0, normal.0);
+            let (layout_full, layout_normal) = (layout_full.0, layout_normal.0);
             (
                 "SQLite",
                 format!("sqlite://{}", dir.join("server.db").display()),
@@ -155,6 +160,8 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         .enable_all()
         .build()?;
     let mut normal_push_secs = None;
+    // The server processes' CPU time over each push: parsing, HTTP and the writer, on every thread.
+    let mut push_cpu = [std::time::Duration::ZERO; 2];
     let (push_secs, pull_secs, pulled, stream_secs, streamed) = runtime.block_on(async {
         let client = reqwest::Client::new();
         let bodies: Vec<String> = records
@@ -178,6 +185,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
             bodies.len()
         );
         let started = Instant::now();
+        let cpu = crate::bench_cpu::process_cpu(server.pid())?;
         push_all(
             &client,
             &server.url,
@@ -187,6 +195,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         )
         .await?;
         let push_secs = started.elapsed().as_secs_f64();
+        push_cpu[0] = crate::bench_cpu::process_cpu(server.pid())?.saturating_sub(cpu);
         if cluster.is_none() {
             // The same push into a fresh database with SQLite's faster, less durable setting.
             let url = format!("sqlite://{}", dir.join("normal.db").display());
@@ -200,8 +209,10 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
             let fast = ServerProcess::spawn(&config)?;
             eprintln!("pushing the same records with synchronous=normal ...");
             let started = Instant::now();
+            let cpu = crate::bench_cpu::process_cpu(fast.pid())?;
             push_all(&client, &fast.url, &token, bodies, args.concurrency).await?;
             normal_push_secs = Some(started.elapsed().as_secs_f64());
+            push_cpu[1] = crate::bench_cpu::process_cpu(fast.pid())?.saturating_sub(cpu);
         }
         eprintln!("pulling into a fresh cursor ...");
         let started = Instant::now();
@@ -308,8 +319,23 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
             100.0 * push / layout
         )
     };
+    // CPU per record does not depend on how busy the machine is nearly as much as records/s does.
+    let per_record = |cpu: std::time::Duration| 1e6 * cpu.as_secs_f64() / n;
+    let cpu_line = |push: std::time::Duration,
+                    plain: std::time::Duration,
+                    layout: std::time::Duration| {
+        println!(
+            "    CPU per record: push {:.1} us (the server process, all threads); plain ceiling {:.1} us, store layout {:.1} us (one thread)",
+            per_record(push),
+            per_record(plain),
+            per_record(layout)
+        )
+    };
     if let Some((full, _)) = layout {
         layout_line(full, ceiling, push_rate);
+    }
+    if let Some([plain, _, layout, _]) = ceiling_cpu {
+        cpu_line(push_cpu[0], plain, layout);
     }
     if let (Some(secs), Some(normal_ceiling)) = (normal_push_secs, normal_ceiling) {
         println!(
@@ -323,6 +349,9 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         );
         if let Some((_, normal)) = layout {
             layout_line(normal, normal_ceiling, n / secs);
+        }
+        if let Some([_, plain, _, layout]) = ceiling_cpu {
+            cpu_line(push_cpu[1], plain, layout);
         }
     }
     if let Some(ceiling) = read_ceiling {
@@ -626,7 +655,7 @@ fn sqlite_ceiling(
     batch: usize,
     layout: Layout,
     synchronous: &str,
-) -> Result<f64> {
+) -> Result<(f64, std::time::Duration)> {
     let mut conn = rusqlite::Connection::open(path)?;
     conn.pragma_update(None, "page_size", 8192)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -647,6 +676,8 @@ fn sqlite_ceiling(
         }
     };
     let started = Instant::now();
+    // Nothing else runs in this process yet: its CPU time is the loop's.
+    let cpu = crate::bench_cpu::process_cpu(std::process::id())?;
     let mut seq = 1i64;
     for chunk in records.chunks(batch.max(1)) {
         let tx = conn.transaction()?;
@@ -664,7 +695,9 @@ fn sqlite_ceiling(
         }
         tx.commit()?;
     }
-    Ok(records.len() as f64 / started.elapsed().as_secs_f64())
+    let rate = records.len() as f64 / started.elapsed().as_secs_f64();
+    let cpu = crate::bench_cpu::process_cpu(std::process::id())?.saturating_sub(cpu);
+    Ok((rate, cpu))
 }
 
 /// Upserts the records into a plain `(id PRIMARY KEY, data)` table with array `unnest`, one statement and
