@@ -110,10 +110,73 @@ impl<'de> serde::Deserialize<'de> for RawFields<'de> {
     }
 }
 
-fn fields_of(raw: &RawValue) -> Option<Vec<(&str, &RawValue)>> {
-    serde_json::from_str::<RawFields>(raw.get())
-        .ok()
-        .map(|f| f.0)
+/// What [`normalize_record`] gathers while it reads a record's fields, in one pass over its text.
+struct Fields<'t, 'a> {
+    table: &'t Table,
+    id: Option<Cow<'a, str>>,
+    values: Vec<Option<Cow<'a, str>>>,
+    /// The first refused field. Reading goes on without checking anything more, so that a record that is
+    /// not a plain JSON object is still reported as such whatever its fields hold.
+    error: Option<RowError>,
+}
+
+impl<'a> Fields<'_, 'a> {
+    fn field(&mut self, key: &'a str, value: &'a RawValue) -> Result<(), RowError> {
+        if key == "id" {
+            let parsed: Option<&'a str> = serde_json::from_str(value.get()).ok();
+            return match parsed {
+                Some(s) if is_safe_id(s) => {
+                    self.id = Some(Cow::Borrowed(s));
+                    Ok(())
+                }
+                _ => Err(RowError::new(
+                    RowErrorCode::InvalidId,
+                    format!(
+                        "`id` must be a string of 1-64 characters from [A-Za-z0-9_.-], got {}",
+                        excerpt(value.get())
+                    ),
+                )),
+            };
+        }
+        if key == "_status" || key == "_changed" {
+            return Ok(());
+        }
+        let Some((index, column)) = self.table.column(key) else {
+            return Err(RowError::new(
+                RowErrorCode::UnknownColumn,
+                format!("table `{}` has no column `{key}`", self.table.name),
+            ));
+        };
+        self.values[index] = Some(check_value(&self.table.name, key, column.ty, value)?);
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for &mut Fields<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for &mut Fields<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some((key, value)) = map.next_entry::<&'de str, &'de RawValue>()? {
+            if self.error.is_none()
+                && let Err(e) = self.field(key, value)
+            {
+                self.error = Some(e);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Checks `raw` against `table` and normalises it. Owner columns are set to `owner` whatever was sent;
@@ -125,43 +188,28 @@ pub fn normalize_record<'a>(
     owner: &str,
     default_id: Option<&'a str>,
 ) -> Result<NormalizedRecord<'a>, RowError> {
-    let fields = fields_of(raw).ok_or_else(|| {
-        RowError::new(
+    use serde::de::DeserializeSeed;
+    let mut fields = Fields {
+        table,
+        id: None,
+        values: vec![None; table.columns.len()],
+        error: None,
+    };
+    let mut reader = serde_json::Deserializer::from_str(raw.get());
+    let read = (&mut fields)
+        .deserialize(&mut reader)
+        .and_then(|()| reader.end());
+    if read.is_err() {
+        return Err(RowError::new(
             RowErrorCode::InvalidRecord,
             "a record must be a JSON object with plain (unescaped) keys",
-        )
-    })?;
-    let mut id: Option<Cow<'a, str>> = None;
-    let mut values: Vec<Option<Cow<'a, str>>> = vec![None; table.columns.len()];
-    for (key, value) in fields {
-        if key == "id" {
-            let parsed: Option<&'a str> = serde_json::from_str(value.get()).ok();
-            match parsed {
-                Some(s) if is_safe_id(s) => id = Some(Cow::Borrowed(s)),
-                _ => {
-                    return Err(RowError::new(
-                        RowErrorCode::InvalidId,
-                        format!(
-                            "`id` must be a string of 1-64 characters from [A-Za-z0-9_.-], got {}",
-                            excerpt(value.get())
-                        ),
-                    ));
-                }
-            }
-            continue;
-        }
-        if key == "_status" || key == "_changed" {
-            continue;
-        }
-        let Some((index, column)) = table.column(key) else {
-            return Err(RowError::new(
-                RowErrorCode::UnknownColumn,
-                format!("table `{}` has no column `{key}`", table.name),
-            ));
-        };
-        values[index] = Some(check_value(&table.name, key, column.ty, value)?);
+        ));
     }
-    let id = match (id, default_id) {
+    if let Some(e) = fields.error {
+        return Err(e);
+    }
+    let mut values = fields.values;
+    let id = match (fields.id, default_id) {
         (Some(id), _) => id,
         (None, Some(d)) => Cow::Borrowed(d),
         (None, None) => {
@@ -354,6 +402,15 @@ mod tests {
         assert_eq!(check(r#"{"id":7}"#), Err("invalid_id".into()));
         assert_eq!(check(r#"{"title":"x"}"#), Err("invalid_id".into()));
         assert_eq!(check(r#"[1]"#), Err("invalid_record".into()));
+        // A record that is not a plain object is reported as such, whatever its other fields hold.
+        assert_eq!(
+            check(r#"{"id":"a","title":5,"t\u0069tle":"x"}"#),
+            Err("invalid_record".into())
+        );
+        assert_eq!(
+            check(r#"{"id":"a/b","t\u0069tle":"x"}"#),
+            Err("invalid_record".into())
+        );
         assert_eq!(
             check(r#"{"id":"a","__proto__":1}"#),
             Err("unknown_column".into())

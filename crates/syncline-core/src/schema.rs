@@ -109,6 +109,14 @@ pub struct Table {
 
 impl Table {
     pub fn column(&self, name: &str) -> Option<(usize, &Column)> {
+        // Looked up for every field of every pushed record: a few comparisons beat hashing the name.
+        if self.columns.len() <= 16 {
+            return self
+                .columns
+                .iter()
+                .enumerate()
+                .find(|(_, c)| c.name == name);
+        }
         self.column_index.get(name).map(|&i| (i, &self.columns[i]))
     }
 

@@ -113,26 +113,35 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
 
     // SQLite's ceiling is measured at both durability levels the server offers, so that each push is read
     // against the raw upsert that waits for the disk exactly as it does.
-    let (backend, storage_url, ceiling, normal_ceiling) = match &cluster {
+    // Next to each, the same raw upsert into the store's own `records` layout: what the table and its
+    // indexes cost apart from HTTP, parsing and the write flow.
+    // CPU time of each SQLite ceiling (plain full, plain normal, layout full, layout normal).
+    let mut ceiling_cpu = None;
+    let (backend, storage_url, ceiling, normal_ceiling, layout) = match &cluster {
         Some(pg) => {
             eprintln!("measuring the raw PostgreSQL upsert ceiling ...");
             let ceiling = postgres_ceiling(&pg.fresh_database()?, &records, args.batch)?;
-            ("PostgreSQL", pg.fresh_database()?, ceiling, None)
+            ("PostgreSQL", pg.fresh_database()?, ceiling, None, None)
         }
         None => {
             eprintln!("measuring the raw SQLite upsert ceiling, synchronous=full and normal ...");
-            let full = sqlite_ceiling(&dir.join("ceiling.db"), &records, args.batch, "FULL")?;
-            let normal = sqlite_ceiling(
-                &dir.join("ceiling-normal.db"),
-                &records,
-                args.batch,
-                "NORMAL",
-            )?;
+            let ceiling = |name: &str, layout, synchronous| {
+                sqlite_ceiling(&dir.join(name), &records, args.batch, layout, synchronous)
+            };
+            let full = ceiling("ceiling.db", Layout::Plain, "FULL")?;
+            let normal = ceiling("ceiling-normal.db", Layout::Plain, "NORMAL")?;
+            eprintln!("measuring the same upsert into the store's records layout ...");
+            let layout_full = ceiling("layout.db", Layout::Store, "FULL")?;
+            let layout_normal = ceiling("layout-normal.db", Layout::Store, "NORMAL")?;
+            ceiling_cpu = Some([full.1, normal.1, layout_full.1, layout_normal.1]);
+            let (full, normal) = (full.0, normal.0);
+            let (layout_full, layout_normal) = (layout_full.0, layout_normal.0);
             (
                 "SQLite",
                 format!("sqlite://{}", dir.join("server.db").display()),
                 full,
                 Some(normal),
+                Some((layout_full, layout_normal)),
             )
         }
     };
@@ -149,6 +158,8 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         .enable_all()
         .build()?;
     let mut normal_push_secs = None;
+    // The server processes' CPU time over each push: parsing, HTTP and the writer, on every thread.
+    let mut push_cpu = [std::time::Duration::ZERO; 2];
     let (push_secs, pull_secs, pulled, stream_secs, streamed) = runtime.block_on(async {
         let client = reqwest::Client::new();
         let bodies: Vec<String> = records
@@ -172,6 +183,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
             bodies.len()
         );
         let started = Instant::now();
+        let cpu = crate::bench_cpu::process_cpu(server.pid())?;
         push_all(
             &client,
             &server.url,
@@ -181,6 +193,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         )
         .await?;
         let push_secs = started.elapsed().as_secs_f64();
+        push_cpu[0] = crate::bench_cpu::process_cpu(server.pid())?.saturating_sub(cpu);
         if cluster.is_none() {
             // The same push into a fresh database with SQLite's faster, less durable setting.
             let url = format!("sqlite://{}", dir.join("normal.db").display());
@@ -194,8 +207,10 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
             let fast = ServerProcess::spawn(&config)?;
             eprintln!("pushing the same records with synchronous=normal ...");
             let started = Instant::now();
+            let cpu = crate::bench_cpu::process_cpu(fast.pid())?;
             push_all(&client, &fast.url, &token, bodies, args.concurrency).await?;
             normal_push_secs = Some(started.elapsed().as_secs_f64());
+            push_cpu[1] = crate::bench_cpu::process_cpu(fast.pid())?.saturating_sub(cpu);
         }
         eprintln!("pulling into a fresh cursor ...");
         let started = Instant::now();
@@ -296,6 +311,33 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         push_rate,
         100.0 * push_rate / ceiling
     );
+    // The store's layout writes more per record than the plain table: reading the push against it too
+    // separates what the layout costs from what HTTP, parsing and the write flow cost.
+    let layout_line = |layout: f64, plain: f64, push: f64| {
+        println!(
+            "    same upsert into the store's records layout (key, log and tombstone indexes): {layout:>8.0} records/s ({:.0}% of the ceiling); the push is {:.0}% of it",
+            100.0 * layout / plain,
+            100.0 * push / layout
+        )
+    };
+    // CPU per record does not depend on how busy the machine is nearly as much as records/s does.
+    let per_record = |cpu: std::time::Duration| 1e6 * cpu.as_secs_f64() / n;
+    let cpu_line = |push: std::time::Duration,
+                    plain: std::time::Duration,
+                    layout: std::time::Duration| {
+        println!(
+            "    CPU per record: push {:.1} us (the server process, all threads); plain ceiling {:.1} us, store layout {:.1} us (one thread)",
+            per_record(push),
+            per_record(plain),
+            per_record(layout)
+        )
+    };
+    if let Some((full, _)) = layout {
+        layout_line(full, ceiling, push_rate);
+    }
+    if let Some([plain, _, layout, _]) = ceiling_cpu {
+        cpu_line(push_cpu[0], plain, layout);
+    }
     if let (Some(secs), Some(normal_ceiling)) = (normal_push_secs, normal_ceiling) {
         println!(
             "  SQLite upsert ceiling (synchronous=normal, same records, same disk, {} per txn): {:>10.0} records/s",
@@ -306,6 +348,12 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
             n / secs,
             100.0 * n / secs / normal_ceiling
         );
+        if let Some((_, normal)) = layout {
+            layout_line(normal, normal_ceiling, n / secs);
+        }
+        if let Some([_, plain, _, layout]) = ceiling_cpu {
+            cpu_line(push_cpu[1], plain, layout);
+        }
     }
     if let Some(ceiling) = read_ceiling {
         println!(
@@ -590,35 +638,67 @@ async fn stalled_pulls(server: &ServerProcess, token: &str) -> Result<Stalled> {
     })
 }
 
-/// Upserts the records into a plain `(id PRIMARY KEY, data)` table with the store's writer settings and
-/// `synchronous` (`FULL` or `NORMAL`).
+/// The table a SQLite ceiling writes into.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// A plain `(id PRIMARY KEY, data)` table: the ceiling the push is read against.
+    Plain,
+    /// The store's own `records` table with its indexes, from its first migration: one user, one table,
+    /// each record given the next sequence, inserted as a push inserts new records.
+    Store,
+}
+
+/// Upserts the records into `layout` with the store's writer settings and `synchronous` (`FULL` or
+/// `NORMAL`), one statement per record, `batch` records per transaction.
 fn sqlite_ceiling(
     path: &Path,
     records: &[(String, String)],
     batch: usize,
+    layout: Layout,
     synchronous: &str,
-) -> Result<f64> {
+) -> Result<(f64, std::time::Duration)> {
     let mut conn = rusqlite::Connection::open(path)?;
     conn.pragma_update(None, "page_size", 8192)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "cache_size", -80_000)?;
     conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
-    conn.execute_batch("CREATE TABLE records (id TEXT PRIMARY KEY, data TEXT NOT NULL)")?;
+    let insert = match layout {
+        Layout::Plain => {
+            conn.execute_batch("CREATE TABLE records (id TEXT PRIMARY KEY, data TEXT NOT NULL)")?;
+            "INSERT INTO records (id, data) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET data = excluded.data"
+        }
+        Layout::Store => {
+            conn.execute_batch(include_str!(
+                "../../syncline-store/migrations/sqlite/0001_initial.sql"
+            ))?;
+            "INSERT INTO records (seq, uid, tid, id, deleted_at, data) VALUES (?3, 1, 1, ?1, NULL, ?2)
+             ON CONFLICT (uid, tid, id) DO NOTHING"
+        }
+    };
     let started = Instant::now();
+    // Nothing else runs in this process yet: its CPU time is the loop's.
+    let cpu = crate::bench_cpu::process_cpu(std::process::id())?;
+    let mut seq = 1i64;
     for chunk in records.chunks(batch.max(1)) {
         let tx = conn.transaction()?;
         {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO records (id, data) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET data = excluded.data",
-            )?;
+            let mut stmt = tx.prepare_cached(insert)?;
             for (id, json) in chunk {
-                stmt.execute([id, json])?;
+                match layout {
+                    Layout::Plain => stmt.execute([id, json])?,
+                    Layout::Store => {
+                        seq += 1;
+                        stmt.execute(rusqlite::params![id, json, seq])?
+                    }
+                };
             }
         }
         tx.commit()?;
     }
-    Ok(records.len() as f64 / started.elapsed().as_secs_f64())
+    let rate = records.len() as f64 / started.elapsed().as_secs_f64();
+    let cpu = crate::bench_cpu::process_cpu(std::process::id())?.saturating_sub(cpu);
+    Ok((rate, cpu))
 }
 
 /// Upserts the records into a plain `(id PRIMARY KEY, data)` table with array `unnest`, one statement and

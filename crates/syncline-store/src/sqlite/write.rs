@@ -195,9 +195,16 @@ impl RecordTx for SqliteWrite<'_> {
             "INSERT INTO records (seq, uid, tid, id, deleted_at, data) VALUES (?1, ?2, ?3, ?4, NULL, ?5)
              ON CONFLICT (uid, tid, id) DO NOTHING",
         )?;
+        // The hot loop of a push: the user and table are bound once (bindings outlive each step's reset),
+        // each row binds only its own three values.
+        insert.raw_bind_parameter(2, uid)?;
+        insert.raw_bind_parameter(3, tid)?;
         let mut inserted = Vec::with_capacity(rows.len());
         for row in rows {
-            inserted.push(insert.execute(params![row.seq, uid, tid, row.id, row.data])? == 1);
+            insert.raw_bind_parameter(1, row.seq)?;
+            insert.raw_bind_parameter(4, row.id)?;
+            insert.raw_bind_parameter(5, row.data)?;
+            inserted.push(insert.raw_execute()? == 1);
         }
         Ok(inserted)
     }
