@@ -44,6 +44,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Pulls streaming now, per user (`server.max_pulls_per_user`).
     pub(crate) pulls: Arc<PullSlots>,
+    /// Counts finished pulls for the dashboard off their request path.
+    pub(crate) recorder: Arc<crate::recorder::PullRecorder>,
 }
 
 /// How many pulls each user has streaming. A slot is held while the pull's store snapshot is open.
@@ -608,7 +610,8 @@ async fn pull(
             Ok(stats) => {
                 Metrics::add(&st.metrics.records_pulled, stats.records);
                 Metrics::add(&st.metrics.tombstones_pulled, stats.deleted);
-                report.pulled(&st, &user.user, stats.records + stats.deleted);
+                // Queued before the sink closes, so the answer is complete only once it is queued.
+                report.pulled(&st, user.user, stats.records + stats.deleted);
             }
             Err(StoreError::Aborted) => tracing::info!("client went away during a pull"),
             Err(e) => {

@@ -1040,6 +1040,7 @@ fn pull_by(device: Option<&str>, at_ms: i64, records: u64) -> SyncActivity<'_> {
     SyncActivity {
         kind: SyncKind::Pull,
         at_ms,
+        requests: 1,
         device,
         outbox_pending: None,
         records,

@@ -34,7 +34,9 @@ pub(super) const STATEMENTS: ActivitySql = ActivitySql {
              last_seen_at = greatest(t.last_seen_at, excluded.last_seen_at),
              last_pull_at = greatest(t.last_pull_at, excluded.last_pull_at),
              last_push_at = greatest(t.last_push_at, excluded.last_push_at),
-             outbox_pending = coalesce(excluded.outbox_pending, t.outbox_pending)",
+             outbox_pending = CASE WHEN excluded.last_seen_at >= t.last_seen_at
+                              THEN coalesce(excluded.outbox_pending, t.outbox_pending)
+                              ELSE t.outbox_pending END",
     add_to_bucket: "INSERT INTO syncline_activity_buckets AS t (uid, bucket, pushed, pulled, imported)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (uid, bucket) DO UPDATE SET pushed = t.pushed + excluded.pushed,
