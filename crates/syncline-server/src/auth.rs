@@ -55,8 +55,27 @@ enum Keys {
     ByKid(HashMap<String, DecodingKey>),
 }
 
+/// Tokens kept in [`Authenticator`]'s cache at most; when it is full, expired ones go, and if that is not
+/// enough, all of them.
+const VERIFIED_TOKENS: usize = 4096;
+
+/// Tokens longer than this are verified every time, never kept.
+const CACHED_TOKEN_BYTES: usize = 2048;
+
+/// A token that passed verification: who it names and until when (its `exp`).
+#[derive(Debug, Clone)]
+struct Verified {
+    principal: Principal,
+    exp: i64,
+}
+
 /// Verifies (and, with a shared secret, mints) tokens.
 pub struct Authenticator {
+    /// Tokens that passed verification, by their exact text. A device sends the same token with every
+    /// request; checking its signature and parsing its header and claims again is most of what
+    /// authentication costs (far more with RS256 or ES256). Only successes are kept, and `exp` is checked on
+    /// every use with the same leeway, so a cached token is refused exactly when verification would refuse it.
+    verified: std::sync::Mutex<HashMap<Box<str>, Verified>>,
     keys: Keys,
     validation: Validation,
     encoding: Option<EncodingKey>,
@@ -148,6 +167,7 @@ impl Authenticator {
             None => validation.validate_aud = false,
         }
         Ok(Authenticator {
+            verified: Default::default(),
             keys,
             validation,
             encoding,
@@ -160,6 +180,44 @@ impl Authenticator {
     /// Checks a bearer token: signature with the configured algorithm only, `exp`, `nbf`, and `iss`/`aud` when
     /// configured.
     pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        use syncline_core::Clock;
+        self.verify_at(token, syncline_core::SystemClock.now_ms().div_euclid(1000))
+    }
+
+    /// [`Authenticator::verify`] at `now_secs` for a token verified before; a new token is verified at the
+    /// system clock's time, as `jsonwebtoken` reads it.
+    fn verify_at(&self, token: &str, now_secs: i64) -> Result<Principal, TokenError> {
+        let leeway = i64::try_from(self.validation.leeway).unwrap_or(i64::MAX);
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = verified.get(token) {
+            // What `jsonwebtoken` checks of `exp`; `nbf` and the signature cannot change.
+            if v.exp < now_secs.saturating_sub(leeway) {
+                verified.remove(token);
+                return Err(TokenError::Expired);
+            }
+            return Ok(v.principal.clone());
+        }
+        drop(verified);
+        let (principal, exp) = self.decode(token)?;
+        if token.len() <= CACHED_TOKEN_BYTES {
+            let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if verified.len() >= VERIFIED_TOKENS {
+                verified.retain(|_, v| v.exp >= now_secs.saturating_sub(leeway));
+                if verified.len() >= VERIFIED_TOKENS {
+                    verified.clear();
+                }
+            }
+            let kept = Verified {
+                principal: principal.clone(),
+                exp,
+            };
+            verified.insert(token.into(), kept);
+        }
+        Ok(principal)
+    }
+
+    /// Verifies a token's signature and claims: who it names, and its `exp`.
+    fn decode(&self, token: &str) -> Result<(Principal, i64), TokenError> {
         let key = match &self.keys {
             Keys::Single(k) => k,
             Keys::ByKid(keys) => {
@@ -169,10 +227,13 @@ impl Authenticator {
             }
         };
         match decode::<Claims>(token, key, &self.validation) {
-            Ok(data) if is_valid_subject(&data.claims.sub) => Ok(Principal {
-                admin: data.claims.role.as_deref() == Some(self.admin_role.as_str()),
-                user: data.claims.sub,
-            }),
+            Ok(data) if is_valid_subject(&data.claims.sub) => Ok((
+                Principal {
+                    admin: data.claims.role.as_deref() == Some(self.admin_role.as_str()),
+                    user: data.claims.sub,
+                },
+                data.claims.exp,
+            )),
             Ok(_) => Err(TokenError::InvalidSubject),
             Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
                 Err(TokenError::Expired)
@@ -209,5 +270,78 @@ impl Authenticator {
         };
         encode(&Header::new(Algorithm::HS256), &claims, key)
             .map_err(|e| ServerError::Config(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use syncline_core::Clock;
+
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn authenticator() -> Authenticator {
+        Authenticator::from_config(&AuthSection {
+            jwt_secret: Some(SECRET.into()),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn now() -> i64 {
+        syncline_core::SystemClock.now_ms() / 1000
+    }
+
+    #[test]
+    fn a_verified_token_is_refused_once_it_expires_while_kept() {
+        let auth = authenticator();
+        let token = auth.mint("alice", 60, true, now()).unwrap();
+        let alice = Principal {
+            user: "alice".into(),
+            admin: true,
+        };
+        assert_eq!(auth.verify(&token), Ok(alice.clone()));
+        // Kept: the same answer without a signature check, until `exp` plus the leeway has passed.
+        assert_eq!(auth.verify_at(&token, now() + 60 + 30), Ok(alice));
+        assert_eq!(
+            auth.verify_at(&token, now() + 60 + 31),
+            Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn only_tokens_that_pass_are_kept() {
+        let auth = authenticator();
+        let token = auth.mint("alice", 60, false, now()).unwrap();
+        let (body, signature) = token.rsplit_once('.').unwrap();
+        let forged = format!("{body}.{}", signature.replace(|c: char| c != 'A', "A"));
+        for _ in 0..2 {
+            assert_eq!(auth.verify(&forged), Err(TokenError::Invalid));
+        }
+        let expired = auth.mint("alice", -120, false, now()).unwrap();
+        for _ in 0..2 {
+            assert_eq!(auth.verify(&expired), Err(TokenError::Expired));
+        }
+        assert!(auth.verify(&token).is_ok());
+        assert_eq!(auth.verified.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_full_cache_drops_expired_tokens_first() {
+        let auth = authenticator();
+        let long_lived = auth.mint("keep", 3600, false, now()).unwrap();
+        auth.verify(&long_lived).unwrap();
+        for i in 1..VERIFIED_TOKENS {
+            let short = auth.mint(&format!("u{i}"), 5, false, now()).unwrap();
+            auth.verify(&short).unwrap();
+        }
+        assert_eq!(auth.verified.lock().unwrap().len(), VERIFIED_TOKENS);
+        // A minute later the short-lived ones have expired: the next token kept makes room by dropping them.
+        let next = auth.mint("next", 3600, false, now()).unwrap();
+        auth.verify_at(&next, now() + 60).unwrap();
+        let kept = auth.verified.lock().unwrap();
+        assert_eq!(kept.len(), 2);
+        assert!(kept.contains_key(long_lived.as_str()) && kept.contains_key(next.as_str()));
     }
 }

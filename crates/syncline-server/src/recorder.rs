@@ -250,6 +250,9 @@ mod tests {
     const MINUTE: i64 = syncline_store::ACTIVITY_BUCKET_MS;
     const T0: i64 = 1_000 * MINUTE;
 
+    /// What one entry of a batch counted: user, device, pulls.
+    type Entry = (String, Option<String>, u64);
+
     /// A real SQLite store whose batches are logged, and whose first batch waits for the test's word.
     struct Gated {
         store: Arc<dyn Store>,
@@ -258,7 +261,7 @@ mod tests {
         /// The first batch waits for this.
         release: Mutex<Option<mpsc::Receiver<()>>>,
         /// Each batch: (user, device, pulls) of every entry.
-        batches: Mutex<Vec<Vec<(String, Option<String>, u64)>>>,
+        batches: Mutex<Vec<Vec<Entry>>>,
     }
 
     impl ActivityStore for Gated {

@@ -69,6 +69,12 @@ impl From<rusqlite::Error> for StoreError {
 /// Where pull output goes: chunks of JSON text, in order. An error stops the pull.
 pub trait PullSink {
     fn write(&mut self, chunk: Vec<u8>) -> Result<(), StoreError>;
+
+    /// The answer's last chunk: nothing is written after it. By default one more [`PullSink::write`]; a sink
+    /// may hold it back until its caller has done what must happen before the answer is complete.
+    fn finish(&mut self, chunk: Vec<u8>) -> Result<(), StoreError> {
+        self.write(chunk)
+    }
 }
 
 impl PullSink for Vec<u8> {
