@@ -354,6 +354,11 @@ impl PullWriter {
     pub fn take(&mut self) -> Vec<u8> {
         std::mem::replace(&mut self.buf, Vec::with_capacity(WRITER_CAPACITY))
     }
+
+    /// Takes the bytes written so far when nothing more will be written (no new buffer is reserved).
+    pub fn take_last(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! Sync activity for the dashboard: what a client says about itself on pull and push (`Syncline-Device`,
-//! `Syncline-Outbox-Pending`), one small store write per sync request with what it moved or had rejected,
-//! and the read routes `GET /v1/activity` (the caller's) and `GET /v1/admin/overview` (everyone's).
+//! `Syncline-Outbox-Pending`), what each sync request moved or had rejected, and the read routes
+//! `GET /v1/activity` (the caller's) and `GET /v1/admin/overview` (everyone's). A pull's count is queued for
+//! the instance's [`crate::recorder::PullRecorder`]; an applied push counts itself in its own write
+//! transaction; a refused or replayed push is one small store write on its request. Every read here first
+//! lets the recorder write what was queued before it.
 //!
 //! Recording activity never fails a sync request: a store error is logged and the request goes on.
 
@@ -78,6 +81,7 @@ impl ClientReport {
         SyncActivity {
             kind,
             at_ms,
+            requests: 1,
             device: self.device.as_deref(),
             outbox_pending: self.outbox_pending,
             records,
@@ -87,12 +91,15 @@ impl ClientReport {
         }
     }
 
-    /// Records a finished pull. Call from a blocking thread.
-    pub(crate) fn pulled(&self, state: &AppState, user: &str, records: u64) {
-        record(
-            state,
+    /// Queues a finished pull for the instance's [`crate::recorder::PullRecorder`], which writes it off the
+    /// request path.
+    pub(crate) fn pulled(self, state: &AppState, user: String, records: u64) {
+        state.recorder.pulled(
             user,
-            &self.activity(SyncKind::Pull, records, state.clock.now_ms()),
+            self.device,
+            self.outbox_pending,
+            records,
+            state.clock.now_ms(),
         );
     }
 
@@ -201,6 +208,7 @@ async fn mine(
     let st = state.clone();
     let name = user.user.clone();
     let (activity, buckets) = blocking(move || {
+        st.recorder.settle();
         let activity = st.store.user_activity(Some(&name), 1)?.pop();
         Ok((activity, st.store.activity_series(Some(&name), since)?))
     })
@@ -232,6 +240,7 @@ async fn overview(
     let since = window.since(now)?;
     let st = state.clone();
     let (users, imports, buckets) = blocking(move || {
+        st.recorder.settle();
         Ok((
             st.store.user_activity(None, OVERVIEW_USERS)?,
             st.store.all_import_states()?,

@@ -44,6 +44,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Pulls streaming now, per user (`server.max_pulls_per_user`).
     pub(crate) pulls: Arc<PullSlots>,
+    /// Counts finished pulls for the dashboard off their request path.
+    pub(crate) recorder: Arc<crate::recorder::PullRecorder>,
 }
 
 /// How many pulls each user has streaming. A slot is held while the pull's store snapshot is open.
@@ -548,14 +550,44 @@ async fn bulk(
     Ok(write_response(outcome, &state, applied_count))
 }
 
-/// Sends pull output to the HTTP response as it is produced; fails when the client has gone.
-struct ChannelSink(mpsc::Sender<Result<Bytes, ApiError>>);
+/// One piece of a pull answer on its way to the HTTP response.
+struct Chunk {
+    bytes: Bytes,
+    /// The answer's last piece: the pull is done (and counted).
+    last: bool,
+}
+
+/// Sends pull output to the HTTP response as it is produced; fails when the client has gone. The last chunk
+/// is held back until [`ChannelSink::end`], so the answer completes only after the pull is counted, and an
+/// answer of one chunk reaches the connection in one message.
+struct ChannelSink {
+    tx: mpsc::Sender<Result<Chunk, ApiError>>,
+    last: Option<Vec<u8>>,
+}
+
+impl ChannelSink {
+    fn send(&self, item: Result<Chunk, ApiError>) -> Result<(), StoreError> {
+        self.tx.blocking_send(item).map_err(|_| StoreError::Aborted)
+    }
+
+    /// Sends the held-back last chunk.
+    fn end(&mut self) {
+        if let Some(chunk) = self.last.take() {
+            let bytes = Bytes::from(chunk);
+            let _ = self.send(Ok(Chunk { bytes, last: true }));
+        }
+    }
+}
 
 impl PullSink for ChannelSink {
     fn write(&mut self, chunk: Vec<u8>) -> Result<(), StoreError> {
-        self.0
-            .blocking_send(Ok(Bytes::from(chunk)))
-            .map_err(|_| StoreError::Aborted)
+        let bytes = Bytes::from(chunk);
+        self.send(Ok(Chunk { bytes, last: false }))
+    }
+
+    fn finish(&mut self, chunk: Vec<u8>) -> Result<(), StoreError> {
+        self.last = Some(chunk);
+        Ok(())
     }
 }
 
@@ -599,20 +631,22 @@ async fn pull(
     // One chunk in the channel (and one in hyper's buffer) bound the memory a pull holds, whatever the
     // dataset size and however slowly the client reads. When the connection is dropped (the client left, or
     // stopped reading for `write_timeout_secs`), the next send fails and the store ends its snapshot.
-    let (tx, mut rx) = mpsc::channel::<Result<Bytes, ApiError>>(1);
+    let (tx, mut rx) = mpsc::channel::<Result<Chunk, ApiError>>(1);
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        let mut sink = ChannelSink(tx);
+        let mut sink = ChannelSink { tx, last: None };
         match st.store.pull(&user.user, &request, &mut sink) {
             Ok(stats) => {
                 Metrics::add(&st.metrics.records_pulled, stats.records);
                 Metrics::add(&st.metrics.tombstones_pulled, stats.deleted);
-                report.pulled(&st, &user.user, stats.records + stats.deleted);
+                // Queued before the last chunk goes, so a read after the answer waits for it.
+                report.pulled(&st, user.user, stats.records + stats.deleted);
+                sink.end();
             }
             Err(StoreError::Aborted) => tracing::info!("client went away during a pull"),
             Err(e) => {
-                let _ = sink.0.blocking_send(Err(ApiError::from(e)));
+                let _ = sink.send(Err(ApiError::from(e)));
             }
         }
     });
@@ -623,20 +657,17 @@ async fn pull(
     };
     // An answer of one chunk (every small pull) goes out whole, with its length, once the pull is done; a
     // longer one streams as it is produced.
-    let second = match rx.recv().await {
-        None => {
-            return Ok(([(header::CONTENT_TYPE, "application/json")], first).into_response());
+    if first.last {
+        return Ok(([(header::CONTENT_TYPE, "application/json")], first.bytes).into_response());
+    }
+    let rest = futures_util::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await? {
+            Ok(chunk) => Some((Ok(chunk.bytes), (!chunk.last).then_some(rx))),
+            Err(e) => Some((Err(std::io::Error::other(e.message)), None)),
         }
-        Some(Ok(chunk)) => chunk,
-        Some(Err(e)) => return Err(e),
-    };
-    let rest = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|item| (item.map_err(|e| std::io::Error::other(e.message)), rx))
     });
-    let stream =
-        futures_util::stream::iter([Ok::<Bytes, std::io::Error>(first), Ok(second)]).chain(rest);
+    let stream = futures_util::stream::iter([Ok::<Bytes, std::io::Error>(first.bytes)]).chain(rest);
     use futures_util::StreamExt;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],

@@ -61,6 +61,21 @@ pub fn is_valid_subject(sub: &str) -> bool {
 /// "now" is more than this past its `exp`, and not yet valid while "now" is more than this before its `nbf`.
 pub const LEEWAY_SECS: i64 = 30;
 
+/// Tokens kept in [`Authenticator`]'s cache at most; when it is full, expired ones go, and if that is not
+/// enough, all of them.
+const VERIFIED_TOKENS: usize = 4096;
+
+/// Tokens longer than this are verified every time, never kept.
+const CACHED_TOKEN_BYTES: usize = 2048;
+
+/// A token that passed verification: who it names and the times it is valid between.
+#[derive(Debug, Clone)]
+struct Verified {
+    principal: Principal,
+    exp: i64,
+    nbf: Option<i64>,
+}
+
 enum Keys {
     Single(DecodingKey),
     ByKid(HashMap<String, DecodingKey>),
@@ -69,6 +84,12 @@ enum Keys {
 /// Verifies (and, with a shared secret, mints) tokens.
 pub struct Authenticator {
     keys: Keys,
+    /// Tokens that passed verification, by their exact text. A device sends the same token with every
+    /// request; checking its signature and parsing its header and claims again is most of what
+    /// authentication costs (far more with RS256 or ES256). Only successes are kept, and the times are
+    /// checked on every use against the given clock, so a kept token is refused exactly when verification
+    /// would refuse it.
+    verified: std::sync::Mutex<HashMap<Box<str>, Verified>>,
     validation: Validation,
     encoding: Option<EncodingKey>,
     issuer: Option<String>,
@@ -165,6 +186,7 @@ impl Authenticator {
         }
         Ok(Authenticator {
             keys,
+            verified: Default::default(),
             validation,
             encoding,
             issuer: auth.issuer.clone(),
@@ -177,6 +199,46 @@ impl Authenticator {
     /// `exp` (required), `nbf` when present, both with [`LEEWAY_SECS`] of skew, and `iss`/`aud` when configured.
     /// A bad signature is `Invalid` before an old `exp` is `Expired`: an expired token is one we issued.
     pub fn verify(&self, token: &str, now_ms: i64) -> Result<Principal, TokenError> {
+        let now = now_ms.div_euclid(1000);
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = verified.get(token) {
+            // The signature and claims cannot change; the time can.
+            if let Err(e) = check_times(v.exp, v.nbf, now) {
+                verified.remove(token);
+                return Err(e);
+            }
+            return Ok(v.principal.clone());
+        }
+        drop(verified);
+        let claims = self.decode(token)?;
+        check_times(claims.exp, claims.nbf, now)?;
+        if !is_valid_subject(&claims.sub) {
+            return Err(TokenError::InvalidSubject);
+        }
+        let principal = Principal {
+            admin: claims.role.as_deref() == Some(self.admin_role.as_str()),
+            user: claims.sub,
+        };
+        let kept = Verified {
+            principal: principal.clone(),
+            exp: claims.exp,
+            nbf: claims.nbf,
+        };
+        if token.len() <= CACHED_TOKEN_BYTES {
+            let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if verified.len() >= VERIFIED_TOKENS {
+                verified.retain(|_, v| check_times(v.exp, v.nbf, now).is_ok());
+                if verified.len() >= VERIFIED_TOKENS {
+                    verified.clear();
+                }
+            }
+            verified.insert(token.into(), kept);
+        }
+        Ok(principal)
+    }
+
+    /// Checks a token's signature and algorithm and reads its claims.
+    fn decode(&self, token: &str) -> Result<Claims, TokenError> {
         let key = match &self.keys {
             Keys::Single(k) => k,
             Keys::ByKid(keys) => {
@@ -185,26 +247,9 @@ impl Authenticator {
                     .ok_or(TokenError::Invalid)?
             }
         };
-        let claims = decode::<Claims>(token, key, &self.validation)
+        Ok(decode::<Claims>(token, key, &self.validation)
             .map_err(|_| TokenError::Invalid)?
-            .claims;
-        let now = now_ms.div_euclid(1000);
-        if claims.exp < now.saturating_sub(LEEWAY_SECS) {
-            return Err(TokenError::Expired);
-        }
-        if claims
-            .nbf
-            .is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS))
-        {
-            return Err(TokenError::Invalid);
-        }
-        if !is_valid_subject(&claims.sub) {
-            return Err(TokenError::InvalidSubject);
-        }
-        Ok(Principal {
-            admin: claims.role.as_deref() == Some(self.admin_role.as_str()),
-            user: claims.sub,
-        })
+            .claims)
     }
 
     /// Mints an HS256 token for `user`, valid for `ttl_secs` from `now_secs`.
@@ -239,6 +284,17 @@ impl Authenticator {
     }
 }
 
+/// `exp` and `nbf` against `now` (seconds), each with [`LEEWAY_SECS`] of skew.
+fn check_times(exp: i64, nbf: Option<i64>, now: i64) -> Result<(), TokenError> {
+    if exp < now.saturating_sub(LEEWAY_SECS) {
+        return Err(TokenError::Expired);
+    }
+    if nbf.is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS)) {
+        return Err(TokenError::Invalid);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
@@ -249,6 +305,88 @@ mod tests {
     /// The server's "now" in every case: 2021-01-01T00:00:00Z, long before the system clock, so a check
     /// against the system clock would call every token below expired.
     const NOW: i64 = 1_609_459_200;
+
+    fn authenticator() -> Authenticator {
+        Authenticator::from_config(&AuthSection {
+            jwt_secret: Some(SECRET.into()),
+            ..AuthSection::default()
+        })
+        .unwrap()
+    }
+
+    /// [`Authenticator::verify`] at `secs` on the server's clock.
+    fn at(auth: &Authenticator, token: &str, secs: i64) -> Result<Principal, TokenError> {
+        auth.verify(token, secs * 1000)
+    }
+
+    #[test]
+    fn a_kept_token_is_refused_once_the_clock_passes_its_exp() {
+        let auth = authenticator();
+        let token = auth.mint("alice", 60, true, NOW).unwrap();
+        let alice = Principal {
+            user: "alice".into(),
+            admin: true,
+        };
+        assert_eq!(at(&auth, &token, NOW), Ok(alice.clone()));
+        assert_eq!(auth.verified.lock().unwrap().len(), 1);
+        // Kept: the same answer without a signature check, until `exp` plus the leeway has passed.
+        assert_eq!(at(&auth, &token, NOW + 60 + LEEWAY_SECS), Ok(alice));
+        assert_eq!(
+            at(&auth, &token, NOW + 60 + LEEWAY_SECS + 1),
+            Err(TokenError::Expired)
+        );
+        assert!(auth.verified.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_kept_token_not_yet_valid_stays_refused_until_its_nbf() {
+        let auth = authenticator();
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"sub": "alice", "exp": NOW + 3600, "nbf": NOW + 600}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(at(&auth, &token, NOW), Err(TokenError::Invalid));
+        assert!(at(&auth, &token, NOW + 600).is_ok());
+        // Kept now; an earlier clock (a server whose clock stepped back) is still checked.
+        assert_eq!(at(&auth, &token, NOW), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn only_tokens_that_pass_are_kept() {
+        let auth = authenticator();
+        let token = auth.mint("alice", 60, false, NOW).unwrap();
+        let (body, signature) = token.rsplit_once('.').unwrap();
+        let forged = format!("{body}.{}", signature.replace(|c: char| c != 'A', "A"));
+        for _ in 0..2 {
+            assert_eq!(at(&auth, &forged, NOW), Err(TokenError::Invalid));
+        }
+        let expired = auth.mint("alice", -120, false, NOW).unwrap();
+        for _ in 0..2 {
+            assert_eq!(at(&auth, &expired, NOW), Err(TokenError::Expired));
+        }
+        assert!(at(&auth, &token, NOW).is_ok());
+        assert_eq!(auth.verified.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_full_cache_drops_expired_tokens_first() {
+        let auth = authenticator();
+        let long_lived = auth.mint("keep", 3600, false, NOW).unwrap();
+        at(&auth, &long_lived, NOW).unwrap();
+        for i in 1..VERIFIED_TOKENS {
+            let short = auth.mint(&format!("u{i}"), 5, false, NOW).unwrap();
+            at(&auth, &short, NOW).unwrap();
+        }
+        assert_eq!(auth.verified.lock().unwrap().len(), VERIFIED_TOKENS);
+        // A minute later the short-lived ones have expired: the next token kept makes room by dropping them.
+        let next = auth.mint("next", 3600, false, NOW).unwrap();
+        at(&auth, &next, NOW + 60).unwrap();
+        let kept = auth.verified.lock().unwrap();
+        assert_eq!(kept.len(), 2);
+        assert!(kept.contains_key(long_lived.as_str()) && kept.contains_key(next.as_str()));
+    }
 
     fn check(claims: Value, expected: Result<&str, TokenError>) {
         let auth = Authenticator::from_config(&AuthSection {

@@ -68,7 +68,11 @@ async fn states(state: &AppState, user: &str, source: &str) -> Result<Value, Api
     let connected = state.imports.connected(user, source).await?;
     let config = state.config.imports.sources.get(source);
     let (st, name) = (state.clone(), user.to_string());
-    let activity = blocking(move || Ok(st.store.user_activity(Some(&name), 1)?.pop())).await?;
+    let activity = blocking(move || {
+        st.recorder.settle();
+        Ok(st.store.user_activity(Some(&name), 1)?.pop())
+    })
+    .await?;
     let outcomes: Vec<_> = activity
         .into_iter()
         .flat_map(|a| a.imports)

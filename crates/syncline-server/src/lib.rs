@@ -14,6 +14,7 @@ mod fanout;
 mod import_watch;
 mod imports;
 mod metrics;
+mod recorder;
 mod serve;
 
 use std::net::SocketAddr;
@@ -85,7 +86,9 @@ pub fn build_state_with_clock(
         )
         .map_err(|e| ServerError::Config(e.to_string()))?,
     );
+    let recorder = Arc::new(recorder::PullRecorder::start(store.clone()));
     Ok(AppState {
+        recorder,
         store,
         schema,
         auth,
@@ -134,6 +137,7 @@ pub async fn start_with_clock(
     .then(|| tokio::spawn(state.imports.clone().run()));
     let deadlines = serve::Deadlines::from_config(&state.config.server);
     let max_connections = state.config.server.max_connections;
+    let recorder = state.recorder.clone();
     let app = router(state);
     let task = tokio::spawn(async move {
         serve::serve(listener, app, deadlines, max_connections, async move {
@@ -145,6 +149,8 @@ pub async fn start_with_clock(
         if let Some(runner) = runner {
             runner.abort();
         }
+        // The requests have finished: what they queued for the dashboard is written before `stop` returns.
+        let _ = tokio::task::spawn_blocking(move || recorder.close()).await;
     });
     Ok(RunningServer { addr, stop, task })
 }

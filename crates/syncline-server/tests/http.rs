@@ -1263,6 +1263,153 @@ async fn activity_reports_last_contacts_devices_rejections_and_a_time_series() {
     s.stop().await;
 }
 
+/// A fresh SQLite file (in the returned directory) and a fresh database on the test process's PostgreSQL
+/// cluster: the storage urls a test runs on, one after the other.
+async fn both_backends() -> Vec<(String, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("t.db").display());
+    let postgres =
+        tokio::task::spawn_blocking(|| syncline_testkit::TempPostgres::shared().fresh_database())
+            .await
+            .unwrap();
+    vec![(sqlite, dir), (postgres, tempfile::tempdir().unwrap())]
+}
+
+impl TestServer {
+    /// A pull from the start as a device that reports its outbox; how many records it brought.
+    async fn pull_from(&self, user: &str, device: &str, pending: u64) -> usize {
+        let response = self
+            .http
+            .post(format!("{}/v1/sync/pull", self.url))
+            .bearer_auth(self.token(user))
+            .header("syncline-device", device)
+            .header("syncline-outbox-pending", pending.to_string())
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        ids(&response.json().await.unwrap(), "projects").len()
+    }
+
+    /// The caller's activity and the records pulled in its time series.
+    async fn my_activity(&self, user: &str) -> (Value, u64) {
+        let (status, body) = self.get("/v1/activity", Some(&self.token(user))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        (body["activity"].clone(), pulled_in(&body["series"]))
+    }
+}
+
+/// Records pulled, added up over a time series' buckets.
+fn pulled_in(series: &Value) -> u64 {
+    series["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["pulled"].as_u64().unwrap())
+        .sum()
+}
+
+/// A pull's count is written off its request path; a read of activity on the same instance right after the
+/// pull's answer still finds it, in the user's activity and in the admin overview, on both backends.
+#[tokio::test]
+async fn a_pull_is_in_the_activity_read_right_after_it() {
+    for (url, dir) in both_backends().await {
+        let s = TestServer::start_on(&url, "", "", dir).await;
+        s.push("alice", 0, projects(&[("p1", "A"), ("p2", "B")]))
+            .await;
+        let admin = token_with("root", SECRET, 3600, Some(json!({"role": "admin"})));
+        for i in 1..=15u64 {
+            assert_eq!(s.pull_from("alice", "phone", i).await, 2);
+            let (a, pulled) = s.my_activity("alice").await;
+            assert_eq!(
+                (a["pulls"].as_u64(), pulled),
+                (Some(i), 2 * i),
+                "{url}: {a}"
+            );
+            assert_eq!(a["recordsPulled"], 2 * i, "{url}");
+            assert_eq!(a["devices"][0]["outboxPending"], i, "{url}: {a}");
+            assert!(a["lastPullAt"].is_i64(), "{url}: {a}");
+            let (status, all) = s.get("/v1/admin/overview", Some(&admin)).await;
+            assert_eq!(status, StatusCode::OK, "{all}");
+            assert_eq!(all["users"][0]["user"], "alice", "{url}: {all}");
+            assert_eq!(all["users"][0]["pulls"], i, "{url}: {all}");
+            assert_eq!(pulled_in(&all["series"]), 2 * i, "{url}");
+        }
+        s.stop().await;
+    }
+}
+
+/// Many pulls of one device at once: their counts are added up before they are written, and the totals
+/// are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_of_one_device_count_exactly() {
+    for (url, dir) in both_backends().await {
+        let s = Arc::new(TestServer::start_on(&url, "", "max_pulls_per_user = 64", dir).await);
+        s.push(
+            "alice",
+            0,
+            projects(&[("p1", "A"), ("p2", "B"), ("p3", "C")]),
+        )
+        .await;
+        let mut pullers = Vec::new();
+        for _ in 0..8 {
+            let s = s.clone();
+            pullers.push(tokio::spawn(async move {
+                for _ in 0..25 {
+                    assert_eq!(s.pull_from("alice", "phone", 0).await, 3);
+                }
+            }));
+        }
+        for p in pullers {
+            p.await.unwrap();
+        }
+        let (a, pulled) = s.my_activity("alice").await;
+        assert_eq!(
+            (a["pulls"].as_u64(), a["recordsPulled"].as_u64(), pulled),
+            (Some(200), Some(600), 600),
+            "{url}: {a}"
+        );
+        assert_eq!(a["pushes"], 1, "{url}");
+        assert_eq!(a["devices"].as_array().unwrap().len(), 1, "{url}: {a}");
+        Arc::into_inner(s).unwrap().stop().await;
+    }
+}
+
+/// Stopping a server writes the activity its pulls queued: a server started again on the same storage shows
+/// every pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_keeps_the_activity_its_pulls_queued() {
+    for (url, dir) in both_backends().await {
+        let s = Arc::new(
+            TestServer::start_on(
+                &url,
+                "",
+                "max_pulls_per_user = 64",
+                tempfile::tempdir().unwrap(),
+            )
+            .await,
+        );
+        s.push("alice", 0, projects(&[("p1", "A")])).await;
+        let pullers: Vec<_> = (0..40)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move { s.pull_from("alice", "phone", 0).await })
+            })
+            .collect();
+        for p in pullers {
+            assert_eq!(p.await.unwrap(), 1);
+        }
+        // No read of activity before the stop: nothing waited for the queue to be written.
+        Arc::into_inner(s).unwrap().stop().await;
+        let again = TestServer::start_on(&url, "", "", tempfile::tempdir().unwrap()).await;
+        let (a, pulled) = again.my_activity("alice").await;
+        assert_eq!((a["pulls"].as_u64(), pulled), (Some(40), 40), "{url}: {a}");
+        again.stop().await;
+        drop(dir);
+    }
+}
+
 #[tokio::test]
 async fn the_admin_overview_lists_everyone_and_refuses_other_users() {
     let s = TestServer::start("").await;

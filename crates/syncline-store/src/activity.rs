@@ -103,21 +103,43 @@ pub(crate) fn count_import(
     Ok(())
 }
 
-/// [`ActivityStore::record_sync`]'s transaction.
-fn record_sync(
+/// [`ActivityStore::record_syncs`]'s transaction: the entries in (user, device, time bucket) order, each
+/// user's uid looked up once.
+fn record_syncs(
     conn: &mut dyn SqlConn,
     sql: &Sql,
-    user: &str,
-    a: &SyncActivity<'_>,
+    batch: &[(&str, SyncActivity<'_>)],
 ) -> Result<(), StoreError> {
-    let uid = user_id(conn, &sql.users, user)?;
+    let mut order: Vec<&(&str, SyncActivity<'_>)> = batch.iter().collect();
+    order.sort_by_key(|(user, a)| (*user, a.device, activity_bucket(a.at_ms)));
+    let mut uid: Option<(&str, i64)> = None;
+    for (user, a) in order {
+        let id = match uid {
+            Some((name, id)) if name == *user => id,
+            _ => {
+                let id = user_id(conn, &sql.users, user)?;
+                hold_counter(conn, sql, id)?;
+                id
+            }
+        };
+        uid = Some((user, id));
+        count_sync(conn, sql, id, a)?;
+    }
+    Ok(())
+}
+
+/// Where the backend asks for it (PostgreSQL), holds the user's counter row until commit before counting:
+/// a push counts itself in statements whose row locks come in no fixed order, so no counting of the same
+/// user may run beside it. Shared locks of other countings do not wait for each other, and these take the
+/// rows of their users in one order.
+fn hold_counter(conn: &mut dyn SqlConn, sql: &Sql, uid: i64) -> Result<(), StoreError> {
     if let Some((hold, create)) = sql.activity.hold_counter
         && conn.row(hold, &[uid.into()], |_| Ok(()))?.is_none()
     {
         conn.execute(create, &[uid.into()])?;
         conn.row(hold, &[uid.into()], |_| Ok(()))?;
     }
-    count_sync(conn, sql, uid, a)
+    Ok(())
 }
 
 /// Counts one pull or push of user `uid` in the caller's transaction (a push's own write transaction, or
@@ -141,8 +163,8 @@ pub(crate) fn count_sync(
             uid.into(),
             pull_at.into(),
             push_at.into(),
-            i64::from(pull).into(),
-            i64::from(!pull).into(),
+            (if pull { a.requests } else { 0 }).into(),
+            (if pull { 0 } else { a.requests }).into(),
             pulled.into(),
             pushed.into(),
             a.rejected.into(),
@@ -253,10 +275,11 @@ fn user_activity(
 }
 
 impl<B: Backend> ActivityStore for B {
-    fn record_sync(&self, user: &str, activity: &SyncActivity<'_>) -> Result<(), StoreError> {
-        self.transaction(Durability::Relaxed, |c| {
-            record_sync(c, &B::SQL, user, activity)
-        })
+    fn record_syncs(&self, batch: &[(&str, SyncActivity<'_>)]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.transaction(Durability::Relaxed, |c| record_syncs(c, &B::SQL, batch))
     }
 
     fn user_activity(

@@ -69,6 +69,12 @@ impl From<rusqlite::Error> for StoreError {
 /// Where pull output goes: chunks of JSON text, in order. An error stops the pull.
 pub trait PullSink {
     fn write(&mut self, chunk: Vec<u8>) -> Result<(), StoreError>;
+
+    /// The answer's last chunk: nothing is written after it. By default one more [`PullSink::write`]; a sink
+    /// may hold it back until its caller has done what must happen before the answer is complete.
+    fn finish(&mut self, chunk: Vec<u8>) -> Result<(), StoreError> {
+        self.write(chunk)
+    }
 }
 
 impl PullSink for Vec<u8> {
@@ -309,7 +315,14 @@ pub trait ActivityStore: Send + Sync + 'static {
     /// Counts one pull or push for the dashboard: the user's and the device's last contact, the request's
     /// records in their time bucket, rejections. A handful of upserts in one transaction, whatever the size
     /// of the request.
-    fn record_sync(&self, user: &str, activity: &SyncActivity<'_>) -> Result<(), StoreError>;
+    fn record_sync(&self, user: &str, activity: &SyncActivity<'_>) -> Result<(), StoreError> {
+        self.record_syncs(&[(user, *activity)])
+    }
+
+    /// Counts many pulls and pushes, of any users, in one transaction whose commit does not wait for the
+    /// disk: a few upserts per entry. Rows are taken in (user, device, time bucket) order whatever the order
+    /// of `batch`, as every counting transaction takes them, so two never deadlock.
+    fn record_syncs(&self, batch: &[(&str, SyncActivity<'_>)]) -> Result<(), StoreError>;
 
     /// Sync activity of one user (`Some`; empty when the user never synced or imported) or of the `limit`
     /// most recently active users (`None`), most recent first.
@@ -455,14 +468,18 @@ pub enum SyncKind {
     Push,
 }
 
-/// One pull or push as the dashboard counts it.
+/// One pull or push as the dashboard counts it, or several pulls of one device in one time bucket added up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncActivity<'a> {
     pub kind: SyncKind,
+    /// When it happened (the latest of them, for pulls added up).
     pub at_ms: i64,
+    /// How many requests this counts: 1, or more for pulls added up.
+    pub requests: u64,
     /// The `Syncline-Device` the client sent, if any.
     pub device: Option<&'a str>,
-    /// The `Syncline-Outbox-Pending` count the client sent, if any.
+    /// The `Syncline-Outbox-Pending` count the client sent, if any (the latest one sent, for pulls added
+    /// up). A device's count moves only with a report at least as recent as its last contact.
     pub outbox_pending: Option<u64>,
     /// Records (and deletions) pulled, or applied by the push.
     pub records: u64,

@@ -251,7 +251,7 @@ pub(crate) fn pull(
                     .finish(who.counter, request.limit.map(|_| false), plan.replacement);
             }
         }
-        out.flush(true)?;
+        out.sink.finish(out.writer.take_last())?;
         done = Some((out.stats, plan.ahead));
         Ok(())
     })?;
@@ -373,17 +373,17 @@ impl<'s> Output<'s> {
     fn record(&mut self, json: &str) -> Result<(), StoreError> {
         self.writer.record(json);
         self.stats.records += 1;
-        self.flush(false)
+        self.flush()
     }
 
     fn deleted(&mut self, id: &str) -> Result<(), StoreError> {
         self.writer.deleted(id);
         self.stats.deleted += 1;
-        self.flush(false)
+        self.flush()
     }
 
-    fn flush(&mut self, force: bool) -> Result<(), StoreError> {
-        if force || self.writer.pending() >= CHUNK_BYTES {
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.writer.pending() >= CHUNK_BYTES {
             self.sink.write(self.writer.take())?;
         }
         Ok(())

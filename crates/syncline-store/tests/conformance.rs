@@ -1100,12 +1100,68 @@ fn pull_by(device: Option<&str>, at_ms: i64, records: u64) -> SyncActivity<'_> {
     SyncActivity {
         kind: SyncKind::Pull,
         at_ms,
+        requests: 1,
         device,
         outbox_pending: None,
         records,
         rejected: 0,
         conflicts: 0,
         rejection: None,
+    }
+}
+
+/// Pulls added up by the server and written many at once, in any order: the totals are the sum of what
+/// each entry counts, per user, device and time bucket.
+#[test]
+fn pulls_added_up_are_counted_many_at_once() {
+    for b in backends() {
+        let minute = ACTIVITY_BUCKET_MS;
+        let t0 = activity_bucket(NOW);
+        let added = |device, at_ms, requests, records, outbox_pending| SyncActivity {
+            requests,
+            outbox_pending,
+            ..pull_by(device, at_ms, records)
+        };
+        let batch = [
+            ("bob", added(None, t0 + 3, 2, 4, None)),
+            ("alice", added(Some("tablet"), t0 + minute, 1, 7, Some(2))),
+            ("alice", added(Some("phone"), t0 + 20, 40, 120, Some(3))),
+            ("alice", added(Some("tablet"), t0 + 9, 10, 30, Some(5))),
+        ];
+        b.store.record_syncs(&batch).unwrap();
+        b.store.record_syncs(&[]).unwrap();
+        let a = &b.store.user_activity(Some("alice"), 1).unwrap()[0];
+        assert_eq!(
+            (a.pulls, a.records_pulled, a.pushes, a.last_pull_at),
+            (51, 157, 0, Some(t0 + minute)),
+            "{}",
+            b.url
+        );
+        let devices: Vec<_> = a
+            .devices
+            .iter()
+            .map(|d| (d.device.as_str(), d.last_pull_at, d.outbox_pending))
+            .collect();
+        assert_eq!(
+            devices,
+            [
+                ("tablet", Some(t0 + minute), Some(2)),
+                ("phone", Some(t0 + 20), Some(3))
+            ],
+            "{}",
+            b.url
+        );
+        let series = |user| {
+            b.store
+                .activity_series(user, t0)
+                .unwrap()
+                .iter()
+                .map(|s| (s.at, s.pulled))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(series(Some("alice")), [(t0, 150), (t0 + minute, 7)]);
+        assert_eq!(series(None), [(t0, 154), (t0 + minute, 7)], "{}", b.url);
+        assert_eq!(b.store.user_activity(Some("bob"), 1).unwrap()[0].pulls, 2);
     }
 }
 
@@ -1126,9 +1182,13 @@ fn sync_activity_keeps_last_contacts_counts_and_rejections_per_user_and_device()
             ..pull_by(Some("phone"), t0 + 20, 0)
         };
         s.record_sync("alice", &push).unwrap();
-        // An older report arriving late (another instance) does not move the last contact back.
-        s.record_sync("alice", &pull_by(Some("phone"), t0 + 5, 1))
-            .unwrap();
+        // An older report arriving late (another instance, or a pull counted after a later push) moves
+        // neither the last contact nor the outbox count back.
+        let late = SyncActivity {
+            outbox_pending: Some(1),
+            ..pull_by(Some("phone"), t0 + 5, 1)
+        };
+        s.record_sync("alice", &late).unwrap();
         let conflict = SyncActivity {
             kind: SyncKind::Push,
             conflicts: 4,

@@ -16,7 +16,8 @@
 //!   over and over. The server time of each pull is read from the answer's `Server-Timing: app;dur=…`
 //!   header: from the router taking the request to the answer being ready, which for an answer sent whole
 //!   (every small pull) covers the whole pull: auth, the store's read snapshot, writing the page and
-//!   recording the dashboard's sync activity. The client's round trip is printed next to it.
+//!   queueing the pull's count for the dashboard (written afterwards, off the request's path, by the server's
+//!   pull recorder). The client's round trip is printed next to it.
 //!
 //! Benchmarks, not tests: they print figures next to their goals.
 

@@ -28,7 +28,9 @@ macro_rules! device_seen {
              last_seen_at = greatest(t.last_seen_at, excluded.last_seen_at),
              last_pull_at = greatest(t.last_pull_at, excluded.last_pull_at),
              last_push_at = greatest(t.last_push_at, excluded.last_push_at),
-             outbox_pending = coalesce(excluded.outbox_pending, t.outbox_pending)"
+             outbox_pending = CASE WHEN excluded.last_seen_at >= t.last_seen_at
+                              THEN coalesce(excluded.outbox_pending, t.outbox_pending)
+                              ELSE t.outbox_pending END"
     };
 }
 

@@ -35,7 +35,8 @@ pub(super) const STATEMENTS: ActivitySql = ActivitySql {
                             THEN excluded.last_pull_at ELSE last_pull_at END,
              last_push_at = CASE WHEN excluded.last_push_at > ifnull(last_push_at, 0)
                             THEN excluded.last_push_at ELSE last_push_at END,
-             outbox_pending = ifnull(excluded.outbox_pending, outbox_pending)",
+             outbox_pending = CASE WHEN excluded.last_seen_at >= last_seen_at
+                              THEN ifnull(excluded.outbox_pending, outbox_pending) ELSE outbox_pending END",
     add_to_bucket: "INSERT INTO activity_buckets (uid, bucket, pushed, pulled, imported)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (uid, bucket) DO UPDATE SET pushed = pushed + excluded.pushed,

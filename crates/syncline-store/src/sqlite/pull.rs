@@ -56,19 +56,17 @@ fn limit(n: Option<usize>) -> i64 {
 impl PullTx for Snapshot<'_> {
     fn user(&mut self, name: &str) -> Result<PullUser, StoreError> {
         // The first read fixes the snapshot: the sequence and every row read after it come from the same one.
-        let counter: i64 = self
+        // One statement for the counter and the user (who may have no row yet).
+        let (counter, uid, horizon): (i64, Option<i64>, Option<i64>) = self
             .tx
-            .prepare_cached("SELECT value FROM meta WHERE key = 'seq'")?
-            .query_row([], |r| r.get(0))?;
-        let row: Option<(i64, i64)> = self
-            .tx
-            .prepare_cached("SELECT uid, tombstone_horizon FROM users WHERE name = ?1")?
-            .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let (uid, horizon) = row.unwrap_or((-1, 0));
+            .prepare_cached(
+                "SELECT m.value, u.uid, u.tombstone_horizon FROM meta m
+                 LEFT JOIN users u ON u.name = ?1 WHERE m.key = 'seq'",
+            )?
+            .query_row([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(PullUser {
-            uid,
-            horizon,
+            uid: uid.unwrap_or(-1),
+            horizon: horizon.unwrap_or(0),
             counter,
         })
     }

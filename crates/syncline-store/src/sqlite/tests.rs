@@ -28,6 +28,7 @@ fn pull(at_ms: i64) -> SyncActivity<'static> {
     SyncActivity {
         kind: SyncKind::Pull,
         at_ms,
+        requests: 1,
         device: Some("phone"),
         outbox_pending: None,
         records: 3,
