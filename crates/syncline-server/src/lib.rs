@@ -86,7 +86,8 @@ pub fn build_state_with_clock(
         )
         .map_err(|e| ServerError::Config(e.to_string()))?,
     );
-    let recorder = Arc::new(recorder::PullRecorder::start(store.clone()));
+    let shared_store = matches!(url, syncline_store::StorageUrl::Postgres(_));
+    let recorder = Arc::new(recorder::PullRecorder::start(store.clone(), shared_store));
     Ok(AppState {
         recorder,
         store,

@@ -7,8 +7,9 @@
 //! Every read of activity on this instance calls [`PullRecorder::settle`] first, which waits until
 //! everything queued before it has been written, so a client that pulls and then reads its activity on the
 //! same instance always sees its pull. [`PullRecorder::close`] (server shutdown, or the last handle
-//! dropped) writes what is queued before the thread ends. Another instance sees a pull once its batch has
-//! committed: the time of one or two small transactions after the pull answered.
+//! dropped) writes what is queued before the thread ends. On a store that several instances share
+//! (PostgreSQL), a pull also waits for its batch to commit before the last of its answer goes out, so a read
+//! on any instance after the answer sees it; the batching still spares concurrent pulls a transaction each.
 //!
 //! It never fails or slows a pull on a store error: the error is logged and that batch's counts are lost,
 //! as a failed count was before. Pushes do not come here: an applied push counts itself in its own write
@@ -65,6 +66,8 @@ impl Shared {
 /// One instance's queue of pull counts and its writer thread.
 pub(crate) struct PullRecorder {
     shared: Arc<Shared>,
+    /// Other instances read this store: a pull waits until its count is written.
+    wait_for_write: bool,
     store: Arc<dyn ActivityStore>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -78,8 +81,8 @@ impl std::fmt::Debug for PullRecorder {
 }
 
 impl PullRecorder {
-    /// Starts the writer thread on `store`.
-    pub(crate) fn start(store: Arc<dyn ActivityStore>) -> PullRecorder {
+    /// Starts the writer thread on `store`; `wait_for_write` when other instances share it.
+    pub(crate) fn start(store: Arc<dyn ActivityStore>, wait_for_write: bool) -> PullRecorder {
         let shared = Arc::new(Shared::default());
         let writer = {
             let (shared, store) = (shared.clone(), store.clone());
@@ -98,6 +101,7 @@ impl PullRecorder {
         };
         PullRecorder {
             shared,
+            wait_for_write,
             store,
             writer: Mutex::new(writer),
         }
@@ -135,16 +139,25 @@ impl PullRecorder {
             entry.outbox_pending = outbox_pending;
         }
         queue.queued += 1;
+        let ticket = queue.queued;
         drop(queue);
         if idle {
             self.shared.work.notify_one();
+        }
+        if self.wait_for_write {
+            self.settle_until(ticket);
         }
     }
 
     /// Waits until every pull queued before this call is written. Call from a blocking thread.
     pub(crate) fn settle(&self) {
+        let target = self.shared.lock().queued;
+        self.settle_until(target);
+    }
+
+    /// Waits until the first `target` pulls queued are written.
+    fn settle_until(&self, target: u64) {
         let mut queue = self.shared.lock();
-        let target = queue.queued;
         while queue.written < target && !queue.closed {
             queue = self
                 .shared
@@ -319,6 +332,18 @@ mod tests {
         mpsc::Receiver<()>,
         mpsc::Sender<()>,
     ) {
+        gated_with(store, false)
+    }
+
+    fn gated_with(
+        store: Arc<dyn Store>,
+        wait_for_write: bool,
+    ) -> (
+        PullRecorder,
+        Arc<Gated>,
+        mpsc::Receiver<()>,
+        mpsc::Sender<()>,
+    ) {
         let (entered_tx, entered) = mpsc::channel();
         let (release, release_rx) = mpsc::channel();
         let gated = Arc::new(Gated {
@@ -327,7 +352,12 @@ mod tests {
             release: Mutex::new(Some(release_rx)),
             batches: Mutex::default(),
         });
-        (PullRecorder::start(gated.clone()), gated, entered, release)
+        (
+            PullRecorder::start(gated.clone(), wait_for_write),
+            gated,
+            entered,
+            release,
+        )
     }
 
     fn pull(r: &PullRecorder, device: &str, outbox: Option<u64>, records: u64, at_ms: i64) {
@@ -425,6 +455,33 @@ mod tests {
         settled.recv().unwrap();
         reader.join().unwrap();
         assert_eq!(alice(&*store).pulls, 2);
+    }
+
+    #[test]
+    fn on_a_shared_store_a_pull_returns_only_once_its_count_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let (r, _gated, entered, release) = gated_with(store.clone(), true);
+        let r = Arc::new(r);
+        let (done_tx, done) = mpsc::channel();
+        let puller = {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                pull(&r, "phone", None, 3, T0);
+                done_tx.send(()).unwrap();
+            })
+        };
+        entered.recv().unwrap();
+        assert!(
+            done.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "the pull finished while its count was not written"
+        );
+        release.send(()).unwrap();
+        done.recv().unwrap();
+        puller.join().unwrap();
+        // Without settling: what another instance would read right after the answer.
+        assert_eq!(alice(&*store).records_pulled, 3);
     }
 
     #[test]
