@@ -1713,31 +1713,12 @@ async fn accounts_connect_through_a_consent_page_or_an_npsso_with_clear_refusals
         format!("{}/v1/connections/spotify/callback", server.url)
     );
     assert!(!q.contains_key("code_challenge"), "a confidential client");
+    let back = consent::agree(consent.as_str()).await;
+    assert!(back.starts_with(&server.url), "{back}");
     let browser = syncline_http::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let page = browser
-        .get(consent)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let request = page
-        .split("name=\"request\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap();
-    let back = browser
-        .post(format!("{a}/authorize/answer"))
-        .body(format!("request={request}&answer=agree"))
-        .send()
-        .await
-        .unwrap();
-    let back = back.headers()["location"].to_str().unwrap().to_string();
-    assert!(back.starts_with(&server.url), "{back}");
     let callback = |path: String| browser.get(path).header("cookie", &binding).send();
     let forged = callback(format!(
         "{}/v1/connections/spotify/callback?code=c&state=forged",

@@ -1707,105 +1707,11 @@ fn a_postgres_database_of_the_global_counter_layout_migrates_without_missing_a_c
 }
 
 /// The SQLite schema as the store created it before migrations were recorded (`SETUP` and `ACTIVITY_SETUP`,
-/// run on every start), verbatim.
-const SQLITE_UNRECORDED_LAYOUT: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('seq', 1), ('layout_version', 1);
-CREATE TABLE IF NOT EXISTS users (
-    uid INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    tombstone_horizon INTEGER NOT NULL DEFAULT 0,
-    last_push_at INTEGER
+/// run on every start): the same statements as migrations 1 and 2, which are never edited once released.
+const SQLITE_UNRECORDED_LAYOUT: &str = concat!(
+    include_str!("../migrations/sqlite/0001_initial.sql"),
+    include_str!("../migrations/sqlite/0002_activity.sql")
 );
-CREATE TABLE IF NOT EXISTS sync_tables (tid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY,
-    uid INTEGER NOT NULL,
-    tid INTEGER NOT NULL,
-    id TEXT NOT NULL,
-    deleted_at INTEGER,
-    data TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS records_key ON records (uid, tid, id);
-CREATE INDEX IF NOT EXISTS records_log ON records (uid, tid, seq);
-CREATE INDEX IF NOT EXISTS records_tombstones ON records (deleted_at) WHERE deleted_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS idempotency (
-    uid INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    request_hash BLOB NOT NULL,
-    response TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    PRIMARY KEY (uid, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS import_states (
-    uid INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    phase TEXT NOT NULL,
-    status TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    PRIMARY KEY (uid, source, stream, phase)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS import_leases (
-    uid INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    until INTEGER NOT NULL,
-    PRIMARY KEY (uid, source)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS import_states_status ON import_states (status);
-CREATE TABLE IF NOT EXISTS connections (
-    uid INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    sealed BLOB NOT NULL,
-    PRIMARY KEY (uid, source)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS activity_users (
-    uid INTEGER PRIMARY KEY,
-    last_pull_at INTEGER,
-    last_push_at INTEGER,
-    pulls INTEGER NOT NULL,
-    pushes INTEGER NOT NULL,
-    records_pulled INTEGER NOT NULL,
-    records_pushed INTEGER NOT NULL,
-    rejected INTEGER NOT NULL,
-    conflicts INTEGER NOT NULL,
-    last_rejection TEXT,
-    last_rejection_at INTEGER
-);
-CREATE TABLE IF NOT EXISTS activity_devices (
-    uid INTEGER NOT NULL,
-    device TEXT NOT NULL,
-    last_seen_at INTEGER NOT NULL,
-    last_pull_at INTEGER,
-    last_push_at INTEGER,
-    outbox_pending INTEGER,
-    PRIMARY KEY (uid, device)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS activity_buckets (
-    uid INTEGER NOT NULL,
-    bucket INTEGER NOT NULL,
-    pushed INTEGER NOT NULL,
-    pulled INTEGER NOT NULL,
-    imported INTEGER NOT NULL,
-    PRIMARY KEY (uid, bucket)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS activity_buckets_time ON activity_buckets (bucket);
-CREATE TABLE IF NOT EXISTS import_outcomes (
-    uid INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    phase TEXT NOT NULL,
-    walk_started_at INTEGER NOT NULL,
-    last_batch_at INTEGER NOT NULL,
-    batches INTEGER NOT NULL,
-    upserted INTEGER NOT NULL,
-    unchanged INTEGER NOT NULL,
-    deleted INTEGER NOT NULL,
-    PRIMARY KEY (uid, source, stream, phase)
-) WITHOUT ROWID;
-";
 
 #[test]
 fn a_sqlite_database_made_before_migrations_were_recorded_opens_with_its_data() {

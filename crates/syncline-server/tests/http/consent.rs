@@ -67,7 +67,7 @@ async fn a_rate_limited_sign_in_answers_429_with_its_retry_after_and_stores_noth
 
 /// What a person's browser does on the fake consent page: opens it, presses "Agree", and gets the redirect
 /// back to our callback (not followed).
-async fn agree(consent_url: &str) -> String {
+pub(crate) async fn agree(consent_url: &str) -> String {
     let browser = syncline_http::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
