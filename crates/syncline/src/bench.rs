@@ -160,73 +160,79 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
     let mut normal_push_secs = None;
     // The server processes' CPU time over each push: parsing, HTTP and the writer, on every thread.
     let mut push_cpu = [std::time::Duration::ZERO; 2];
-    let (push_secs, pull_secs, pulled, stream_secs, streamed) = runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let bodies: Vec<String> = records
-            .chunks(args.batch.max(1))
-            .map(|chunk| {
-                let mut body = String::with_capacity(chunk.len() * (avg + 1) + 100);
-                body.push_str(r#"{"lastPulledAt":0,"changes":{"tasks":{"created":["#);
-                for (i, (_, json)) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        body.push(',');
+    let (push_secs, (pull_secs, pull_cpu), pulled, stream_secs, streamed) =
+        runtime.block_on(async {
+            let client = reqwest::Client::new();
+            let bodies: Vec<String> = records
+                .chunks(args.batch.max(1))
+                .map(|chunk| {
+                    let mut body = String::with_capacity(chunk.len() * (avg + 1) + 100);
+                    body.push_str(r#"{"lastPulledAt":0,"changes":{"tasks":{"created":["#);
+                    for (i, (_, json)) in chunk.iter().enumerate() {
+                        if i > 0 {
+                            body.push(',');
+                        }
+                        body.push_str(json);
                     }
-                    body.push_str(json);
-                }
-                body.push_str(r#"],"updated":[],"deleted":[]}}}"#);
-                body
-            })
-            .collect();
-        eprintln!(
-            "pushing {} records in {} requests ...",
-            records.len(),
-            bodies.len()
-        );
-        let started = Instant::now();
-        let cpu = crate::bench_cpu::process_cpu(server.pid())?;
-        push_all(
-            &client,
-            &server.url,
-            &token,
-            bodies.clone(),
-            args.concurrency,
-        )
-        .await?;
-        let push_secs = started.elapsed().as_secs_f64();
-        push_cpu[0] = crate::bench_cpu::process_cpu(server.pid())?.saturating_sub(cpu);
-        if cluster.is_none() {
-            // The same push into a fresh database with SQLite's faster, less durable setting.
-            let url = format!("sqlite://{}", dir.join("normal.db").display());
-            let config = write_config(
-                dir,
-                "normal.toml",
-                args,
-                &url,
-                "sqlite_synchronous = \"normal\"",
-            )?;
-            let fast = ServerProcess::spawn(&config)?;
-            eprintln!("pushing the same records with synchronous=normal ...");
+                    body.push_str(r#"],"updated":[],"deleted":[]}}}"#);
+                    body
+                })
+                .collect();
+            eprintln!(
+                "pushing {} records in {} requests ...",
+                records.len(),
+                bodies.len()
+            );
+            settle_disk();
             let started = Instant::now();
-            let cpu = crate::bench_cpu::process_cpu(fast.pid())?;
-            push_all(&client, &fast.url, &token, bodies, args.concurrency).await?;
-            normal_push_secs = Some(started.elapsed().as_secs_f64());
-            push_cpu[1] = crate::bench_cpu::process_cpu(fast.pid())?.saturating_sub(cpu);
-        }
-        eprintln!("pulling into a fresh cursor ...");
-        let started = Instant::now();
-        let pulled = crate::bench_pull::pull_all(&client, &server.url, &token, args.page).await?;
-        let pull_secs = started.elapsed().as_secs_f64();
-        eprintln!("pulling everything in one streamed response ...");
-        let started = Instant::now();
-        let streamed = crate::bench_pull::pull_whole(&client, &server.url, &token).await?;
-        Ok::<_, anyhow::Error>((
-            push_secs,
-            pull_secs,
-            pulled,
-            started.elapsed().as_secs_f64(),
-            streamed,
-        ))
-    })?;
+            let cpu = crate::bench_cpu::process_cpu(server.pid())?;
+            push_all(
+                &client,
+                &server.url,
+                &token,
+                bodies.clone(),
+                args.concurrency,
+            )
+            .await?;
+            let push_secs = started.elapsed().as_secs_f64();
+            push_cpu[0] = crate::bench_cpu::process_cpu(server.pid())?.saturating_sub(cpu);
+            if cluster.is_none() {
+                // The same push into a fresh database with SQLite's faster, less durable setting.
+                let url = format!("sqlite://{}", dir.join("normal.db").display());
+                let config = write_config(
+                    dir,
+                    "normal.toml",
+                    args,
+                    &url,
+                    "sqlite_synchronous = \"normal\"",
+                )?;
+                let fast = ServerProcess::spawn(&config)?;
+                eprintln!("pushing the same records with synchronous=normal ...");
+                settle_disk();
+                let started = Instant::now();
+                let cpu = crate::bench_cpu::process_cpu(fast.pid())?;
+                push_all(&client, &fast.url, &token, bodies, args.concurrency).await?;
+                normal_push_secs = Some(started.elapsed().as_secs_f64());
+                push_cpu[1] = crate::bench_cpu::process_cpu(fast.pid())?.saturating_sub(cpu);
+            }
+            eprintln!("pulling into a fresh cursor ...");
+            let started = Instant::now();
+            let mark = CpuMark::now(server.pid())?;
+            let pulled =
+                crate::bench_pull::pull_all(&client, &server.url, &token, args.page).await?;
+            let pull_secs = started.elapsed().as_secs_f64();
+            let pull_cpu = mark.used()?;
+            eprintln!("pulling everything in one streamed response ...");
+            let started = Instant::now();
+            let streamed = crate::bench_pull::pull_whole(&client, &server.url, &token).await?;
+            Ok::<_, anyhow::Error>((
+                push_secs,
+                (pull_secs, pull_cpu),
+                pulled,
+                started.elapsed().as_secs_f64(),
+                streamed,
+            ))
+        })?;
     let peak_rss_mb = server.peak_rss_kb()? as f64 / 1024.0;
     let read_ceiling = match &cluster {
         Some(_) => None,
@@ -365,6 +371,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> Result<()> {
         "  pull into a fresh cursor:        {:>10.0} records/s  ({pull_goal})",
         pull_rate
     );
+    println!("    {}", cpu_split(&pull_cpu, n, "record", 2));
     println!(
         "  pull, one streamed response:     {:>10.0} records/s",
         n / stream_secs
@@ -496,13 +503,18 @@ fn small_pushes(args: &BenchArgs, dir: &Path, runtime: &tokio::runtime::Runtime)
 
 /// How busy the machine was while `rate` pushes/s ran, and what one push cost whom.
 fn cpu_line(cpu: &bench_cpu::CpuUse, rate: f64) -> String {
-    let pushes = rate * cpu.wall.as_secs_f64();
-    let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / pushes.max(1.0);
+    cpu_split(cpu, rate * cpu.wall.as_secs_f64(), "push", 0)
+}
+
+/// How busy the machine was over `ops` operations (`unit`s), and what one cost whom, in microseconds with
+/// `decimals` decimals.
+fn cpu_split(cpu: &bench_cpu::CpuUse, ops: f64, unit: &str, decimals: usize) -> String {
+    let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / ops.max(1.0);
     format!(
-        "{:.2} of {} cores busy; CPU per push {:.0} us (server {:.0}, bench client {:.0}, rest {:.0})",
+        "{:.2} of {} cores busy; CPU per {unit} {:.decimals$} us (server {:.decimals$}, bench client {:.decimals$}, rest {:.decimals$})",
         cpu.busy_cores(),
         bench_cpu::cores(),
-        cpu.micros_per(pushes),
+        cpu.micros_per(ops),
         per(cpu.server),
         per(cpu.bench),
         per(cpu.rest()),
@@ -657,6 +669,7 @@ fn sqlite_ceiling(
     layout: Layout,
     synchronous: &str,
 ) -> Result<(f64, std::time::Duration)> {
+    settle_disk();
     let mut conn = rusqlite::Connection::open(path)?;
     conn.pragma_update(None, "page_size", 8192)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -698,7 +711,25 @@ fn sqlite_ceiling(
     }
     let rate = records.len() as f64 / started.elapsed().as_secs_f64();
     let cpu = crate::bench_cpu::process_cpu(std::process::id())?.saturating_sub(cpu);
+    drop(conn);
+    remove_database(path);
     Ok((rate, cpu))
+}
+
+/// Removes a measured database and its WAL: its pages are dropped from the page cache instead of being written
+/// back to the disk while later sections run.
+fn remove_database(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// Writes back every dirty page of the machine before a timed section, so that no section pays for the
+/// write-back of an earlier one.
+pub(crate) fn settle_disk() {
+    let _ = std::process::Command::new("sync").status();
 }
 
 /// Upserts the records into a plain `(id PRIMARY KEY, data)` table with array `unnest`, one statement and
