@@ -12,7 +12,11 @@
 //   4. deleting a project deletes its tasks (and their tags) on the server, and on the other device;
 //   5. a device upgraded from schema v1 to v2 (local migration + migration sync) receives the v2-only
 //      data (task_tags rows, task positions) written by a v2 client before and after its last v1 sync;
-//   6. a forged/unsigned/missing token gets 401 with a JSON `{code, message}` body.
+//   6. a forged/unsigned/missing token gets 401 with a JSON `{code, message}` body;
+//   7. a delete of a record another device deleted between this device's pull and push is accepted (not 409);
+//   8. records the server refuses come back in `experimentalRejectedIds` and stay unsynced on the device,
+//      while the rest of the push is synced;
+//   9. the client's pushed bookkeeping (`_status`, `_changed`) is never stored nor sent to another device.
 // Every pull the client makes is also checked against the pull contract (all tables of its schema
 // version with created/updated/deleted, `created` empty, positive integer timestamp), and a sync
 // fails if WatermelonDB logged an error (that is how it reports server bugs it survives).
@@ -250,9 +254,9 @@ before(
     tmp = mkdtempSync(path.join(tmpdir(), 'syncline-wmelon-'))
     configFile = writeConfig(tmp)
     baseUrl = await startServer()
-    for (const user of ['alice', 'bob', 'carol']) tokens[user] = await mintToken(user)
+    for (const user of ['alice', 'bob', 'carol', 'dave']) tokens[user] = await mintToken(user)
   },
-  { timeout: STARTUP_TIMEOUT_MS + 4 * (CLI_TIMEOUT_MS + 1_000) },
+  { timeout: STARTUP_TIMEOUT_MS + 5 * (CLI_TIMEOUT_MS + 1_000) },
 )
 
 after(async () => {
@@ -772,4 +776,105 @@ test('6. a bad token gets 401 with a JSON {code, message} body', { timeout: TEST
   // and the real token still works (the 401s are not a broken server)
   const ok = await api('/v1/sync/pull', tokens.alice, { lastPulledAt: null, schemaVersion: 2, migration: null })
   assert.equal(ok.status, 200)
+})
+
+test('7. a delete of a record another device deleted between this pull and push goes through', { timeout: TEST_TIMEOUT_MS }, async () => {
+  // WatermelonDB's backend guide (docs/Sync/Backend.md, push rule 4): a record to delete that does not exist
+  // MUST be ignored with no error code, "if another user deleted this record in between user's pull and push
+  // calls" too. The real client pushes such a delete when the other device syncs exactly there.
+  const a = makeDevice('alice-A7', 'alice')
+  const b = makeDevice('alice-B7', 'alice')
+  const attic = await create(a, 'projects', { name: 'Attic' })
+  const junk1 = await create(a, 'tasks', { title: 'Sell lamp', done: false, project_id: attic.id })
+  const junk2 = await create(a, 'tasks', { title: 'Bin boxes', done: false, project_id: attic.id })
+  await sync(a)
+  await sync(b)
+  assert.deepEqual((await localIds(b, 'tasks')).filter((id) => id === junk1.id || id === junk2.id).length, 2)
+
+  // A deletes junk1 and the whole project (the server cascades junk2); B deletes junk1 and junk2 itself.
+  await markDeleted(a, 'tasks', junk1.id)
+  await markDeleted(a, 'projects', attic.id)
+  await markDeleted(b, 'tasks', junk1.id)
+  await markDeleted(b, 'tasks', junk2.id)
+  let aPushedAt
+  await sync(b, {
+    beforePush: async () => {
+      await sync(a)
+      assert.equal(lastHttp(a, 'push').status, 200, "A's push was not accepted")
+      aPushedAt = lastHttp(a, 'push').response.timestamp
+    },
+  })
+  const push = lastHttp(b, 'push')
+  assert.ok(aPushedAt > push.request.lastPulledAt, "test setup: A's deletes are newer than B's pull")
+  assert.deepEqual([...push.request.changes.tasks.deleted].sort(), [junk1.id, junk2.id].sort())
+  assert.equal(push.status, 200, `B's delete of records already deleted elsewhere -> ${push.status}`)
+  assert.equal(await unsynced(b), false, 'B kept its deletes pending')
+  assert.deepEqual(await pendingDeletes(b, 'tasks'), [])
+
+  const full = await fullPull('alice')
+  assert.ok(!idsIn(full, 'projects').includes(attic.id))
+  assert.ok(!idsIn(full, 'tasks').includes(junk1.id) && !idsIn(full, 'tasks').includes(junk2.id))
+  await sync(b)
+  assert.ok(!(await localIds(b, 'projects')).includes(attic.id), 'B still has the project A deleted')
+})
+
+test('8. records the server refuses stay unsynced on the device through experimentalRejectedIds', { timeout: TEST_TIMEOUT_MS }, async () => {
+  // This device's app declares tasks.position as a string; the server's column is a number. A task with a
+  // position is refused alone (wrong_type) and must stay unsynced (src/sync/impl/markAsSynced.js skips the
+  // ids in experimentalRejectedIds); the rest of the push is applied and marked as synced.
+  const tasksStringPosition = tableSchema({
+    name: 'tasks',
+    columns: [...tasksV1.columnArray, { name: 'position', type: 'string', isOptional: true }],
+  })
+  const schema = appSchema({ version: 2, tables: [projectsTable, tasksStringPosition, taskTagsTable] })
+  const d = makeDevice('dave-D8', 'dave', { schema })
+  const shed = await create(d, 'projects', { name: 'Shed' })
+  const fine = await create(d, 'tasks', { title: 'Oil hinges', done: false, project_id: shed.id, position: null })
+  const odd = await create(d, 'tasks', { title: 'Paint door', done: false, project_id: shed.id, position: 'high' })
+  await sync(d)
+  const push = lastHttp(d, 'push')
+  assert.equal(push.status, 200)
+  assert.deepEqual(push.response.experimentalRejectedIds, { tasks: [odd.id] })
+  assert.equal(push.response.rejected[0].code, 'wrong_type')
+  const statusOf = async (id) => (await d.db.get('tasks').find(id))._raw._status
+  assert.equal(await statusOf(odd.id), 'created', 'the refused task was marked as synced')
+  assert.equal(await statusOf(fine.id), 'synced')
+  assert.equal(await unsynced(d), true)
+  assert.deepEqual(idsIn(await fullPull('dave'), 'tasks'), [fine.id])
+
+  // Pushed again on the next sync, refused again, still kept; once fixed on the device it goes through.
+  await sync(d)
+  assert.deepEqual(lastHttp(d, 'push').request.changes.tasks.created.map((r) => r.id), [odd.id])
+  assert.equal(await statusOf(odd.id), 'created')
+  await update(d, 'tasks', odd.id, { position: null })
+  await sync(d)
+  assert.equal(lastHttp(d, 'push').response.experimentalRejectedIds, undefined)
+  assert.equal(await unsynced(d), false)
+  assert.deepEqual(idsIn(await fullPull('dave'), 'tasks'), [fine.id, odd.id].sort())
+})
+
+test("9. the client's bookkeeping fields (_status, _changed) are never stored nor sent to another device", { timeout: TEST_TIMEOUT_MS }, async () => {
+  // The real client pushes its raw local records, bookkeeping included (src/sync/impl/fetchLocal.js), and
+  // refuses a pulled record that carries _status or _changed (validateRemoteRaw in src/sync/impl/applyRemote.js).
+  const a = makeDevice('alice-A9', 'alice')
+  const b = makeDevice('alice-B9', 'alice')
+  await sync(a)
+  await sync(b)
+  const den = await create(a, 'projects', { name: 'Den' })
+  await sync(a)
+  await update(a, 'projects', den.id, { name: 'Study' })
+  await sync(a)
+  const pushed = lastHttp(a, 'push').request.changes.projects.updated
+  assert.deepEqual(
+    pushed.map((r) => [r.id, r._status, r._changed]),
+    [[den.id, 'updated', 'name']],
+    'test setup: the client pushes its bookkeeping',
+  )
+  await sync(b)
+  const pulled = lastHttp(b, 'pull').response.changes.projects.updated.find((r) => r.id === den.id)
+  assert.deepEqual(pulled, { id: den.id, name: 'Study' })
+  assert.deepEqual(await localOne(b, 'projects', den.id), { id: den.id, name: 'Study' })
+  assert.equal((await b.db.get('projects').find(den.id))._raw._status, 'synced')
+  const raw = await api('/v1/sync/pull', tokens.alice, { lastPulledAt: null, schemaVersion: 2, migration: null })
+  assert.ok(!/"_(status|changed)"/.test(raw.text), 'a pull body carries _status or _changed')
 })

@@ -138,7 +138,11 @@ impl<'a> Fields<'_, 'a> {
                 )),
             };
         }
-        if key == "_status" || key == "_changed" {
+        // WatermelonDB's local bookkeeping (`_status`, `_changed`: its push sends the raw local record) and any
+        // other `_`-prefixed field are dropped: no column can start with `_`, so such a field could never be
+        // stored, and refusing the record would leave it unsyncable for good (docs/Sync/Backend.md, push
+        // rules 8 and 10).
+        if key.starts_with('_') {
             return Ok(());
         }
         let Some((index, column)) = self.table.column(key) else {
@@ -180,7 +184,7 @@ impl<'de> Visitor<'de> for &mut Fields<'_, 'de> {
 }
 
 /// Checks `raw` against `table` and normalises it. Owner columns are set to `owner` whatever was sent;
-/// `_status` and `_changed` are ignored. `default_id` is used when the record has no `id` (singleton rows in
+/// `_status`, `_changed` and every other `_`-prefixed field are ignored. `default_id` is used when the record has no `id` (singleton rows in
 /// bulk requests).
 pub fn normalize_record<'a>(
     table: &Table,
@@ -384,6 +388,26 @@ mod tests {
     }
 
     #[test]
+    fn local_bookkeeping_fields_are_dropped_whatever_they_hold() {
+        // WatermelonDB pushes its raw local record (src/sync/impl/fetchLocal.js copies `record._raw`), with
+        // `_status` and `_changed`; values no column could take must not get the record refused.
+        assert_eq!(
+            check(
+                r#"{"id":"abc","_status":"updated","_changed":"title,done","title":"T","_local_seq":"\ud800","_":{"x":1e400}}"#
+            ),
+            Ok(
+                r#"{"id":"abc","done":null,"meta":null,"position":null,"title":"T","user_id":"alice"}"#
+                    .into()
+            )
+        );
+        // A field that is not `_`-prefixed and not a column still gets the record rejected.
+        assert_eq!(
+            check(r#"{"id":"abc","status":"updated"}"#),
+            Err("unknown_column".into())
+        );
+    }
+
+    #[test]
     fn bad_rows_get_their_code() {
         assert_eq!(check(r#"{"id":"a","title":5}"#), Err("wrong_type".into()));
         assert_eq!(
@@ -411,9 +435,10 @@ mod tests {
             check(r#"{"id":"a/b","t\u0069tle":"x"}"#),
             Err("invalid_record".into())
         );
+        // `__proto__` (unsafe for a JavaScript reader) is never stored, so never sent back.
         assert_eq!(
-            check(r#"{"id":"a","__proto__":1}"#),
-            Err("unknown_column".into())
+            check(r#"{"id":"a","__proto__":{"polluted":true}}"#),
+            Ok(r#"{"id":"a","done":null,"meta":null,"position":null,"title":null,"user_id":"alice"}"#.into())
         );
     }
 

@@ -260,18 +260,22 @@ impl Applier<'_, '_> {
         Ok(())
     }
 
-    /// Deletes the ids a client asked to delete: conflict-checked; unknown or already deleted ids ignored.
+    /// Deletes the ids a client asked to delete: live records are conflict-checked; unknown or already
+    /// deleted ids are ignored, even when the delete happened after the push's cursor. WatermelonDB's backend
+    /// guide (docs/Sync/Backend.md, "Implementing push endpoint", rule 4): a record to delete that does not
+    /// exist MUST be ignored, "if another user deleted this record in between user's pull and push calls"
+    /// too; both devices wanted it gone.
     fn delete(&mut self, table: &Table, ids: &[String]) -> Result<(), StoreError> {
         let tid = self.tid(&table.name);
         let mut live = Vec::with_capacity(ids.len());
         for id in ids {
-            let existing = self.rows.find(self.uid, tid, id)?;
-            if self.conflicts(table, id, existing.as_ref()) {
+            let Some(existing) = self.rows.find(self.uid, tid, id)?.filter(|e| !e.deleted) else {
+                continue;
+            };
+            if self.conflicts(table, id, Some(&existing)) {
                 continue;
             }
-            if existing.is_some_and(|e| !e.deleted) {
-                live.push(id.clone());
-            }
+            live.push(id.clone());
         }
         if !self.out.conflicts.is_empty() {
             return Ok(());

@@ -279,6 +279,63 @@ fn an_update_of_a_record_deleted_before_the_cursor_does_not_resurrect_it() {
     }
 }
 
+/// WatermelonDB's backend guide, push rule 4: a record to delete that does not exist is ignored with no error,
+/// also "if another user deleted this record in between user's pull and push calls". Only a delete of a
+/// record that is still live and changed after the cursor conflicts (rule 5).
+#[test]
+fn a_delete_of_a_record_deleted_elsewhere_after_the_cursor_is_ignored() {
+    for b in backends() {
+        let t0 = sequence(&b.push(
+            "alice",
+            0,
+            json!({
+                "projects": {"created": [project("p1", "A"), project("p2", "B"), project("p3", "C")]},
+                "tasks": {"created": [task("t1", "p1")]}
+            }),
+        ));
+        // Device A, at t0, deletes p2 and p1 (whose task t1 goes with it) and renames p3.
+        b.push(
+            "alice",
+            t0,
+            json!({"projects": {"updated": [project("p3", "C2")], "deleted": ["p1", "p2"]}}),
+        );
+        // Device B, also at t0, deleted p2 and t1 itself and made p9: nothing conflicts.
+        let outcome = b.push(
+            "alice",
+            t0,
+            json!({
+                "projects": {"created": [project("p9", "new")], "deleted": ["p2"]},
+                "tasks": {"deleted": ["t1"]}
+            }),
+        );
+        let t1 = sequence(&outcome);
+        let pull = b.pull_since("alice", None);
+        assert_eq!(ids(&pull, "projects", "updated"), ["p3", "p9"], "{}", b.url);
+        assert_eq!(ids(&pull, "tasks", "updated"), Vec::<String>::new());
+        // The deletes moved nothing: B's next pull brings p9 only, not the tombstones again.
+        let after = b.pull_since("alice", Some(t1 - 1));
+        assert_eq!(ids(&after, "projects", "updated"), ["p9"]);
+        assert_eq!(ids(&after, "projects", "deleted"), Vec::<String>::new());
+        // Deleting p3, live and renamed after t0, still conflicts, and then nothing of that push applies.
+        let outcome = b.push(
+            "alice",
+            t0,
+            json!({"projects": {"created": [project("p8", "x")], "deleted": ["p2", "p3"]}}),
+        );
+        let WriteOutcome::Conflict { conflicts } = outcome else {
+            panic!("expected a conflict, got {outcome:?}")
+        };
+        assert_eq!(
+            conflicts,
+            BTreeMap::from([("projects".to_string(), vec!["p3".to_string()])])
+        );
+        assert_eq!(
+            ids(&b.pull_since("alice", None), "projects", "updated"),
+            ["p3", "p9"]
+        );
+    }
+}
+
 #[test]
 fn an_unchanged_record_does_not_move_the_sequence() {
     for b in backends() {
