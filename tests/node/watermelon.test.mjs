@@ -16,7 +16,9 @@
 //   7. a delete of a record another device deleted between this device's pull and push is accepted (not 409);
 //   8. records the server refuses come back in `experimentalRejectedIds` and stay unsynced on the device,
 //      while the rest of the push is synced;
-//   9. the client's pushed bookkeeping (`_status`, `_changed`) is never stored nor sent to another device.
+//   9. the client's pushed bookkeeping (`_status`, `_changed`) is never stored nor sent to another device;
+//  10. after conflicts, merges and deletes, WatermelonDB's own backend check (`diagnoseSyncConsistency`) finds
+//      every device equal to the server's full pull, and nothing new to pull.
 // Every pull the client makes is also checked against the pull contract (all tables of its schema
 // version with created/updated/deleted, `created` empty, positive integer timestamp), and a sync
 // fails if WatermelonDB logged an error (that is how it reports server bugs it survives).
@@ -46,6 +48,7 @@ const {
   createTable,
 } = require('@nozbe/watermelondb/Schema/migrations')
 const wmLogger = require('@nozbe/watermelondb/utils/common/logger').default
+const { diagnoseSyncConsistency } = require('@nozbe/watermelondb/diagnostics')
 
 const HERE = path.dirname(fileURLToPath(import.meta.url))
 const REPO = path.resolve(HERE, '..', '..')
@@ -254,9 +257,9 @@ before(
     tmp = mkdtempSync(path.join(tmpdir(), 'syncline-wmelon-'))
     configFile = writeConfig(tmp)
     baseUrl = await startServer()
-    for (const user of ['alice', 'bob', 'carol', 'dave']) tokens[user] = await mintToken(user)
+    for (const user of ['alice', 'bob', 'carol', 'dave', 'erin']) tokens[user] = await mintToken(user)
   },
-  { timeout: STARTUP_TIMEOUT_MS + 5 * (CLI_TIMEOUT_MS + 1_000) },
+  { timeout: STARTUP_TIMEOUT_MS + 6 * (CLI_TIMEOUT_MS + 1_000) },
 )
 
 after(async () => {
@@ -877,4 +880,47 @@ test("9. the client's bookkeeping fields (_status, _changed) are never stored no
   assert.equal((await b.db.get('projects').find(den.id))._raw._status, 'synced')
   const raw = await api('/v1/sync/pull', tokens.alice, { lastPulledAt: null, schemaVersion: 2, migration: null })
   assert.ok(!/"_(status|changed)"/.test(raw.text), 'a pull body carries _status or _changed')
+})
+
+test("10. WatermelonDB's diagnoseSyncConsistency finds every device consistent with the server", { timeout: TEST_TIMEOUT_MS }, async () => {
+  // @nozbe/watermelondb/diagnostics: "compares local database with the server version (contents of first/full
+  // sync) to find inconsistencies, missing and excess records. Use this to find bugs in your backend sync
+  // implementation." It syncs twice, then needs an incremental pull to be empty and every local record to be
+  // synced and equal, column by column, to the full pull's record.
+  const a = makeDevice('erin-A10', 'erin')
+  const b = makeDevice('erin-B10', 'erin')
+  const lab = await create(a, 'projects', { name: 'Lab' })
+  const t1 = await create(a, 'tasks', { title: 'Order flasks', done: false, project_id: lab.id, position: 1 })
+  const t2 = await create(a, 'tasks', { title: 'Label shelves', done: false, project_id: lab.id, position: 2.5 })
+  const t3 = await create(a, 'tasks', { title: 'Clean bench', done: true, project_id: lab.id })
+  await create(a, 'task_tags', { task_id: t1.id, tag: 'urgent' })
+  await create(a, 'task_tags', { task_id: t3.id, tag: 'weekly' })
+  await sync(a)
+  await sync(b)
+
+  // A conflicting edit: B's first push is refused (409), its retry merges.
+  await update(a, 'tasks', t1.id, { title: 'Order 20 flasks' })
+  await update(b, 'tasks', t1.id, { done: true })
+  await assert.rejects(sync(b, { beforePush: () => sync(a) }), (err) => err.status === 409)
+  await sync(b)
+  // Deletes on both sides, one of them cascading on the server, and a new record.
+  await markDeleted(a, 'tasks', t3.id)
+  await markDeleted(b, 'tasks', t2.id)
+  await create(b, 'projects', { name: 'Office' })
+  await sync(a)
+  await sync(b)
+
+  const pullChanges = async (args) => (await rawPull('erin', args)).changes
+  for (const device of [a, b]) {
+    const diagnosis = await diagnoseSyncConsistency({ db: device.db, synchronize: () => sync(device), pullChanges })
+    assert.equal(diagnosis.issueCount, 0, `${device.name}:\n${diagnosis.log}`)
+    assert.match(diagnosis.log, /No corruption found in this database/)
+  }
+  assert.deepEqual(await local(a, 'tasks'), await local(b, 'tasks'))
+  assert.deepEqual(await local(a, 'task_tags'), await local(b, 'task_tags'))
+  const tasks = await local(a, 'tasks')
+  assert.deepEqual(tasks.map((t) => t.id), [t1.id])
+  assert.deepEqual([tasks[0].title, tasks[0].done], ['Order 20 flasks', true])
+  assert.deepEqual((await local(a, 'task_tags')).map((t) => t.tag), ['urgent'])
+  assert.deepEqual((await local(b, 'projects')).map((p) => p.name).sort(), ['Lab', 'Office'])
 })
