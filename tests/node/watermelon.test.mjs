@@ -18,7 +18,8 @@
 //      while the rest of the push is synced;
 //   9. the client's pushed bookkeeping (`_status`, `_changed`) is never stored nor sent to another device;
 //  10. after conflicts, merges and deletes, WatermelonDB's own backend check (`diagnoseSyncConsistency`) finds
-//      every device equal to the server's full pull, and nothing new to pull.
+//      every device equal to the server's full pull, and nothing new to pull;
+//  11. a first pull's raw text, small or streamed, has the shape Turbo Login's native parser takes.
 // Every pull the client makes is also checked against the pull contract (all tables of its schema
 // version with created/updated/deleted, `created` empty, positive integer timestamp), and a sync
 // fails if WatermelonDB logged an error (that is how it reports server bugs it survives).
@@ -257,9 +258,9 @@ before(
     tmp = mkdtempSync(path.join(tmpdir(), 'syncline-wmelon-'))
     configFile = writeConfig(tmp)
     baseUrl = await startServer()
-    for (const user of ['alice', 'bob', 'carol', 'dave', 'erin']) tokens[user] = await mintToken(user)
+    for (const user of ['alice', 'bob', 'carol', 'dave', 'erin', 'frank']) tokens[user] = await mintToken(user)
   },
-  { timeout: STARTUP_TIMEOUT_MS + 6 * (CLI_TIMEOUT_MS + 1_000) },
+  { timeout: STARTUP_TIMEOUT_MS + 7 * (CLI_TIMEOUT_MS + 1_000) },
 )
 
 after(async () => {
@@ -923,4 +924,51 @@ test("10. WatermelonDB's diagnoseSyncConsistency finds every device consistent w
   assert.deepEqual([tasks[0].title, tasks[0].done], ['Order 20 flasks', true])
   assert.deepEqual((await local(a, 'task_tags')).map((t) => t.tag), ['urgent'])
   assert.deepEqual((await local(b, 'projects')).map((p) => p.name).sort(), ['Lab', 'Office'])
+})
+
+test("11. a first pull's raw text is what Turbo Login parses", { timeout: TEST_TIMEOUT_MS }, async () => {
+  // `unsafeTurbo: true` hands the first pull's body, unparsed, to native code (SQLite with JSI only, so not
+  // runnable under Node): native/shared/Database-turboSync.cpp. Its rules: every key of a table other than
+  // `created`, `updated` and `deleted` fails ("bad changeset field"), a non-empty `deleted` fails ("expected
+  // deleted field to be empty"), a record's `id` is read as a string; the top-level keys but `changes` come
+  // back to JavaScript, and synchronize() then needs `timestamp` to be a number above 0
+  // (src/sync/impl/synchronize.js). Checked on a small answer and on one large enough to be streamed.
+  const turboShape = (text, what) => {
+    const body = JSON.parse(text)
+    assert.ok(typeof body.timestamp === 'number' && body.timestamp > 0, `${what}: timestamp ${body.timestamp}`)
+    let records = 0
+    for (const [table, changes] of Object.entries(body.changes)) {
+      assert.deepEqual(Object.keys(changes).sort(), ['created', 'deleted', 'updated'], `${what}: ${table}`)
+      assert.deepEqual(changes.deleted, [], `${what}: ${table}.deleted is not empty`)
+      for (const rec of [...changes.created, ...changes.updated]) {
+        assert.equal(typeof rec.id, 'string', `${what}: ${table} record id`)
+        records += 1
+      }
+    }
+    return records
+  }
+  const before = await fullPull('frank')
+  const first = await api('/v1/sync/pull', tokens.frank, { lastPulledAt: null, schemaVersion: 2, migration: null })
+  assert.equal(turboShape(first.text, 'empty first pull'), 0)
+  assert.ok(before.timestamp > 0)
+
+  // Enough rows for a streamed answer (over 64 KiB), with deletes the first pull must leave out.
+  const n = 1500
+  const projects = Array.from({ length: n }, (_, i) => ({ id: `turbo_p${i}`, name: `Project number ${i} `.repeat(3) }))
+  const t0 = (await fullPull('frank')).timestamp
+  const seed = await api('/v1/sync/push', tokens.frank, {
+    lastPulledAt: t0,
+    changes: { projects: { created: projects, updated: [], deleted: [] } },
+  })
+  assert.equal(seed.status, 200, seed.text)
+  const t1 = (await fullPull('frank')).timestamp
+  const gone = await api('/v1/sync/push', tokens.frank, {
+    lastPulledAt: t1,
+    changes: { projects: { created: [], updated: [], deleted: ['turbo_p0', 'turbo_p1'] } },
+  })
+  assert.equal(gone.status, 200, gone.text)
+  const big = await api('/v1/sync/pull', tokens.frank, { lastPulledAt: null, schemaVersion: 2, migration: null })
+  assert.equal(big.status, 200)
+  assert.ok(big.text.length > 64 * 1024, `test setup: the answer is ${big.text.length} bytes`)
+  assert.equal(turboShape(big.text, 'streamed first pull'), n - 2)
 })
