@@ -64,13 +64,83 @@ macro_rules! serialize_as_derived {
     };
 }
 
+/// Readers of WatermelonDB's numbers: `lastPulledAt` (a `Timestamp`), `schemaVersion` and `migration.from`
+/// are JavaScript numbers (src/sync/index.d.ts: `export type Timestamp = number`), and JSON does not tell
+/// `2` from `2.0`: a client that keeps them as doubles (Kotlin, Java, Python) often writes `2.0` or `2e3`.
+/// A whole number is read in any spelling; a fraction, or a value out of range, is refused.
+mod whole {
+    use serde::de::{self, Deserializer, Visitor};
+    use std::fmt;
+
+    /// Doubles hold every integer up to 2^53 exactly; beyond that `2.0`-style spellings are not whole numbers
+    /// a client could have meant.
+    const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
+
+    struct Whole(i64);
+
+    impl<'de> serde::Deserialize<'de> for Whole {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Whole, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Whole;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a whole number")
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Whole, E> {
+                    Ok(Whole(v))
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Whole, E> {
+                    i64::try_from(v)
+                        .map(Whole)
+                        .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+                }
+                fn visit_f64<E: de::Error>(self, v: f64) -> Result<Whole, E> {
+                    if v.fract() == 0.0 && v.abs() <= MAX_EXACT {
+                        Ok(Whole(v as i64))
+                    } else {
+                        Err(E::invalid_value(de::Unexpected::Float(v), &self))
+                    }
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    pub fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Ok(<Option<Whole> as serde::Deserialize>::deserialize(d)?.map(|w| w.0))
+    }
+
+    fn to_u32<E: de::Error>(v: i64) -> Result<u32, E> {
+        u32::try_from(v).map_err(|_| {
+            E::invalid_value(
+                de::Unexpected::Signed(v),
+                &"a whole number from 0 to 4294967295",
+            )
+        })
+    }
+
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        <Option<Whole> as serde::Deserialize>::deserialize(d)?
+            .map(|w| to_u32(w.0))
+            .transpose()
+    }
+
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        to_u32(<Whole as serde::Deserialize>::deserialize(d)?.0)
+    }
+}
+
 /// `POST /v1/sync/pull` body. The server reads it; the client SDK writes it.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub struct PullRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::opt_i64")]
     pub last_pulled_at: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "whole::opt_u32",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub schema_version: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<Migration>,
@@ -86,6 +156,7 @@ serialize_as_derived!(PullRequest);
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(remote = "Self")]
 pub struct Migration {
+    #[serde(deserialize_with = "whole::u32")]
     pub from: u32,
     #[serde(default)]
     pub tables: Vec<String>,
@@ -139,7 +210,7 @@ impl TableChanges<'_> {
 pub struct PushRequest<'a> {
     #[serde(borrow)]
     pub changes: BTreeMap<String, TableChanges<'a>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::opt_i64")]
     pub last_pulled_at: Option<i64>,
 }
 
@@ -396,6 +467,48 @@ mod tests {
         assert_eq!(push.changes["projects"].created.len(), 1);
         let pulled: PullRequest = serde_json::from_value(serde_json::json!({"limit": 2})).unwrap();
         assert_eq!(pulled.limit, Some(2));
+    }
+
+    #[test]
+    fn watermelon_numbers_are_read_in_any_whole_spelling() {
+        let pull = |body: &str| serde_json::from_str::<PullRequest>(body);
+        let read = pull(r#"{"lastPulledAt":1874.0,"schemaVersion":2.0,"migration":{"from":1e0}}"#)
+            .unwrap();
+        assert_eq!(
+            (read.last_pulled_at, read.schema_version),
+            (Some(1874), Some(2))
+        );
+        assert_eq!(read.migration.unwrap().from, 1);
+        assert_eq!(
+            pull(r#"{"lastPulledAt":1.874e3}"#).unwrap().last_pulled_at,
+            Some(1874)
+        );
+        assert_eq!(
+            pull(r#"{"lastPulledAt":null}"#).unwrap().last_pulled_at,
+            None
+        );
+        assert_eq!(
+            pull(r#"{"lastPulledAt":-1.0}"#).unwrap().last_pulled_at,
+            Some(-1)
+        );
+        let push: PushRequest =
+            serde_json::from_str(r#"{"changes":{},"lastPulledAt":42.0}"#).unwrap();
+        assert_eq!(push.last_pulled_at, Some(42));
+        for bad in [
+            r#"{"lastPulledAt":1.5}"#,
+            r#"{"lastPulledAt":"5"}"#,
+            r#"{"lastPulledAt":1e300}"#,
+            r#"{"lastPulledAt":18446744073709551615}"#,
+            r#"{"schemaVersion":-1}"#,
+            r#"{"schemaVersion":4294967296}"#,
+            r#"{"schemaVersion":2.5}"#,
+            r#"{"migration":{"from":0.5}}"#,
+            r#"{"migration":{"from":null}}"#,
+        ] {
+            let e = pull(bad).unwrap_err();
+            assert!(e.is_data(), "{bad}: {e}");
+            assert!(e.to_string().contains("whole number"), "{bad}: {e}");
+        }
     }
 
     #[test]

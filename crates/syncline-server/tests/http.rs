@@ -280,6 +280,9 @@ async fn bad_input_gets_a_clear_error_and_applies_nothing() {
         ("/v1/sync/pull", r#"{"lastPulledAt": "yesterday"}"#.into(), StatusCode::BAD_REQUEST, "invalid_request"),
         ("/v1/sync/pull", r#"{"lastPulledAt": null, "limit": 0}"#.into(), StatusCode::BAD_REQUEST, "invalid_request"),
         ("/v1/sync/pull", r#"{"lastPulledAt": -5}"#.into(), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/sync/pull", r#"{"lastPulledAt": 1.5}"#.into(), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/sync/pull", r#"{"lastPulledAt": null, "schemaVersion": -1}"#.into(), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/sync/push", r#"{"lastPulledAt": 2.5, "changes": {}}"#.into(), StatusCode::BAD_REQUEST, "invalid_request"),
     ];
     for (path, body, status, code) in cases {
         let (got, err) = s.post(path, Some(&alice), body.clone()).await;
@@ -384,6 +387,48 @@ async fn bulk_is_all_or_nothing_and_counts_per_table() {
         "the task went with its project"
     );
     assert_eq!(body["timestamp"], s.pull("alice", None).await["timestamp"]);
+    s.stop().await;
+}
+
+/// WatermelonDB's `Timestamp` is a JavaScript number (src/sync/index.d.ts), and JSON does not tell `7` from
+/// `7.0`: a client that keeps the cursor as a double sends it back as `7.0`, and means the same cursor.
+#[tokio::test]
+async fn a_cursor_written_as_a_whole_double_is_the_same_cursor() {
+    let s = TestServer::start("").await;
+    let alice = s.token("alice");
+    let (_, first) = s.push("alice", 0, projects(&[("p1", "A")])).await;
+    let t = first["timestamp"].as_i64().unwrap();
+    let (status, _) = s.push("alice", t, projects(&[("p2", "B")])).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, pulled) = s
+        .post(
+            "/v1/sync/pull",
+            Some(&alice),
+            format!(r#"{{"lastPulledAt": {t}.0, "schemaVersion": 1.0, "migration": null}}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{pulled}");
+    assert_eq!(
+        ids(&pulled, "projects"),
+        ["p2"],
+        "only the change after {t}"
+    );
+    assert_eq!(pulled, s.pull("alice", Some(t)).await);
+    // The push's cursor too: p1 has not changed since `t`, p2 has.
+    let push = |name: &str| {
+        format!(
+            r#"{{"lastPulledAt": {t}.0, "changes": {{"projects": {{"updated": [{{"id": "p1", "name": "{name}"}}]}}}}}}"#
+        )
+    };
+    let (status, body) = s.post("/v1/sync/push", Some(&alice), push("A2")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stale =
+        format!(r#"{{"lastPulledAt": {t}.0, "changes": {{"projects": {{"deleted": ["p2"]}}}}}}"#);
+    let (status, body) = s.post("/v1/sync/push", Some(&alice), stale).await;
+    assert_eq!(
+        (status, &body["conflicts"]),
+        (StatusCode::CONFLICT, &json!({"projects": ["p2"]}))
+    );
     s.stop().await;
 }
 
