@@ -19,7 +19,9 @@
 //   9. the client's pushed bookkeeping (`_status`, `_changed`) is never stored nor sent to another device;
 //  10. after conflicts, merges and deletes, WatermelonDB's own backend check (`diagnoseSyncConsistency`) finds
 //      every device equal to the server's full pull, and nothing new to pull;
-//  11. a first pull's raw text, small or streamed, has the shape Turbo Login's native parser takes.
+//  11. a first pull's raw text, small or streamed, has the shape Turbo Login's native parser takes;
+//  12. a push the server applied but whose answer the device never got is sent again after a pull, and
+//      goes through: created records that exist are updated, with no error and no duplicate.
 // Every pull the client makes is also checked against the pull contract (all tables of its schema
 // version with created/updated/deleted, `created` empty, positive integer timestamp), and a sync
 // fails if WatermelonDB logged an error (that is how it reports server bugs it survives).
@@ -375,7 +377,7 @@ function checkPullShape(request, body) {
 
 // One synchronize() run with plain fetch-based pullChanges/pushChanges. Every request/response is
 // recorded on device.http so tests can assert on what the client actually sent and got.
-async function sync(device, { migrationsEnabledAtVersion, beforePush } = {}) {
+async function sync(device, { migrationsEnabledAtVersion, beforePush, afterPush } = {}) {
   const errorsBefore = wmErrors.length
   const token = tokens[device.user]
   const call = async (kind, route, request) => {
@@ -395,7 +397,9 @@ async function sync(device, { migrationsEnabledAtVersion, beforePush } = {}) {
         pullChanges: (params) => call('pull', '/v1/sync/pull', params),
         pushChanges: async (params) => {
           if (beforePush) await beforePush()
-          return call('push', '/v1/sync/push', params)
+          const answer = await call('push', '/v1/sync/push', params)
+          if (afterPush) await afterPush(answer)
+          return answer
         },
       }),
       HTTP_TIMEOUT_MS * 4,
@@ -971,4 +975,34 @@ test("11. a first pull's raw text is what Turbo Login parses", { timeout: TEST_T
   assert.equal(big.status, 200)
   assert.ok(big.text.length > 64 * 1024, `test setup: the answer is ${big.text.length} bytes`)
   assert.equal(turboShape(big.text, 'streamed first pull'), n - 2)
+})
+
+test('12. a push applied on the server whose answer was lost goes through on the next sync', { timeout: TEST_TIMEOUT_MS }, async () => {
+  // docs/Sync/Backend.md, push rule 2: a created record whose id exists MUST be updated, with no error code
+  // ("This happens if previous push succeeded on the backend, but not on frontend"). The next synchronize()
+  // pulls its own records back, then pushes them again (still `created`/`updated` locally).
+  const a = makeDevice('bob-A12', 'bob')
+  const b = makeDevice('bob-B12', 'bob')
+  await sync(a)
+  const yard = await create(a, 'projects', { name: 'Yard' })
+  const rake = await create(a, 'tasks', { title: 'Rake leaves', done: false, project_id: yard.id })
+  const lost = () => {
+    throw new Error('connection reset before the answer arrived')
+  }
+  await assert.rejects(sync(a, { afterPush: lost }), /connection reset/)
+  assert.equal(lastHttp(a, 'push').status, 200, 'test setup: the server applied the push')
+  assert.equal(await unsynced(a), true, 'test setup: the device never marked it as synced')
+  // Edited again while offline; then the lost push is followed by a good sync.
+  await update(a, 'tasks', rake.id, { done: true })
+  await sync(a)
+  const retry = lastHttp(a, 'push')
+  assert.deepEqual(retry.request.changes.projects.created.map((r) => r.id), [yard.id], 'the project is pushed again')
+  assert.equal(retry.status, 200)
+  assert.equal(await unsynced(a), false)
+  await sync(b)
+  assert.deepEqual((await local(b, 'projects')).filter((p) => p.id === yard.id), [{ id: yard.id, name: 'Yard' }])
+  assert.equal((await localOne(b, 'tasks', rake.id)).done, true)
+  const onServer = await fullPull('bob')
+  assert.equal(idsIn(onServer, 'projects').filter((id) => id === yard.id).length, 1)
+  assert.equal(recordIn(onServer, 'tasks', rake.id).done, true)
 })
