@@ -21,7 +21,9 @@
 //      every device equal to the server's full pull, and nothing new to pull;
 //  11. a first pull's raw text, small or streamed, has the shape Turbo Login's native parser takes;
 //  12. a push the server applied but whose answer the device never got is sent again after a pull, and
-//      goes through: created records that exist are updated, with no error and no duplicate.
+//      goes through: created records that exist are updated, with no error and no duplicate;
+//  13. a device whose cursor is older than the collected tombstones gets a replacement pull: it drops the
+//      records deleted elsewhere, keeps and pushes its own unpushed work, and ends consistent.
 // Every pull the client makes is also checked against the pull contract (all tables of its schema
 // version with created/updated/deleted, `created` empty, positive integer timestamp), and a sync
 // fails if WatermelonDB logged an error (that is how it reports server bugs it survives).
@@ -159,6 +161,10 @@ function writeConfig(dir) {
 [server]
 listen = "127.0.0.1:0"
 
+# Tombstones are collected only when an admin asks (test 13, which runs last); then every one is old enough.
+[sync]
+tombstone_retention_days = 0
+
 [storage]
 url = ${JSON.stringify(dbUrl)}
 
@@ -228,12 +234,12 @@ async function stopServer() {
   }
 }
 
-function mintToken(user) {
+function mintToken(user, extra = []) {
   return withTimeout(
     new Promise((resolve, reject) => {
       execFile(
         BIN,
-        ['token', '--config', configFile, '--user', user],
+        ['token', '--config', configFile, '--user', user, ...extra],
         { cwd: tmp, timeout: CLI_TIMEOUT_MS },
         (err, stdout, stderr) => {
           if (err) {
@@ -260,9 +266,10 @@ before(
     tmp = mkdtempSync(path.join(tmpdir(), 'syncline-wmelon-'))
     configFile = writeConfig(tmp)
     baseUrl = await startServer()
-    for (const user of ['alice', 'bob', 'carol', 'dave', 'erin', 'frank']) tokens[user] = await mintToken(user)
+    for (const user of ['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'gina']) tokens[user] = await mintToken(user)
+    tokens.admin = await mintToken('root', ['--admin'])
   },
-  { timeout: STARTUP_TIMEOUT_MS + 7 * (CLI_TIMEOUT_MS + 1_000) },
+  { timeout: STARTUP_TIMEOUT_MS + 9 * (CLI_TIMEOUT_MS + 1_000) },
 )
 
 after(async () => {
@@ -1005,4 +1012,43 @@ test('12. a push applied on the server whose answer was lost goes through on the
   const onServer = await fullPull('bob')
   assert.equal(idsIn(onServer, 'projects').filter((id) => id === yard.id).length, 1)
   assert.equal(recordIn(onServer, 'tasks', rake.id).done, true)
+})
+
+test('13. a replacement pull after collected tombstones drops what is gone and keeps unpushed work', { timeout: TEST_TIMEOUT_MS }, async () => {
+  // docs/protocol.md 4.5; WatermelonDB applies `experimentalStrategy: 'replacement'` (docs/Sync/Frontend.md,
+  // "Replacement Sync"): local records not in the answer are destroyed, except ones `created` locally;
+  // `updated` ones in the answer go through conflict resolution as usual. Runs last: it collects every
+  // user's tombstones.
+  const a = makeDevice('gina-A13', 'gina')
+  const b = makeDevice('gina-B13', 'gina')
+  const p1 = await create(a, 'projects', { name: 'One' })
+  const p2 = await create(a, 'projects', { name: 'Two' })
+  const p3 = await create(a, 'projects', { name: 'Three' })
+  await sync(a)
+  await sync(b)
+  const p4 = await create(b, 'projects', { name: 'Four (offline)' })
+  await update(b, 'projects', p3.id, { name: 'Three (offline)' })
+  await markDeleted(a, 'projects', p1.id)
+  await markDeleted(a, 'projects', p2.id)
+  await sync(a)
+  await new Promise((resolve) => setTimeout(resolve, 20)) // the deletes are now older than the 0-day retention
+  const gc = await api('/v1/admin/gc', tokens.admin, {})
+  assert.equal(gc.status, 200, gc.text)
+  assert.ok(gc.json.tombstonesCollected >= 2, `test setup: collected ${gc.text}`)
+
+  await sync(b)
+  const pull = lastHttp(b, 'pull')
+  assert.equal(pull.response.experimentalStrategy, 'replacement', 'B was not sent a replacement')
+  assert.deepEqual(pull.response.changes.projects.deleted, [])
+  assert.deepEqual(await local(b, 'projects'), [
+    { id: p3.id, name: 'Three (offline)' },
+    { id: p4.id, name: 'Four (offline)' },
+  ].sort((x, y) => x.id.localeCompare(y.id)))
+  assert.equal(lastHttp(b, 'push').status, 200)
+  assert.equal(await unsynced(b), false)
+  await sync(a)
+  assert.deepEqual(await local(a, 'projects'), await local(b, 'projects'))
+  const pullChanges = async (args) => (await rawPull('gina', args)).changes
+  const diagnosis = await diagnoseSyncConsistency({ db: b.db, synchronize: () => sync(b), pullChanges })
+  assert.equal(diagnosis.issueCount, 0, diagnosis.log)
 })
