@@ -23,7 +23,9 @@
 //  12. a push the server applied but whose answer the device never got is sent again after a pull, and
 //      goes through: created records that exist are updated, with no error and no duplicate;
 //  13. a device whose cursor is older than the collected tombstones gets a replacement pull: it drops the
-//      records deleted elsewhere, keeps and pushes its own unpushed work, and ends consistent.
+//      records deleted elsewhere, keeps and pushes its own unpushed work, and ends consistent;
+//  14. a device holding a cursor the server never reached (the server was restored from an older backup)
+//      gets a replacement whose timestamp does not go back below its cursor, so WatermelonDB logs no error.
 // Every pull the client makes is also checked against the pull contract (all tables of its schema
 // version with created/updated/deleted, `created` empty, positive integer timestamp), and a sync
 // fails if WatermelonDB logged an error (that is how it reports server bugs it survives).
@@ -266,10 +268,10 @@ before(
     tmp = mkdtempSync(path.join(tmpdir(), 'syncline-wmelon-'))
     configFile = writeConfig(tmp)
     baseUrl = await startServer()
-    for (const user of ['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'gina']) tokens[user] = await mintToken(user)
+    for (const user of ['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'gina', 'hank']) tokens[user] = await mintToken(user)
     tokens.admin = await mintToken('root', ['--admin'])
   },
-  { timeout: STARTUP_TIMEOUT_MS + 9 * (CLI_TIMEOUT_MS + 1_000) },
+  { timeout: STARTUP_TIMEOUT_MS + 10 * (CLI_TIMEOUT_MS + 1_000) },
 )
 
 after(async () => {
@@ -1051,4 +1053,33 @@ test('13. a replacement pull after collected tombstones drops what is gone and k
   const pullChanges = async (args) => (await rawPull('gina', args)).changes
   const diagnosis = await diagnoseSyncConsistency({ db: b.db, synchronize: () => sync(b), pullChanges })
   assert.equal(diagnosis.issueCount, 0, diagnosis.log)
+})
+
+test('14. a cursor from a server restored from an older backup: replacement, and time never goes backwards', { timeout: TEST_TIMEOUT_MS }, async () => {
+  // setLastPulledAt (src/sync/impl/index.js) logs "[Sync] Pull has finished and received server time ... but
+  // previous pulled-at time was greater ... This is most likely server bug" when a pull's timestamp is below
+  // the device's cursor; sync() fails on any such logged error.
+  const a = makeDevice('hank-A14', 'hank')
+  const b = makeDevice('hank-B14', 'hank')
+  const kept = await create(a, 'projects', { name: 'Kept' })
+  await sync(a)
+  await sync(b)
+  // The device last pulled from a server state that is gone: its cursor is ahead of the server's.
+  const ahead = (await fullPull('hank')).timestamp + 100_000
+  await a.db.adapter.setLocal('__watermelon_last_pulled_at', String(ahead))
+  const offline = await create(a, 'projects', { name: 'Made offline' })
+  await sync(a)
+  const pull = lastHttp(a, 'pull')
+  assert.equal(pull.request.lastPulledAt, ahead, 'test setup: the client sent its cursor')
+  assert.equal(pull.response.experimentalStrategy, 'replacement')
+  assert.ok(pull.response.timestamp >= ahead, `timestamp ${pull.response.timestamp} went below ${ahead}`)
+  assert.equal(lastHttp(a, 'push').status, 200)
+  assert.deepEqual((await localIds(a, 'projects')).sort(), [kept.id, offline.id].sort())
+  // Later changes land above the cursor: the next incremental pulls see them, on both devices.
+  await update(b, 'projects', kept.id, { name: 'Kept and renamed' })
+  await sync(b)
+  await sync(a)
+  assert.equal(lastHttp(a, 'pull').response.experimentalStrategy, undefined)
+  assert.equal((await localOne(a, 'projects', kept.id)).name, 'Kept and renamed')
+  assert.deepEqual(await local(b, 'projects'), await local(a, 'projects'))
 })

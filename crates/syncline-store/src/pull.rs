@@ -29,7 +29,7 @@ pub(crate) struct PullPlan {
     /// with the replacement strategy.
     pub replacement: bool,
     /// The cursor is newer than the user's counter (the database was restored from an older backup): the
-    /// backend moves the counter past the cursor once the pull is done.
+    /// counter is moved up to the cursor first, and the pull is then answered as a replacement.
     pub ahead: bool,
     /// Page size, when the pull is paged (never for migration and replacement pulls).
     pub limit: Option<usize>,
@@ -37,10 +37,11 @@ pub(crate) struct PullPlan {
 
 impl PullPlan {
     /// The plan for `request`, given the user's tombstone horizon and change counter in the pull's snapshot.
-    pub fn new(request: &PullRequest, horizon: i64, counter: i64) -> PullPlan {
+    /// `raised`: the counter was just moved up to the cursor, which was ahead of it; answer with a replacement.
+    pub fn new(request: &PullRequest, horizon: i64, counter: i64, raised: bool) -> PullPlan {
         let cursor = request.last_pulled_at.unwrap_or(0).max(0);
         let ahead = cursor > counter;
-        let replacement = cursor > 0 && (cursor < horizon || ahead);
+        let replacement = cursor > 0 && (cursor < horizon || ahead || raised);
         let first = cursor == 0 || replacement;
         let limit = request
             .limit
@@ -199,9 +200,9 @@ pub(crate) trait PullSource {
         read: &mut dyn FnMut(&mut dyn PullTx) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
 
-    /// Moves the user's counter to at least `cursor`, after a pull from a cursor the database had not
-    /// reached (it was restored from a backup older than the cursor): no later change may get a sequence at
-    /// or below a cursor some device still holds.
+    /// Moves the user's counter to at least `cursor`, before answering a pull from a cursor the database had
+    /// not reached (it was restored from a backup older than the cursor): no later change may get a sequence
+    /// at or below a cursor some device still holds.
     fn raise_counter(&self, user: &str, cursor: i64) -> Result<(), StoreError>;
 }
 
@@ -220,19 +221,54 @@ pub(crate) fn pull(
         .filter(|t| t.visible_at(request.schema_version))
         .map(|t| (t, tids[&t.name]))
         .collect();
+    if let Pass::Done(stats) = pull_once(source, &tables, user, request, false, sink)? {
+        return Ok(stats);
+    }
+    // The cursor is ahead of the user's counter (a restore from an older backup): move the counter up to it,
+    // then answer from a new snapshot, whose `timestamp` is then at or above the device's cursor. WatermelonDB
+    // logs a "server bug" when a pull's timestamp is below the one before (setLastPulledAt,
+    // src/sync/impl/index.js). Every later change gets a number above the cursor.
+    source.raise_counter(user, request.last_pulled_at.unwrap_or(0))?;
+    match pull_once(source, &tables, user, request, true, sink)? {
+        Pass::Done(stats) => Ok(stats),
+        // Not reached: a pass after the raise always answers.
+        Pass::Ahead => Err(StoreError::Aborted),
+    }
+}
+
+/// What one pass of [`pull`] did.
+enum Pass {
+    Done(PullStats),
+    /// Nothing was written: the cursor is ahead of the user's counter, which was not raised yet.
+    Ahead,
+}
+
+/// One pass of [`pull`], in one snapshot.
+fn pull_once(
+    source: &impl PullSource,
+    tables: &[(&Table, i64)],
+    user: &str,
+    request: &PullRequest,
+    raised: bool,
+    sink: &mut dyn PullSink,
+) -> Result<Pass, StoreError> {
     let mut done = None;
     source.snapshot(&mut |tx| {
         let who = tx.user(user)?;
-        let plan = PullPlan::new(request, who.horizon, who.counter);
+        let plan = PullPlan::new(request, who.horizon, who.counter, raised);
+        if plan.ahead && !raised {
+            done = Some(Pass::Ahead);
+            return Ok(());
+        }
         let mut out = Output::new(&mut *sink, plan.replacement);
         match plan.limit {
             Some(limit) => {
-                let more = write_page(tx, who.uid, &tables, plan, limit, &mut out)?;
+                let more = write_page(tx, who.uid, tables, plan, limit, &mut out)?;
                 out.writer
                     .finish(more.unwrap_or(who.counter), Some(more.is_some()), false);
             }
             None => {
-                for &(table, tid) in &tables {
+                for &(table, tid) in tables {
                     let range = Range {
                         uid: who.uid,
                         tid,
@@ -252,14 +288,10 @@ pub(crate) fn pull(
             }
         }
         out.sink.finish(out.writer.take_last())?;
-        done = Some((out.stats, plan.ahead));
+        done = Some(Pass::Done(out.stats));
         Ok(())
     })?;
-    let (stats, ahead) = done.ok_or(StoreError::Aborted)?;
-    if ahead {
-        source.raise_counter(user, request.last_pulled_at.unwrap_or(0))?;
-    }
-    Ok(stats)
+    done.ok_or(StoreError::Aborted)
 }
 
 /// Writes one table: the live rows `read` asks for, then (when `tombstones`) the ids deleted in its range.
