@@ -28,7 +28,7 @@ pub enum CoreError {
         "id {id:?} in table `{table}` is not a safe id: use 1-64 characters from [A-Za-z0-9_.-]"
     )]
     InvalidId { table: String, id: String },
-    #[error("lastPulledAt must be null or a sequence of 0 or more, got {0}")]
+    #[error("lastPulledAt must be null or a sequence from 0 to {max}, got {0}", max = crate::MAX_CURSOR)]
     InvalidCursor(i64),
     #[error("{} invalid row(s); nothing was applied", .0.len())]
     InvalidRows(Vec<crate::RowFailure>),

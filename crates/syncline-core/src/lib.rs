@@ -34,7 +34,7 @@ pub use schema::{
 };
 pub use value::MAX_DEPTH;
 pub use wire::{
-    BulkCounts, BulkRequest, ErrorBody, Migration, MigrationColumns, PullRequest, PullResponse,
-    PullWriter, PushOutcome, PushRequest, PushResponse, RejectedRecord, RejectedRow, TableChanges,
-    TableCounts,
+    BulkCounts, BulkRequest, ErrorBody, MAX_CURSOR, Migration, MigrationColumns, PullRequest,
+    PullResponse, PullWriter, PushOutcome, PushRequest, PushResponse, RejectedRecord, RejectedRow,
+    TableChanges, TableCounts,
 };

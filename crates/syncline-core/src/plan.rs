@@ -77,14 +77,17 @@ pub struct RowFailure {
     pub message: String,
 }
 
-/// Plans a WatermelonDB push. Invalid records are returned as rejections and left out; a negative
-/// `lastPulledAt`, an unknown table with records in it or an unsafe id fails the whole request.
+/// Plans a WatermelonDB push. Invalid records are returned as rejections and left out; a `lastPulledAt` below
+/// 0 or above [`crate::MAX_CURSOR`], an unknown table with records in it or an unsafe id fails the whole request.
 pub fn plan_push<'a>(
     schema: &Schema,
     request: &'a PushRequest<'a>,
     owner: &str,
 ) -> Result<(WriteBatch<'a>, Vec<RejectedRecord>), CoreError> {
-    if let Some(cursor) = request.last_pulled_at.filter(|c| *c < 0) {
+    if let Some(cursor) = request
+        .last_pulled_at
+        .filter(|c| !(0..=crate::MAX_CURSOR).contains(c))
+    {
         return Err(CoreError::InvalidCursor(cursor));
     }
     for (name, changes) in &request.changes {
@@ -381,6 +384,15 @@ mod tests {
             plan_push(&schema(), &request, "a").unwrap_err(),
             CoreError::InvalidCursor(-1)
         );
+        let huge = format!(r#"{{"lastPulledAt":{},"changes":{{}}}}"#, i64::MAX);
+        let request: PushRequest = serde_json::from_str(&huge).unwrap();
+        assert_eq!(
+            plan_push(&schema(), &request, "a").unwrap_err(),
+            CoreError::InvalidCursor(i64::MAX)
+        );
+        let largest = format!(r#"{{"lastPulledAt":{},"changes":{{}}}}"#, crate::MAX_CURSOR);
+        let request: PushRequest = serde_json::from_str(&largest).unwrap();
+        assert!(plan_push(&schema(), &request, "a").is_ok());
     }
 
     #[test]

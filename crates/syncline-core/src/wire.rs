@@ -130,6 +130,13 @@ mod whole {
     }
 }
 
+/// The largest `lastPulledAt` a pull or push may carry: 2^52. The change sequence stays far below it, so a
+/// larger cursor never came from this server; and a pull from a cursor ahead of the counter moves the counter
+/// up to it (a restore from an older backup), so a larger one would bring every later `timestamp` near 2^53,
+/// past which JavaScript (WatermelonDB's `Timestamp` is a number) no longer holds integers exactly, and
+/// eventually past `i64`. On SQLite the counter is shared by every user.
+pub const MAX_CURSOR: i64 = 1 << 52;
+
 /// `POST /v1/sync/pull` body. The server reads it; the client SDK writes it.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(remote = "Self", rename_all = "camelCase")]

@@ -614,10 +614,17 @@ async fn pull(
         )
         .with("maxLimit", json!(max)));
     }
-    if request.last_pulled_at.is_some_and(|t| t < 0) {
+    // A cursor ahead of the user's counter moves the counter up to it: see `syncline_core::MAX_CURSOR`.
+    if request
+        .last_pulled_at
+        .is_some_and(|t| !(0..=syncline_core::MAX_CURSOR).contains(&t))
+    {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
-            "lastPulledAt must be null or a positive sequence",
+            format!(
+                "lastPulledAt must be null or a sequence from 0 to {}",
+                syncline_core::MAX_CURSOR
+            ),
         ));
     }
     let max = state.config.server.max_pulls_per_user;

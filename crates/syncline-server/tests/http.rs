@@ -283,6 +283,9 @@ async fn bad_input_gets_a_clear_error_and_applies_nothing() {
         ("/v1/sync/pull", r#"{"lastPulledAt": 1.5}"#.into(), StatusCode::BAD_REQUEST, "invalid_request"),
         ("/v1/sync/pull", r#"{"lastPulledAt": null, "schemaVersion": -1}"#.into(), StatusCode::BAD_REQUEST, "invalid_request"),
         ("/v1/sync/push", r#"{"lastPulledAt": 2.5, "changes": {}}"#.into(), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/sync/pull", format!(r#"{{"lastPulledAt": {}}}"#, i64::MAX), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/sync/pull", r#"{"lastPulledAt": 4503599627370497}"#.into(), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/sync/push", format!(r#"{{"lastPulledAt": {}, "changes": {{}}}}"#, i64::MAX), StatusCode::BAD_REQUEST, "invalid_request"),
     ];
     for (path, body, status, code) in cases {
         let (got, err) = s.post(path, Some(&alice), body.clone()).await;
@@ -312,6 +315,16 @@ async fn bad_input_gets_a_clear_error_and_applies_nothing() {
         Vec::<String>::new(),
         "nothing was half-applied"
     );
+    // The refused cursors moved nothing: another user (the SQLite counter is shared) still writes, with
+    // timestamps JavaScript holds exactly. The largest cursor allowed is answered, and raises the counter.
+    let (status, body) = s.push("bob", 0, projects(&[("b1", "B")])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["timestamp"].as_i64().unwrap() < 1_000, "{body}");
+    let top = s.pull("alice", Some(syncline_core::MAX_CURSOR)).await;
+    assert_eq!(top["experimentalStrategy"], "replacement");
+    let (status, body) = s.push("bob", 0, projects(&[("b2", "B")])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["timestamp"].as_i64().unwrap() < (1 << 53), "{body}");
     s.stop().await;
 }
 
