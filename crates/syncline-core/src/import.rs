@@ -391,7 +391,11 @@ impl ImportState {
         }
         self.rate_limit_hit_at = None;
         self.rate_limit_reset_at = None;
-        self.progress = progress(self.processed, self.total_estimated, false);
+        // A total that grows mid-walk (a track saved meanwhile) lowers the ratio; what is shown never
+        // goes back within a walk.
+        self.progress = self
+            .progress
+            .max(progress(self.processed, self.total_estimated, false));
         self.updated_at = Some(now_ms);
     }
 
@@ -644,6 +648,28 @@ mod tests {
         assert_eq!(s.status, ImportStatus::None);
         assert_eq!((s.checkpoint, s.processed), (None, 0));
         assert_eq!(s.generation, before + 1);
+    }
+
+    #[test]
+    fn progress_never_goes_back_within_a_walk_and_reaches_100_only_at_the_end() {
+        let mut s = state();
+        s.start(1);
+        s.batch_applied(50, Some(100), Some("50".into()), None, 2);
+        assert_eq!(s.progress, 50);
+        // The source's total grew (something was added meanwhile): 100 of 400 would be 25%.
+        s.batch_applied(50, Some(400), Some("100".into()), None, 3);
+        assert_eq!(s.progress, 50);
+        s.batch_applied(250, Some(400), Some("350".into()), None, 4);
+        assert_eq!(s.progress, 87);
+        s.rate_limited(10, Some(0), 5);
+        assert_eq!(s.progress, 87);
+        s.batch_applied(60, Some(400), Some("410".into()), None, 6);
+        assert_eq!(s.progress, 99, "more than the total, not complete: 99");
+        s.completed(7);
+        assert_eq!(s.progress, 100);
+        // A new walk starts from 0 again.
+        s.start(8);
+        assert_eq!(s.progress, 0);
     }
 
     #[test]

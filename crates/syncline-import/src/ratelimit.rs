@@ -15,6 +15,10 @@
 //!
 //! A 429 is always a rate limit. A 403 is one only when it says so: `X-RateLimit-Remaining: 0` (GitHub's
 //! primary limit) or a `Retry-After` (GitHub's secondary limit); any other 403 is a refusal, not a limit.
+//! A 503 with a usable `Retry-After` is waited out the same way: RFC 9110 §10.2.3 says that, sent with a
+//! 503, it tells "how long the service is expected to be unavailable to the client", so asking again
+//! sooner (the quick retries of a transient failure) only fails again. A 503 without one stays a transient
+//! failure.
 
 use reqwest::header::HeaderMap;
 
@@ -31,6 +35,7 @@ pub(crate) fn rate_limit_of(status: u16, headers: &HeaderMap) -> Option<RateLimi
     let limited = match status {
         429 => true,
         403 => text("x-ratelimit-remaining") == Some("0") || text("retry-after").is_some(),
+        503 => return text("retry-after").and_then(seconds_or_date),
         _ => false,
     };
     if !limited {
@@ -163,7 +168,7 @@ mod tests {
     }
 
     #[test]
-    fn a_403_is_a_rate_limit_only_when_it_says_so() {
+    fn a_403_or_a_503_is_a_rate_limit_only_when_it_says_so() {
         check(
             403,
             &[
@@ -176,6 +181,16 @@ mod tests {
         check(403, &[("x-ratelimit-remaining", "12")], None);
         check(403, &[], None);
         check(401, &[("retry-after", "5")], None);
+        // RFC 9110 §10.2.3: a 503's Retry-After says how long the service will be unavailable.
+        check(503, &[("retry-after", "120")], after(120_000));
+        check(
+            503,
+            &[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")],
+            at(784_111_777_000),
+        );
+        check(503, &[], None);
+        check(503, &[("retry-after", "soon")], None);
+        check(500, &[("retry-after", "5")], None);
         check(200, &[("x-ratelimit-remaining", "0")], None);
     }
 

@@ -68,7 +68,8 @@ pub(crate) fn http_client() -> reqwest::Client {
         .expect("an HTTP client with the default TLS settings builds")
 }
 
-/// The parsed body of a successful GET, the `X-RateLimit-Remaining` it came with, and its `Link` header.
+/// The parsed body of a successful GET, the `X-RateLimit-Remaining` it came with, and its `Link` field
+/// (every field line, joined).
 pub(crate) struct Fetched {
     pub body: Value,
     pub remaining: Option<u64>,
@@ -92,11 +93,15 @@ pub(crate) async fn get_json(
     })?;
     let status = response.status();
     let remaining = header_u64(response.headers(), "x-ratelimit-remaining");
-    let link = response
+    // A `Link` field may come as several field lines, one link each: they are one comma-separated list
+    // (RFC 9110 §5.3, RFC 8288 §3), so `rel="next"` may be on any of them.
+    let links: Vec<&str> = response
         .headers()
-        .get(reqwest::header::LINK)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let link = (!links.is_empty()).then(|| links.join(", "));
     if let Some(limit) = crate::ratelimit::rate_limit_of(status.as_u16(), response.headers()) {
         return Err(SourceError::RateLimited(limit));
     }

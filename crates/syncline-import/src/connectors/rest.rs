@@ -7,12 +7,15 @@
 //! import status), and put back only when the request is made.
 //!
 //! A walk ends at an empty page, when `total` says every record was seen, or when the API gives no next
-//! cursor or url. A next url (from the body or the `Link` header) is followed only on the origin of
+//! cursor or url. It fails (`upstream_failed`), instead of going round forever, when the API answers the
+//! same cursor or next url again, or the same records for the next page as for the page before: an API
+//! that ignores the paging parameter, or a stream configured with a name the API does not take. A next url (from the body or the `Link` header) is followed only on the origin of
 //! `base_url`: the credential is never sent anywhere else.
 //!
 //! Streams run in the order of their names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
 use reqwest::Url;
@@ -33,6 +36,9 @@ pub(crate) struct Rest {
     origin: Option<String>,
     config: Option<RestConfig>,
     names: &'static [&'static str],
+    /// Per credential fingerprint and stream: the checkpoint the last page gave and a digest of its
+    /// records, so a next page that repeats it is caught.
+    last_pages: Mutex<HashMap<(u64, String), (String, u64)>>,
 }
 
 impl Rest {
@@ -45,6 +51,7 @@ impl Rest {
             origin,
             config: Some(config),
             names,
+            last_pages: Mutex::new(HashMap::new()),
         }
     }
 
@@ -55,6 +62,7 @@ impl Rest {
             origin: None,
             config: None,
             names: &[],
+            last_pages: Mutex::new(HashMap::new()),
         }
     }
 
@@ -149,17 +157,52 @@ impl Rest {
                 total,
             )?
         };
+        let next = next.map(|n| redact(credential, &n));
+        self.no_repeat(credential, &req, items, next.as_deref())?;
         let newest = match (&stream.newest_first_by, req.checkpoint) {
             (Some(by), None) => items.first().and_then(|i| by.get(i)).and_then(mark_text),
             _ => None,
         };
         Ok(Page {
             records,
-            next: next.map(|n| redact(credential, &n)),
+            next,
             total,
             newest,
             remaining: fetched.remaining,
         })
+    }
+
+    /// Fails when this page's records are those of the page before it in this walk (the page whose next
+    /// checkpoint this one was fetched at); otherwise remembers this page for the next one.
+    fn no_repeat(
+        &self,
+        credential: &Credential,
+        req: &PageRequest<'_>,
+        items: &[Value],
+        next: Option<&str>,
+    ) -> Result<(), SourceError> {
+        let key = (credential.fingerprint(), req.stream.to_string());
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        Value::Array(items.to_vec()).to_string().hash(&mut hasher);
+        let digest = hasher.finish();
+        let mut last = self.last_pages.lock().unwrap_or_else(|e| e.into_inner());
+        let repeated = match (req.checkpoint, last.get(&key)) {
+            (Some(at), Some((given, previous))) => at == given && *previous == digest,
+            _ => false,
+        };
+        if repeated && !items.is_empty() {
+            last.remove(&key);
+            return Err(SourceError::Permanent(format!(
+                "the API answered the same records for the next page of `{}` as for the page before: it \
+                 ignores the paging parameter (check the stream's `pagination`)",
+                req.stream
+            )));
+        }
+        match next {
+            Some(next) => last.insert(key, (next.to_string(), digest)),
+            None => last.remove(&key),
+        };
+        Ok(())
     }
 
     /// The url of the page at `checkpoint` (the first page when `None`).

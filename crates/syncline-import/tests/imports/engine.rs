@@ -416,6 +416,92 @@ async fn a_rate_limit_holds_until_its_reset_time_and_the_runner_resumes_by_itsel
     assert_eq!(h.rows("spotify_tracks"), 400);
 }
 
+/// A 429 on the fourth page of a walk (Spotify's rate limit: `429` with `Retry-After` in seconds,
+/// developer.spotify.com/documentation/web-api/concepts/rate-limits), and a 503 with `Retry-After` on the
+/// sixth (RFC 9110 §10.2.3): each time the stream waits until the reset with the pages before it kept, then
+/// goes on from its checkpoint, and its progress never goes back and reaches 100 only at the end.
+#[tokio::test]
+async fn a_rate_limit_mid_walk_resumes_from_the_checkpoint_and_progress_never_goes_back() {
+    let fake = FakeSpotify::start(TOKEN, 400, 0, 0, 0).await;
+    let h = harness(Some(&fake), None, "").await;
+    let mut progress = Vec::new();
+    for (pages, status) in [(3u64, 429u16), (1, 503)] {
+        // The request after `pages` more pages waits, and then gets the limit.
+        let answered = fake.control.requests() + pages;
+        fake.control.hold_after(answered);
+        let importer = h.importer.clone();
+        let first = status == 429;
+        let walk = tokio::spawn(async move {
+            if first {
+                importer.start(USER, "spotify").await.unwrap();
+            } else {
+                importer.step(USER, "spotify").await.unwrap();
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while fake.control.requests() <= answered {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the walk reaches the held page");
+        fake.control.answer_next(
+            status,
+            &[("retry-after", "1")],
+            json!({"error": {"status": status, "message": "API rate limit exceeded"}}),
+        );
+        fake.control.release();
+        walk.await.unwrap();
+        let limited = h
+            .state("spotify", "saved_tracks", ImportPhase::Initial)
+            .await;
+        let kept = if first { 150 } else { 200 };
+        assert_eq!(limited.status, ImportStatus::RateLimited, "{limited:?}");
+        assert_eq!(
+            (limited.checkpoint.clone(), limited.processed),
+            (Some(kept.to_string()), kept),
+            "{limited:?}"
+        );
+        assert_eq!(h.rows("spotify_tracks"), kept);
+        let wait = limited.rate_limit_reset_at.unwrap() - limited.rate_limit_hit_at.unwrap();
+        assert_eq!(wait, 1_000, "Retry-After: 1");
+        progress.push(limited.progress);
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+    }
+    for _ in 0..10 {
+        if !h.importer.step(USER, "spotify").await.unwrap().more {
+            break;
+        }
+    }
+    let done = h
+        .state("spotify", "saved_tracks", ImportPhase::Initial)
+        .await;
+    assert_eq!((done.status, done.processed), (ImportStatus::Success, 400));
+    progress.push(done.progress);
+    assert_eq!(progress, [37, 50, 100]);
+    assert_eq!(h.rows("spotify_tracks"), 400);
+    // Each page was asked once, and the limited ones once more: never from the start again.
+    let offsets: Vec<String> = fake
+        .control
+        .log()
+        .iter()
+        .filter(|r| r.starts_with("/v1/me/tracks"))
+        .filter_map(|r| {
+            r.split("offset=")
+                .nth(1)
+                .map(|o| o.split('&').next().unwrap_or("").to_string())
+        })
+        .collect();
+    assert_eq!(
+        offsets,
+        [
+            "0", "50", "100", "150", "150", "200", "200", "250", "300", "350"
+        ],
+        "{:#?}",
+        fake.control.log()
+    );
+}
+
 #[tokio::test]
 async fn an_expired_credential_is_a_clear_auth_expired_error_without_the_credential() {
     let fake = FakeSpotify::start(TOKEN, 100, 0, 0, 0).await;

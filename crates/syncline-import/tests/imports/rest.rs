@@ -149,6 +149,54 @@ async fn relative_next_urls_are_followed_on_the_base_origin() {
     }
 }
 
+/// RFC 9110 §5.3: a field sent as several field lines means their comma-joined list, and the `Link` field
+/// (RFC 8288 §3) is a list; `rel="next"` may come on any line, here the last of three.
+#[tokio::test]
+async fn a_link_field_sent_as_several_lines_still_gives_the_next_page() {
+    let fake = FakeRest::start(REST_TOKEN, 120).await;
+    fake.set_separate_link_lines(true);
+    let h = harness(
+        "",
+        &rest_source(&fake, "", LINK_HEADER),
+        &[("api", rest_credential())],
+    )
+    .await;
+    assert_complete(&h.import("api", 10).await);
+    assert_eq!(h.rows("rest_items"), 120);
+    assert_eq!(fake.control.requests(), 3, "{:#?}", fake.control.log());
+}
+
+/// A stream configured with a paging parameter the API does not take (`skip`; the fake's is `offset`) gets
+/// the first page for every offset, and, without a total, no empty page ever ends the walk: the repeat
+/// fails the stream instead of walking it forever.
+#[tokio::test]
+async fn an_api_that_answers_the_same_page_again_fails_the_walk_instead_of_looping() {
+    let fake = FakeRest::start(REST_TOKEN, 120).await;
+    let stream = OFFSET.replace(
+        "style = \"offset\",",
+        "style = \"offset\", offset_param = \"skip\",",
+    );
+    let h = harness(
+        "",
+        &rest_source(&fake, "", &stream),
+        &[("api", rest_credential())],
+    )
+    .await;
+    let states = h.import("api", 10).await;
+    let s = &states[0];
+    assert_eq!(
+        (s.status, s.error_code.map(|c| c.as_str())),
+        (ImportStatus::Error, Some("upstream_failed")),
+        "{s:?}"
+    );
+    assert!(
+        s.error.as_deref().unwrap().contains("same records"),
+        "{s:?}"
+    );
+    assert_eq!(fake.control.requests(), 2, "{:#?}", fake.control.log());
+    assert_eq!(h.rows("rest_items"), 50, "the first page is kept");
+}
+
 #[tokio::test]
 async fn a_next_url_on_another_origin_is_never_followed() {
     for stream in [NEXT_URL, LINK_HEADER] {

@@ -81,6 +81,14 @@ async fn every_rate_limit_signal_holds_the_stream_until_the_reset_it_names() {
             reset_in_ms: 30_000,
             slack: 2_000,
         },
+        // RFC 9110 §10.2.3: with a 503, Retry-After is how long the service will be unavailable.
+        Case {
+            what: "503 with Retry-After",
+            status: 503,
+            headers: || vec![("retry-after", "25".into())],
+            reset_in_ms: 25_000,
+            slack: 0,
+        },
         Case {
             what: "429 without a signal",
             status: 429,

@@ -65,6 +65,8 @@ struct Links {
     relative: bool,
     /// Next urls point at this origin instead of the fake's own.
     elsewhere: Option<String>,
+    /// `Link` goes out as one field line per link (`next` last) instead of one comma-separated line.
+    separate_link_lines: bool,
 }
 
 #[derive(Debug)]
@@ -122,6 +124,13 @@ impl FakeRest {
     /// Next urls (in bodies and `Link` headers) become relative (`/next/items?…`).
     pub fn set_relative_links(&self, relative: bool) {
         self.shared.links.lock().unwrap().relative = relative;
+    }
+
+    /// `/link/items` sends one `Link` field line per link, `rel="next"` on the last one. RFC 9110 §5.3 lets
+    /// a field come as several lines that mean their comma-joined list, and RFC 8288 §3 (the `Link` field)
+    /// is such a list: a server may send `Link: <…>; rel="first"` and `Link: <…>; rel="next"` apart.
+    pub fn set_separate_link_lines(&self, separate: bool) {
+        self.shared.links.lock().unwrap().separate_link_lines = separate;
     }
 
     /// Next urls point at `origin` (e.g. another fake's base url) instead of this fake.
@@ -281,12 +290,25 @@ async fn rest_link(
     if page > 1 {
         links.insert(0, format!("<{}>; rel=\"prev\"", url(page - 1)));
     }
+    let separate = s.links.lock().unwrap().separate_link_lines;
     if end < items.len() {
-        links.insert(0, format!("<{}>; rel=\"next\"", url(page + 1)));
+        let next = format!("<{}>; rel=\"next\"", url(page + 1));
+        if separate {
+            links.push(next);
+        } else {
+            links.insert(0, next);
+        }
     }
     let mut response = axum::Json(Value::Array(list.to_vec())).into_response();
-    if let Ok(v) = HeaderValue::from_str(&links.join(", ")) {
-        response.headers_mut().insert("link", v);
+    let lines = if separate {
+        links
+    } else {
+        vec![links.join(", ")]
+    };
+    for line in lines {
+        if let Ok(v) = HeaderValue::from_str(&line) {
+            response.headers_mut().append("link", v);
+        }
     }
     response
 }
