@@ -41,12 +41,30 @@ pub(crate) fn rate_limit_of(status: u16, headers: &HeaderMap) -> Option<RateLimi
     if !limited {
         return None;
     }
-    let signal = text("retry-after")
+    Some(reset_of(headers).unwrap_or(RateLimit::Unsignalled))
+}
+
+/// For a successful answer that spent the window's last request (`X-RateLimit-Remaining: 0`, or the IETF
+/// draft's `RateLimit-Remaining: 0`): when the window resets, if the answer says. GitHub's documentation
+/// asks not to make requests until then (docs.github.com/rest/using-the-rest-api/best-practices-for-using-
+/// the-rest-api, "Handle rate limit errors appropriately"): the next one would only be refused.
+pub(crate) fn window_spent(headers: &HeaderMap) -> Option<RateLimit> {
+    let text = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+    let spent = [text("x-ratelimit-remaining"), text("ratelimit-remaining")]
+        .into_iter()
+        .flatten()
+        .any(|v| v == "0");
+    spent.then(|| reset_of(headers)).flatten()
+}
+
+/// The reset the headers name, by the order of trust above.
+fn reset_of(headers: &HeaderMap) -> Option<RateLimit> {
+    let text = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+    text("retry-after")
         .and_then(seconds_or_date)
         .or_else(|| text("x-ratelimit-next-available").and_then(epoch_or_date))
         .or_else(|| text("x-ratelimit-reset").and_then(epoch_or_delta))
-        .or_else(|| text("ratelimit-reset").and_then(delta));
-    Some(signal.unwrap_or(RateLimit::Unsignalled))
+        .or_else(|| text("ratelimit-reset").and_then(delta))
 }
 
 /// The wait after a rate limit without a signal: [`FIRST_BACKOFF_MS`], then twice the previous wait (when
@@ -192,6 +210,39 @@ mod tests {
         check(503, &[("retry-after", "soon")], None);
         check(500, &[("retry-after", "5")], None);
         check(200, &[("x-ratelimit-remaining", "0")], None);
+    }
+
+    #[test]
+    fn a_spent_window_names_its_reset() {
+        let map = |headers: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.insert(*name, HeaderValue::from_static(value));
+            }
+            map
+        };
+        assert_eq!(
+            window_spent(&map(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1767225600")
+            ])),
+            at(1_767_225_600_000)
+        );
+        assert_eq!(
+            window_spent(&map(&[
+                ("ratelimit-remaining", "0"),
+                ("ratelimit-reset", "9")
+            ])),
+            after(9_000)
+        );
+        assert_eq!(
+            window_spent(&map(&[
+                ("x-ratelimit-remaining", "1"),
+                ("x-ratelimit-reset", "1767225600")
+            ])),
+            None
+        );
+        assert_eq!(window_spent(&map(&[("x-ratelimit-remaining", "0")])), None);
     }
 
     #[test]

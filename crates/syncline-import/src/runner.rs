@@ -915,6 +915,12 @@ impl Importer {
             next.rate_limit_remaining = page.remaining;
             if complete {
                 next.completed(now);
+            } else if let Some(limit) = page.window_spent {
+                // The window's last request is spent: wait for its reset rather than be refused.
+                let reset = reset_at(limit, &next, now);
+                if reset > now {
+                    next.rate_limited(reset, Some(0), now);
+                }
             }
             let rows = rows_for(&self.schema, table, page.records);
             match self.write(user, table, rows, next.clone(), now).await? {
@@ -923,6 +929,11 @@ impl Importer {
                     report.batches += 1;
                     report.items += items;
                     self.changed();
+                    if state.status == ImportStatus::RateLimited {
+                        tracing::info!(stream = %state.stream, reset_at = ?state.rate_limit_reset_at, "rate-limit window spent");
+                        self.wake.notify_one();
+                        return Ok(StreamEnd::Halted);
+                    }
                 }
                 Ok(None) => return Ok(StreamEnd::Halted),
                 Err(invalid) => {

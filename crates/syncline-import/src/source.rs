@@ -85,6 +85,9 @@ pub struct Page {
     pub newest: Option<String>,
     /// Requests left in the current rate-limit window, when the source says.
     pub remaining: Option<u64>,
+    /// This page spent the window's last request and the source said when the window resets: the stream
+    /// waits until then instead of asking for a page that would be refused.
+    pub window_spent: Option<RateLimit>,
 }
 
 /// When a rate-limited source takes requests again.

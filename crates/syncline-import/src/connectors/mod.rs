@@ -68,11 +68,14 @@ pub(crate) fn http_client() -> reqwest::Client {
         .expect("an HTTP client with the default TLS settings builds")
 }
 
-/// The parsed body of a successful GET, the `X-RateLimit-Remaining` it came with, and its `Link` field
+/// The parsed body of a successful GET, the `X-RateLimit-Remaining` (or `RateLimit-Remaining`) it came
+/// with, and its `Link` field
 /// (every field line, joined).
 pub(crate) struct Fetched {
     pub body: Value,
     pub remaining: Option<u64>,
+    /// The answer spent the window's last request, and says when it resets.
+    pub window_spent: Option<crate::source::RateLimit>,
     pub link: Option<String>,
 }
 
@@ -92,7 +95,9 @@ pub(crate) async fn get_json(
         })
     })?;
     let status = response.status();
-    let remaining = header_u64(response.headers(), "x-ratelimit-remaining");
+    let remaining = header_u64(response.headers(), "x-ratelimit-remaining")
+        .or_else(|| header_u64(response.headers(), "ratelimit-remaining"));
+    let window_spent = crate::ratelimit::window_spent(response.headers());
     // A `Link` field may come as several field lines, one link each: they are one comma-separated list
     // (RFC 9110 §5.3, RFC 8288 §3), so `rel="next"` may be on any of them.
     let links: Vec<&str> = response
@@ -137,6 +142,7 @@ pub(crate) async fn get_json(
     Ok(Fetched {
         body,
         remaining,
+        window_spent,
         link,
     })
 }

@@ -155,6 +155,7 @@ impl PlayStation {
             total: body["totalItemCount"].as_u64(),
             newest: newest(offset, titles),
             remaining: fetched.remaining,
+            window_spent: None,
         })
     }
 
@@ -210,6 +211,7 @@ impl PlayStation {
                 .then(|| list.titles.first().and_then(|t| t.updated.clone()))
                 .flatten(),
             remaining,
+            window_spent: None,
         })
     }
 

@@ -169,6 +169,7 @@ impl Rest {
             total,
             newest,
             remaining: fetched.remaining,
+            window_spent: fetched.window_spent,
         })
     }
 

@@ -85,6 +85,7 @@ fn offset_page(req: PageRequest<'_>, body: &Value) -> Result<Page, SourceError> 
         total: body["total"].as_u64(),
         newest,
         remaining: None,
+        window_spent: None,
     })
 }
 
@@ -172,6 +173,7 @@ fn artists(body: &Value) -> Page {
         total: a["total"].as_u64(),
         newest: None,
         remaining: None,
+        window_spent: None,
     }
 }
 

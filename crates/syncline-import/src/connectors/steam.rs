@@ -194,6 +194,7 @@ impl Steam {
                     total: body["response"]["game_count"].as_u64(),
                     newest: None,
                     remaining,
+                    window_spent: None,
                 })
             }
             "achievements" => self.achievements(credential, req).await,
@@ -294,6 +295,7 @@ impl Steam {
                 .then(|| visits.last_played.map(|t| t.to_string()))
                 .flatten(),
             remaining,
+            window_spent: None,
         })
     }
 }

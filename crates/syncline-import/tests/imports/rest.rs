@@ -2,10 +2,12 @@
 //! rule for next urls, incremental walks and upstream changes.
 
 use serde_json::json;
-use syncline_core::{ImportPhase, ImportStatus};
+use syncline_core::{Clock as _, ImportPhase, ImportStatus, SystemClock};
 use syncline_testkit::fake_apis::FakeRest;
 
-use super::{REST_TOKEN, assert_complete, harness, requests_since, rest_credential, rest_source};
+use super::{
+    REST_TOKEN, USER, assert_complete, harness, requests_since, rest_credential, rest_source,
+};
 
 const OFFSET_TOTAL: &str = "path = \"/offset/items\"\nrecords = \"/data\"\ntotal = \"/meta/total\"\n\
     pagination = { style = \"offset\", size_param = \"limit\" }";
@@ -195,6 +197,55 @@ async fn an_api_that_answers_the_same_page_again_fails_the_walk_instead_of_loopi
     );
     assert_eq!(fake.control.requests(), 2, "{:#?}", fake.control.log());
     assert_eq!(h.rows("rest_items"), 50, "the first page is kept");
+}
+
+/// GitHub's primary rate limit (docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api, and
+/// best-practices-for-using-the-rest-api: "you should not retry your request until after the time specified
+/// by the `x-ratelimit-reset` header"): the page that spends the window's last request is kept, and the
+/// stream waits for the reset instead of asking for a page that would be refused.
+#[tokio::test]
+async fn a_page_that_spends_the_rate_limit_window_waits_for_its_reset_without_asking_again() {
+    let fake = FakeRest::start(REST_TOKEN, 120).await;
+    fake.set_rate_window(2, 2, || (SystemClock.now_ms() / 1000) as u64);
+    let h = harness(
+        "",
+        &rest_source(&fake, "", LINK_HEADER),
+        &[("api", rest_credential())],
+    )
+    .await;
+    h.importer.start(USER, "api").await.unwrap();
+    let limited = h.state("api", "items", ImportPhase::Initial).await;
+    let (reset, refused) = fake.rate_window().unwrap();
+    assert_eq!(
+        (
+            limited.status,
+            limited.processed,
+            limited.rate_limit_remaining
+        ),
+        (ImportStatus::RateLimited, 100, Some(0)),
+        "{limited:?}"
+    );
+    assert_eq!(limited.rate_limit_reset_at, Some(reset as i64 * 1000));
+    assert_eq!(h.rows("rest_items"), 100);
+    assert_eq!((fake.control.requests(), refused), (2, 0));
+    // Until the reset, a step asks nothing.
+    assert!(h.importer.step(USER, "api").await.unwrap().more);
+    assert_eq!(fake.control.requests(), 2);
+    let wait = reset as i64 * 1000 - SystemClock.now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(wait.max(0) as u64 + 50)).await;
+    for _ in 0..5 {
+        if !h.importer.step(USER, "api").await.unwrap().more {
+            break;
+        }
+    }
+    assert_complete(&[h.state("api", "items", ImportPhase::Initial).await]);
+    assert_eq!(h.rows("rest_items"), 120);
+    assert_eq!(
+        (fake.control.requests(), fake.rate_window().unwrap().1),
+        (3, 0),
+        "no request was refused: {:#?}",
+        fake.control.log()
+    );
 }
 
 #[tokio::test]
