@@ -502,6 +502,41 @@ async fn a_rate_limit_mid_walk_resumes_from_the_checkpoint_and_progress_never_go
     );
 }
 
+/// Stopped while it waits out Spotify's `Retry-After`, then started again: the walk waits for the same
+/// reset, without asking the API before it.
+#[tokio::test]
+async fn a_walk_stopped_during_a_rate_limit_wait_and_started_again_still_waits() {
+    let fake = FakeSpotify::start(TOKEN, 120, 0, 0, 0).await;
+    let h = harness(Some(&fake), None, "").await;
+    fake.control.rate_limit_next(1, 30);
+    h.importer.start(USER, "spotify").await.unwrap();
+    let limited = h
+        .state("spotify", "saved_tracks", ImportPhase::Initial)
+        .await;
+    assert_eq!(limited.status, ImportStatus::RateLimited);
+    // The other streams completed, and walk again at the next start: only saved tracks are limited.
+    let tracks = || {
+        fake.control
+            .log()
+            .iter()
+            .filter(|r| r.starts_with("/v1/me/tracks"))
+            .count()
+    };
+    let requests = tracks();
+    h.importer.stop(USER, "spotify").await.unwrap();
+    let stopped = h
+        .state("spotify", "saved_tracks", ImportPhase::Initial)
+        .await;
+    assert_eq!(stopped.status, ImportStatus::Stopped);
+    h.importer.start(USER, "spotify").await.unwrap();
+    let again = h
+        .state("spotify", "saved_tracks", ImportPhase::Initial)
+        .await;
+    assert_eq!(again.status, ImportStatus::RateLimited, "{again:?}");
+    assert_eq!(again.rate_limit_reset_at, limited.rate_limit_reset_at);
+    assert_eq!(tracks(), requests, "nothing asked before the reset");
+}
+
 #[tokio::test]
 async fn an_expired_credential_is_a_clear_auth_expired_error_without_the_credential() {
     let fake = FakeSpotify::start(TOKEN, 100, 0, 0, 0).await;
