@@ -14,7 +14,9 @@
 //! - `RateLimit-Reset` (the IETF draft's header): a delta in seconds.
 //!
 //! A 429 is always a rate limit. A 403 is one only when it says so: `X-RateLimit-Remaining: 0` (GitHub's
-//! primary limit) or a `Retry-After` (GitHub's secondary limit); any other 403 is a refusal, not a limit.
+//! primary limit) or a `Retry-After` (GitHub's secondary limit), or (read by the connectors, which see the
+//! body) a message naming a rate limit, waited out for [`UNSAID_403_LIMIT_MS`]; any other 403 is a
+//! refusal, not a limit.
 //! A 503 with a usable `Retry-After` is waited out the same way: RFC 9110 §10.2.3 says that, sent with a
 //! 503, it tells "how long the service is expected to be unavailable to the client", so asking again
 //! sooner (the quick retries of a transient failure) only fails again. A 503 without one stays a transient
@@ -24,6 +26,9 @@ use reqwest::header::HeaderMap;
 
 use crate::source::RateLimit;
 
+/// The wait after a 403 whose message says it is a rate limit, without a header saying until when
+/// (GitHub's secondary limit: "wait for at least one minute").
+pub(crate) const UNSAID_403_LIMIT_MS: u64 = 60_000;
 /// The first wait when a rate limit says nothing about when it ends.
 pub(crate) const FIRST_BACKOFF_MS: u64 = 2_000;
 /// The longest wait [`backoff_ms`] gives.

@@ -117,9 +117,17 @@ pub(crate) async fn get_json(
         )));
     }
     if status == StatusCode::FORBIDDEN {
+        let said = said(response).await;
+        // GitHub's secondary rate limit may come as a bare 403 that only says so: "otherwise wait for at
+        // least one minute before retrying" (docs.github.com/rest/using-the-rest-api/rate-limits-for-the-
+        // rest-api, "Exceeding the rate limit").
+        if said.to_ascii_lowercase().contains("rate limit") {
+            return Err(SourceError::RateLimited(crate::source::RateLimit::After {
+                ms: crate::ratelimit::UNSAID_403_LIMIT_MS,
+            }));
+        }
         return Err(SourceError::Forbidden(format!(
-            "the API answered 403{}: the connection lacks a scope or permission for this",
-            said(response).await
+            "the API answered 403{said}: the connection lacks a scope or permission for this"
         )));
     }
     if status.is_server_error() {

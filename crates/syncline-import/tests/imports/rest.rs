@@ -248,6 +248,39 @@ async fn a_page_that_spends_the_rate_limit_window_waits_for_its_reset_without_as
     );
 }
 
+/// GitHub's secondary rate limit (docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api):
+/// a 403 whose message says so, without `retry-after` or `x-ratelimit-remaining: 0`, is waited out "for at
+/// least one minute", not taken for a missing permission.
+#[tokio::test]
+async fn a_403_that_says_it_is_a_secondary_rate_limit_waits_a_minute() {
+    let fake = FakeRest::start(REST_TOKEN, 120).await;
+    let h = harness(
+        "",
+        &rest_source(&fake, "", LINK_HEADER),
+        &[("api", rest_credential())],
+    )
+    .await;
+    fake.control.answer_next(
+        403,
+        &[],
+        json!({
+            "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+            "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api",
+        }),
+    );
+    let before = SystemClock.now_ms();
+    h.importer.start(USER, "api").await.unwrap();
+    let after = SystemClock.now_ms();
+    let s = h.state("api", "items", ImportPhase::Initial).await;
+    assert_eq!(
+        (s.status, s.error_code),
+        (ImportStatus::RateLimited, None),
+        "{s:?}"
+    );
+    let reset = s.rate_limit_reset_at.unwrap();
+    assert!((before + 60_000..=after + 60_000).contains(&reset), "{s:?}");
+}
+
 #[tokio::test]
 async fn a_next_url_on_another_origin_is_never_followed() {
     for stream in [NEXT_URL, LINK_HEADER] {
