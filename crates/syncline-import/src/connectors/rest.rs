@@ -8,13 +8,14 @@
 //!
 //! A walk ends at an empty page, when `total` says every record was seen, or when the API gives no next
 //! cursor or url. It fails (`upstream_failed`), instead of going round forever, when the API answers the
-//! same cursor or next url again, or the same records for the next page as for the page before: an API
-//! that ignores the paging parameter, or a stream configured with a name the API does not take. A next url (from the body or the `Link` header) is followed only on the origin of
+//! same cursor or next url again, or the same records as for an earlier page of the walk: an API that
+//! ignores the paging parameter (or a stream configured with a name the API does not take), or cursors
+//! that go round. A next url (from the body or the `Link` header) is followed only on the origin of
 //! `base_url`: the credential is never sent anywhere else.
 //!
 //! Streams run in the order of their names.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
@@ -36,10 +37,13 @@ pub(crate) struct Rest {
     origin: Option<String>,
     config: Option<RestConfig>,
     names: &'static [&'static str],
-    /// Per credential fingerprint and stream: the checkpoint the last page gave and a digest of its
-    /// records, so a next page that repeats it is caught.
-    last_pages: Mutex<HashMap<(u64, String), (String, u64)>>,
+    /// Per credential fingerprint and stream: the checkpoint the last page gave and the digests of the
+    /// records of every page of the walk so far, so a page that repeats one of them is caught.
+    last_pages: Mutex<HashMap<(u64, String), WalkSeen>>,
 }
+
+/// The checkpoint a walk's last page gave, and the digests of its pages' records so far.
+type WalkSeen = (String, HashSet<u64>);
 
 impl Rest {
     pub(crate) fn new(http: reqwest::Client, base: &str, config: RestConfig) -> Rest {
@@ -173,8 +177,9 @@ impl Rest {
         })
     }
 
-    /// Fails when this page's records are those of the page before it in this walk (the page whose next
-    /// checkpoint this one was fetched at); otherwise remembers this page for the next one.
+    /// Fails when this page's records are those of an earlier page of this walk (the page before it, or
+    /// one before that: a cursor or next url that goes round); otherwise remembers this page. A walk is
+    /// followed while each page is fetched at the checkpoint the one before it gave.
     fn no_repeat(
         &self,
         credential: &Credential,
@@ -184,25 +189,25 @@ impl Rest {
     ) -> Result<(), SourceError> {
         let key = (credential.fingerprint(), req.stream.to_string());
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        Value::Array(items.to_vec()).to_string().hash(&mut hasher);
+        serde_json::to_string(items)
+            .unwrap_or_default()
+            .hash(&mut hasher);
         let digest = hasher.finish();
         let mut last = self.last_pages.lock().unwrap_or_else(|e| e.into_inner());
-        let repeated = match (req.checkpoint, last.get(&key)) {
-            (Some(at), Some((given, previous))) => at == given && *previous == digest,
-            _ => false,
+        let mut seen = match (req.checkpoint, last.remove(&key)) {
+            (Some(at), Some((given, seen))) if at == given => seen,
+            _ => HashSet::new(),
         };
-        if repeated && !items.is_empty() {
-            last.remove(&key);
+        if !items.is_empty() && !seen.insert(digest) {
             return Err(SourceError::Permanent(format!(
-                "the API answered the same records for the next page of `{}` as for the page before: it \
-                 ignores the paging parameter (check the stream's `pagination`)",
+                "the API answered the same records for a page of `{}` as for an earlier one: it ignores \
+                 the paging parameter, or its cursors go round (check the stream's `pagination`)",
                 req.stream
             )));
         }
-        match next {
-            Some(next) => last.insert(key, (next.to_string(), digest)),
-            None => last.remove(&key),
-        };
+        if let Some(next) = next {
+            last.insert(key, (next.to_string(), seen));
+        }
         Ok(())
     }
 

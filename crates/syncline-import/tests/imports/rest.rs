@@ -281,6 +281,37 @@ async fn a_403_that_says_it_is_a_secondary_rate_limit_waits_a_minute() {
     assert!((before + 60_000..=after + 60_000).contains(&reset), "{s:?}");
 }
 
+/// Cursors that go round (`A` gives `B`, `B` gives `A` again): the walk fails at the first page it has
+/// seen before instead of going round forever.
+#[tokio::test]
+async fn cursors_that_go_round_fail_the_walk_instead_of_looping() {
+    let fake = FakeRest::start(REST_TOKEN, 0).await;
+    let h = harness(
+        "",
+        &rest_source(&fake, "", CURSOR),
+        &[("api", rest_credential())],
+    )
+    .await;
+    for _ in 0..10 {
+        for (id, next) in [(1, "A"), (2, "B")] {
+            fake.control.answer_next(
+                200,
+                &[],
+                json!({"items": [{"id": id, "name": format!("Item {id}")}], "meta": {"next_cursor": next}}),
+            );
+        }
+    }
+    let states = h.import("api", 10).await;
+    let s = &states[0];
+    assert_eq!(
+        (s.status, s.error_code.map(|c| c.as_str())),
+        (ImportStatus::Error, Some("upstream_failed")),
+        "{s:?}"
+    );
+    assert_eq!(fake.control.requests(), 3, "{:#?}", fake.control.log());
+    assert_eq!(h.rows("rest_items"), 2);
+}
+
 #[tokio::test]
 async fn a_next_url_on_another_origin_is_never_followed() {
     for stream in [NEXT_URL, LINK_HEADER] {
