@@ -537,6 +537,47 @@ async fn a_walk_stopped_during_a_rate_limit_wait_and_started_again_still_waits()
     assert_eq!(tracks(), requests, "nothing asked before the reset");
 }
 
+/// Spotify's paging object (developer.spotify.com/documentation/web-api/reference/get-users-saved-tracks):
+/// `next` is the next page's url, null on the last. A page that names a `next` but brings no item (or a
+/// followed-artists `after` cursor that does not move) ends the walk instead of asking for the same page
+/// forever.
+#[tokio::test]
+async fn a_spotify_page_that_does_not_move_the_walk_ends_it() {
+    let fake = FakeSpotify::start(TOKEN, 0, 0, 0, 0).await;
+    let h = harness(Some(&fake), None, "").await;
+    let next = format!("{}/v1/me/tracks?offset=0&limit=50", fake.base_url());
+    fake.control.answer_next(
+        200,
+        &[],
+        json!({"href": next, "items": [], "limit": 50, "next": next, "offset": 0, "previous": null, "total": 0}),
+    );
+    let albums = format!("{}/v1/me/albums?offset=0&limit=50", fake.base_url());
+    fake.control.answer_next(
+        200,
+        &[],
+        json!({"href": albums, "items": [], "limit": 50, "next": null, "offset": 0, "previous": null, "total": 0}),
+    );
+    // Followed artists: the second page gives back the `after` it was asked with.
+    let following = format!("{}/v1/me/following?type=artist&after=a1", fake.base_url());
+    for id in ["a1", "a2"] {
+        fake.control.answer_next(
+            200,
+            &[],
+            json!({"artists": {
+                "href": following, "limit": 50, "next": following, "total": 2,
+                "cursors": {"after": "a1"},
+                "items": [{"id": id, "name": "Artist", "genres": [], "popularity": 1}],
+            }}),
+        );
+    }
+    let states = h.import("spotify", 5).await;
+    assert_complete(&states);
+    let log = fake.control.log();
+    let asked = |path: &str| log.iter().filter(|r| r.starts_with(path)).count();
+    assert_eq!(asked("/v1/me/tracks"), 1, "{log:#?}");
+    assert_eq!(asked("/v1/me/following"), 2, "{log:#?}");
+}
+
 #[tokio::test]
 async fn an_expired_credential_is_a_clear_auth_expired_error_without_the_credential() {
     let fake = FakeSpotify::start(TOKEN, 100, 0, 0, 0).await;
