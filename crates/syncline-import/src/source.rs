@@ -104,7 +104,7 @@ pub enum RateLimit {
 /// A failure of a source, classified.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
-    /// Worth retrying soon (timeouts, 5xx, connection resets); code `upstream_unavailable` once retries are
+    /// Worth retrying soon (timeouts, 5xx, 408, connection resets); code `upstream_unavailable` once retries are
     /// spent.
     #[error("the source is unavailable: {0}")]
     Transient(String),

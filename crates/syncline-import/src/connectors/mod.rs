@@ -130,7 +130,8 @@ pub(crate) async fn get_json(
             "the API answered 403{said}: the connection lacks a scope or permission for this"
         )));
     }
-    if status.is_server_error() {
+    // A 408 asks the client to repeat the request on a new connection (RFC 9110 §15.5.9).
+    if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
         return Err(SourceError::Transient(format!(
             "the API answered {}: the service is down or overloaded",
             status.as_u16()

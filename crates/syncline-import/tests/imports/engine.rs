@@ -371,6 +371,25 @@ async fn transient_failures_are_retried_with_backoff() {
     assert_eq!(fake.control.requests(), 2 + 6 + 3);
 }
 
+/// A 408 (RFC 9110 §15.5.9: the client may repeat the request) and a 502 are retried like a 503.
+#[tokio::test]
+async fn a_408_or_a_502_is_retried_too() {
+    let fake = FakeSpotify::start(TOKEN, 120, 0, 0, 0).await;
+    let h = harness(Some(&fake), None, "").await;
+    fake.control.answer_next(
+        408,
+        &[],
+        json!({"error": {"status": 408, "message": "Request timeout"}}),
+    );
+    fake.control.answer_next(
+        502,
+        &[],
+        json!({"error": {"status": 502, "message": "Bad gateway"}}),
+    );
+    assert_complete(&h.import("spotify", 10).await);
+    assert_eq!(h.rows("spotify_tracks"), 120);
+}
+
 #[tokio::test]
 async fn a_rate_limit_holds_until_its_reset_time_and_the_runner_resumes_by_itself() {
     let fake = FakeSpotify::start(TOKEN, 400, 0, 0, 0).await;
