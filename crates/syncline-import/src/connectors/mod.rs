@@ -69,8 +69,7 @@ pub(crate) fn http_client() -> reqwest::Client {
 }
 
 /// The parsed body of a successful GET, the `X-RateLimit-Remaining` (or `RateLimit-Remaining`) it came
-/// with, and its `Link` field
-/// (every field line, joined).
+/// with, whether it spent the window, and its `Link` field (every field line, joined).
 pub(crate) struct Fetched {
     pub body: Value,
     pub remaining: Option<u64>,
