@@ -343,7 +343,8 @@ impl ImportState {
 
     /// Asked to run: a finished, stopped or failed walk starts (or resumes from its checkpoint). A completed
     /// walk starts over from the beginning, keeping its watermark. Pending and rate-limited imports keep
-    /// their state (a rate limit is not lifted by asking again).
+    /// their state (a rate limit is not lifted by asking again), and so does a walk stopped while it waited
+    /// out a rate limit that is not over: it is rate limited again, until the same reset.
     pub fn start(&mut self, now_ms: i64) {
         match self.status {
             ImportStatus::Pending | ImportStatus::Running | ImportStatus::RateLimited => return,
@@ -361,7 +362,10 @@ impl ImportState {
                 self.started_at.get_or_insert(now_ms);
             }
         }
-        self.status = ImportStatus::Pending;
+        self.status = match self.rate_limit_reset_at {
+            Some(reset) if reset > now_ms => ImportStatus::RateLimited,
+            _ => ImportStatus::Pending,
+        };
         self.error = None;
         self.error_code = None;
         self.generation += 1;
@@ -391,7 +395,11 @@ impl ImportState {
         }
         self.rate_limit_hit_at = None;
         self.rate_limit_reset_at = None;
-        self.progress = progress(self.processed, self.total_estimated, false);
+        // A total that grows mid-walk (a track saved meanwhile) lowers the ratio; what is shown never
+        // goes back within a walk.
+        self.progress = self
+            .progress
+            .max(progress(self.processed, self.total_estimated, false));
         self.updated_at = Some(now_ms);
     }
 
@@ -644,6 +652,45 @@ mod tests {
         assert_eq!(s.status, ImportStatus::None);
         assert_eq!((s.checkpoint, s.processed), (None, 0));
         assert_eq!(s.generation, before + 1);
+    }
+
+    #[test]
+    fn a_walk_stopped_during_a_rate_limit_wait_waits_for_the_same_reset_when_started() {
+        let mut s = state();
+        s.start(1);
+        s.batch_applied(10, Some(100), Some("10".into()), None, 2);
+        s.rate_limited(5_000, Some(0), 3);
+        s.stopped(4);
+        s.start(5);
+        assert_eq!(s.status, ImportStatus::RateLimited);
+        assert_eq!(s.rate_limit_reset_at, Some(5_000));
+        assert_eq!(s.checkpoint.as_deref(), Some("10"));
+        // Once the reset has passed, a stopped walk is simply pending again.
+        s.stopped(6);
+        s.start(5_000);
+        assert_eq!(s.status, ImportStatus::Pending);
+    }
+
+    #[test]
+    fn progress_never_goes_back_within_a_walk_and_reaches_100_only_at_the_end() {
+        let mut s = state();
+        s.start(1);
+        s.batch_applied(50, Some(100), Some("50".into()), None, 2);
+        assert_eq!(s.progress, 50);
+        // The source's total grew (something was added meanwhile): 100 of 400 would be 25%.
+        s.batch_applied(50, Some(400), Some("100".into()), None, 3);
+        assert_eq!(s.progress, 50);
+        s.batch_applied(250, Some(400), Some("350".into()), None, 4);
+        assert_eq!(s.progress, 87);
+        s.rate_limited(10, Some(0), 5);
+        assert_eq!(s.progress, 87);
+        s.batch_applied(60, Some(400), Some("410".into()), None, 6);
+        assert_eq!(s.progress, 99, "more than the total, not complete: 99");
+        s.completed(7);
+        assert_eq!(s.progress, 100);
+        // A new walk starts from 0 again.
+        s.start(8);
+        assert_eq!(s.progress, 0);
     }
 
     #[test]

@@ -14,12 +14,21 @@
 //! - `RateLimit-Reset` (the IETF draft's header): a delta in seconds.
 //!
 //! A 429 is always a rate limit. A 403 is one only when it says so: `X-RateLimit-Remaining: 0` (GitHub's
-//! primary limit) or a `Retry-After` (GitHub's secondary limit); any other 403 is a refusal, not a limit.
+//! primary limit) or a `Retry-After` (GitHub's secondary limit), or (read by the connectors, which see the
+//! body) a message naming a rate limit, waited out for [`UNSAID_403_LIMIT_MS`]; any other 403 is a
+//! refusal, not a limit.
+//! A 503 with a usable `Retry-After` is waited out the same way: RFC 9110 §10.2.3 says that, sent with a
+//! 503, it tells "how long the service is expected to be unavailable to the client", so asking again
+//! sooner (the quick retries of a transient failure) only fails again. A 503 without one stays a transient
+//! failure.
 
 use reqwest::header::HeaderMap;
 
 use crate::source::RateLimit;
 
+/// The wait after a 403 whose message says it is a rate limit, without a header saying until when
+/// (GitHub's secondary limit: "wait for at least one minute").
+pub(crate) const UNSAID_403_LIMIT_MS: u64 = 60_000;
 /// The first wait when a rate limit says nothing about when it ends.
 pub(crate) const FIRST_BACKOFF_MS: u64 = 2_000;
 /// The longest wait [`backoff_ms`] gives.
@@ -31,17 +40,36 @@ pub(crate) fn rate_limit_of(status: u16, headers: &HeaderMap) -> Option<RateLimi
     let limited = match status {
         429 => true,
         403 => text("x-ratelimit-remaining") == Some("0") || text("retry-after").is_some(),
+        503 => return text("retry-after").and_then(seconds_or_date),
         _ => false,
     };
     if !limited {
         return None;
     }
-    let signal = text("retry-after")
+    Some(reset_of(headers).unwrap_or(RateLimit::Unsignalled))
+}
+
+/// For a successful answer that spent the window's last request (`X-RateLimit-Remaining: 0`, or the IETF
+/// draft's `RateLimit-Remaining: 0`): when the window resets, if the answer says. GitHub's documentation
+/// asks not to make requests until then (docs.github.com/rest/using-the-rest-api/best-practices-for-using-
+/// the-rest-api, "Handle rate limit errors appropriately"): the next one would only be refused.
+pub(crate) fn window_spent(headers: &HeaderMap) -> Option<RateLimit> {
+    let text = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+    let spent = [text("x-ratelimit-remaining"), text("ratelimit-remaining")]
+        .into_iter()
+        .flatten()
+        .any(|v| v == "0");
+    spent.then(|| reset_of(headers)).flatten()
+}
+
+/// The reset the headers name, by the order of trust above.
+fn reset_of(headers: &HeaderMap) -> Option<RateLimit> {
+    let text = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+    text("retry-after")
         .and_then(seconds_or_date)
         .or_else(|| text("x-ratelimit-next-available").and_then(epoch_or_date))
         .or_else(|| text("x-ratelimit-reset").and_then(epoch_or_delta))
-        .or_else(|| text("ratelimit-reset").and_then(delta));
-    Some(signal.unwrap_or(RateLimit::Unsignalled))
+        .or_else(|| text("ratelimit-reset").and_then(delta))
 }
 
 /// The wait after a rate limit without a signal: [`FIRST_BACKOFF_MS`], then twice the previous wait (when
@@ -163,7 +191,7 @@ mod tests {
     }
 
     #[test]
-    fn a_403_is_a_rate_limit_only_when_it_says_so() {
+    fn a_403_or_a_503_is_a_rate_limit_only_when_it_says_so() {
         check(
             403,
             &[
@@ -176,7 +204,50 @@ mod tests {
         check(403, &[("x-ratelimit-remaining", "12")], None);
         check(403, &[], None);
         check(401, &[("retry-after", "5")], None);
+        // RFC 9110 §10.2.3: a 503's Retry-After says how long the service will be unavailable.
+        check(503, &[("retry-after", "120")], after(120_000));
+        check(
+            503,
+            &[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")],
+            at(784_111_777_000),
+        );
+        check(503, &[], None);
+        check(503, &[("retry-after", "soon")], None);
+        check(500, &[("retry-after", "5")], None);
         check(200, &[("x-ratelimit-remaining", "0")], None);
+    }
+
+    #[test]
+    fn a_spent_window_names_its_reset() {
+        let map = |headers: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.insert(*name, HeaderValue::from_static(value));
+            }
+            map
+        };
+        assert_eq!(
+            window_spent(&map(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1767225600")
+            ])),
+            at(1_767_225_600_000)
+        );
+        assert_eq!(
+            window_spent(&map(&[
+                ("ratelimit-remaining", "0"),
+                ("ratelimit-reset", "9")
+            ])),
+            after(9_000)
+        );
+        assert_eq!(
+            window_spent(&map(&[
+                ("x-ratelimit-remaining", "1"),
+                ("x-ratelimit-reset", "1767225600")
+            ])),
+            None
+        );
+        assert_eq!(window_spent(&map(&[("x-ratelimit-remaining", "0")])), None);
     }
 
     #[test]

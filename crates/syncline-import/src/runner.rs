@@ -915,6 +915,12 @@ impl Importer {
             next.rate_limit_remaining = page.remaining;
             if complete {
                 next.completed(now);
+            } else if let Some(limit) = page.window_spent {
+                // The window's last request is spent: wait for its reset rather than be refused.
+                let reset = reset_at(limit, &next, now);
+                if reset > now {
+                    next.rate_limited(reset, Some(0), now);
+                }
             }
             let rows = rows_for(&self.schema, table, page.records);
             match self.write(user, table, rows, next.clone(), now).await? {
@@ -923,6 +929,11 @@ impl Importer {
                     report.batches += 1;
                     report.items += items;
                     self.changed();
+                    if state.status == ImportStatus::RateLimited {
+                        tracing::info!(stream = %state.stream, reset_at = ?state.rate_limit_reset_at, "rate-limit window spent");
+                        self.wake.notify_one();
+                        return Ok(StreamEnd::Halted);
+                    }
                 }
                 Ok(None) => return Ok(StreamEnd::Halted),
                 Err(invalid) => {
@@ -1091,17 +1102,24 @@ fn same_secret(a: &str, b: &str) -> bool {
 
 /// When a rate-limited stream may run again: the signal's reset, or, without one, the backoff (twice the
 /// previous wait when the stream was still waiting out an earlier limit with nothing fetched since).
+///
+/// A signal that says "now" (`Retry-After: 0`, a reset already past) is taken once; said again with
+/// nothing fetched in between, it gets the backoff, so a source that keeps saying it never makes a loop.
 fn reset_at(limit: RateLimit, state: &ImportState, now: i64) -> i64 {
-    match limit {
+    let previous = state
+        .rate_limit_hit_at
+        .zip(state.rate_limit_reset_at)
+        .map(|(hit, reset)| reset - hit);
+    let backoff = || now + crate::ratelimit::backoff_ms(previous) as i64;
+    let signalled = match limit {
         RateLimit::After { ms } => now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)),
         RateLimit::At { epoch_ms } => epoch_ms.max(now),
-        RateLimit::Unsignalled => {
-            let previous = state
-                .rate_limit_hit_at
-                .zip(state.rate_limit_reset_at)
-                .map(|(hit, reset)| reset - hit);
-            now + crate::ratelimit::backoff_ms(previous) as i64
-        }
+        RateLimit::Unsignalled => return backoff(),
+    };
+    if signalled <= now && previous.is_some() {
+        backoff()
+    } else {
+        signalled
     }
 }
 

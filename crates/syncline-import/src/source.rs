@@ -85,6 +85,9 @@ pub struct Page {
     pub newest: Option<String>,
     /// Requests left in the current rate-limit window, when the source says.
     pub remaining: Option<u64>,
+    /// This page spent the window's last request and the source said when the window resets: the stream
+    /// waits until then instead of asking for a page that would be refused.
+    pub window_spent: Option<RateLimit>,
 }
 
 /// When a rate-limited source takes requests again.
@@ -101,7 +104,7 @@ pub enum RateLimit {
 /// A failure of a source, classified.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
-    /// Worth retrying soon (timeouts, 5xx, connection resets); code `upstream_unavailable` once retries are
+    /// Worth retrying soon (timeouts, 5xx, 408, connection resets); code `upstream_unavailable` once retries are
     /// spent.
     #[error("the source is unavailable: {0}")]
     Transient(String),

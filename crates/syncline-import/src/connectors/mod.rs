@@ -68,10 +68,13 @@ pub(crate) fn http_client() -> reqwest::Client {
         .expect("an HTTP client with the default TLS settings builds")
 }
 
-/// The parsed body of a successful GET, the `X-RateLimit-Remaining` it came with, and its `Link` header.
+/// The parsed body of a successful GET, the `X-RateLimit-Remaining` (or `RateLimit-Remaining`) it came
+/// with, whether it spent the window, and its `Link` field (every field line, joined).
 pub(crate) struct Fetched {
     pub body: Value,
     pub remaining: Option<u64>,
+    /// The answer spent the window's last request, and says when it resets.
+    pub window_spent: Option<crate::source::RateLimit>,
     pub link: Option<String>,
 }
 
@@ -91,12 +94,18 @@ pub(crate) async fn get_json(
         })
     })?;
     let status = response.status();
-    let remaining = header_u64(response.headers(), "x-ratelimit-remaining");
-    let link = response
+    let remaining = header_u64(response.headers(), "x-ratelimit-remaining")
+        .or_else(|| header_u64(response.headers(), "ratelimit-remaining"));
+    let window_spent = crate::ratelimit::window_spent(response.headers());
+    // A `Link` field may come as several field lines, one link each: they are one comma-separated list
+    // (RFC 9110 §5.3, RFC 8288 §3), so `rel="next"` may be on any of them.
+    let links: Vec<&str> = response
         .headers()
-        .get(reqwest::header::LINK)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let link = (!links.is_empty()).then(|| links.join(", "));
     if let Some(limit) = crate::ratelimit::rate_limit_of(status.as_u16(), response.headers()) {
         return Err(SourceError::RateLimited(limit));
     }
@@ -107,12 +116,21 @@ pub(crate) async fn get_json(
         )));
     }
     if status == StatusCode::FORBIDDEN {
+        let said = said(response).await;
+        // GitHub's secondary rate limit may come as a bare 403 that only says so: "otherwise wait for at
+        // least one minute before retrying" (docs.github.com/rest/using-the-rest-api/rate-limits-for-the-
+        // rest-api, "Exceeding the rate limit").
+        if said.to_ascii_lowercase().contains("rate limit") {
+            return Err(SourceError::RateLimited(crate::source::RateLimit::After {
+                ms: crate::ratelimit::UNSAID_403_LIMIT_MS,
+            }));
+        }
         return Err(SourceError::Forbidden(format!(
-            "the API answered 403{}: the connection lacks a scope or permission for this",
-            said(response).await
+            "the API answered 403{said}: the connection lacks a scope or permission for this"
         )));
     }
-    if status.is_server_error() {
+    // A 408 asks the client to repeat the request on a new connection (RFC 9110 §15.5.9).
+    if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
         return Err(SourceError::Transient(format!(
             "the API answered {}: the service is down or overloaded",
             status.as_u16()
@@ -132,6 +150,7 @@ pub(crate) async fn get_json(
     Ok(Fetched {
         body,
         remaining,
+        window_spent,
         link,
     })
 }

@@ -20,7 +20,8 @@
 //! nextOffset?}`; each title names its trophy service in `npServiceName`, `"trophy"` for PS3, PS4 and Vita
 //! titles and `"trophy2"` for PS5 ones, which the trophies request must send as `npServiceName`. A profile
 //! whose trophies are hidden by its privacy settings is refused with 403 "Not permitted by access control"
-//! (`profile_private`).
+//! (`profile_private`); psn-api reads an `error` object in any answer as a failure, so one in a 200 is too.
+//! A title's trophies may come in pages (`nextOffset`, as the title list), which are followed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -88,12 +89,30 @@ impl PlayStation {
             Err(SourceError::Forbidden(message))
                 if message.contains("access control") || message.contains("rivate") =>
             {
-                Err(SourceError::Private(
-                    "PlayStation Network refused to show the trophies (not permitted by access \
-                     control): the profile's privacy settings hide them; let anyone see the \
-                     profile's games, or connect that account itself"
-                        .into(),
-                ))
+                Err(hidden())
+            }
+            // psn-api reads an `error` object in any answer as a failure, whatever its status
+            // (`src/trophy/user/getUserTrophiesEarnedForTitle.ts`): a refusal is never an empty list.
+            Ok(fetched) if fetched.body["error"].is_object() => {
+                let error = &fetched.body["error"];
+                let message: String = error["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(160)
+                    .collect();
+                if error["code"] == 2_240_526 || message.contains("access control") {
+                    Err(hidden())
+                } else if !ok_statuses.is_empty()
+                    && (error["code"] == 2_240_525 || message.contains("not found"))
+                {
+                    // A title without trophies for this user: nothing to import.
+                    Ok(fetched)
+                } else {
+                    Err(SourceError::Permanent(format!(
+                        "PlayStation Network answered an error (\"{message}\")"
+                    )))
+                }
             }
             other => other,
         }
@@ -155,6 +174,7 @@ impl PlayStation {
             total: body["totalItemCount"].as_u64(),
             newest: newest(offset, titles),
             remaining: fetched.remaining,
+            window_spent: None,
         })
     }
 
@@ -195,10 +215,21 @@ impl PlayStation {
             && records.len() < req.page_size.max(1)
         {
             let title = &list.titles[at];
-            let fetched = self.title_trophies(credential, title).await?;
-            remaining = fetched.remaining.or(remaining);
-            for trophy in fetched.body["trophies"].as_array().into_iter().flatten() {
-                records.extend(trophy_row(&title.id, trophy));
+            // A title's trophies come whole, or in pages that name their `nextOffset`.
+            let mut from = 0u64;
+            loop {
+                let fetched = self.title_trophies(credential, title, from).await?;
+                remaining = fetched.remaining.or(remaining);
+                let trophies = fetched.body["trophies"]
+                    .as_array()
+                    .map_or(&[][..], Vec::as_slice);
+                for trophy in trophies {
+                    records.extend(trophy_row(&title.id, trophy));
+                }
+                match fetched.body["nextOffset"].as_u64() {
+                    Some(next) if next > from && !trophies.is_empty() => from = next,
+                    _ => break,
+                }
             }
             at += 1;
         }
@@ -210,6 +241,7 @@ impl PlayStation {
                 .then(|| list.titles.first().and_then(|t| t.updated.clone()))
                 .flatten(),
             remaining,
+            window_spent: None,
         })
     }
 
@@ -254,21 +286,37 @@ impl PlayStation {
         }
     }
 
-    /// Every trophy of one title with the user's progress, from the title's own trophy service; a title
-    /// without trophies answers 404.
+    /// The trophies of one title with the user's progress, from the title's own trophy service, from
+    /// `offset` on (psn-api's `getUserTrophiesEarnedForTitle` takes `limit`/`offset` and its answer may
+    /// name a `nextOffset`); a title without trophies answers 404.
     async fn title_trophies(
         &self,
         credential: &Credential,
         title: &ListedTitle,
+        offset: u64,
     ) -> Result<Fetched, SourceError> {
+        let mut query = vec![("npServiceName", title.service.clone())];
+        if offset > 0 {
+            query.push(("offset", offset.to_string()));
+        }
         self.get(
             credential,
             &format!("/npCommunicationIds/{}/trophyGroups/all/trophies", title.id),
-            &[("npServiceName", title.service.clone())],
+            &query,
             &[StatusCode::NOT_FOUND],
         )
         .await
     }
+}
+
+/// PlayStation's "Not permitted by access control" (code 2240526): the profile hides its trophies.
+fn hidden() -> SourceError {
+    SourceError::Private(
+        "PlayStation Network refused to show the trophies (not permitted by access control): the \
+         profile's privacy settings hide them; let anyone see the profile's games, or connect that \
+         account itself"
+            .into(),
+    )
 }
 
 /// The title's trophy service, as it names it (`npServiceName`); only when a title leaves it out, guessed

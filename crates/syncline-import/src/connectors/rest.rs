@@ -7,12 +7,16 @@
 //! import status), and put back only when the request is made.
 //!
 //! A walk ends at an empty page, when `total` says every record was seen, or when the API gives no next
-//! cursor or url. A next url (from the body or the `Link` header) is followed only on the origin of
+//! cursor or url. It fails (`upstream_failed`), instead of going round forever, when the API answers the
+//! same cursor or next url again, or the same records as for an earlier page of the walk: an API that
+//! ignores the paging parameter (or a stream configured with a name the API does not take), or cursors
+//! that go round. A next url (from the body or the `Link` header) is followed only on the origin of
 //! `base_url`: the credential is never sent anywhere else.
 //!
 //! Streams run in the order of their names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
 use reqwest::Url;
@@ -33,7 +37,13 @@ pub(crate) struct Rest {
     origin: Option<String>,
     config: Option<RestConfig>,
     names: &'static [&'static str],
+    /// Per credential fingerprint and stream: the checkpoint the last page gave and the digests of the
+    /// records of every page of the walk so far, so a page that repeats one of them is caught.
+    last_pages: Mutex<HashMap<(u64, String), WalkSeen>>,
 }
+
+/// The checkpoint a walk's last page gave, and the digests of its pages' records so far.
+type WalkSeen = (String, HashSet<u64>);
 
 impl Rest {
     pub(crate) fn new(http: reqwest::Client, base: &str, config: RestConfig) -> Rest {
@@ -45,6 +55,7 @@ impl Rest {
             origin,
             config: Some(config),
             names,
+            last_pages: Mutex::new(HashMap::new()),
         }
     }
 
@@ -55,6 +66,7 @@ impl Rest {
             origin: None,
             config: None,
             names: &[],
+            last_pages: Mutex::new(HashMap::new()),
         }
     }
 
@@ -149,17 +161,54 @@ impl Rest {
                 total,
             )?
         };
+        let next = next.map(|n| redact(credential, &n));
+        self.no_repeat(credential, &req, items, next.as_deref())?;
         let newest = match (&stream.newest_first_by, req.checkpoint) {
             (Some(by), None) => items.first().and_then(|i| by.get(i)).and_then(mark_text),
             _ => None,
         };
         Ok(Page {
             records,
-            next: next.map(|n| redact(credential, &n)),
+            next,
             total,
             newest,
             remaining: fetched.remaining,
+            window_spent: fetched.window_spent,
         })
+    }
+
+    /// Fails when this page's records are those of an earlier page of this walk (the page before it, or
+    /// one before that: a cursor or next url that goes round); otherwise remembers this page. A walk is
+    /// followed while each page is fetched at the checkpoint the one before it gave.
+    fn no_repeat(
+        &self,
+        credential: &Credential,
+        req: &PageRequest<'_>,
+        items: &[Value],
+        next: Option<&str>,
+    ) -> Result<(), SourceError> {
+        let key = (credential.fingerprint(), req.stream.to_string());
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(items)
+            .unwrap_or_default()
+            .hash(&mut hasher);
+        let digest = hasher.finish();
+        let mut last = self.last_pages.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = match (req.checkpoint, last.remove(&key)) {
+            (Some(at), Some((given, seen))) if at == given => seen,
+            _ => HashSet::new(),
+        };
+        if !items.is_empty() && !seen.insert(digest) {
+            return Err(SourceError::Permanent(format!(
+                "the API answered the same records for a page of `{}` as for an earlier one: it ignores \
+                 the paging parameter, or its cursors go round (check the stream's `pagination`)",
+                req.stream
+            )));
+        }
+        if let Some(next) = next {
+            last.insert(key, (next.to_string(), seen));
+        }
+        Ok(())
     }
 
     /// The url of the page at `checkpoint` (the first page when `None`).

@@ -49,7 +49,7 @@ impl Spotify {
         let fetched = get_json(self.http.get(url).bearer_auth(token), &[]).await?;
         let body = fetched.body;
         let mut page = if cursor_paged {
-            artists(&body)
+            artists(&body, req.checkpoint)
         } else {
             offset_page(req, &body)?
         };
@@ -61,7 +61,9 @@ impl Spotify {
 fn offset_page(req: PageRequest<'_>, body: &Value) -> Result<Page, SourceError> {
     let items = body["items"].as_array().cloned().unwrap_or_default();
     let start: u64 = offset(req.checkpoint)?;
-    let mut next = (!body["next"].is_null()).then(|| (start + items.len() as u64).to_string());
+    // A page naming a `next` must bring items, or the walk would ask for the same offset again.
+    let mut next = (!body["next"].is_null() && !items.is_empty())
+        .then(|| (start + items.len() as u64).to_string());
     let newest = items
         .first()
         .and_then(|i| i["added_at"].as_str())
@@ -85,6 +87,7 @@ fn offset_page(req: PageRequest<'_>, body: &Value) -> Result<Page, SourceError> 
         total: body["total"].as_u64(),
         newest,
         remaining: None,
+        window_spent: None,
     })
 }
 
@@ -141,9 +144,9 @@ fn playlist(item: &Value) -> Option<Value> {
     }))
 }
 
-fn artists(body: &Value) -> Page {
+fn artists(body: &Value, checkpoint: Option<&str>) -> Page {
     let a = &body["artists"];
-    let records = a["items"]
+    let records: Vec<Value> = a["items"]
         .as_array()
         .map(|items| {
             items
@@ -161,10 +164,15 @@ fn artists(body: &Value) -> Page {
                 .collect()
         })
         .unwrap_or_default();
-    let next = if a["next"].is_null() {
+    // An `after` cursor that does not move (or a page without artists) ends the walk instead of
+    // asking for the same page again.
+    let next = if a["next"].is_null() || records.is_empty() {
         None
     } else {
-        a["cursors"]["after"].as_str().map(str::to_string)
+        a["cursors"]["after"]
+            .as_str()
+            .filter(|after| Some(*after) != checkpoint)
+            .map(str::to_string)
     };
     Page {
         records,
@@ -172,6 +180,7 @@ fn artists(body: &Value) -> Page {
         total: a["total"].as_u64(),
         newest: None,
         remaining: None,
+        window_spent: None,
     }
 }
 

@@ -66,8 +66,8 @@ impl Steam {
         }
     }
 
-    /// One GET with the key, its refusals read the Steam way: a 403 that says the profile is not public is
-    /// `Private`; any other 403 is Steam's answer to a bad key.
+    /// One GET with the key, its refusals read the Steam way: a 403 (or 401) that says the profile is not
+    /// public is `Private`; any other 403 is Steam's answer to a bad key.
     async fn get(
         &self,
         url: String,
@@ -75,7 +75,11 @@ impl Steam {
         ok_statuses: &[StatusCode],
     ) -> Result<Fetched, SourceError> {
         match get_json(self.http.get(url).query(&[("key", key)]), ok_statuses).await {
-            Err(SourceError::Forbidden(message)) if message.contains("not public") => {
+            // Steam's refusal names the private profile in the body (`playerstats.error`), with a 403 or a
+            // 401: either way the key is fine.
+            Err(SourceError::Forbidden(message) | SourceError::Auth(message))
+                if message.contains("not public") =>
+            {
                 Err(SourceError::Private(
                     "Steam says the profile is not public: set \"Game details\" to Public in the \
                      profile's privacy settings"
@@ -194,6 +198,7 @@ impl Steam {
                     total: body["response"]["game_count"].as_u64(),
                     newest: None,
                     remaining,
+                    window_spent: None,
                 })
             }
             "achievements" => self.achievements(credential, req).await,
@@ -294,6 +299,7 @@ impl Steam {
                 .then(|| visits.last_played.map(|t| t.to_string()))
                 .flatten(),
             remaining,
+            window_spent: None,
         })
     }
 }

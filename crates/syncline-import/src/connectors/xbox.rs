@@ -129,6 +129,7 @@ impl Xbox {
                 .then(|| titles.first().and_then(time_at))
                 .flatten(),
             remaining,
+            window_spent: None,
         })
     }
 
@@ -203,6 +204,7 @@ impl Xbox {
                 .then(|| items.first().and_then(time_at).map(str::to_string))
                 .flatten(),
             remaining: fetched.remaining,
+            window_spent: None,
         })
     }
 }

@@ -371,6 +371,25 @@ async fn transient_failures_are_retried_with_backoff() {
     assert_eq!(fake.control.requests(), 2 + 6 + 3);
 }
 
+/// A 408 (RFC 9110 §15.5.9: the client may repeat the request) and a 502 are retried like a 503.
+#[tokio::test]
+async fn a_408_or_a_502_is_retried_too() {
+    let fake = FakeSpotify::start(TOKEN, 120, 0, 0, 0).await;
+    let h = harness(Some(&fake), None, "").await;
+    fake.control.answer_next(
+        408,
+        &[],
+        json!({"error": {"status": 408, "message": "Request timeout"}}),
+    );
+    fake.control.answer_next(
+        502,
+        &[],
+        json!({"error": {"status": 502, "message": "Bad gateway"}}),
+    );
+    assert_complete(&h.import("spotify", 10).await);
+    assert_eq!(h.rows("spotify_tracks"), 120);
+}
+
 #[tokio::test]
 async fn a_rate_limit_holds_until_its_reset_time_and_the_runner_resumes_by_itself() {
     let fake = FakeSpotify::start(TOKEN, 400, 0, 0, 0).await;
@@ -414,6 +433,168 @@ async fn a_rate_limit_holds_until_its_reset_time_and_the_runner_resumes_by_itsel
     assert!(SystemClock.now_ms() >= reset);
     assert_eq!((done.processed, done.rate_limit_reset_at), (400, None));
     assert_eq!(h.rows("spotify_tracks"), 400);
+}
+
+/// A 429 on the fourth page of a walk (Spotify's rate limit: `429` with `Retry-After` in seconds,
+/// developer.spotify.com/documentation/web-api/concepts/rate-limits), and a 503 with `Retry-After` on the
+/// sixth (RFC 9110 §10.2.3): each time the stream waits until the reset with the pages before it kept, then
+/// goes on from its checkpoint, and its progress never goes back and reaches 100 only at the end.
+#[tokio::test]
+async fn a_rate_limit_mid_walk_resumes_from_the_checkpoint_and_progress_never_goes_back() {
+    let fake = FakeSpotify::start(TOKEN, 400, 0, 0, 0).await;
+    let h = harness(Some(&fake), None, "").await;
+    let mut progress = Vec::new();
+    for (pages, status) in [(3u64, 429u16), (1, 503)] {
+        // The request after `pages` more pages waits, and then gets the limit.
+        let answered = fake.control.requests() + pages;
+        fake.control.hold_after(answered);
+        let importer = h.importer.clone();
+        let first = status == 429;
+        let walk = tokio::spawn(async move {
+            if first {
+                importer.start(USER, "spotify").await.unwrap();
+            } else {
+                importer.step(USER, "spotify").await.unwrap();
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while fake.control.requests() <= answered {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the walk reaches the held page");
+        fake.control.answer_next(
+            status,
+            &[("retry-after", "1")],
+            json!({"error": {"status": status, "message": "API rate limit exceeded"}}),
+        );
+        fake.control.release();
+        walk.await.unwrap();
+        let limited = h
+            .state("spotify", "saved_tracks", ImportPhase::Initial)
+            .await;
+        let kept = if first { 150 } else { 200 };
+        assert_eq!(limited.status, ImportStatus::RateLimited, "{limited:?}");
+        assert_eq!(
+            (limited.checkpoint.clone(), limited.processed),
+            (Some(kept.to_string()), kept),
+            "{limited:?}"
+        );
+        assert_eq!(h.rows("spotify_tracks"), kept);
+        let wait = limited.rate_limit_reset_at.unwrap() - limited.rate_limit_hit_at.unwrap();
+        assert_eq!(wait, 1_000, "Retry-After: 1");
+        progress.push(limited.progress);
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+    }
+    for _ in 0..10 {
+        if !h.importer.step(USER, "spotify").await.unwrap().more {
+            break;
+        }
+    }
+    let done = h
+        .state("spotify", "saved_tracks", ImportPhase::Initial)
+        .await;
+    assert_eq!((done.status, done.processed), (ImportStatus::Success, 400));
+    progress.push(done.progress);
+    assert_eq!(progress, [37, 50, 100]);
+    assert_eq!(h.rows("spotify_tracks"), 400);
+    // Each page was asked once, and the limited ones once more: never from the start again.
+    let offsets: Vec<String> = fake
+        .control
+        .log()
+        .iter()
+        .filter(|r| r.starts_with("/v1/me/tracks"))
+        .filter_map(|r| {
+            r.split("offset=")
+                .nth(1)
+                .map(|o| o.split('&').next().unwrap_or("").to_string())
+        })
+        .collect();
+    assert_eq!(
+        offsets,
+        [
+            "0", "50", "100", "150", "150", "200", "200", "250", "300", "350"
+        ],
+        "{:#?}",
+        fake.control.log()
+    );
+}
+
+/// Stopped while it waits out Spotify's `Retry-After`, then started again: the walk waits for the same
+/// reset, without asking the API before it.
+#[tokio::test]
+async fn a_walk_stopped_during_a_rate_limit_wait_and_started_again_still_waits() {
+    let fake = FakeSpotify::start(TOKEN, 120, 0, 0, 0).await;
+    let h = harness(Some(&fake), None, "").await;
+    fake.control.rate_limit_next(1, 30);
+    h.importer.start(USER, "spotify").await.unwrap();
+    let limited = h
+        .state("spotify", "saved_tracks", ImportPhase::Initial)
+        .await;
+    assert_eq!(limited.status, ImportStatus::RateLimited);
+    // The other streams completed, and walk again at the next start: only saved tracks are limited.
+    let tracks = || {
+        fake.control
+            .log()
+            .iter()
+            .filter(|r| r.starts_with("/v1/me/tracks"))
+            .count()
+    };
+    let requests = tracks();
+    h.importer.stop(USER, "spotify").await.unwrap();
+    let stopped = h
+        .state("spotify", "saved_tracks", ImportPhase::Initial)
+        .await;
+    assert_eq!(stopped.status, ImportStatus::Stopped);
+    h.importer.start(USER, "spotify").await.unwrap();
+    let again = h
+        .state("spotify", "saved_tracks", ImportPhase::Initial)
+        .await;
+    assert_eq!(again.status, ImportStatus::RateLimited, "{again:?}");
+    assert_eq!(again.rate_limit_reset_at, limited.rate_limit_reset_at);
+    assert_eq!(tracks(), requests, "nothing asked before the reset");
+}
+
+/// Spotify's paging object (developer.spotify.com/documentation/web-api/reference/get-users-saved-tracks):
+/// `next` is the next page's url, null on the last. A page that names a `next` but brings no item (or a
+/// followed-artists `after` cursor that does not move) ends the walk instead of asking for the same page
+/// forever.
+#[tokio::test]
+async fn a_spotify_page_that_does_not_move_the_walk_ends_it() {
+    let fake = FakeSpotify::start(TOKEN, 0, 0, 0, 0).await;
+    let h = harness(Some(&fake), None, "").await;
+    let next = format!("{}/v1/me/tracks?offset=0&limit=50", fake.base_url());
+    fake.control.answer_next(
+        200,
+        &[],
+        json!({"href": next, "items": [], "limit": 50, "next": next, "offset": 0, "previous": null, "total": 0}),
+    );
+    let albums = format!("{}/v1/me/albums?offset=0&limit=50", fake.base_url());
+    fake.control.answer_next(
+        200,
+        &[],
+        json!({"href": albums, "items": [], "limit": 50, "next": null, "offset": 0, "previous": null, "total": 0}),
+    );
+    // Followed artists: the second page gives back the `after` it was asked with.
+    let following = format!("{}/v1/me/following?type=artist&after=a1", fake.base_url());
+    for id in ["a1", "a2"] {
+        fake.control.answer_next(
+            200,
+            &[],
+            json!({"artists": {
+                "href": following, "limit": 50, "next": following, "total": 2,
+                "cursors": {"after": "a1"},
+                "items": [{"id": id, "name": "Artist", "genres": [], "popularity": 1}],
+            }}),
+        );
+    }
+    let states = h.import("spotify", 5).await;
+    assert_complete(&states);
+    let log = fake.control.log();
+    let asked = |path: &str| log.iter().filter(|r| r.starts_with(path)).count();
+    assert_eq!(asked("/v1/me/tracks"), 1, "{log:#?}");
+    assert_eq!(asked("/v1/me/following"), 2, "{log:#?}");
 }
 
 #[tokio::test]

@@ -139,29 +139,61 @@ async fn the_playstation_incremental_walk_fetches_only_updated_and_new_titles() 
     assert_eq!(h.table("psn_trophies")["NPWR00010_00-1"]["earned"], true);
 }
 
+/// A hidden profile's "Not permitted by access control" (code 2240526), with a 403 or, as psn-api reads
+/// any answer carrying an `error` object (`src/trophy/user/getUserTrophiesEarnedForTitle.ts`), in a 200:
+/// `profile_private` either way, never an empty library.
 #[tokio::test]
 async fn a_private_playstation_profile_is_profile_private() {
-    let fake = FakePlayStation::start(PSN_TOKEN, 5, 2).await;
-    fake.library.lock().unwrap().private = true;
+    for with_200 in [false, true] {
+        let fake = FakePlayStation::start(PSN_TOKEN, 5, 2).await;
+        {
+            let mut library = fake.library.lock().unwrap();
+            library.private = true;
+            library.private_with_200 = with_200;
+        }
+        let h = harness(
+            "",
+            &playstation_source(&fake),
+            &[("psn", json!({"access_token": PSN_TOKEN}))],
+        )
+        .await;
+        let states = h.import("psn", 5).await;
+        assert_eq!(states.len(), 2);
+        for s in &states {
+            assert_eq!(s.status, ImportStatus::Error, "{with_200}: {s:?}");
+            assert_eq!(
+                s.error_code.map(|c| c.as_str()),
+                Some("profile_private"),
+                "{with_200}: {s:?}"
+            );
+            assert!(
+                s.error.as_deref().unwrap().contains("privacy settings"),
+                "{s:?}"
+            );
+        }
+        assert_eq!(h.rows("psn_titles"), 0);
+    }
+}
+
+/// psn-api's `UserTrophiesEarnedForTitleResponse` may name a `nextOffset` (the endpoint takes
+/// `limit`/`offset`): a title's trophies served in pages of 3 all arrive, each page asked once.
+#[tokio::test]
+async fn a_titles_trophies_served_in_pages_all_arrive() {
+    let fake = FakePlayStation::start(PSN_TOKEN, 4, 8).await;
+    fake.library.lock().unwrap().trophy_page = Some(3);
     let h = harness(
         "",
         &playstation_source(&fake),
         &[("psn", json!({"access_token": PSN_TOKEN}))],
     )
     .await;
-    let states = h.import("psn", 5).await;
-    assert_eq!(states.len(), 2);
-    for s in &states {
-        assert_eq!(s.status, ImportStatus::Error, "{s:?}");
-        assert_eq!(
-            s.error_code.map(|c| c.as_str()),
-            Some("profile_private"),
-            "{s:?}"
-        );
-        assert!(
-            s.error.as_deref().unwrap().contains("privacy settings"),
-            "{s:?}"
-        );
-    }
-    assert_eq!(h.rows("psn_titles"), 0);
+    assert_complete(&h.import("psn", 10).await);
+    assert_eq!(h.rows("psn_trophies"), 4 * 8);
+    let log = fake.control.log();
+    let pages: Vec<&String> = log.iter().filter(|r| r.contains("NPWR00001_00/")).collect();
+    assert_eq!(pages.len(), 3, "8 trophies in pages of 3: {pages:#?}");
+    assert!(
+        pages[1].contains("offset=3") && pages[2].contains("offset=6"),
+        "{pages:#?}"
+    );
 }

@@ -2,10 +2,12 @@
 //! rule for next urls, incremental walks and upstream changes.
 
 use serde_json::json;
-use syncline_core::{ImportPhase, ImportStatus};
+use syncline_core::{Clock as _, ImportPhase, ImportStatus, SystemClock};
 use syncline_testkit::fake_apis::FakeRest;
 
-use super::{REST_TOKEN, assert_complete, harness, requests_since, rest_credential, rest_source};
+use super::{
+    REST_TOKEN, USER, assert_complete, harness, requests_since, rest_credential, rest_source,
+};
 
 const OFFSET_TOTAL: &str = "path = \"/offset/items\"\nrecords = \"/data\"\ntotal = \"/meta/total\"\n\
     pagination = { style = \"offset\", size_param = \"limit\" }";
@@ -147,6 +149,167 @@ async fn relative_next_urls_are_followed_on_the_base_origin() {
         assert_eq!(h.rows("rest_items"), 120);
         assert_eq!(fake.control.requests(), 3, "{:#?}", fake.control.log());
     }
+}
+
+/// RFC 9110 §5.3: a field sent as several field lines means their comma-joined list, and the `Link` field
+/// (RFC 8288 §3) is a list; `rel="next"` may come on any line, here the last of three.
+#[tokio::test]
+async fn a_link_field_sent_as_several_lines_still_gives_the_next_page() {
+    let fake = FakeRest::start(REST_TOKEN, 120).await;
+    fake.set_separate_link_lines(true);
+    let h = harness(
+        "",
+        &rest_source(&fake, "", LINK_HEADER),
+        &[("api", rest_credential())],
+    )
+    .await;
+    assert_complete(&h.import("api", 10).await);
+    assert_eq!(h.rows("rest_items"), 120);
+    assert_eq!(fake.control.requests(), 3, "{:#?}", fake.control.log());
+}
+
+/// A stream configured with a paging parameter the API does not take (`skip`; the fake's is `offset`) gets
+/// the first page for every offset, and, without a total, no empty page ever ends the walk: the repeat
+/// fails the stream instead of walking it forever.
+#[tokio::test]
+async fn an_api_that_answers_the_same_page_again_fails_the_walk_instead_of_looping() {
+    let fake = FakeRest::start(REST_TOKEN, 120).await;
+    let stream = OFFSET.replace(
+        "style = \"offset\",",
+        "style = \"offset\", offset_param = \"skip\",",
+    );
+    let h = harness(
+        "",
+        &rest_source(&fake, "", &stream),
+        &[("api", rest_credential())],
+    )
+    .await;
+    let states = h.import("api", 10).await;
+    let s = &states[0];
+    assert_eq!(
+        (s.status, s.error_code.map(|c| c.as_str())),
+        (ImportStatus::Error, Some("upstream_failed")),
+        "{s:?}"
+    );
+    assert!(
+        s.error.as_deref().unwrap().contains("same records"),
+        "{s:?}"
+    );
+    assert_eq!(fake.control.requests(), 2, "{:#?}", fake.control.log());
+    assert_eq!(h.rows("rest_items"), 50, "the first page is kept");
+}
+
+/// GitHub's primary rate limit (docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api, and
+/// best-practices-for-using-the-rest-api: "you should not retry your request until after the time specified
+/// by the `x-ratelimit-reset` header"): the page that spends the window's last request is kept, and the
+/// stream waits for the reset instead of asking for a page that would be refused.
+#[tokio::test]
+async fn a_page_that_spends_the_rate_limit_window_waits_for_its_reset_without_asking_again() {
+    let fake = FakeRest::start(REST_TOKEN, 120).await;
+    fake.set_rate_window(2, 2, || (SystemClock.now_ms() / 1000) as u64);
+    let h = harness(
+        "",
+        &rest_source(&fake, "", LINK_HEADER),
+        &[("api", rest_credential())],
+    )
+    .await;
+    h.importer.start(USER, "api").await.unwrap();
+    let limited = h.state("api", "items", ImportPhase::Initial).await;
+    let (reset, refused) = fake.rate_window().unwrap();
+    assert_eq!(
+        (
+            limited.status,
+            limited.processed,
+            limited.rate_limit_remaining
+        ),
+        (ImportStatus::RateLimited, 100, Some(0)),
+        "{limited:?}"
+    );
+    assert_eq!(limited.rate_limit_reset_at, Some(reset as i64 * 1000));
+    assert_eq!(h.rows("rest_items"), 100);
+    assert_eq!((fake.control.requests(), refused), (2, 0));
+    // Until the reset, a step asks nothing.
+    assert!(h.importer.step(USER, "api").await.unwrap().more);
+    assert_eq!(fake.control.requests(), 2);
+    let wait = reset as i64 * 1000 - SystemClock.now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(wait.max(0) as u64 + 50)).await;
+    for _ in 0..5 {
+        if !h.importer.step(USER, "api").await.unwrap().more {
+            break;
+        }
+    }
+    assert_complete(&[h.state("api", "items", ImportPhase::Initial).await]);
+    assert_eq!(h.rows("rest_items"), 120);
+    assert_eq!(
+        (fake.control.requests(), fake.rate_window().unwrap().1),
+        (3, 0),
+        "no request was refused: {:#?}",
+        fake.control.log()
+    );
+}
+
+/// GitHub's secondary rate limit (docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api):
+/// a 403 whose message says so, without `retry-after` or `x-ratelimit-remaining: 0`, is waited out "for at
+/// least one minute", not taken for a missing permission.
+#[tokio::test]
+async fn a_403_that_says_it_is_a_secondary_rate_limit_waits_a_minute() {
+    let fake = FakeRest::start(REST_TOKEN, 120).await;
+    let h = harness(
+        "",
+        &rest_source(&fake, "", LINK_HEADER),
+        &[("api", rest_credential())],
+    )
+    .await;
+    fake.control.answer_next(
+        403,
+        &[],
+        json!({
+            "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+            "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api",
+        }),
+    );
+    let before = SystemClock.now_ms();
+    h.importer.start(USER, "api").await.unwrap();
+    let after = SystemClock.now_ms();
+    let s = h.state("api", "items", ImportPhase::Initial).await;
+    assert_eq!(
+        (s.status, s.error_code),
+        (ImportStatus::RateLimited, None),
+        "{s:?}"
+    );
+    let reset = s.rate_limit_reset_at.unwrap();
+    assert!((before + 60_000..=after + 60_000).contains(&reset), "{s:?}");
+}
+
+/// Cursors that go round (`A` gives `B`, `B` gives `A` again): the walk fails at the first page it has
+/// seen before instead of going round forever.
+#[tokio::test]
+async fn cursors_that_go_round_fail_the_walk_instead_of_looping() {
+    let fake = FakeRest::start(REST_TOKEN, 0).await;
+    let h = harness(
+        "",
+        &rest_source(&fake, "", CURSOR),
+        &[("api", rest_credential())],
+    )
+    .await;
+    for _ in 0..10 {
+        for (id, next) in [(1, "A"), (2, "B")] {
+            fake.control.answer_next(
+                200,
+                &[],
+                json!({"items": [{"id": id, "name": format!("Item {id}")}], "meta": {"next_cursor": next}}),
+            );
+        }
+    }
+    let states = h.import("api", 10).await;
+    let s = &states[0];
+    assert_eq!(
+        (s.status, s.error_code.map(|c| c.as_str())),
+        (ImportStatus::Error, Some("upstream_failed")),
+        "{s:?}"
+    );
+    assert_eq!(fake.control.requests(), 3, "{:#?}", fake.control.log());
+    assert_eq!(h.rows("rest_items"), 2);
 }
 
 #[tokio::test]

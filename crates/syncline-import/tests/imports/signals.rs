@@ -81,6 +81,14 @@ async fn every_rate_limit_signal_holds_the_stream_until_the_reset_it_names() {
             reset_in_ms: 30_000,
             slack: 2_000,
         },
+        // RFC 9110 §10.2.3: with a 503, Retry-After is how long the service will be unavailable.
+        Case {
+            what: "503 with Retry-After",
+            status: 503,
+            headers: || vec![("retry-after", "25".into())],
+            reset_in_ms: 25_000,
+            slack: 0,
+        },
         Case {
             what: "429 without a signal",
             status: 429,
@@ -161,6 +169,36 @@ async fn a_rate_limit_without_a_signal_backs_off_doubling_then_the_walk_finishes
     assert_eq!(done.status, ImportStatus::Success, "{done:?}");
     assert_eq!(h.rows("psn_titles"), 5);
     assert_eq!(h.rows("psn_trophies"), 10);
+}
+
+/// `Retry-After: 0` is taken at its word once; said again with nothing fetched in between, the stream
+/// backs off (2 s) instead of asking again at once, over and over.
+#[tokio::test]
+async fn a_retry_after_of_zero_said_twice_backs_off_instead_of_looping() {
+    let fake = FakePlayStation::start(PSN_TOKEN, 5, 2).await;
+    let h = harness(
+        "",
+        &playstation_source(&fake),
+        &[("psn", json!({"access_token": PSN_TOKEN}))],
+    )
+    .await;
+    let limit = json!({"error": {"code": 2240525, "message": "Too many requests"}});
+    fake.control
+        .answer_next(429, &[("retry-after", "0")], limit.clone());
+    h.importer.start(USER, "psn").await.unwrap();
+    let first = h.state("psn", "trophy_titles", ImportPhase::Initial).await;
+    assert_eq!(first.status, ImportStatus::RateLimited, "{first:?}");
+    assert_eq!(
+        first.rate_limit_reset_at, first.rate_limit_hit_at,
+        "{first:?}"
+    );
+    fake.control
+        .answer_next(429, &[("retry-after", "0")], limit);
+    h.importer.step(USER, "psn").await.unwrap();
+    let second = h.state("psn", "trophy_titles", ImportPhase::Initial).await;
+    assert_eq!(second.status, ImportStatus::RateLimited, "{second:?}");
+    let wait = second.rate_limit_reset_at.unwrap() - second.rate_limit_hit_at.unwrap();
+    assert_eq!(wait, 2_000, "{second:?}");
 }
 
 #[tokio::test]

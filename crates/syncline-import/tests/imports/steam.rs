@@ -144,31 +144,32 @@ async fn a_private_profile_is_profile_private_not_an_empty_library() {
     }
     assert_eq!(h.rows("steam_games"), 0);
 
-    // Public game list, but achievements refused with Steam's 403 "Profile is not public".
+    // Public game list, but achievements refused with Steam's "Profile is not public", with a 403 or a
+    // 401: the body says the profile is private, whatever the status; the key is fine.
     fake.library.lock().unwrap().private = false;
-    fake.control.answer_next(
-        200,
-        &[],
-        json!({"response": {"game_count": 9, "games": fake.library.lock().unwrap().games.clone()}}),
-    );
-    fake.control.answer_next(
-        200,
-        &[],
-        json!({"response": {"game_count": 9, "games": fake.library.lock().unwrap().games.clone()}}),
-    );
-    fake.control.answer_next(
-        403,
-        &[],
-        json!({"playerstats": {"error": "Profile is not public", "success": false}}),
-    );
-    let states = h.import("steam", 10).await;
-    let achievements = states.iter().find(|s| s.stream == "achievements").unwrap();
-    assert_eq!(
-        achievements.error_code.map(|c| c.as_str()),
-        Some("profile_private"),
-        "{achievements:?}"
-    );
-    assert_eq!(h.rows("steam_games"), 9);
+    for status in [403, 401] {
+        let games = fake.library.lock().unwrap().games.clone();
+        for _ in 0..2 {
+            fake.control.answer_next(
+                200,
+                &[],
+                json!({"response": {"game_count": 9, "games": games}}),
+            );
+        }
+        fake.control.answer_next(
+            status,
+            &[],
+            json!({"playerstats": {"error": "Profile is not public", "success": false}}),
+        );
+        let states = h.import("steam", 10).await;
+        let achievements = states.iter().find(|s| s.stream == "achievements").unwrap();
+        assert_eq!(
+            achievements.error_code.map(|c| c.as_str()),
+            Some("profile_private"),
+            "{status}: {achievements:?}"
+        );
+        assert_eq!(h.rows("steam_games"), 9);
+    }
 }
 
 #[tokio::test]

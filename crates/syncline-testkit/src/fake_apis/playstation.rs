@@ -2,8 +2,9 @@
 //! `website/docs/api-docs/user-titles.md`, `title-trophies.md`, `data-models/trophy-title.md`): trophy
 //! titles with `limit`/`offset`/`nextOffset` paging, most recently updated first, and each title's trophies
 //! from the service its `npServiceName` names (`trophy2` for PS5 titles, `trophy` for PS3/PS4/Vita ones,
-//! also when a PS4 title is listed for PS5 too), 404 from the wrong one. A private profile is refused with
-//! 403 "Not permitted by access control".
+//! also when a PS4 title is listed for PS5 too), 404 from the wrong one, whole or in `limit`/`offset`/
+//! `nextOffset` pages. A private profile is refused with 403 "Not permitted by access control" (or, as
+//! psn-api allows, with that error in a 200).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,13 @@ pub struct PsnLibrary {
     pub trophies: HashMap<String, Vec<Value>>,
     /// The profile's privacy settings hide its trophies.
     pub private: bool,
+    /// The refusal of a hidden profile comes with status 200 (psn-api reads the `error` object of any
+    /// answer, whatever its status: `src/trophy/user/getUserTrophiesEarnedForTitle.ts`).
+    pub private_with_200: bool,
+    /// A title's trophies come in pages of this many when the request names no `limit`, each naming its
+    /// `nextOffset` (the `limit`/`offset`/`nextOffset` of psn-api's `UserTrophiesEarnedForTitleResponse`);
+    /// `None`: whole.
+    pub trophy_page: Option<usize>,
     clock: u64,
     made: u64,
 }
@@ -215,9 +223,17 @@ async fn psn_gate(s: &PsnShared, headers: &HeaderMap, account: &str) -> Option<R
             "Invalid token",
         ));
     }
-    if s.library.lock().unwrap().private {
+    let (private, with_200) = {
+        let library = s.library.lock().unwrap();
+        (library.private, library.private_with_200)
+    };
+    if private {
         return Some(psn_error(
-            StatusCode::FORBIDDEN,
+            if with_200 {
+                StatusCode::OK
+            } else {
+                StatusCode::FORBIDDEN
+            },
             2_240_526,
             "Not permitted by access control",
         ));
@@ -282,9 +298,19 @@ async fn psn_trophies(
     if q.get("npServiceName").map(String::as_str) != Some(service) {
         return psn_error(StatusCode::NOT_FOUND, 2_240_525, "Resource not found");
     }
-    axum::Json(json!({
+    let offset = param(&q, "offset").unwrap_or(0) as usize;
+    let size = param(&q, "limit")
+        .map(|l| l as usize)
+        .or(library.trophy_page)
+        .unwrap_or(trophies.len());
+    let end = (offset + size).min(trophies.len());
+    let mut body = json!({
         "trophySetVersion": "01.00", "hasTrophyGroups": false,
-        "trophies": trophies, "totalItemCount": trophies.len(),
-    }))
-    .into_response()
+        "trophies": trophies.get(offset.min(end)..end).unwrap_or_default(),
+        "totalItemCount": trophies.len(),
+    });
+    if end < trophies.len() {
+        body["nextOffset"] = json!(end);
+    }
+    axum::Json(body).into_response()
 }

@@ -65,6 +65,24 @@ struct Links {
     relative: bool,
     /// Next urls point at this origin instead of the fake's own.
     elsewhere: Option<String>,
+    /// `Link` goes out as one field line per link (`next` last) instead of one comma-separated line.
+    separate_link_lines: bool,
+}
+
+/// A GitHub-style primary rate limit (docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api):
+/// `limit` requests per window of `secs` seconds; every answer carries `x-ratelimit-limit`,
+/// `x-ratelimit-remaining` and `x-ratelimit-reset` (the window's end, in UTC epoch seconds), and a request
+/// made once the window is spent gets `403` with `x-ratelimit-remaining: 0` and `{"message": "API rate
+/// limit exceeded …"}`.
+#[derive(Debug)]
+struct Window {
+    limit: u64,
+    secs: u64,
+    used: u64,
+    reset: u64,
+    refused: u64,
+    /// The time, in epoch seconds (the test's clock).
+    now_secs: fn() -> u64,
 }
 
 #[derive(Debug)]
@@ -74,6 +92,7 @@ struct RestShared {
     token: String,
     base: Mutex<String>,
     links: Mutex<Links>,
+    window: Mutex<Option<Window>>,
 }
 
 /// A fake REST API whose token is `token`.
@@ -96,6 +115,7 @@ impl FakeRest {
             token: token.to_string(),
             base: Mutex::new(String::new()),
             links: Mutex::new(Links::default()),
+            window: Mutex::new(None),
         });
         let router = Router::new()
             .route("/offset/items", get(rest_offset))
@@ -104,6 +124,10 @@ impl FakeRest {
             .route("/next/items", get(rest_next))
             .route("/link/items", get(rest_link))
             .route("/single/items", get(rest_single))
+            .layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                rate_window,
+            ))
             .with_state(shared.clone());
         let served = serve(router, shared.control.clone()).await;
         *shared.base.lock().unwrap() = served.base_url.clone();
@@ -124,6 +148,32 @@ impl FakeRest {
         self.shared.links.lock().unwrap().relative = relative;
     }
 
+    /// `/link/items` sends one `Link` field line per link, `rel="next"` on the last one. RFC 9110 §5.3 lets
+    /// a field come as several lines that mean their comma-joined list, and RFC 8288 §3 (the `Link` field)
+    /// is such a list: a server may send `Link: <…>; rel="first"` and `Link: <…>; rel="next"` apart.
+    pub fn set_separate_link_lines(&self, separate: bool) {
+        self.shared.links.lock().unwrap().separate_link_lines = separate;
+    }
+
+    /// From now on, at most `limit` requests per window of `secs` seconds, GitHub's way (see [`Window`]),
+    /// by the clock `now_secs` (epoch seconds).
+    pub fn set_rate_window(&self, limit: u64, secs: u64, now_secs: fn() -> u64) {
+        *self.shared.window.lock().unwrap() = Some(Window {
+            limit,
+            secs,
+            used: 0,
+            reset: 0,
+            refused: 0,
+            now_secs,
+        });
+    }
+
+    /// The window's reset (epoch seconds) and how many requests came once it was spent.
+    pub fn rate_window(&self) -> Option<(u64, u64)> {
+        let window = self.shared.window.lock().unwrap();
+        window.as_ref().map(|w| (w.reset, w.refused))
+    }
+
     /// Next urls point at `origin` (e.g. another fake's base url) instead of this fake.
     pub fn send_next_links_to(&self, origin: Option<&str>) {
         self.shared.links.lock().unwrap().elsewhere = origin.map(str::to_string);
@@ -139,6 +189,60 @@ impl RestShared {
             (None, false) => format!("{}{path_and_query}", self.base.lock().unwrap()),
         }
     }
+}
+
+/// Counts a request against the [`Window`], if one is set, and refuses it once the window is spent.
+async fn rate_window(
+    State(s): State<Arc<RestShared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = (|| {
+        let mut window = s.window.lock().unwrap();
+        let w = window.as_mut()?;
+        let now = (w.now_secs)();
+        if now >= w.reset {
+            w.used = 0;
+            w.reset = now + w.secs;
+        }
+        if w.used >= w.limit {
+            w.refused += 1;
+            let mut r = (
+                StatusCode::FORBIDDEN,
+                axum::Json(json!({
+                    "message": "API rate limit exceeded for user ID 1.",
+                    "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api",
+                })),
+            )
+                .into_response();
+            for (name, value) in [
+                ("x-ratelimit-limit", w.limit),
+                ("x-ratelimit-remaining", 0),
+                ("x-ratelimit-reset", w.reset),
+            ] {
+                r.headers_mut().insert(name, HeaderValue::from(value));
+            }
+            return Some(Err(r));
+        }
+        w.used += 1;
+        Some(Ok([
+            ("x-ratelimit-limit", w.limit),
+            ("x-ratelimit-remaining", w.limit - w.used),
+            ("x-ratelimit-reset", w.reset),
+        ]))
+    })();
+    let headers = match headers {
+        None => return next.run(request).await,
+        Some(Err(refused)) => return refused,
+        Some(Ok(headers)) => headers,
+    };
+    let mut response = next.run(request).await;
+    for (name, value) in headers {
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from(value));
+    }
+    response
 }
 
 fn bad_request(message: &str) -> Response {
@@ -281,12 +385,25 @@ async fn rest_link(
     if page > 1 {
         links.insert(0, format!("<{}>; rel=\"prev\"", url(page - 1)));
     }
+    let separate = s.links.lock().unwrap().separate_link_lines;
     if end < items.len() {
-        links.insert(0, format!("<{}>; rel=\"next\"", url(page + 1)));
+        let next = format!("<{}>; rel=\"next\"", url(page + 1));
+        if separate {
+            links.push(next);
+        } else {
+            links.insert(0, next);
+        }
     }
     let mut response = axum::Json(Value::Array(list.to_vec())).into_response();
-    if let Ok(v) = HeaderValue::from_str(&links.join(", ")) {
-        response.headers_mut().insert("link", v);
+    let lines = if separate {
+        links
+    } else {
+        vec![links.join(", ")]
+    };
+    for line in lines {
+        if let Ok(v) = HeaderValue::from_str(&line) {
+            response.headers_mut().append("link", v);
+        }
     }
     response
 }
