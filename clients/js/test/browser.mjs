@@ -26,19 +26,24 @@ const PAGE = `<!doctype html><meta charset="utf-8"><title>syncline sdk</title>
   window.sdkReady = true;
 </script>`;
 
+/** The page or SDK file at `/sdk/<path>`: `{ contentType, body }`, or null when there is none. */
+export function sdkAsset(path) {
+  if (path === "app.html") return { contentType: "text/html", body: PAGE };
+  if (!path.startsWith("dist/") || path.includes("..")) return null;
+  try {
+    const body = readFileSync(join(DIST, path.slice("dist/".length)));
+    return { contentType: path.endsWith(".js") ? "text/javascript" : "application/json", body };
+  } catch {
+    return null;
+  }
+}
+
 /** A browser context whose pages can load `/sdk/app.html` on the server's origin. */
 export async function sdkContext(browser, url) {
   const context = await browser.newContext();
   await context.route(`${url}/sdk/**`, (route) => {
-    const path = new URL(route.request().url()).pathname.slice("/sdk/".length);
-    if (path === "app.html") return route.fulfill({ contentType: "text/html", body: PAGE });
-    if (!path.startsWith("dist/") || path.includes("..")) return route.fulfill({ status: 404, body: "" });
-    try {
-      const body = readFileSync(join(DIST, path.slice("dist/".length)));
-      return route.fulfill({ contentType: path.endsWith(".js") ? "text/javascript" : "application/json", body });
-    } catch {
-      return route.fulfill({ status: 404, body: "" });
-    }
+    const asset = sdkAsset(new URL(route.request().url()).pathname.slice("/sdk/".length));
+    return route.fulfill(asset ?? { status: 404, body: "" });
   });
   return context;
 }

@@ -31,8 +31,9 @@ parent = { table = "games", column = "game_id" }
 columns = { name = "string", n = "number", payload = "string" }
 `;
 
-/** Starts a server; resolves with { url, token(user, admin?), stop() } within 30 s. */
-export async function startServer(extra = "") {
+/** Starts a server (`extra` ends the `[sync]` section, `serverSettings` go into `[server]`); resolves with
+ * { url, token(user, admin?), stop() } within 30 s. */
+export async function startServer(extra = "", serverSettings = "") {
   if (!existsSync(SYNCLINE_BIN)) throw new Error(`server binary not found at ${SYNCLINE_BIN} (set SYNCLINE_BIN)`);
   const dir = mkdtempSync(join(tmpdir(), "syncline-js-"));
   const config = join(dir, "syncline.toml");
@@ -40,6 +41,7 @@ export async function startServer(extra = "") {
     config,
     `[server]
 listen = "127.0.0.1:0"
+${serverSettings}
 [storage]
 url = "sqlite://${join(dir, "syncline.db")}"
 [auth]

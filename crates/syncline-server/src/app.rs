@@ -87,7 +87,8 @@ impl Drop for PullSlot {
 
 /// Builds the router with every route, the metrics middleware and request tracing.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let cors = cors_layer(&state.config.server.cors_allowed_origins);
+    let router = Router::new()
         .route(
             "/",
             get(|| async { asset(ASSET_HTML, "text/html; charset=utf-8") }),
@@ -120,7 +121,51 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state);
+    // Outermost, so that a preflight is answered before authentication and every answer, errors included,
+    // carries the headers a browser needs to read it.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// The CORS policy for web apps on `origins` (`server.cors_allowed_origins`), if any: the methods and request
+/// headers the API takes, the response headers a client reads, preflights cached for 10 minutes. No
+/// credentials: tokens travel in `Authorization`, never in cookies.
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        // Checked at start-up (`ServerSection::check`): each is a plain ASCII origin.
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let name = HeaderName::from_static;
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::CACHE_CONTROL,
+                name(headers::IDEMPOTENCY_KEY),
+                name(headers::DEVICE),
+                name(headers::OUTBOX_PENDING),
+            ])
+            .expose_headers([
+                header::RETRY_AFTER,
+                header::WWW_AUTHENTICATE,
+                name(headers::IDEMPOTENT_REPLAYED),
+                name(headers::SERVER_TIMING),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 /// The dashboard, embedded in the binary: no build step, no files to deploy.

@@ -53,6 +53,10 @@ pub struct ServerSection {
     pub max_connections: usize,
     /// Pulls of one user streaming at once; more get 429 `too_many_pulls` with `Retry-After`.
     pub max_pulls_per_user: usize,
+    /// Web origins (`https://app.example.com`) whose pages may call the API from the browser (CORS), or
+    /// `["*"]` for any origin. Empty (the default): no CORS headers, so only pages served by this server
+    /// can. Tokens travel in the `Authorization` header, never in cookies, so no origin gets credentials.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for ServerSection {
@@ -67,6 +71,7 @@ impl Default for ServerSection {
             write_timeout_secs: 30.0,
             max_connections: 16_384,
             max_pulls_per_user: 16,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -87,6 +92,16 @@ impl ServerSection {
                 )));
             }
         }
+        if let Some(bad) = self.cors_allowed_origins.iter().find(|o| !is_origin(o)) {
+            return Err(ServerError::Config(format!(
+                "server.cors_allowed_origins: {bad:?} is not an origin (scheme://host[:port], no path) or \"*\""
+            )));
+        }
+        if self.cors_allowed_origins.len() > 1 && self.cors_allowed_origins.iter().any(|o| o == "*") {
+            return Err(ServerError::Config(
+                "server.cors_allowed_origins: \"*\" allows every origin and stands alone".into(),
+            ));
+        }
         if self.max_connections == 0 || self.max_pulls_per_user == 0 {
             return Err(ServerError::Config(
                 "server.max_connections and server.max_pulls_per_user must be at least 1".into(),
@@ -94,6 +109,39 @@ impl ServerSection {
         }
         Ok(())
     }
+}
+
+/// Whether `origin` is `*` or a web origin as a browser sends it (RFC 6454 §6.1): `http` or `https`, a host,
+/// an optional port, nothing after.
+fn is_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    // An IPv6 literal keeps its colons inside brackets.
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((ip, port)) if !ip.is_empty() && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') => {
+                ("v6", port)
+            }
+            _ => return false,
+        },
+        None => rest.split_at(rest.find(':').unwrap_or(rest.len())),
+    };
+    let port_ok = match port.strip_prefix(':') {
+        Some(digits) => (1..=5).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()),
+        None => port.is_empty(),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    port_ok && host_ok
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -271,6 +319,53 @@ mod tests {
             let config = Config::from_toml(&format!("[server]\n{bad}\n"), []).unwrap();
             let err = config.server.check().unwrap_err().to_string();
             assert!(err.contains("server."), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn cors_origins_are_origins_as_browsers_send_them() {
+        for good in [
+            "*",
+            "https://app.example.com",
+            "http://localhost:5173",
+            "http://127.0.0.1:8080",
+            "http://[::1]:3000",
+            "https://[2001:db8::1]",
+        ] {
+            assert!(is_origin(good), "{good}");
+        }
+        for bad in [
+            "",
+            "app.example.com",
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "ftp://app.example.com",
+            "https://",
+            "https://app.example.com:",
+            "https://app.example.com:123456",
+            "https://app example.com",
+            "https://[::1",
+            "https://user@app.example.com",
+        ] {
+            assert!(!is_origin(bad), "{bad:?}");
+        }
+        let env = [(
+            "SYNCLINE_SERVER_CORS_ALLOWED_ORIGINS".to_string(),
+            r#"["https://a.example", "http://localhost:5173"]"#.to_string(),
+        )];
+        let config = Config::from_toml("", env).unwrap();
+        assert_eq!(
+            config.server.cors_allowed_origins,
+            ["https://a.example", "http://localhost:5173"]
+        );
+        assert!(config.server.check().is_ok());
+        for bad in [
+            r#"cors_allowed_origins = ["https://a.example/"]"#,
+            r#"cors_allowed_origins = ["*", "https://a.example"]"#,
+        ] {
+            let config = Config::from_toml(&format!("[server]\n{bad}\n"), []).unwrap();
+            let err = config.server.check().unwrap_err().to_string();
+            assert!(err.contains("cors_allowed_origins"), "{bad}: {err}");
         }
     }
 

@@ -123,6 +123,9 @@ mod token_clock;
 #[path = "http/consent.rs"]
 mod consent;
 
+#[path = "http/cors.rs"]
+mod cors;
+
 fn token_with(user: &str, secret: &str, ttl: i64, extra: Option<Value>) -> String {
     let now = syncline_core::Clock::now_ms(&syncline_core::SystemClock) / 1000;
     let mut claims = json!({"sub": user, "exp": now + ttl, "iat": now});
