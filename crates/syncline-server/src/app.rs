@@ -155,7 +155,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "other".into());
     let started = Instant::now();
-    let mut response = match host_error(&request) {
+    let mut response = match head_error(&request) {
         Some(refused) => refused.into_response(),
         None => next.run(request).await,
     };
@@ -179,17 +179,37 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     response
 }
 
-/// RFC 9112 §3.2: an HTTP/1.1 request without a `Host` header, and any request with more than one, gets 400.
-fn host_error(request: &Request) -> Option<ApiError> {
-    let hosts = request.headers().get_all(header::HOST).iter().count();
+/// Requests whose head another HTTP reader could take differently, refused with 400 before any route
+/// runs, and their connection closed (what follows them may be a smuggled request):
+/// - RFC 9112 §3.2: an HTTP/1.1 request without a `Host` header, or any request with more than one;
+/// - RFC 9112 §6.1: `chunked` named more than once (a sender "MUST NOT apply chunked more than once"; hyper
+///   reads such a body as chunked). hyper itself refuses other codings, and answers a request with both
+///   `Transfer-Encoding` and `Content-Length` by the first alone, then closes the connection (§6.1's "MUST").
+fn head_error(request: &Request) -> Option<ApiError> {
+    let headers = request.headers();
+    let hosts = headers.get_all(header::HOST).iter().count();
     let missing = hosts == 0 && request.version() == axum::http::Version::HTTP_11;
-    (missing || hosts > 1).then(|| {
-        ApiError::new(
-            ErrorCode::InvalidRequest,
-            "an HTTP/1.1 request needs exactly one Host header",
-        )
-        .closing()
-    })
+    if missing || hosts > 1 {
+        return Some(
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "an HTTP/1.1 request needs exactly one Host header",
+            )
+            .closing(),
+        );
+    }
+    let codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let codings = codings.flat_map(|v| v.to_str().unwrap_or("?").split(','));
+    if codings.count() > 1 {
+        return Some(
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "Transfer-Encoding may name chunked once, and nothing else",
+            )
+            .closing(),
+        );
+    }
+    None
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -315,10 +335,13 @@ pub(crate) async fn read_body(
         {
             Err(too_large())
         }
+        // Broken chunked framing (a chunk size or extension or trailer hyper refuses): nothing after it on
+        // the connection can be trusted.
         Err(_) => Err(ApiError::new(
             ErrorCode::InvalidRequest,
-            "the body could not be read",
-        )),
+            "the body could not be read (broken chunked encoding?)",
+        )
+        .closing()),
     }
 }
 

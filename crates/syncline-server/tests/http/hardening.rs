@@ -821,18 +821,50 @@ async fn coded_bodies_repeated_tables_and_broken_json_are_refused_and_change_not
 }
 
 #[tokio::test]
-async fn requests_without_one_host_and_traversal_paths_get_json_errors() {
+async fn ambiguous_heads_and_traversal_paths_get_json_errors_and_smuggle_nothing() {
     let s = TestServer::start("").await;
     let limit = Duration::from_secs(5);
+    let token = s.token("alice");
+    let next = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let pull =
+        format!("POST /v1/sync/pull HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n");
+    // Each is answered 400 in JSON and its connection closed: the request written after it is never read.
     for request in [
-        "GET /healthz HTTP/1.1\r\n\r\n",
-        "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        format!("GET /healthz HTTP/1.1\r\n\r\n{next}"),
+        format!("GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n{next}"),
+        format!(
+            "{pull}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n{next}"
+        ),
+        format!(
+            "{pull}Transfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFFFF\r\n{{}}\r\n0\r\n\r\n{next}"
+        ),
     ] {
         let (status, body) = raw(&s, request.as_bytes(), limit).await;
-        assert!(status.starts_with("HTTP/1.1 400 "), "{request:?}: {status}");
-        let body: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(body["code"], "invalid_request", "{request:?}");
+        assert!(
+            status.starts_with("HTTP/1.1 400 "),
+            "{request:.60?}: {status}"
+        );
+        let body: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|_| panic!("{request:.60?}: one JSON answer, got {body}"));
+        assert_eq!(body["code"], "invalid_request", "{request:.60?}");
     }
+    // Both Content-Length and Transfer-Encoding: the body is read as chunked, and the connection is closed
+    // after the answer (RFC 9112 §6.1), so what the Content-Length would have framed is never a request.
+    let request = format!(
+        "{pull}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n{next}"
+    );
+    let mut stream = TcpStream::connect(s.server.as_ref().unwrap().addr)
+        .await
+        .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed after the answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
     // HTTP/1.0 has no Host requirement.
     let (status, body) = raw(&s, b"GET /healthz HTTP/1.0\r\n\r\n", limit).await;
     assert!(status.starts_with("HTTP/1.0 200 "), "{status}");
