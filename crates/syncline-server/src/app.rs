@@ -246,6 +246,19 @@ impl FromRequestParts<AppState> for User {
                 "the Authorization header must be `Bearer <token>`",
             )
         };
+        // Two headers could each be read as "the" credential by one proxy or another: neither is.
+        if parts
+            .headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(ApiError::new(
+                ErrorCode::InvalidToken,
+                "send one Authorization header, not several",
+            ));
+        }
         // `credentials = auth-scheme [ 1*SP token68 ]`, the scheme compared case-insensitively (RFC 9110
         // §11.1, §11.4); another scheme means no bearer token was sent (RFC 6750 §3.1).
         let value = value.to_str().map_err(|_| not_bearer())?.trim();

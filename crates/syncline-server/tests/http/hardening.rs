@@ -689,6 +689,25 @@ async fn refused_tokens_get_401_with_the_bearer_challenge_of_rfc_6750() {
             "{token:.60}: {challenge}"
         );
     }
+    let two = s
+        .http
+        .post(format!("{}/v1/sync/pull", s.url))
+        .header("authorization", format!("Bearer {good}"))
+        .header("authorization", format!("Bearer {good}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        two.status(),
+        StatusCode::UNAUTHORIZED,
+        "two Authorization headers"
+    );
+    assert!(
+        two.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
     // No bearer token at all: the challenge names no error (RFC 6750 §3.1). A token in the query string is
     // not read (§2.3 is optional, and leaks tokens into logs).
     for (authorization, query, code) in [
