@@ -835,6 +835,17 @@ async fn coded_bodies_repeated_tables_and_broken_json_are_refused_and_change_not
     assert!(head.contains(r#"{"code":"payload_too_large""#), "{head}");
     assert!(closed_within(&mut stream, Duration::from_secs(5)).await);
 
+    // A record with a key twice is refused on its own, whichever of the two a reader would keep.
+    let (status, answer) = s
+        .post(
+            "/v1/sync/push",
+            Some(&token),
+            r#"{"lastPulledAt":100,"changes":{"projects":{"updated":[{"id":"p1","name":"a","name":"b"}]}}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["rejected"][0]["code"], "invalid_record", "{answer}");
+
     assert_eq!(full_pull(&s, "alice").await, before, "nothing was applied");
     s.stop().await;
 }
