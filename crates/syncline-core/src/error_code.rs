@@ -98,6 +98,8 @@ error_codes! {
     PayloadTooLarge = "payload_too_large", 413;
     /// More records than `server.max_records_per_request`.
     TooManyRecords = "too_many_records", 413;
+    /// The body has a `Content-Encoding` (gzip, …): bodies are read as sent, never decompressed.
+    UnsupportedContentEncoding = "unsupported_content_encoding", 415;
     /// A bulk request has invalid rows.
     InvalidRows = "invalid_rows", 422;
     /// A connection's credential lacks a field its source needs.

@@ -122,7 +122,17 @@ struct Fields<'t, 'a> {
 
 impl<'a> Fields<'_, 'a> {
     fn field(&mut self, key: &'a str, value: &'a RawValue) -> Result<(), RowError> {
+        // A key twice is ambiguous (RFC 8259 §4: readers differ on which one counts): refused, not guessed.
+        let twice = || {
+            RowError::new(
+                RowErrorCode::InvalidRecord,
+                format!("the record has the key `{key}` twice"),
+            )
+        };
         if key == "id" {
+            if self.id.is_some() {
+                return Err(twice());
+            }
             let parsed: Option<&'a str> = serde_json::from_str(value.get()).ok();
             return match parsed {
                 Some(s) if is_safe_id(s) => {
@@ -151,6 +161,9 @@ impl<'a> Fields<'_, 'a> {
                 format!("table `{}` has no column `{key}`", self.table.name),
             ));
         };
+        if self.values[index].is_some() {
+            return Err(twice());
+        }
         self.values[index] = Some(check_value(&self.table.name, key, column.ty, value)?);
         Ok(())
     }
@@ -377,6 +390,17 @@ mod tests {
         normalize_record(table, &raw, "alice", None)
             .map(|r| render_record(table, &r, None))
             .map_err(|e| e.code.as_str().to_string())
+    }
+
+    #[test]
+    fn a_key_twice_is_refused() {
+        for input in [
+            r#"{"id":"a","id":"b"}"#,
+            r#"{"id":"a","title":"x","title":"y"}"#,
+        ] {
+            assert_eq!(check(input), Err("invalid_record".to_string()), "{input}");
+        }
+        assert!(check(r#"{"id":"a","_status":"created","_status":"updated"}"#).is_ok());
     }
 
     #[test]

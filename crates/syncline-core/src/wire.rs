@@ -211,11 +211,45 @@ impl TableChanges<'_> {
     }
 }
 
+/// A map keyed by table name that names each table once. A map read into a `BTreeMap` keeps the last of two
+/// equal keys and drops the first without a word (`{"t":{"created":[…]},"t":{"deleted":[…]}}` would apply
+/// the deletes and lose the creations), so a repeated table is refused as a whole.
+fn by_table<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Tables<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Tables<V> {
+        type Value = BTreeMap<String, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object keyed by table name")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut tables = BTreeMap::new();
+            while let Some(table) = map.next_key::<String>()? {
+                if tables.contains_key(&table) {
+                    return Err(serde::de::Error::custom(format!(
+                        "table `{table}` appears twice in one object"
+                    )));
+                }
+                let value = map.next_value()?;
+                tables.insert(table, value);
+            }
+            Ok(tables)
+        }
+    }
+    d.deserialize_map(Tables(std::marker::PhantomData))
+}
+
 /// `POST /v1/sync/push` body.
 #[derive(Debug, Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase")]
 pub struct PushRequest<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "by_table")]
     pub changes: BTreeMap<String, TableChanges<'a>>,
     #[serde(default, deserialize_with = "whole::opt_i64")]
     pub last_pulled_at: Option<i64>,
@@ -227,9 +261,9 @@ from_objects_only!(PushRequest<'a>, "a JSON object (the push request)");
 #[derive(Debug, Default, Deserialize)]
 #[serde(remote = "Self", deny_unknown_fields)]
 pub struct BulkRequest<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "by_table")]
     pub upserts: BTreeMap<String, Vec<&'a RawValue>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "by_table")]
     pub deletes: BTreeMap<String, Vec<String>>,
 }
 

@@ -200,7 +200,10 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "other".into());
     let started = Instant::now();
-    let mut response = next.run(request).await;
+    let mut response = match head_error(&request) {
+        Some(refused) => refused.into_response(),
+        None => next.run(request).await,
+    };
     let elapsed = started.elapsed();
     let headers = response.headers_mut();
     headers
@@ -219,6 +222,39 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .metrics
         .observe_request(&route, response.status().as_u16(), elapsed.as_secs_f64());
     response
+}
+
+/// Requests whose head another HTTP reader could take differently, refused with 400 before any route
+/// runs, and their connection closed (what follows them may be a smuggled request):
+/// - RFC 9112 §3.2: an HTTP/1.1 request without a `Host` header, or any request with more than one;
+/// - RFC 9112 §6.1: `chunked` named more than once (a sender "MUST NOT apply chunked more than once"; hyper
+///   reads such a body as chunked). hyper itself refuses other codings, and answers a request with both
+///   `Transfer-Encoding` and `Content-Length` by the first alone, then closes the connection (§6.1's "MUST").
+fn head_error(request: &Request) -> Option<ApiError> {
+    let headers = request.headers();
+    let hosts = headers.get_all(header::HOST).iter().count();
+    let missing = hosts == 0 && request.version() == axum::http::Version::HTTP_11;
+    if missing || hosts > 1 {
+        return Some(
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "an HTTP/1.1 request needs exactly one Host header",
+            )
+            .closing(),
+        );
+    }
+    let codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let codings = codings.flat_map(|v| v.to_str().unwrap_or("?").split(','));
+    if codings.count() > 1 {
+        return Some(
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "Transfer-Encoding may name chunked once, and nothing else",
+            )
+            .closing(),
+        );
+    }
+    None
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -246,22 +282,39 @@ impl FromRequestParts<AppState> for User {
             return Err(ApiError::new(
                 ErrorCode::MissingToken,
                 "send Authorization: Bearer <token>",
-            ));
+            )
+            .without_bearer());
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::InvalidToken,
-                    "the Authorization header must be `Bearer <token>`",
-                )
-            })?;
+        let not_bearer = || {
+            ApiError::new(
+                ErrorCode::InvalidToken,
+                "the Authorization header must be `Bearer <token>`",
+            )
+        };
+        // Two headers could each be read as "the" credential by one proxy or another: neither is.
+        if parts
+            .headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(ApiError::new(
+                ErrorCode::InvalidToken,
+                "send one Authorization header, not several",
+            ));
+        }
+        // `credentials = auth-scheme [ 1*SP token68 ]`, the scheme compared case-insensitively (RFC 9110
+        // §11.1, §11.4); another scheme means no bearer token was sent (RFC 6750 §3.1).
+        let value = value.to_str().map_err(|_| not_bearer())?.trim();
+        let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(not_bearer().without_bearer());
+        }
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(not_bearer());
+        }
         match state.auth.verify(token, state.clock.now_ms()) {
             Ok(p) => Ok(User(p)),
             Err(TokenError::Expired) => Err(ApiError::new(
@@ -280,20 +333,35 @@ impl FromRequestParts<AppState> for User {
     }
 }
 
-/// Reads the whole body, refusing more than the configured limit with 413, and a body that does not arrive
-/// within `server.body_read_timeout_secs` with 408 (the connection is then closed: the rest of the body is
-/// never read).
+/// Reads the whole body, refusing more than the configured limit with 413, a body with a `Content-Encoding`
+/// with 415, and a body that does not arrive within `server.body_read_timeout_secs` with 408 (after each of
+/// these the connection is closed: the rest of the body is never read).
 pub(crate) async fn read_body(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Bytes, ApiError> {
+    // No body is ever decompressed (so no decompression bomb): a coded body is refused, not misread as
+    // JSON. RFC 9110 §15.5.16: 415, with `Accept-Encoding` naming what is accepted.
+    let coded = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .any(|coding| !coding.trim().eq_ignore_ascii_case("identity"));
+    if coded {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedContentEncoding,
+            "request bodies are read as sent: send them without Content-Encoding",
+        )
+        .closing());
+    }
     let limit = state.config.server.max_body_bytes;
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!("the body is larger than {limit} bytes"),
         )
+        .closing()
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -325,15 +393,19 @@ pub(crate) async fn read_body(
         {
             Err(too_large())
         }
+        // Broken chunked framing (a chunk size or extension or trailer hyper refuses): nothing after it on
+        // the connection can be trusted.
         Err(_) => Err(ApiError::new(
             ErrorCode::InvalidRequest,
-            "the body could not be read",
-        )),
+            "the body could not be read (broken chunked encoding?)",
+        )
+        .closing()),
     }
 }
 
 /// Parses a request body as JSON. The whole body must be UTF-8 (RFC 8259 §8.1), including the parts the
-/// request type ignores, which serde_json alone would skip unchecked.
+/// request type ignores, which serde_json alone would skip unchecked. A body that is not JSON is
+/// `malformed_json` even where its first error is one of shape.
 pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         ApiError::new(
@@ -344,7 +416,16 @@ pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Resu
             ),
         )
     })?;
-    serde_json::from_str(text).map_err(|e| ApiError::from_json(&e))
+    serde_json::from_str(text).map_err(|e| {
+        // serde stops at the first error: a shape error early in a body that is not JSON at all (`[[[…`
+        // unclosed, `{…} trailing`) is reported as what it is. Only refused bodies are read twice.
+        match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Err(syntax) if e.classify() == serde_json::error::Category::Data => {
+                ApiError::from_json(&syntax)
+            }
+            _ => ApiError::from_json(&e),
+        }
+    })
 }
 
 /// `Query<T>` whose rejection is the JSON error (`invalid_query`) instead of axum's plain text.

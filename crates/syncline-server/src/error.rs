@@ -36,6 +36,9 @@ pub struct ApiError {
     pub close: bool,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// A `401` whose request sent no bearer token at all (no `Authorization` header, or another scheme): its
+    /// `WWW-Authenticate` challenge then names no error (RFC 6750 §3.1).
+    pub(crate) no_bearer: bool,
 }
 
 impl ApiError {
@@ -46,7 +49,14 @@ impl ApiError {
             extra: None,
             close: false,
             retry_after: None,
+            no_bearer: false,
         }
+    }
+
+    /// A `401` for a request that carried no bearer token (see [`ApiError::no_bearer`]).
+    pub(crate) fn without_bearer(mut self) -> ApiError {
+        self.no_bearer = true;
+        self
     }
 
     /// Closes the connection after this answer.
@@ -143,6 +153,25 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The `WWW-Authenticate` header of a `401` (RFC 6750 §3): the `Bearer` scheme and its realm; for a token
+/// that was sent and refused, also `error="invalid_token"` (expired, badly signed, malformed and bad-subject
+/// tokens alike: §3.1 has one code for them) and the message as `error_description`, whose characters §3
+/// limits to printable ASCII without `"` and `\`.
+fn challenge(no_bearer: bool, message: &str) -> axum::http::HeaderValue {
+    const REALM: &str = "Bearer realm=\"syncline\"";
+    if no_bearer {
+        return axum::http::HeaderValue::from_static(REALM);
+    }
+    let description: String = message
+        .chars()
+        .filter(|c| matches!(c, ' '..='~') && !matches!(c, '"' | '\\'))
+        .collect();
+    axum::http::HeaderValue::from_str(&format!(
+        "{REALM}, error=\"invalid_token\", error_description=\"{description}\""
+    ))
+    .unwrap_or_else(|_| axum::http::HeaderValue::from_static(REALM))
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -167,6 +196,18 @@ impl IntoResponse for ApiError {
         }
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.code == ErrorCode::UnsupportedContentEncoding {
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                challenge(self.no_bearer, &self.message),
+            );
         }
         response
     }

@@ -540,6 +540,22 @@ async fn another_users_ids_reach_nothing_of_theirs() {
         m["changes"]["projects"]["updated"][0]["user_id"], "mallory",
         "owner columns are forced to the token's user"
     );
+    // Another user's id answers exactly as an id nobody has: nothing tells eve that alice has a `p1`.
+    let eve = s.token("eve");
+    let mut answers = Vec::new();
+    for id in ["p1", "never-used"] {
+        let push = json!({"lastPulledAt": 0, "changes": {"projects": {"deleted": [id]}}});
+        let (status, mut pushed) = s.post("/v1/sync/push", Some(&eve), push.to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{pushed}");
+        let bulk = json!({"deletes": {"projects": [id]}, "upserts": {"tasks": [{"id": "t-eve", "title": "x", "project_id": id}]}});
+        let (status, mut bulked) = s.post("/v1/sync/bulk", Some(&eve), bulk.to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{bulked}");
+        pushed["timestamp"] = json!(0);
+        bulked["timestamp"] = json!(0);
+        answers.push((pushed, bulked));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(s.pull("alice", None).await["changes"], alice["changes"]);
     s.stop().await;
 }
 

@@ -587,3 +587,351 @@ async fn stalled_pull_case(s: &TestServer, pinned: impl Fn() -> bool + Clone + S
     // The stalled connection was closed: reading drains what the kernel held, then ends.
     assert!(closed_within(&mut stalled, Duration::from_secs(5)).await);
 }
+
+/// The `WWW-Authenticate` header of a `401` answer to `authorization` (or to no header), with its code.
+async fn refusal(s: &TestServer, authorization: Option<&str>, query: &str) -> (String, String) {
+    let mut request = s
+        .http
+        .post(format!("{}/v1/sync/pull{query}", s.url))
+        .body(r#"{"lastPulledAt":null}"#);
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::UNAUTHORIZED,
+        "{authorization:?}"
+    );
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .unwrap_or_else(|| panic!("{authorization:?}: no WWW-Authenticate"))
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = response.json().await.unwrap();
+    (challenge, body["code"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn refused_tokens_get_401_with_the_bearer_challenge_of_rfc_6750() {
+    let s = TestServer::start("").await;
+    let now = Clock::now_ms(&SystemClock) / 1000;
+    let signed = |header: &str, claims: Value| {
+        let input = format!(
+            "{}.{}",
+            b64url(header.as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        use sha2::Digest as _;
+        // HMAC-SHA256 by its definition (RFC 2104), so a header can claim any algorithm.
+        let mut key = SECRET.as_bytes().to_vec();
+        key.resize(64, 0);
+        let pad = |byte: u8| key.iter().map(|k| k ^ byte).collect::<Vec<u8>>();
+        let inner = sha2::Sha256::new()
+            .chain_update(pad(0x36))
+            .chain_update(input.as_bytes())
+            .finalize();
+        let mac = sha2::Sha256::new()
+            .chain_update(pad(0x5c))
+            .chain_update(inner)
+            .finalize();
+        format!("{input}.{}", b64url(&mac))
+    };
+    let hs256 = r#"{"alg":"HS256","typ":"JWT"}"#;
+    let valid = json!({"sub": "alice", "exp": now + 3600});
+    // The helper really signs: the same token with its own header is accepted.
+    let (status, _) = s
+        .post("/v1/sync/pull", Some(&signed(hs256, valid.clone())), "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let good = s.token("alice");
+    let mut tampered = good.clone();
+    tampered.truncate(good.len() - 4);
+    tampered.push_str("AAAA");
+    let refused = [
+        (
+            signed(r#"{"alg":"none","typ":"JWT"}"#, valid.clone())
+                .rsplit_once('.')
+                .unwrap()
+                .0
+                .to_string()
+                + ".",
+            "invalid_token",
+        ),
+        (
+            signed(r#"{"alg":"RS256","typ":"JWT"}"#, valid.clone()),
+            "invalid_token",
+        ),
+        (tampered, "invalid_token"),
+        (token_with("alice", SECRET, -3600, None), "token_expired"),
+        (
+            signed(
+                hs256,
+                json!({"sub": "alice", "exp": now + 3600, "nbf": now + 3600}),
+            ),
+            "invalid_token",
+        ),
+        (signed(hs256, json!({"exp": now + 3600})), "invalid_token"),
+        (signed(hs256, json!({"sub": "alice"})), "invalid_token"),
+        (format!("{good}{}", "x".repeat(16_000)), "invalid_token"),
+        (String::new(), "invalid_token"),
+    ];
+    for (token, code) in refused {
+        let (challenge, got) = refusal(&s, Some(&format!("Bearer {token}")), "").await;
+        assert_eq!(got, code, "{token:.60}");
+        assert!(
+            challenge.starts_with(
+                r#"Bearer realm="syncline", error="invalid_token", error_description=""#
+            ),
+            "{token:.60}: {challenge}"
+        );
+    }
+    let two = s
+        .http
+        .post(format!("{}/v1/sync/pull", s.url))
+        .header("authorization", format!("Bearer {good}"))
+        .header("authorization", format!("Bearer {good}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        two.status(),
+        StatusCode::UNAUTHORIZED,
+        "two Authorization headers"
+    );
+    assert!(
+        two.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
+    // No bearer token at all: the challenge names no error (RFC 6750 §3.1). A token in the query string is
+    // not read (§2.3 is optional, and leaks tokens into logs).
+    for (authorization, query, code) in [
+        (None, "", "missing_token"),
+        (None, &*format!("?access_token={good}"), "missing_token"),
+        (Some("Basic YWxpY2U6c2VjcmV0"), "", "invalid_token"),
+    ] {
+        let (challenge, got) = refusal(&s, authorization, query).await;
+        assert_eq!(
+            (challenge.as_str(), got.as_str()),
+            (r#"Bearer realm="syncline""#, code)
+        );
+    }
+    // The scheme is case-insensitive (RFC 9110 §11.1), and spaces before the token are allowed.
+    for authorization in [
+        format!("bearer {good}"),
+        format!("BEARER {good}"),
+        format!("Bearer    {good}"),
+    ] {
+        let response = s
+            .http
+            .post(format!("{}/v1/sync/pull", s.url))
+            .header("authorization", &authorization)
+            .body("")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{authorization:.12}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn coded_bodies_repeated_tables_and_broken_json_are_refused_and_change_nothing() {
+    let s = TestServer::start("max_body_bytes = 262144").await;
+    s.push("alice", 0, projects(&[("p1", "kept")])).await;
+    let before = full_pull(&s, "alice").await;
+    let token = s.token("alice");
+    let push = json!({"lastPulledAt": 100, "changes": projects(&[("p2", "new")])}).to_string();
+
+    // A valid push labelled gzip is not read: nothing is decompressed, and nothing is misread.
+    for coding in ["gzip", "deflate, identity", "br"] {
+        let response = s
+            .http
+            .post(format!("{}/v1/sync/push", s.url))
+            .bearer_auth(&token)
+            .header("content-encoding", coding)
+            .body(push.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{coding}"
+        );
+        assert_eq!(response.headers()["accept-encoding"], "identity");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "unsupported_content_encoding");
+    }
+    let response = s
+        .http
+        .post(format!("{}/v1/sync/pull", s.url))
+        .bearer_auth(&token)
+        .header("content-encoding", "identity")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // A table named twice would otherwise keep its second half and drop the first without a word.
+    let cases = [
+        (
+            "/v1/sync/push",
+            r#"{"lastPulledAt":100,"changes":{"projects":{"created":[{"id":"p2","name":"x"}]},"projects":{"deleted":["p1"]}}}"#.to_string(),
+            "invalid_request",
+        ),
+        (
+            "/v1/sync/bulk",
+            r#"{"deletes":{"projects":["p1"],"projects":[]}}"#.to_string(),
+            "invalid_request",
+        ),
+        (
+            "/v1/sync/bulk",
+            r#"{"upserts":{"projects":[{"id":"p2","name":"x"}],"projects":[]}}"#.to_string(),
+            "invalid_request",
+        ),
+        // Not JSON at all, whatever shape its first bytes have; deep but valid JSON is only of the wrong shape.
+        ("/v1/sync/pull", "[".repeat(100_000), "malformed_json"),
+        ("/v1/sync/push", "[".repeat(100_000), "malformed_json"),
+        ("/v1/sync/bulk", "[".repeat(100_000), "malformed_json"),
+        ("/v1/sync/push", format!("{}{}", "[".repeat(20_000), "]".repeat(20_000)), "invalid_request"),
+        ("/v1/sync/push", format!("{push} trailing"), "malformed_json"),
+        ("/v1/sync/bulk", r#"{"deletes":{"projects":["p1"]}}{}"#.to_string(), "malformed_json"),
+        ("/v1/sync/push", format!("\u{feff}{push}"), "malformed_json"),
+    ];
+    for (path, body, code) in cases {
+        let (status, answer) = s.post(path, Some(&token), body.clone()).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{path} {body:.80}: {answer}"
+        );
+    }
+
+    // A chunked body over the limit: 413, and the connection is not kept (its rest is never read).
+    let chunk = format!("1000\r\n{}\r\n", " ".repeat(0x1000));
+    let request = format!(
+        "POST /v1/sync/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n{}0\r\n\r\n",
+        chunk.repeat(80)
+    );
+    let mut stream = TcpStream::connect(s.server.as_ref().unwrap().addr)
+        .await
+        .unwrap();
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&answer[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 413"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(head.contains(r#"{"code":"payload_too_large""#), "{head}");
+    assert!(closed_within(&mut stream, Duration::from_secs(5)).await);
+
+    // A record with a key twice is refused on its own, whichever of the two a reader would keep.
+    let (status, answer) = s
+        .post(
+            "/v1/sync/push",
+            Some(&token),
+            r#"{"lastPulledAt":100,"changes":{"projects":{"updated":[{"id":"p1","name":"a","name":"b"}]}}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["rejected"][0]["code"], "invalid_record", "{answer}");
+
+    assert_eq!(full_pull(&s, "alice").await, before, "nothing was applied");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn ambiguous_heads_and_traversal_paths_get_json_errors_and_smuggle_nothing() {
+    let s = TestServer::start("").await;
+    let limit = Duration::from_secs(5);
+    let token = s.token("alice");
+    let next = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let pull =
+        format!("POST /v1/sync/pull HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n");
+    // Each is answered 400 in JSON and its connection closed: the request written after it is never read.
+    for request in [
+        format!("GET /healthz HTTP/1.1\r\n\r\n{next}"),
+        format!("GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n{next}"),
+        format!(
+            "{pull}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n{next}"
+        ),
+        format!(
+            "{pull}Transfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFFFF\r\n{{}}\r\n0\r\n\r\n{next}"
+        ),
+    ] {
+        let (status, body) = raw(&s, request.as_bytes(), limit).await;
+        assert!(
+            status.starts_with("HTTP/1.1 400 "),
+            "{request:.60?}: {status}"
+        );
+        let body: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|_| panic!("{request:.60?}: one JSON answer, got {body}"));
+        assert_eq!(body["code"], "invalid_request", "{request:.60?}");
+    }
+    // Both Content-Length and Transfer-Encoding: the body is read as chunked, and the connection is closed
+    // after the answer (RFC 9112 §6.1), so what the Content-Length would have framed is never a request.
+    let request = format!(
+        "{pull}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n{next}"
+    );
+    let mut stream = TcpStream::connect(s.server.as_ref().unwrap().addr)
+        .await
+        .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed after the answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    // HTTP/1.0 has no Host requirement.
+    let (status, body) = raw(&s, b"GET /healthz HTTP/1.0\r\n\r\n", limit).await;
+    assert!(status.starts_with("HTTP/1.0 200 "), "{status}");
+    assert_eq!(body, r#"{"status":"ok"}"#);
+    // The dashboard is embedded in the binary: no path reaches a file, encoded or not.
+    for path in [
+        "/..%2f..%2fetc/passwd",
+        "/assets/..%2f..%2f..%2fetc/passwd",
+        "/assets/%252e%252e%252f%252e%252e%252fetc%252fpasswd",
+        "/assets/../../../etc/passwd",
+        "/assets/app.js/../../../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "//etc/passwd",
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let (status, body) = raw(&s, request.as_bytes(), limit).await;
+        assert!(status.starts_with("HTTP/1.1 404 "), "{path}: {status}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["code"], "not_found", "{path}");
+    }
+    // No CORS: a preflight is a method the route does not take.
+    let response = s
+        .http
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/sync/pull", s.url))
+        .header("origin", "https://elsewhere.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "method_not_allowed");
+    s.stop().await;
+}
