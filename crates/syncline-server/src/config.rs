@@ -97,7 +97,8 @@ impl ServerSection {
                 "server.cors_allowed_origins: {bad:?} is not an origin (scheme://host[:port], no path) or \"*\""
             )));
         }
-        if self.cors_allowed_origins.len() > 1 && self.cors_allowed_origins.iter().any(|o| o == "*") {
+        if self.cors_allowed_origins.len() > 1 && self.cors_allowed_origins.iter().any(|o| o == "*")
+        {
             return Err(ServerError::Config(
                 "server.cors_allowed_origins: \"*\" allows every origin and stands alone".into(),
             ));
@@ -126,7 +127,9 @@ fn is_origin(origin: &str) -> bool {
     // An IPv6 literal keeps its colons inside brackets.
     let (host, port) = match rest.strip_prefix('[') {
         Some(v6) => match v6.split_once(']') {
-            Some((ip, port)) if !ip.is_empty() && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') => {
+            Some((ip, port))
+                if !ip.is_empty() && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') =>
+            {
                 ("v6", port)
             }
             _ => return false,
@@ -134,7 +137,9 @@ fn is_origin(origin: &str) -> bool {
         None => rest.split_at(rest.find(':').unwrap_or(rest.len())),
     };
     let port_ok = match port.strip_prefix(':') {
-        Some(digits) => (1..=5).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()),
+        Some(digits) => {
+            (1..=5).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+        }
         None => port.is_empty(),
     };
     let host_ok = !host.is_empty()

@@ -38,10 +38,19 @@ async fn a_listed_origin_may_sync_from_the_browser_and_reads_errors_too() {
     let allowed = header(&answer, "access-control-allow-headers")
         .unwrap()
         .to_ascii_lowercase();
-    for name in ["authorization", "content-type", "idempotency-key", "syncline-device"] {
+    for name in [
+        "authorization",
+        "content-type",
+        "idempotency-key",
+        "syncline-device",
+    ] {
         assert!(allowed.contains(name), "{name} not in {allowed}");
     }
-    assert!(header(&answer, "access-control-allow-methods").unwrap().contains("POST"));
+    assert!(
+        header(&answer, "access-control-allow-methods")
+            .unwrap()
+            .contains("POST")
+    );
     assert_eq!(header(&answer, "access-control-allow-credentials"), None);
 
     // The request itself: answered for the origin, with the headers a client reads exposed.
@@ -57,7 +66,12 @@ async fn a_listed_origin_may_sync_from_the_browser_and_reads_errors_too() {
         .unwrap();
     assert_eq!(push.status(), StatusCode::OK);
     assert_eq!(header(&push, "access-control-allow-origin"), Some(APP));
-    assert!(header(&push, "vary").unwrap_or_default().to_ascii_lowercase().contains("origin"));
+    assert!(
+        header(&push, "vary")
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .contains("origin")
+    );
 
     // An error answer carries them too, so the page can read its code.
     let refused = s
@@ -74,7 +88,10 @@ async fn a_listed_origin_may_sync_from_the_browser_and_reads_errors_too() {
     let exposed = header(&refused, "access-control-expose-headers")
         .unwrap()
         .to_ascii_lowercase();
-    assert!(exposed.contains("www-authenticate") && exposed.contains("retry-after"), "{exposed}");
+    assert!(
+        exposed.contains("www-authenticate") && exposed.contains("retry-after"),
+        "{exposed}"
+    );
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["code"], "invalid_token");
 
