@@ -6,8 +6,20 @@ use syncline_core::{Clock as _, ImportPhase, ImportStatus, SystemClock};
 use syncline_testkit::fake_apis::FakeRest;
 
 use super::{
-    REST_TOKEN, USER, assert_complete, harness, requests_since, rest_credential, rest_source,
+    Harness, REST_TOKEN, USER, assert_complete, harness, requests_since, rest_credential,
+    rest_source,
 };
+
+/// A harness with one connected REST source `api` on `fake`: `extra` for `[imports]`, `rest` for the source,
+/// `stream` for its one stream.
+async fn rest_harness(extra: &str, fake: &FakeRest, rest: &str, stream: &str) -> Harness {
+    harness(
+        extra,
+        &rest_source(fake, rest, stream),
+        &[("api", rest_credential())],
+    )
+    .await
+}
 
 const OFFSET_TOTAL: &str = "path = \"/offset/items\"\nrecords = \"/data\"\ntotal = \"/meta/total\"\n\
     pagination = { style = \"offset\", size_param = \"limit\" }";
@@ -38,12 +50,7 @@ fn pages_up_to_an_empty_one(items: usize) -> usize {
 /// Imports `items` items through `stream`; checks every row arrived and the walk took `requests` requests.
 async fn check(name: &str, stream: &str, items: usize, requests: usize) {
     let fake = FakeRest::start(REST_TOKEN, items).await;
-    let h = harness(
-        "",
-        &rest_source(&fake, "", stream),
-        &[("api", rest_credential())],
-    )
-    .await;
+    let h = rest_harness("", &fake, "", stream).await;
     let states = h.import("api", 10).await;
     assert_complete(&states);
     assert_eq!(states[0].processed, items as u64, "{name}, {items} items");
@@ -107,12 +114,7 @@ async fn rows_hold_the_mapped_fields_or_the_records_own() {
 #[tokio::test]
 async fn the_page_size_is_capped_by_max_page_size() {
     let fake = FakeRest::start(REST_TOKEN, 450).await;
-    let h = harness(
-        "page_size = 200",
-        &rest_source(&fake, "", OFFSET_TOTAL),
-        &[("api", rest_credential())],
-    )
-    .await;
+    let h = rest_harness("page_size = 200", &fake, "", OFFSET_TOTAL).await;
     assert_complete(&h.import("api", 10).await);
     assert_eq!(h.rows("rest_items"), 450);
     let log = fake.control.log();
@@ -121,10 +123,11 @@ async fn the_page_size_is_capped_by_max_page_size() {
 
     // Above what the API takes, the API's refusal is the stream's error.
     let fake = FakeRest::start(REST_TOKEN, 450).await;
-    let h = harness(
+    let h = rest_harness(
         "page_size = 200",
-        &rest_source(&fake, "max_page_size = 500", OFFSET_TOTAL),
-        &[("api", rest_credential())],
+        &fake,
+        "max_page_size = 500",
+        OFFSET_TOTAL,
     )
     .await;
     let states = h.import("api", 10).await;
@@ -139,12 +142,7 @@ async fn relative_next_urls_are_followed_on_the_base_origin() {
     for stream in [NEXT_URL, LINK_HEADER] {
         let fake = FakeRest::start(REST_TOKEN, 120).await;
         fake.set_relative_links(true);
-        let h = harness(
-            "",
-            &rest_source(&fake, "", stream),
-            &[("api", rest_credential())],
-        )
-        .await;
+        let h = rest_harness("", &fake, "", stream).await;
         assert_complete(&h.import("api", 10).await);
         assert_eq!(h.rows("rest_items"), 120);
         assert_eq!(fake.control.requests(), 3, "{:#?}", fake.control.log());
@@ -157,12 +155,7 @@ async fn relative_next_urls_are_followed_on_the_base_origin() {
 async fn a_link_field_sent_as_several_lines_still_gives_the_next_page() {
     let fake = FakeRest::start(REST_TOKEN, 120).await;
     fake.set_separate_link_lines(true);
-    let h = harness(
-        "",
-        &rest_source(&fake, "", LINK_HEADER),
-        &[("api", rest_credential())],
-    )
-    .await;
+    let h = rest_harness("", &fake, "", LINK_HEADER).await;
     assert_complete(&h.import("api", 10).await);
     assert_eq!(h.rows("rest_items"), 120);
     assert_eq!(fake.control.requests(), 3, "{:#?}", fake.control.log());
@@ -178,12 +171,7 @@ async fn an_api_that_answers_the_same_page_again_fails_the_walk_instead_of_loopi
         "style = \"offset\",",
         "style = \"offset\", offset_param = \"skip\",",
     );
-    let h = harness(
-        "",
-        &rest_source(&fake, "", &stream),
-        &[("api", rest_credential())],
-    )
-    .await;
+    let h = rest_harness("", &fake, "", &stream).await;
     let states = h.import("api", 10).await;
     let s = &states[0];
     assert_eq!(
@@ -207,12 +195,7 @@ async fn an_api_that_answers_the_same_page_again_fails_the_walk_instead_of_loopi
 async fn a_page_that_spends_the_rate_limit_window_waits_for_its_reset_without_asking_again() {
     let fake = FakeRest::start(REST_TOKEN, 120).await;
     fake.set_rate_window(2, 2, || (SystemClock.now_ms() / 1000) as u64);
-    let h = harness(
-        "",
-        &rest_source(&fake, "", LINK_HEADER),
-        &[("api", rest_credential())],
-    )
-    .await;
+    let h = rest_harness("", &fake, "", LINK_HEADER).await;
     h.importer.start(USER, "api").await.unwrap();
     let limited = h.state("api", "items", ImportPhase::Initial).await;
     let (reset, refused) = fake.rate_window().unwrap();
@@ -254,12 +237,7 @@ async fn a_page_that_spends_the_rate_limit_window_waits_for_its_reset_without_as
 #[tokio::test]
 async fn a_403_that_says_it_is_a_secondary_rate_limit_waits_a_minute() {
     let fake = FakeRest::start(REST_TOKEN, 120).await;
-    let h = harness(
-        "",
-        &rest_source(&fake, "", LINK_HEADER),
-        &[("api", rest_credential())],
-    )
-    .await;
+    let h = rest_harness("", &fake, "", LINK_HEADER).await;
     fake.control.answer_next(
         403,
         &[],
@@ -286,12 +264,7 @@ async fn a_403_that_says_it_is_a_secondary_rate_limit_waits_a_minute() {
 #[tokio::test]
 async fn cursors_that_go_round_fail_the_walk_instead_of_looping() {
     let fake = FakeRest::start(REST_TOKEN, 0).await;
-    let h = harness(
-        "",
-        &rest_source(&fake, "", CURSOR),
-        &[("api", rest_credential())],
-    )
-    .await;
+    let h = rest_harness("", &fake, "", CURSOR).await;
     for _ in 0..10 {
         for (id, next) in [(1, "A"), (2, "B")] {
             fake.control.answer_next(
@@ -318,12 +291,7 @@ async fn a_next_url_on_another_origin_is_never_followed() {
         let elsewhere = FakeRest::start(REST_TOKEN, 10).await;
         let fake = FakeRest::start(REST_TOKEN, 120).await;
         fake.send_next_links_to(Some(elsewhere.base_url()));
-        let h = harness(
-            "",
-            &rest_source(&fake, "", stream),
-            &[("api", rest_credential())],
-        )
-        .await;
+        let h = rest_harness("", &fake, "", stream).await;
         let states = h.import("api", 10).await;
         let s = &states[0];
         assert_eq!(
@@ -354,12 +322,7 @@ async fn the_rest_incremental_walk_stops_at_the_last_walks_newest_record() {
     for stream in [OFFSET_TOTAL, LINK_HEADER, CURSOR] {
         let stream = format!("{stream}\nnewest_first_by = \"/updated_at\"");
         let fake = FakeRest::start(REST_TOKEN, 500).await;
-        let h = harness(
-            "",
-            &rest_source(&fake, "", &stream),
-            &[("api", rest_credential())],
-        )
-        .await;
+        let h = rest_harness("", &fake, "", &stream).await;
         assert_complete(&h.import("api", 20).await);
         let sequence = h.sequence();
         fake.items.lock().unwrap().add(7);
@@ -390,12 +353,7 @@ async fn the_rest_incremental_walk_stops_at_the_last_walks_newest_record() {
 #[tokio::test]
 async fn an_upstream_change_moves_the_sequence_only_for_the_changed_row() {
     let fake = FakeRest::start(REST_TOKEN, 800).await;
-    let h = harness(
-        "",
-        &rest_source(&fake, "", CURSOR),
-        &[("api", rest_credential())],
-    )
-    .await;
+    let h = rest_harness("", &fake, "", CURSOR).await;
     assert_complete(&h.import("api", 20).await);
     let sequence = h.sequence();
     // A full walk of an unchanged upstream changes nothing.
