@@ -95,16 +95,16 @@ fn pages(tracks: usize) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_stepping_one_job_fetch_every_page_exactly_once() {
-    let tracks = 300;
+    let tracks = 200;
     let fake = FakeSpotify::start(TOKEN, tracks, 0, 0, 0).await;
     // Every page takes longer than the lease: the holder must renew it while a page is in flight, while the
     // other two try to take the job every 5 ms. It renews every third of the lease, so a renewal may be late
-    // by two thirds of it before the lease lapses. With a 250 ms lease that slack was 167 ms, which a
-    // loaded 2-core machine sometimes spent on one renewal (a SQLite write contending with the two other
-    // instances' claims and every other process); 1.2 s of lease leaves 800 ms, and 1.5 s per page still
-    // outlasts it.
-    fake.control.set_latency(Duration::from_millis(1_500));
-    let c = cluster(&fake, 3, 1_200, 60_000).await;
+    // by two thirds of it before the lease lapses. With a 250 ms lease that slack was 167 ms, and with 1.2 s
+    // it was 800 ms, which a 2-core machine busy with a build still spent on one renewal once (a SQLite write
+    // contending with the two other instances' claims and every other process). 2.4 s of lease leaves
+    // 1.6 s, and 3 s per page still outlasts it; four pages keep the test at about 12 s.
+    fake.control.set_latency(Duration::from_millis(3_000));
+    let c = cluster(&fake, 3, 2_400, 60_000).await;
     c.instances[1].start(USER, "spotify").await.unwrap();
     let steppers: Vec<_> = c
         .instances
