@@ -118,6 +118,7 @@ fn is_origin(origin: &str) -> bool {
     if origin == "*" {
         return true;
     }
+    let origin = origin.to_ascii_lowercase();
     let Some(rest) = origin
         .strip_prefix("https://")
         .or_else(|| origin.strip_prefix("http://"))
@@ -336,6 +337,7 @@ mod tests {
             "http://127.0.0.1:8080",
             "http://[::1]:3000",
             "https://[2001:db8::1]",
+            "HTTPS://App.Example.com:443",
         ] {
             assert!(is_origin(good), "{good}");
         }

@@ -118,3 +118,15 @@ async fn a_star_lets_any_origin_in_without_credentials() {
     assert_eq!(header(&answer, "access-control-allow-origin"), Some("*"));
     assert_eq!(header(&answer, "access-control-allow-credentials"), None);
 }
+
+#[tokio::test]
+async fn a_listed_origin_matches_as_browsers_send_it() {
+    // Browsers send the origin lower-case and without the scheme's default port (RFC 6454 §6.2).
+    let s = TestServer::start("cors_allowed_origins = [\"HTTP://App.Test:80\"]").await;
+    let answer = preflight(&s, "http://app.test").await;
+    assert!(answer.status().is_success(), "{}", answer.status());
+    assert_eq!(
+        header(&answer, "access-control-allow-origin"),
+        Some("http://app.test")
+    );
+}
