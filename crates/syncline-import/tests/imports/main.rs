@@ -118,6 +118,16 @@ fn sqlite_store(tables: &[&str]) -> (Arc<Schema>, Arc<dyn Store>, tempfile::Temp
     (schema, store, dir)
 }
 
+/// A harness with the PlayStation source on `fake`, connected with its access token.
+async fn psn_harness(fake: &FakePlayStation) -> Harness {
+    harness(
+        "",
+        &playstation_source(fake),
+        &[("psn", json!({"access_token": PSN_TOKEN}))],
+    )
+    .await
+}
+
 fn playstation_source(fake: &FakePlayStation) -> String {
     format!(
         "[sources.psn]\nkind = \"playstation\"\nbase_url = \"{}\"\n\
@@ -279,12 +289,7 @@ async fn check_expired_then_rate_limited(
 #[tokio::test]
 async fn every_new_connector_reports_expired_credentials_and_rate_limits() {
     let psn = FakePlayStation::start(PSN_TOKEN, 20, 3).await;
-    let h = harness(
-        "",
-        &playstation_source(&psn),
-        &[("psn", json!({"access_token": PSN_TOKEN}))],
-    )
-    .await;
+    let h = psn_harness(&psn).await;
     check_expired_then_rate_limited(&h, &psn.control, "psn", PSN_TOKEN).await;
 
     let xbox = FakeXbox::start(XBOX_UHS, XBOX_TOKEN, XBOX_XUID, 20, 3).await;

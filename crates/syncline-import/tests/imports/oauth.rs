@@ -134,6 +134,17 @@ async fn connect_spotify(e: &Engine, given: Value) {
         .unwrap();
 }
 
+/// Connects USER's Xbox account from a refresh token `auth` just minted (what the consent flow stores).
+async fn connect_xbox(e: &Engine, auth: &FakeAuthServer) -> Result<(), ImportError> {
+    e.importer
+        .connect(
+            USER,
+            "xbox",
+            object(json!({"refresh_token": auth.mint_refresh_token()})),
+        )
+        .await
+}
+
 fn only(states: &[ImportState]) -> &ImportState {
     assert_eq!(states.len(), 1, "{states:?}");
     &states[0]
@@ -419,14 +430,7 @@ async fn xbox_connects_from_a_microsoft_refresh_token_through_user_and_xsts_toke
         api.base_url()
     ));
     auth.set_xerr(Some(2_148_916_238));
-    let child = e
-        .importer
-        .connect(
-            USER,
-            "xbox",
-            object(json!({"refresh_token": auth.mint_refresh_token()})),
-        )
-        .await;
+    let child = connect_xbox(&e, &auth).await;
     assert!(
         matches!(
             child,
@@ -438,14 +442,7 @@ async fn xbox_connects_from_a_microsoft_refresh_token_through_user_and_xsts_toke
         "{child:?}"
     );
     auth.set_xerr(Some(2_148_916_233));
-    let none = e
-        .importer
-        .connect(
-            USER,
-            "xbox",
-            object(json!({"refresh_token": auth.mint_refresh_token()})),
-        )
-        .await;
+    let none = connect_xbox(&e, &auth).await;
     assert!(
         matches!(
             none,
@@ -458,14 +455,7 @@ async fn xbox_connects_from_a_microsoft_refresh_token_through_user_and_xsts_toke
     );
     auth.set_xerr(None);
     auth.set_access_uses(1);
-    e.importer
-        .connect(
-            USER,
-            "xbox",
-            object(json!({"refresh_token": auth.mint_refresh_token()})),
-        )
-        .await
-        .unwrap();
+    connect_xbox(&e, &auth).await.unwrap();
     auth.set_access_uses(100);
     let states = import(&e.importer, "xbox").await;
     assert!(
@@ -579,14 +569,7 @@ async fn a_rate_limited_sign_in_at_connect_time_says_when_to_try_again_and_store
         &[("retry-after", "17")],
         json!({"error": "temporarily_unavailable"}),
     );
-    let limited = e
-        .importer
-        .connect(
-            USER,
-            "xbox",
-            object(json!({"refresh_token": auth.mint_refresh_token()})),
-        )
-        .await;
+    let limited = connect_xbox(&e, &auth).await;
     assert!(
         matches!(
             limited,
@@ -625,14 +608,7 @@ async fn a_rate_limited_sign_in_at_connect_time_says_when_to_try_again_and_store
     assert!(!e.importer.connected(USER, "psn").await.unwrap());
 
     // Once the limit is over, the same connects work.
-    e.importer
-        .connect(
-            USER,
-            "xbox",
-            object(json!({"refresh_token": auth.mint_refresh_token()})),
-        )
-        .await
-        .unwrap();
+    connect_xbox(&e, &auth).await.unwrap();
     e.importer
         .connect(USER, "psn", object(json!({"npsso": PSN_NPSSO})))
         .await

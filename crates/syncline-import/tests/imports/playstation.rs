@@ -5,7 +5,7 @@ use serde_json::json;
 use syncline_core::{ImportPhase, ImportStatus};
 use syncline_testkit::fake_apis::{FakePlayStation, PSN_ACCOUNT_ID};
 
-use super::{PSN_TOKEN, assert_complete, harness, playstation_source, requests_since};
+use super::{PSN_TOKEN, assert_complete, harness, playstation_source, psn_harness, requests_since};
 
 #[tokio::test]
 async fn a_full_playstation_import_brings_every_title_and_every_trophy() {
@@ -72,12 +72,7 @@ async fn a_full_playstation_import_brings_every_title_and_every_trophy() {
 #[tokio::test]
 async fn the_playstation_incremental_walk_fetches_only_updated_and_new_titles() {
     let fake = FakePlayStation::start(PSN_TOKEN, 300, 5).await;
-    let h = harness(
-        "",
-        &playstation_source(&fake),
-        &[("psn", json!({"access_token": PSN_TOKEN}))],
-    )
-    .await;
+    let h = psn_harness(&fake).await;
     assert_complete(&h.import("psn", 10).await);
     let sequence = h.sequence();
 
@@ -151,12 +146,7 @@ async fn a_private_playstation_profile_is_profile_private() {
             library.private = true;
             library.private_with_200 = with_200;
         }
-        let h = harness(
-            "",
-            &playstation_source(&fake),
-            &[("psn", json!({"access_token": PSN_TOKEN}))],
-        )
-        .await;
+        let h = psn_harness(&fake).await;
         let states = h.import("psn", 5).await;
         assert_eq!(states.len(), 2);
         for s in &states {
@@ -181,12 +171,7 @@ async fn a_private_playstation_profile_is_profile_private() {
 async fn a_titles_trophies_served_in_pages_all_arrive() {
     let fake = FakePlayStation::start(PSN_TOKEN, 4, 8).await;
     fake.library.lock().unwrap().trophy_page = Some(3);
-    let h = harness(
-        "",
-        &playstation_source(&fake),
-        &[("psn", json!({"access_token": PSN_TOKEN}))],
-    )
-    .await;
+    let h = psn_harness(&fake).await;
     assert_complete(&h.import("psn", 10).await);
     assert_eq!(h.rows("psn_trophies"), 4 * 8);
     let log = fake.control.log();

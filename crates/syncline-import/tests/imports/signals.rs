@@ -10,7 +10,7 @@ use syncline_core::{Clock as _, SystemClock};
 use syncline_core::{ImportPhase, ImportStatus};
 use syncline_testkit::fake_apis::FakePlayStation;
 
-use super::{PSN_TOKEN, USER, harness, playstation_source};
+use super::{PSN_TOKEN, USER, psn_harness};
 
 fn now_secs() -> u64 {
     (SystemClock.now_ms() / 1000) as u64
@@ -99,12 +99,7 @@ async fn every_rate_limit_signal_holds_the_stream_until_the_reset_it_names() {
     ];
     for case in cases {
         let fake = FakePlayStation::start(PSN_TOKEN, 5, 2).await;
-        let h = harness(
-            "",
-            &playstation_source(&fake),
-            &[("psn", json!({"access_token": PSN_TOKEN}))],
-        )
-        .await;
+        let h = psn_harness(&fake).await;
         let made = (case.headers)();
         let headers: Vec<(&str, &str)> = made.iter().map(|(n, v)| (*n, v.as_str())).collect();
         fake.control.answer_next(
@@ -140,12 +135,7 @@ async fn every_rate_limit_signal_holds_the_stream_until_the_reset_it_names() {
 #[tokio::test]
 async fn a_rate_limit_without_a_signal_backs_off_doubling_then_the_walk_finishes() {
     let fake = FakePlayStation::start(PSN_TOKEN, 5, 2).await;
-    let h = harness(
-        "",
-        &playstation_source(&fake),
-        &[("psn", json!({"access_token": PSN_TOKEN}))],
-    )
-    .await;
+    let h = psn_harness(&fake).await;
     fake.control.answer_next(429, &[], json!({}));
     h.importer.start(USER, "psn").await.unwrap();
     let first = h.state("psn", "trophy_titles", ImportPhase::Initial).await;
@@ -176,12 +166,7 @@ async fn a_rate_limit_without_a_signal_backs_off_doubling_then_the_walk_finishes
 #[tokio::test]
 async fn a_retry_after_of_zero_said_twice_backs_off_instead_of_looping() {
     let fake = FakePlayStation::start(PSN_TOKEN, 5, 2).await;
-    let h = harness(
-        "",
-        &playstation_source(&fake),
-        &[("psn", json!({"access_token": PSN_TOKEN}))],
-    )
-    .await;
+    let h = psn_harness(&fake).await;
     let limit = json!({"error": {"code": 2240525, "message": "Too many requests"}});
     fake.control
         .answer_next(429, &[("retry-after", "0")], limit.clone());
@@ -209,12 +194,7 @@ async fn a_401_is_connect_again_and_a_403_is_a_missing_permission() {
     ];
     for (status, code, words) in cases {
         let fake = FakePlayStation::start(PSN_TOKEN, 5, 2).await;
-        let h = harness(
-            "",
-            &playstation_source(&fake),
-            &[("psn", json!({"access_token": PSN_TOKEN}))],
-        )
-        .await;
+        let h = psn_harness(&fake).await;
         fake.control
             .answer_next(status, &[], json!({"error": {"message": "Access denied"}}));
         h.importer.start(USER, "psn").await.unwrap();
