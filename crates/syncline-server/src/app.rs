@@ -130,20 +130,6 @@ pub fn router(state: AppState) -> Router {
     }
 }
 
-/// `origin` as a browser sends it: lower-case, and without `:443` after `https` or `:80` after `http`.
-fn serialized_origin(origin: &str) -> String {
-    let origin = origin.to_ascii_lowercase();
-    let default_port = if origin.starts_with("https://") {
-        ":443"
-    } else {
-        ":80"
-    };
-    match origin.strip_suffix(default_port) {
-        Some(bare) => bare.to_string(),
-        None => origin,
-    }
-}
-
 /// The CORS policy for web apps on `origins` (`server.cors_allowed_origins`), if any: the methods and request
 /// headers the API takes, the response headers a client reads, preflights cached for 10 minutes. No
 /// credentials: tokens travel in `Authorization`, never in cookies.
@@ -156,13 +142,12 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     let allow = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        // Checked at start-up (`ServerSection::check`): each is a plain ASCII origin. Browsers send an origin
-        // serialised (RFC 6454 §6.2): lower-case, without its scheme's default port; a listed origin is
-        // compared in that form.
+        // Checked at start-up (`ServerSection::check`): each is a plain ASCII origin, compared in the form a
+        // browser sends.
         AllowOrigin::list(
             origins
                 .iter()
-                .map(|o| serialized_origin(o))
+                .map(|o| crate::config::serialized_origin(o))
                 .filter_map(|o| HeaderValue::from_str(&o).ok()),
         )
     };

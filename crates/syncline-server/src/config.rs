@@ -150,6 +150,21 @@ fn is_origin(origin: &str) -> bool {
     port_ok && host_ok
 }
 
+/// A listed origin (checked by [`is_origin`]) as a browser sends it (RFC 6454 §6.2): lower-case, and without
+/// `:443` after `https` or `:80` after `http`.
+pub(crate) fn serialized_origin(origin: &str) -> String {
+    let origin = origin.to_ascii_lowercase();
+    let default_port = if origin.starts_with("https://") {
+        ":443"
+    } else {
+        ":80"
+    };
+    match origin.strip_suffix(default_port) {
+        Some(bare) => bare.to_string(),
+        None => origin,
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSection {

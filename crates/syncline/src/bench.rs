@@ -731,7 +731,7 @@ fn remove_database(path: &Path) {
 
 /// Writes back every dirty page of the machine before a timed section, so that no section pays for the
 /// write-back of an earlier one.
-pub(crate) fn settle_disk() {
+fn settle_disk() {
     let _ = std::process::Command::new("sync").status();
 }
 
