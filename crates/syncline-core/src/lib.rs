@@ -26,7 +26,9 @@ pub use error::CoreError;
 pub use error_code::{ErrorCode, UnknownErrorCode};
 pub use import::{ImportErrorCode, ImportPhase, ImportState, ImportStatus, UnknownName, progress};
 pub use names::{is_safe_id, is_valid_name};
-pub use plan::{OnTombstone, RowFailure, TableWrites, Upsert, WriteBatch, plan_bulk, plan_push};
+pub use plan::{
+    OnTombstone, RowFailure, TableWrites, Upsert, WriteBatch, check_cursor, plan_bulk, plan_push,
+};
 pub use record::{NormalizedRecord, RowError, RowErrorCode, normalize_record, render_record};
 pub use schema::{
     Column, ColumnConfig, ColumnSpec, ColumnType, ParentConfig, ParentRef, Schema, Table,

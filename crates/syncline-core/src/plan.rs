@@ -77,6 +77,16 @@ pub struct RowFailure {
     pub message: String,
 }
 
+/// Refuses a `lastPulledAt` (of a pull or a push) below 0 or above [`crate::MAX_CURSOR`].
+pub fn check_cursor(last_pulled_at: Option<i64>) -> Result<(), CoreError> {
+    match last_pulled_at {
+        Some(cursor) if !(0..=crate::MAX_CURSOR).contains(&cursor) => {
+            Err(CoreError::InvalidCursor(cursor))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Plans a WatermelonDB push. Invalid records are returned as rejections and left out; a `lastPulledAt` below
 /// 0 or above [`crate::MAX_CURSOR`], an unknown table with records in it or an unsafe id fails the whole request.
 pub fn plan_push<'a>(
@@ -84,12 +94,7 @@ pub fn plan_push<'a>(
     request: &'a PushRequest<'a>,
     owner: &str,
 ) -> Result<(WriteBatch<'a>, Vec<RejectedRecord>), CoreError> {
-    if let Some(cursor) = request
-        .last_pulled_at
-        .filter(|c| !(0..=crate::MAX_CURSOR).contains(c))
-    {
-        return Err(CoreError::InvalidCursor(cursor));
-    }
+    check_cursor(request.last_pulled_at)?;
     for (name, changes) in &request.changes {
         if schema.table(name).is_none() && !changes.is_empty() {
             return Err(CoreError::UnknownTable(name.clone()));

@@ -747,18 +747,7 @@ async fn pull(
         .with("maxLimit", json!(max)));
     }
     // A cursor ahead of the user's counter moves the counter up to it: see `syncline_core::MAX_CURSOR`.
-    if request
-        .last_pulled_at
-        .is_some_and(|t| !(0..=syncline_core::MAX_CURSOR).contains(&t))
-    {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "lastPulledAt must be null or a sequence from 0 to {}",
-                syncline_core::MAX_CURSOR
-            ),
-        ));
-    }
+    syncline_core::check_cursor(request.last_pulled_at)?;
     let max = state.config.server.max_pulls_per_user;
     let Some(slot) = state.pulls.take(&user.user, max) else {
         return Err(ApiError::new(
