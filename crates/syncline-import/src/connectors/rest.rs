@@ -16,7 +16,7 @@
 //! Streams run in the order of their names.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::sync::Mutex;
 
 use reqwest::Url;
@@ -188,11 +188,21 @@ impl Rest {
         next: Option<&str>,
     ) -> Result<(), SourceError> {
         let key = (credential.fingerprint(), req.stream.to_string());
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_string(items)
-            .unwrap_or_default()
-            .hash(&mut hasher);
-        let digest = hasher.finish();
+        // The records' JSON is hashed as it is written out, not collected into a string first.
+        struct HashWriter(std::collections::hash_map::DefaultHasher);
+        impl std::io::Write for HashWriter {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.write(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut hasher = HashWriter(Default::default());
+        // Writing JSON values into a writer that never fails cannot fail.
+        let _ = serde_json::to_writer(&mut hasher, items);
+        let digest = hasher.0.finish();
         let mut last = self.last_pages.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen = match (req.checkpoint, last.remove(&key)) {
             (Some(at), Some((given, seen))) if at == given => seen,
